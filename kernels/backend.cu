@@ -1,0 +1,304 @@
+/* backend.cu -- the CUDA backend object: creation, memory, weights, the table.
+ *
+ * tg_cuda_backend_create selects the device, creates one non-blocking stream,
+ * the cuBLAS/cuBLASLt handles and a 32 MiB cuBLASLt workspace, and fills the
+ * op table of backend.h with the cuda_<op> entries of the family files
+ * (gemm.cu, norm.cu, attention.cu, elementwise.cu).
+ *
+ * Memory: alloc/release are cudaMalloc/cudaFree (allocations are rare: weights,
+ * the KV cache, the per-forward arena).  to_device and copy are asynchronous
+ * on the stream (a pageable host source is staged by the driver before
+ * cudaMemcpyAsync returns; a pinned one is waited for, so the caller may reuse
+ * the host buffer as soon as to_device returns); to_host synchronizes.
+ *
+ * Weights: weight_upload converts host float32 to the storage dtype on the
+ * GPU (float32 chunks are copied into a staging buffer and cast with
+ * round-to-nearest-even), so a 13 GB model does not need a second host copy.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.cuh"
+
+/* ---- errors ------------------------------------------------------------- */
+
+void tg_cuda_set_err(tg_backend *be, const char *fmt, ...) {
+    char msg[sizeof be->err];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(be->err, sizeof be->err, "cuda backend: %s", msg);
+}
+
+const char *tg_cublas_status_str(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED (out of memory)";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+    }
+}
+
+int tg_cuda_grow(tg_backend *be, void **buf, size_t *cap, size_t bytes) {
+    if (*cap >= bytes && *buf) return 0;
+    size_t want = bytes + bytes / 2;
+    if (want < 1 << 20) want = 1 << 20;
+    tg_cuda_impl *im = tg_impl(be);
+    if (*buf) {
+        /* kernels queued earlier may still read the old buffer */
+        CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
+        CUDA_CHECK(be, cudaFree(*buf));
+        *buf = NULL;
+        *cap = 0;
+    }
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, want);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear the sticky-free OOM error */
+        tg_cuda_set_err(be, "out of memory allocating %zu bytes of scratch: %s", want, cudaGetErrorString(e));
+        return -1;
+    }
+    *buf = p;
+    *cap = want;
+    return 0;
+}
+
+/* ---- memory ------------------------------------------------------------- */
+
+static void *cuda_alloc(tg_backend *be, size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+        tg_cuda_set_err(be, "out of memory allocating %zu bytes on device %d (%zu of %zu bytes free): %s", bytes,
+                        be->device, free_b, total_b, cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_release(tg_backend *be, void *p) {
+    if (!p) return;
+    cudaError_t e = cudaFree(p);
+    if (e != cudaSuccess) tg_cuda_set_err(be, "cudaFree: %s", cudaGetErrorString(e));
+}
+
+static int cuda_to_device(tg_backend *be, void *dst, const void *host_src, size_t bytes) {
+    if (!bytes) return 0;
+    tg_cuda_impl *im = tg_impl(be);
+    CUDA_CHECK(be, cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im->stream));
+    /* A pinned (page-locked) source is read asynchronously by the DMA engine:
+     * wait so the caller may overwrite it as soon as we return. */
+    cudaPointerAttributes attr;
+    if (cudaPointerGetAttributes(&attr, host_src) == cudaSuccess) {
+        if (attr.type == cudaMemoryTypeHost) CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
+    } else {
+        (void)cudaGetLastError();
+        CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
+    }
+    return 0;
+}
+
+static int cuda_to_host(tg_backend *be, void *host_dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    tg_cuda_impl *im = tg_impl(be);
+    CUDA_CHECK(be, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, im->stream));
+    CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
+    return 0;
+}
+
+static int cuda_copy(tg_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return 0;
+    CUDA_CHECK(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, tg_impl(be)->stream));
+    return 0;
+}
+
+static int cuda_sync(tg_backend *be) {
+    CUDA_CHECK(be, cudaStreamSynchronize(tg_impl(be)->stream));
+    return 0;
+}
+
+/* ---- weights ------------------------------------------------------------ */
+
+static int cuda_weight_upload(tg_backend *be, tg_weight *w, const float *host, int64_t rows, int64_t cols,
+                              int dtype) {
+    tg_cuda_impl *im = tg_impl(be);
+    if (dtype != TG_F32 && dtype != TG_F16 && dtype != TG_BF16) {
+        tg_cuda_set_err(be, "weight_upload: unknown dtype %d (expected 0=f32, 1=f16, 2=bf16)", dtype);
+        return -1;
+    }
+    if (rows < 0 || cols < 0) {
+        tg_cuda_set_err(be, "weight_upload: bad shape (%lld, %lld)", (long long)rows, (long long)cols);
+        return -1;
+    }
+    const int64_t n = rows * cols;
+    const size_t esz = tg_dtype_size(dtype);
+    void *data = NULL;
+    float *stage = NULL;
+    w->data = NULL;
+    data = cuda_alloc(be, (size_t)n * esz);
+    if (!data) return -1;
+    if (n > 0) {
+        if (dtype == TG_F32) {
+            CUDA_TRY(be, cudaMemcpyAsync(data, host, (size_t)n * 4, cudaMemcpyHostToDevice, im->stream));
+        } else {
+            /* float32 chunks of at most 16M elements (64 MiB) through a staging buffer */
+            const int64_t chunk = n < (16 << 20) ? n : (16 << 20);
+            cudaError_t e = cudaMalloc(&stage, (size_t)chunk * 4);
+            if (e != cudaSuccess) {
+                (void)cudaGetLastError();
+                stage = NULL;
+                tg_cuda_set_err(be, "out of memory allocating %zu bytes (weight staging buffer): %s",
+                                (size_t)chunk * 4, cudaGetErrorString(e));
+                goto fail;
+            }
+            for (int64_t off = 0; off < n; off += chunk) {
+                const int64_t len = (n - off) < chunk ? (n - off) : chunk;
+                /* same stream: this copy waits for the previous cast to finish reading `stage` */
+                CUDA_TRY(be, cudaMemcpyAsync(stage, host + off, (size_t)len * 4, cudaMemcpyHostToDevice, im->stream));
+                CUDA_TRY(be, tg_launch_cast_f32(stage, (char *)data + (size_t)off * esz, dtype, len, im->stream));
+            }
+        }
+        /* the host source must stay valid until the copies are done */
+        CUDA_TRY(be, cudaStreamSynchronize(im->stream));
+    }
+    if (stage) CUDA_TRY(be, cudaFree(stage));
+    stage = NULL;
+    w->data = data;
+    w->dtype = dtype;
+    w->rows = rows;
+    w->cols = cols;
+    return 0;
+fail:
+    (void)cudaStreamSynchronize(im->stream);
+    (void)cudaGetLastError();
+    if (stage) (void)cudaFree(stage);
+    (void)cudaFree(data);
+    (void)cudaGetLastError();
+    return -1;
+}
+
+static void cuda_weight_release(tg_backend *be, tg_weight *w) {
+    if (!w) return;
+    cuda_release(be, w->data);
+    w->data = NULL;
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+static void cuda_destroy(tg_backend *be) {
+    if (!be) return;
+    tg_cuda_impl *im = tg_impl(be);
+    if (im) {
+        (void)cudaSetDevice(be->device);
+        if (im->stream) (void)cudaStreamSynchronize(im->stream);
+        tg_lt_plans_free(im);
+        if (im->workspace) (void)cudaFree(im->workspace);
+        if (im->cast_buf) (void)cudaFree(im->cast_buf);
+        if (im->gemm_buf) (void)cudaFree(im->gemm_buf);
+        if (im->attn_buf) (void)cudaFree(im->attn_buf);
+        if (im->lt) (void)cublasLtDestroy(im->lt);
+        if (im->cublas) (void)cublasDestroy(im->cublas);
+        if (im->stream) (void)cudaStreamDestroy(im->stream);
+        (void)cudaGetLastError();
+        free(im);
+    }
+    free(be);
+}
+
+extern "C" tg_backend *tg_cuda_backend_create(int device, char *err, size_t errlen) {
+    tg_backend *be = NULL;
+    tg_cuda_impl *im = NULL;
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (err && errlen) snprintf(err, errlen, "no CUDA device: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    if (ndev <= 0) {
+        if (err && errlen) snprintf(err, errlen, "no CUDA device: no CUDA-capable device is detected");
+        return NULL;
+    }
+    if (device < 0 || device >= ndev) {
+        if (err && errlen)
+            snprintf(err, errlen, "no CUDA device: ordinal %d is out of range (%d device%s present)", device, ndev,
+                     ndev == 1 ? "" : "s");
+        return NULL;
+    }
+    e = cudaSetDevice(device);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (err && errlen) snprintf(err, errlen, "no CUDA device: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+
+    be = (tg_backend *)calloc(1, sizeof *be);
+    im = (tg_cuda_impl *)calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        if (err && errlen) snprintf(err, errlen, "cuda backend: out of host memory");
+        return NULL;
+    }
+    be->name = "cuda";
+    be->device = device;
+    be->impl = im;
+
+    {
+        int v = 0;
+        CUDA_TRY(be, cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+        im->sm_count = v;
+        CUDA_TRY(be, cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        im->smem_optin = (size_t)v;
+    }
+    CUDA_TRY(be, cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking));
+    CUBLAS_TRY(be, cublasCreate(&im->cublas));
+    CUBLAS_TRY(be, cublasSetStream(im->cublas, im->stream));
+    /* float32 GEMMs stay float32 (no TF32) for conformance */
+    CUBLAS_TRY(be, cublasSetMathMode(im->cublas, CUBLAS_DEFAULT_MATH));
+    CUBLAS_TRY(be, cublasLtCreate(&im->lt));
+    im->workspace_bytes = (size_t)32 << 20;
+    CUDA_TRY(be, cudaMalloc(&im->workspace, im->workspace_bytes));
+    CUBLAS_TRY(be, cublasSetWorkspace(im->cublas, im->workspace, im->workspace_bytes));
+
+    be->destroy = cuda_destroy;
+    be->alloc = cuda_alloc;
+    be->release = cuda_release;
+    be->to_device = cuda_to_device;
+    be->to_host = cuda_to_host;
+    be->copy = cuda_copy;
+    be->sync = cuda_sync;
+    be->weight_upload = cuda_weight_upload;
+    be->weight_release = cuda_weight_release;
+    be->linear = cuda_linear;
+    be->layernorm = cuda_layernorm;
+    be->rmsnorm = cuda_rmsnorm;
+    be->attention = cuda_attention;
+    be->activation = cuda_activation;
+    be->silu_mul = cuda_silu_mul;
+    be->add_bcast = cuda_add_bcast;
+    be->embedding = cuda_embedding;
+    be->gather_rows = cuda_gather_rows;
+    be->im2col = cuda_im2col;
+    be->upscale_tiles = cuda_upscale_tiles;
+    be->rope = cuda_rope;
+    be->argmax = cuda_argmax;
+    return be;
+
+fail:
+    if (err && errlen) snprintf(err, errlen, "%s", be->err);
+    if (im->workspace_bytes && !im->workspace) im->workspace_bytes = 0;
+    cuda_destroy(be);
+    return NULL;
+}
