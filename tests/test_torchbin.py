@@ -1,0 +1,289 @@
+"""Tests for tgllava.torchbin: the PyTorch-written fixtures load to the same
+values as their safetensors twin, sharded indexes load, and malicious,
+truncated, legacy or malformed files are refused with CheckpointError."""
+
+import json
+import os
+import pathlib
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from tgllava import torchbin
+from tgllava.errors import CheckpointError
+
+FIXTURES = pathlib.Path(os.environ.get("TGLLAVA_GOLDEN", "/work/shared/golden")) / "fixtures"
+pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason="golden fixtures not available")
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BF16": np.uint16}
+
+
+def read_safetensors(path):
+    """Minimal safetensors reader (BF16 returned widened to float32)."""
+    data = pathlib.Path(path).read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    body = data[8 + n:]
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        a = np.frombuffer(body[start:end], dtype=_ST_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+        if meta["dtype"] == "BF16":
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        out[name] = a
+    return out
+
+
+def rewrite_zip(src, dst, rename=None, replace=None, extra=None):
+    """Copy a zip entry by entry, renaming entries or replacing their bytes."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            name = rename(info.filename) if rename else info.filename
+            if replace and info.filename in replace:
+                data = replace[info.filename]
+            zout.writestr(name, data)
+        for name, data in (extra or {}).items():
+            zout.writestr(name, data)
+
+
+def test_small_bin_matches_safetensors_twin():
+    got = torchbin.load_bin(FIXTURES / "small.bin")
+    twin = read_safetensors(FIXTURES / "small.safetensors")
+    expected = json.loads((FIXTURES / "small.expected.json").read_text())
+    assert list(got) == list(expected)
+    for name, meta in expected.items():
+        a = got[name]
+        assert list(a.shape) == meta["shape"], name
+        want_dtype = {"torch.float32": np.float32, "torch.float16": np.float16,
+                      "torch.bfloat16": np.float32, "torch.int64": np.int64}[meta["dtype"]]
+        assert a.dtype == want_dtype, name
+        assert np.array_equal(a.reshape(-1), twin[name].reshape(-1)), name
+    assert got["model.e.scale"].ndim == 0
+    # the two views sharing one storage come out as independent arrays
+    f, g = got["model.f.weight"], got["model.g.weight"]
+    assert f.flags.c_contiguous and g.flags.c_contiguous
+    f[...] = 0
+    assert np.array_equal(g.reshape(-1), twin["model.g.weight"].reshape(-1))
+
+
+def test_bf16_raw():
+    raw = torchbin.load_bin(FIXTURES / "small.bin", bf16="raw")
+    wide = torchbin.load_bin(FIXTURES / "small.bin")
+    assert raw["model.c.weight"].dtype == np.uint16
+    assert np.array_equal((raw["model.c.weight"].astype(np.uint32) << 16).view(np.float32),
+                          wide["model.c.weight"])
+    assert raw["model.a.weight"].dtype == np.float32
+    with pytest.raises(ValueError):
+        torchbin.load_bin(FIXTURES / "small.bin", bf16="float16")
+
+
+def test_inspect_bin_byte_ranges():
+    info = torchbin.inspect_bin(FIXTURES / "small.bin")
+    tensors = torchbin.load_bin(FIXTURES / "small.bin", bf16="raw")
+    data = (FIXTURES / "small.bin").read_bytes()
+    assert set(info) == set(tensors)
+    assert info["model.c.weight"].dtype == "bfloat16" and info["model.c.weight"].itemsize == 2
+    assert not info["model.g.weight"].contiguous
+    for name, t in info.items():
+        assert t.shape == tensors[name].shape
+        if t.contiguous:
+            start = t.file_offset + t.storage_offset * t.itemsize
+            chunk = np.frombuffer(data[start:start + t.nbytes], dtype=tensors[name].dtype)
+            assert np.array_equal(chunk, tensors[name].reshape(-1)), name
+
+
+def test_sharded_index():
+    index = FIXTURES / "sharded" / "pytorch_model.bin.index.json"
+    got = torchbin.load_bin_index(index)
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert set(got) == set(weight_map)
+    single = torchbin.load_bin(FIXTURES / "small.bin")
+    for name, a in got.items():
+        assert a.dtype == single[name].dtype and a.shape == single[name].shape
+        assert np.isfinite(a.astype(np.float64)).all()
+
+
+def test_sharded_index_errors(tmp_path):
+    shard = FIXTURES / "sharded" / "pytorch_model-00001-of-00002.bin"
+    (tmp_path / "s.bin").write_bytes(shard.read_bytes())
+    bad = tmp_path / "index.json"
+    bad.write_text(json.dumps({"weight_map": {"model.a.weight": "s.bin", "model.zzz": "s.bin"}}))
+    with pytest.raises(CheckpointError, match="model.zzz"):
+        torchbin.load_bin_index(bad)
+    bad.write_text(json.dumps({"weight_map": {"model.a.weight": "missing.bin"}}))
+    with pytest.raises(CheckpointError, match="missing.bin"):
+        torchbin.load_bin_index(bad)
+    bad.write_text("{not json")
+    with pytest.raises(CheckpointError, match="index.json"):
+        torchbin.load_bin_index(bad)
+    bad.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(CheckpointError, match="weight_map"):
+        torchbin.load_bin_index(bad)
+    with pytest.raises(CheckpointError, match="no such file"):
+        torchbin.load_bin_index(tmp_path / "nope.json")
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    marker = tmp_path / "tgllava-pickle-executed"
+    with pytest.raises(CheckpointError, match=r"malicious\.bin.*posix\.system"):
+        torchbin.load_bin(FIXTURES / "malicious.bin")
+    with pytest.raises(CheckpointError):
+        torchbin.inspect_bin(FIXTURES / "malicious.bin")
+    assert not marker.exists()
+
+
+def test_other_globals_are_refused(tmp_path):
+    path = tmp_path / "evil.bin"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": print}, protocol=2))
+    with pytest.raises(CheckpointError, match=r"builtin__\.print"):
+        torchbin.load_bin(path)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": bytearray(b"x")}, protocol=4))
+    with pytest.raises(CheckpointError, match="bytearray"):
+        torchbin.load_bin(path)
+
+
+def test_truncated_and_corrupt_files(tmp_path):
+    data = (FIXTURES / "small.bin").read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 100):
+        p = tmp_path / f"trunc{cut}.bin"
+        p.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match=f"trunc{cut}.bin"):
+            torchbin.load_bin(p)
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a PyTorch zip"):
+        torchbin.load_bin(garbage)
+    with pytest.raises(CheckpointError, match="no such file"):
+        torchbin.load_bin(tmp_path / "missing.bin")
+    # flip bytes inside a storage: zip CRC check fails
+    corrupt = bytearray(data)
+    info = torchbin.inspect_bin(FIXTURES / "small.bin")["model.a.weight"]
+    corrupt[info.file_offset:info.file_offset + 8] = b"\xff" * 8
+    p = tmp_path / "crc.bin"
+    p.write_bytes(bytes(corrupt))
+    with pytest.raises(CheckpointError, match="crc.bin"):
+        torchbin.load_bin(p)
+
+
+def test_legacy_format_is_refused(tmp_path):
+    p = tmp_path / "legacy.bin"
+    p.write_bytes(b"\x80\x02\x8a\x0a" + bytes.fromhex("6cfc9c46f9206aa85019") + b".\x80\x02}q\x00.")
+    with pytest.raises(CheckpointError, match=r"legacy \(non-zip\) torch format not supported: re-save with torch>=1.6"):
+        torchbin.load_bin(p)
+
+
+def test_any_top_folder_name(tmp_path):
+    p = tmp_path / "renamed.bin"
+    rewrite_zip(FIXTURES / "small.bin", p, rename=lambda n: "whatever_name/" + n.split("/", 1)[1])
+    a = torchbin.load_bin(p)
+    b = torchbin.load_bin(FIXTURES / "small.bin")
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_bad_archive_structure(tmp_path):
+    p = tmp_path / "nopkl.bin"
+    rewrite_zip(FIXTURES / "small.bin", p, rename=lambda n: n.replace("data.pkl", "other.pkl"))
+    with pytest.raises(CheckpointError, match="data.pkl"):
+        torchbin.load_bin(p)
+    p = tmp_path / "badpkl.bin"
+    rewrite_zip(FIXTURES / "small.bin", p, replace={"small/data.pkl": b"\x80\x02garbage"})
+    with pytest.raises(CheckpointError, match="unpickle"):
+        torchbin.load_bin(p)
+    p = tmp_path / "short.bin"
+    rewrite_zip(FIXTURES / "small.bin", p, replace={"small/data/5": b"\x00" * 16})
+    with pytest.raises(CheckpointError, match="data/5"):
+        torchbin.load_bin(p)
+    p = tmp_path / "nostorage.bin"
+    with zipfile.ZipFile(FIXTURES / "small.bin") as zin, zipfile.ZipFile(p, "w") as zout:
+        for n in zin.namelist():
+            if n != "small/data/0":
+                zout.writestr(n, zin.read(n))
+    with pytest.raises(CheckpointError, match="data/0"):
+        torchbin.load_bin(p)
+
+
+def test_big_endian_archive(tmp_path):
+    info = torchbin.inspect_bin(FIXTURES / "small.bin")
+    itemsize = {t.storage: t.itemsize for t in info.values()}
+    with zipfile.ZipFile(FIXTURES / "small.bin") as z:
+        swapped = {}
+        for entry, size in itemsize.items():
+            a = np.frombuffer(z.read(entry), dtype=f"<u{size}" if size > 1 else "u1")
+            swapped[entry] = a.byteswap().tobytes()
+    p = tmp_path / "big.bin"
+    rewrite_zip(FIXTURES / "small.bin", p, replace=swapped, extra={"small/byteorder": b"big"})
+    a = torchbin.load_bin(p)
+    b = torchbin.load_bin(FIXTURES / "small.bin")
+    for k in b:
+        assert a[k].dtype.isnative and a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+# --- hand-written pickles: parameters, nested dicts, out-of-range views --------
+
+def _u(s):
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _i(v):
+    return b"J" + struct.pack("<i", v)
+
+
+def _tup(*items):
+    return b"(" + b"".join(items) + b"t"
+
+
+def _tensor(key, stype, numel, offset, shape, stride, parameter=False):
+    od = b"ccollections\nOrderedDict\n)R"
+    t = (b"ctorch._utils\n_rebuild_tensor_v2\n("
+         + _tup(_u("storage"), b"ctorch\n" + stype.encode() + b"\n", _u(key), _u("cpu"), _i(numel)) + b"Q"
+         + _i(offset) + _tup(*map(_i, shape)) + _tup(*map(_i, stride)) + b"\x89" + od + b"tR")
+    if parameter:
+        t = b"ctorch._utils\n_rebuild_parameter\n(" + t + b"\x88" + od + b"tR"
+    return t
+
+
+def _write_ckpt(path, pkl, storages):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        for key, data in storages.items():
+            z.writestr(f"archive/data/{key}", data)
+
+
+def test_parameters_nested_dicts_and_slices(tmp_path):
+    storage = np.arange(12, dtype=np.float32)
+    pkl = (b"\x80\x02}" + _u("p") + _tensor("0", "FloatStorage", 12, 2, (2, 3), (3, 1), parameter=True) + b"s"
+           + _u("sub") + b"}" + _u("t") + _tensor("0", "FloatStorage", 12, 1, (3,), (4,)) + b"s" + b"s"
+           + _u("step") + _i(7) + b"s"
+           + _u("empty") + _tensor("1", "LongStorage", 0, 0, (0, 4), (4, 1)) + b"s" + b".")
+    p = tmp_path / "hand.bin"
+    _write_ckpt(p, pkl, {"0": storage.tobytes(), "1": b""})
+    got = torchbin.load_bin(p)
+    assert list(got) == ["p", "sub.t", "empty"]
+    assert np.array_equal(got["p"], storage[2:8].reshape(2, 3))
+    assert np.array_equal(got["sub.t"], storage[1:12:4])
+    assert got["empty"].shape == (0, 4) and got["empty"].dtype == np.int64
+
+
+def test_view_outside_storage_is_refused(tmp_path):
+    pkl = b"\x80\x02}" + _u("w") + _tensor("0", "FloatStorage", 4, 2, (2, 2), (2, 1)) + b"s."
+    p = tmp_path / "oob.bin"
+    _write_ckpt(p, pkl, {"0": np.zeros(4, np.float32).tobytes()})
+    with pytest.raises(CheckpointError, match="tensor w"):
+        torchbin.load_bin(p)
+
+
+def test_top_level_must_be_a_dict(tmp_path):
+    p = tmp_path / "list.bin"
+    _write_ckpt(p, b"\x80\x02](" + _i(1) + b"e.", {})
+    with pytest.raises(CheckpointError, match="state dict"):
+        torchbin.load_bin(p)
