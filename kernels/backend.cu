@@ -23,12 +23,12 @@
 /* ---- errors ------------------------------------------------------------- */
 
 void tg_cuda_set_err(tg_backend *be, const char *fmt, ...) {
-    char msg[sizeof be->err];
+    static const char prefix[] = "cuda backend: ";
+    memcpy(be->err, prefix, sizeof prefix); /* includes the terminating NUL */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(be->err + sizeof prefix - 1, sizeof be->err - (sizeof prefix - 1), fmt, ap);
     va_end(ap);
-    snprintf(be->err, sizeof be->err, "cuda backend: %s", msg);
 }
 
 const char *tg_cublas_status_str(cublasStatus_t s) {
