@@ -1,0 +1,753 @@
+"""Tokenizers: the LLM's (tokenizer.json or SentencePiece) and CLIP's BPE, without transformers.
+
+`LlmTokenizer` reproduces what `transformers.AutoTokenizer(...)(text).input_ids`
+gives for the model folders LLaVA/TG-LLaVA use:
+
+- `tokenizer.json` is run by the `tokenizers` library.  Whether BOS/EOS are
+  added comes from `add_bos_token` / `add_eos_token` in tokenizer_config.json
+  when present (as LlamaTokenizerFast does), else from what the file's own
+  post-processor adds (Llama-3 adds <|begin_of_text|>, Qwen2 adds nothing).
+- a slow Qwen2Tokenizer folder (vocab.json + merges.txt, as TG-LLaVA saves
+  Qwen2 checkpoints) is rebuilt as a `tokenizers` object the way
+  transformers converts it.
+- `tokenizer.model` is run by `sentencepiece` the way the slow
+  `LlamaTokenizer` (used by LLaVA with use_fast=False) does: special and
+  added tokens written in the text are split out first; `legacy` (default
+  true, as in transformers 4.37) decides how text after them is encoded;
+  BOS is added unless `add_bos_token` is false.
+
+`tokenizer_image_token` is LLaVA's rule for prompts containing "<image>":
+tokenize each chunk, keep a single leading BOS, and put IMAGE_TOKEN_INDEX
+(-200) between chunks.  `StreamDecoder` turns generated ids into text
+incrementally.  `ClipTokenizer` produces the TG-LLaVA text-guide ids:
+<|startoftext|> + CLIP BPE + <|endoftext|>, then cut to 77 positions (so a
+long question loses its EOS, a reference quirk).  It uses tokenizer.json
+when present, else a pure-Python CLIP BPE over vocab.json + merges.txt that
+follows the fast tokenizer (NFC, whitespace collapse, lower case, CLIP's
+split pattern, byte-level alphabet, "</w>" word ends).
+"""
+
+import functools
+import html
+import json
+import os
+import re
+import unicodedata
+
+from .errors import CheckpointError, TgError
+
+IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_INDEX = -200
+
+# Extra end-of-turn tokens that stop generation when the vocabulary has them.
+EXTRA_STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
+
+_SPIECE_UNDERLINE = "\u2581"
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read JSON ({e})") from None
+
+
+def _token_text(value):
+    """A special token as written in tokenizer_config.json: a string, a dict, or None."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _special_splitter(tokens):
+    """A regex that splits text on any of `tokens` (longest first), keeping them."""
+    tokens = sorted({t for t in tokens if t}, key=len, reverse=True)
+    if not tokens:
+        return None
+    return re.compile("(" + "|".join(re.escape(t) for t in tokens) + ")")
+
+
+# --- SentencePiece model without the dummy prefix ------------------------------
+
+def _varint(data, pos):
+    result = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _put_varint(value):
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        out.append(b | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _proto_fields(data):
+    """Split a serialized protobuf message into (field, wire_type, raw_bytes) records."""
+    pos, out = 0, []
+    while pos < len(data):
+        start = pos
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            n, pos = _varint(data, pos)
+            pos += n
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        out.append((field, wire, data[start:pos]))
+    return out
+
+
+def _without_dummy_prefix(model_proto):
+    """Serialized SentencePiece ModelProto with normalizer_spec.add_dummy_prefix = false.
+
+    This is what transformers' LlamaTokenizer does for legacy=False (it uses
+    protobuf; we edit the wire format directly: ModelProto field 3 is the
+    NormalizerSpec, whose field 3 is add_dummy_prefix).
+    """
+    out = bytearray()
+    for field, wire, raw in _proto_fields(model_proto):
+        if field == 3 and wire == 2:
+            key, pos = _varint(raw, 0)
+            length, pos = _varint(raw, pos)
+            spec = raw[pos:pos + length]
+            kept = b"".join(r for f, w, r in _proto_fields(spec) if f != 3)
+            spec = kept + b"\x18\x00"
+            raw = _put_varint(key) + _put_varint(len(spec)) + spec
+        out += raw
+    return bytes(out)
+
+
+# --- the LLM tokenizer -----------------------------------------------------------
+
+class LlmTokenizer:
+    """The language model's tokenizer, loaded from a model or tokenizer folder.
+
+    Use `LlmTokenizer.from_folder(path)`.  `encode` returns the ids
+    `tokenizer(text).input_ids` would (BOS included by default when the
+    model's tokenizer adds one); `decode` turns ids back into text.
+    """
+
+    def __init__(self, backend, kind, config, folder="", generation_config=None, special_tokens_map=None):
+        self._backend = backend
+        self.kind = kind  # "tokenizers" or "sentencepiece"
+        self.folder = folder
+        self.config = dict(config or {})
+        stm = special_tokens_map or {}
+
+        def special(name):
+            return _token_text(self.config.get(name)) or _token_text(stm.get(name))
+
+        # added tokens: {id: (content, special)}
+        self._added = {}
+        for key, info in (self.config.get("added_tokens_decoder") or {}).items():
+            content = _token_text(info)
+            if content is not None:
+                self._added[int(key)] = (content, bool(info.get("special", False)) if isinstance(info, dict) else False)
+        added_json = _read_json(os.path.join(folder, "added_tokens.json")) if folder else None
+        for content, idx in (added_json or {}).items():
+            self._added.setdefault(int(idx), (content, False))
+        self._added_by_text = {content: idx for idx, (content, _) in self._added.items()}
+
+        if kind == "sentencepiece":
+            sp = backend
+            self.legacy = bool(self.config.get("legacy", True))
+            if self.legacy is False:
+                self._sp_nodummy = _load_sp(model_proto=_without_dummy_prefix(sp.serialized_model_proto()))
+                self._unk_text = special("unk_token") or (sp.id_to_piece(sp.unk_id()) if sp.unk_id() >= 0 else "<unk>")
+                self._unk_len = len(self._sp_nodummy.encode(self._unk_text))
+            self.bos_token = special("bos_token") or _sp_piece(sp, sp.bos_id())
+            self.eos_token = special("eos_token") or _sp_piece(sp, sp.eos_id())
+            self.unk_token = special("unk_token") or _sp_piece(sp, sp.unk_id())
+            self.pad_token = special("pad_token") or _sp_piece(sp, sp.pad_id())
+            add_bos = bool(self.config.get("add_bos_token", True))
+            add_eos = bool(self.config.get("add_eos_token", False))
+        else:
+            self.bos_token = special("bos_token")
+            self.eos_token = special("eos_token")
+            self.unk_token = special("unk_token")
+            self.pad_token = special("pad_token")
+            prefix, suffix = self._probe_post_processor()
+            if "add_bos_token" in self.config:
+                add_bos = bool(self.config["add_bos_token"])
+            else:
+                add_bos = bool(prefix)
+                if prefix and self.bos_token is None:
+                    self.bos_token = backend.id_to_token(prefix[-1])
+            if "add_eos_token" in self.config:
+                add_eos = bool(self.config["add_eos_token"])
+            else:
+                add_eos = bool(suffix)
+                if suffix and self.eos_token is None:
+                    self.eos_token = backend.id_to_token(suffix[0])
+
+        self.bos_id = self.token_to_id(self.bos_token)
+        self.eos_id = self.token_to_id(self.eos_token)
+        self.unk_id = self.token_to_id(self.unk_token)
+        self.pad_id = self.token_to_id(self.pad_token)
+        self.add_bos_token = add_bos and self.bos_id is not None
+        self.add_eos_token = add_eos and self.eos_id is not None
+
+        # SentencePiece: special and added tokens written in the text are split
+        # out before encoding (the slow tokenizer's "no split" tokens).
+        specials = [self.bos_token, self.eos_token, self.unk_token, self.pad_token]
+        specials += [content for content, _ in self._added.values()]
+        self._splitter = _special_splitter([t for t in specials if self.token_to_id(t) is not None])
+
+        stops = [self.eos_id] if self.eos_id is not None else []
+        gen_eos = (generation_config or {}).get("eos_token_id")
+        stops += gen_eos if isinstance(gen_eos, list) else ([gen_eos] if gen_eos is not None else [])
+        stops += [self.token_to_id(t) for t in EXTRA_STOP_TOKENS]
+        self.eos_ids = list(dict.fromkeys(int(i) for i in stops if i is not None))
+
+        # "special" ids in transformers' sense (skipped by decode): the named
+        # special tokens and additional_special_tokens.
+        named = [self.bos_id, self.eos_id, self.unk_id, self.pad_id]
+        extra = self.config.get("additional_special_tokens") or stm.get("additional_special_tokens") or []
+        named += [self.token_to_id(_token_text(t)) for t in extra]
+        self._skip_ids = {i for i in named if i is not None}
+
+    # -- construction ---------------------------------------------------------
+
+    @classmethod
+    def from_folder(cls, folder):
+        """Load tokenizer.json (preferred) or tokenizer.model from `folder`."""
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"{folder}: tokenizer folder does not exist")
+        config = _read_json(os.path.join(folder, "tokenizer_config.json")) or {}
+        stm = _read_json(os.path.join(folder, "special_tokens_map.json")) or {}
+        gen = _read_json(os.path.join(folder, "generation_config.json")) or {}
+        tj = os.path.join(folder, "tokenizer.json")
+        sm = os.path.join(folder, "tokenizer.model")
+        if os.path.isfile(tj):
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise TgError("reading tokenizer.json needs the 'tokenizers' package (pip install tokenizers)") from None
+            try:
+                backend = Tokenizer.from_file(tj)
+            except Exception as e:
+                raise CheckpointError(f"{tj}: cannot load tokenizer ({e})") from None
+            return cls(backend, "tokenizers", config, folder, gen, stm)
+        if os.path.isfile(sm):
+            try:
+                backend = _load_sp(model_file=sm)
+            except CheckpointError as e:
+                raise CheckpointError(f"{sm}: {e}") from None
+            return cls(backend, "sentencepiece", config, folder, gen, stm)
+        if os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isfile(os.path.join(folder, "merges.txt")):
+            return cls(_qwen2_from_vocab_merges(folder, config), "tokenizers", config, folder, gen, stm)
+        raise CheckpointError(f"{folder}: no tokenizer.json, tokenizer.model or vocab.json + merges.txt")
+
+    def _probe_post_processor(self):
+        """Ids the tokenizer.json post-processor puts before and after the text."""
+        plain = self._backend.encode("hello", add_special_tokens=False).ids
+        full = self._backend.encode("hello", add_special_tokens=True).ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return full[:start], full[start + len(plain):]
+        return [], []
+
+    # -- vocabulary -------------------------------------------------------------
+
+    def token_to_id(self, token):
+        """Id of a token string, or None when the vocabulary lacks it."""
+        if token is None:
+            return None
+        if token in self._added_by_text:
+            return self._added_by_text[token]
+        if self.kind == "tokenizers":
+            return self._backend.token_to_id(token)
+        sp = self._backend
+        idx = sp.piece_to_id(token)
+        return idx if 0 <= idx < sp.get_piece_size() and sp.id_to_piece(idx) == token else None
+
+    def id_to_token(self, idx):
+        if idx in self._added:
+            return self._added[idx][0]
+        if self.kind == "tokenizers":
+            return self._backend.id_to_token(idx)
+        return self._backend.id_to_piece(idx) if 0 <= idx < self._backend.get_piece_size() else None
+
+    @property
+    def vocab_size(self):
+        if self.kind == "tokenizers":
+            return self._backend.get_vocab_size(with_added_tokens=True)
+        return max([self._backend.get_piece_size()] + [i + 1 for i in self._added])
+
+    # -- encode / decode --------------------------------------------------------
+
+    def encode(self, text, add_bos=None):
+        """Token ids of `text`, with BOS (and EOS) as the tokenizer adds them.
+
+        add_bos=None follows the tokenizer's default; True/False force it.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if self.kind == "tokenizers":
+            ids = list(self._backend.encode(text, add_special_tokens=False).ids)
+        else:
+            ids = self._sp_encode(text)
+        if add_bos is None:
+            add_bos = self.add_bos_token
+        if add_bos:
+            if self.bos_id is None:
+                raise TgError("this tokenizer has no BOS token")
+            ids.insert(0, self.bos_id)
+        if self.add_eos_token:
+            ids.append(self.eos_id)
+        return ids
+
+    def _segments(self, text):
+        """Split text into (piece, is_special) around special/added tokens."""
+        if self._splitter is None:
+            return [(text, False)] if text else []
+        out = []
+        for i, piece in enumerate(self._splitter.split(text)):
+            if piece:
+                out.append((piece, i % 2 == 1))
+        return out
+
+    def _sp_encode(self, text):
+        sp = self._backend
+        if not text:
+            return []
+        if self.legacy:
+            ids = []
+            for piece, is_special in self._segments(text):
+                ids += [self.token_to_id(piece)] if is_special else sp.encode(piece)
+            return ids
+        # legacy=False (transformers LlamaTokenizer): one "▁" before the whole
+        # text, and no dummy prefix before text that follows a special token.
+        text = _SPIECE_UNDERLINE + text.replace(_SPIECE_UNDERLINE, " ")
+        ids, kinds = [], []
+        for piece, is_special in self._segments(text):
+            if is_special:
+                ids.append(self.token_to_id(piece))
+                kinds.append(True)
+                continue
+            if piece.startswith((_SPIECE_UNDERLINE, " ")):
+                new = self._sp_nodummy.encode(self._unk_text + piece)
+                new = new[self._unk_len:] if len(new) >= self._unk_len else new
+            else:
+                new = self._sp_nodummy.encode(piece)
+            ids += new
+            kinds += [False] * len(new)
+        if (len(ids) > 1 and kinds[1] and ids[1] in self._skip_ids
+                and sp.id_to_piece(ids[0]) == _SPIECE_UNDERLINE):
+            ids = ids[1:]
+        return ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        """Text of `ids`; negative ids (image placeholders) are ignored."""
+        ids = [int(i) for i in ids if int(i) >= 0]
+        if self.kind == "tokenizers":
+            return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
+        sp = self._backend
+        n = sp.get_piece_size()
+        out, run = [], []
+        for i in ids:
+            if i < n and i not in self._added and i not in self._skip_ids:
+                run.append(i)  # ordinary piece: decoded by sentencepiece in runs
+                continue
+            token = self.id_to_token(i)
+            if skip_special_tokens and (i in self._skip_ids or token is None):
+                continue
+            out.append(sp.decode(run))
+            run = []
+            out.append(token or "")
+        out.append(sp.decode(run))
+        return "".join(out)
+
+    def __repr__(self):
+        return (f"LlmTokenizer({self.kind}, vocab={self.vocab_size}, bos={self.bos_id}, "
+                f"eos={self.eos_ids}, add_bos={self.add_bos_token})")
+
+
+_QWEN2_PRETOKENIZE = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+                      r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def _read_merges(path):
+    merges = []
+    with open(path, encoding="utf-8") as f:
+        for line in f.read().split("\n"):
+            if not line or line.startswith("#version"):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2:
+                raise CheckpointError(f"{path}: bad merge line {line!r}")
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _qwen2_from_vocab_merges(folder, config):
+    """A slow Qwen2Tokenizer folder (vocab.json + merges.txt) as a `tokenizers` object.
+
+    Built the way transformers converts Qwen2Tokenizer to its fast twin: NFC,
+    Qwen2's split pattern, byte-level BPE, added tokens from
+    tokenizer_config.json's added_tokens_decoder (or added_tokens.json).
+    TG-LLaVA saves its Qwen2 checkpoints with the slow tokenizer, so their
+    folders have no tokenizer.json.
+    """
+    cls_name = str(config.get("tokenizer_class") or "")
+    if not cls_name.startswith("Qwen2Tokenizer"):
+        raise CheckpointError(
+            f"{folder}: vocab.json + merges.txt is only supported for Qwen2Tokenizer "
+            f"(tokenizer_class {cls_name or 'missing'!r}); provide tokenizer.json"
+        )
+    try:
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    except ImportError:
+        raise TgError("reading a Qwen2 tokenizer needs the 'tokenizers' package") from None
+    vocab_path = os.path.join(folder, "vocab.json")
+    vocab = dict(_read_json(vocab_path) or {})
+    merges = _read_merges(os.path.join(folder, "merges.txt"))
+    added = []
+    for key, info in (config.get("added_tokens_decoder") or {}).items():
+        content = _token_text(info)
+        if content is not None:
+            added.append((int(key), content, bool(info.get("special", True)) if isinstance(info, dict) else True))
+    for content, idx in (_read_json(os.path.join(folder, "added_tokens.json")) or {}).items():
+        if all(content != c for _, c, _ in added):
+            added.append((int(idx), content, True))
+    for idx, content, _ in added:
+        vocab.setdefault(content, idx)
+    try:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, continuing_subword_prefix="",
+                                   end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    except Exception as e:
+        raise CheckpointError(f"{vocab_path}: cannot build the BPE model ({e})") from None
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN2_PRETOKENIZE), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    for _, content, special in sorted(added):
+        token = AddedToken(content, special=special, normalized=False)
+        (tok.add_special_tokens if special else tok.add_tokens)([token])
+    return tok
+
+
+def _load_sp(model_file=None, model_proto=None):
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        raise TgError("reading tokenizer.model needs the 'sentencepiece' package (pip install sentencepiece)") from None
+    sp = spm.SentencePieceProcessor()
+    try:
+        if model_file is not None:
+            sp.Load(model_file=model_file)
+        else:
+            sp.LoadFromSerializedProto(model_proto)
+    except Exception as e:
+        raise CheckpointError(f"cannot load SentencePiece model ({e})") from None
+    return sp
+
+
+def _sp_piece(sp, idx):
+    return sp.id_to_piece(idx) if 0 <= idx < sp.get_piece_size() else None
+
+
+def tokenizer_image_token(prompt, tok, image_token_index=IMAGE_TOKEN_INDEX):
+    """Token ids of a prompt with `image_token_index` where "<image>" stands.
+
+    LLaVA's rule: split on "<image>", tokenize every chunk with the
+    tokenizer's default special tokens; if the first chunk starts with BOS,
+    keep that one BOS and drop the first token of every later chunk (their
+    BOS); put one `image_token_index` between consecutive chunks.
+    """
+    chunks = [tok.encode(chunk) for chunk in prompt.split(IMAGE_TOKEN)]
+    offset = 0
+    ids = []
+    bos = getattr(tok, "bos_id", None)
+    if chunks and chunks[0] and bos is not None and chunks[0][0] == bos:
+        offset = 1
+        ids.append(chunks[0][0])
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            ids.append(image_token_index)
+        ids.extend(chunk[offset:])
+    return ids
+
+
+class StreamDecoder:
+    """Incremental detokenizer for streaming generation.
+
+    `push(token_id)` returns the text completed by that token ("" while a
+    multi-byte character is still partial).  Text is decoded over a short
+    window of recent ids and the new suffix emitted, so SentencePiece's
+    leading-space rule and byte-level UTF-8 fragments come out right; a
+    trailing U+FFFD (incomplete character) is held back.  `flush()` returns
+    what is still held back at the end.
+    """
+
+    def __init__(self, tok, skip_special_tokens=True):
+        self.tok = tok
+        self.skip_special_tokens = skip_special_tokens
+        self.ids = []
+        self._prefix = 0  # start of the decode window
+        self._read = 0    # ids up to here have been emitted
+        self.text = ""
+
+    def _decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def push(self, token_id):
+        self.ids.append(int(token_id))
+        prefix_text = self._decode(self.ids[self._prefix:self._read])
+        new_text = self._decode(self.ids[self._prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(prefix_text):]
+            self._prefix, self._read = self._read, len(self.ids)
+            self.text += delta
+            return delta
+        return ""
+
+    def flush(self):
+        prefix_text = self._decode(self.ids[self._prefix:self._read])
+        new_text = self._decode(self.ids[self._prefix:])
+        delta = new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+        self._prefix = self._read = len(self.ids)
+        self.text += delta
+        return delta
+
+
+# --- CLIP ---------------------------------------------------------------------
+
+CLIP_MAX_LENGTH = 77
+
+# Unicode White_Space (what \s matches in the Rust regex the fast tokenizer uses).
+_WHITESPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000")
+_WHITESPACE |= {chr(c) for c in range(0x2000, 0x200B)}
+_CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
+
+
+@functools.lru_cache(maxsize=1)
+def bytes_to_unicode():
+    """GPT-2/CLIP byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _char_class(c):
+    cat = unicodedata.category(c)
+    return cat[0] if cat[0] in "LN" else ("S" if c in _WHITESPACE else "P")
+
+
+def clip_pre_tokenize(text):
+    """CLIP's split: contractions | letter runs | single digits | other-symbol runs."""
+    words, i, n = [], 0, len(text)
+    while i < n:
+        for con in _CONTRACTIONS:
+            if text.startswith(con, i):
+                words.append(con)
+                i += len(con)
+                break
+        else:
+            kind = _char_class(text[i])
+            if kind == "S":
+                i += 1
+                continue
+            if kind == "N":
+                words.append(text[i])
+                i += 1
+                continue
+            j = i + 1
+            while j < n and _char_class(text[j]) == kind:
+                j += 1
+            words.append(text[i:j])
+            i = j
+    return words
+
+
+def clip_normalize(text, html_unescape=False):
+    """The fast CLIP tokenizer's normaliser: NFC, whitespace runs -> " ", lower case.
+
+    html_unescape=True also applies OpenAI CLIP's basic_clean (html.unescape
+    twice, strip), which transformers' tokenizers do not do.
+    """
+    if html_unescape:
+        text = html.unescape(html.unescape(text)).strip()
+    text = unicodedata.normalize("NFC", text)
+    out, prev_space = [], False
+    for c in text:
+        if c in _WHITESPACE:
+            if not prev_space:
+                out.append(" ")
+            prev_space = True
+        else:
+            out.append(c)
+            prev_space = False
+    return "".join(out).lower()
+
+
+class ClipTokenizer:
+    """CLIP BPE tokenizer for the TG-LLaVA text tower.
+
+    encode(text) = [BOS] + BPE ids + [EOS], then cut to `max_length` (77).
+    """
+
+    def __init__(self, encoder, merges, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                 pad_token=None, max_length=CLIP_MAX_LENGTH, html_unescape=False, backend=None):
+        self.encoder = dict(encoder)
+        self.decoder = {v: k for k, v in self.encoder.items()}
+        self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
+        self.max_length = max_length
+        self.html_unescape = html_unescape
+        self._backend = backend
+        self.kind = "tokenizers" if backend is not None else "python"
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.bos_id = self._lookup(bos_token, "BOS")
+        self.eos_id = self._lookup(eos_token, "EOS")
+        self.pad_id = self._lookup(pad_token, "pad") if pad_token else self.eos_id
+        self._byte_encoder = bytes_to_unicode()
+        self._byte_decoder = {v: k for k, v in self._byte_encoder.items()}
+        self._splitter = _special_splitter([bos_token, eos_token])
+        self._cache = {}
+
+    def _lookup(self, token, what):
+        idx = self.encoder.get(token)
+        if idx is None and self._backend is not None:
+            idx = self._backend.token_to_id(token)
+        if idx is None:
+            raise CheckpointError(f"CLIP vocabulary has no {what} token {token!r}")
+        return idx
+
+    @classmethod
+    def from_folder(cls, folder, max_length=CLIP_MAX_LENGTH, backend="auto", html_unescape=False):
+        """Load from tokenizer.json (backend "auto"/"tokenizers") or vocab.json + merges.txt ("python")."""
+        folder = os.fspath(folder)
+        if backend not in ("auto", "tokenizers", "python"):
+            raise ValueError(f"backend must be 'auto', 'tokenizers' or 'python', got {backend!r}")
+        config = _read_json(os.path.join(folder, "tokenizer_config.json")) or {}
+        stm = _read_json(os.path.join(folder, "special_tokens_map.json")) or {}
+        names = {}
+        for key, default in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"), ("pad_token", None)):
+            names[key] = _token_text(config.get(key)) or _token_text(stm.get(key)) or default
+        tj = os.path.join(folder, "tokenizer.json")
+        if backend in ("auto", "tokenizers") and os.path.isfile(tj):
+            try:
+                from tokenizers import Tokenizer
+                tok = Tokenizer.from_file(tj)
+            except ImportError:
+                raise TgError("reading tokenizer.json needs the 'tokenizers' package") from None
+            except Exception as e:
+                raise CheckpointError(f"{tj}: cannot load tokenizer ({e})") from None
+            return cls(tok.get_vocab(with_added_tokens=True), [], max_length=max_length,
+                       html_unescape=html_unescape, backend=tok, **names)
+        if backend == "tokenizers":
+            raise CheckpointError(f"{folder}: no tokenizer.json")
+        vocab_path = os.path.join(folder, "vocab.json")
+        merges_path = os.path.join(folder, "merges.txt")
+        vocab = _read_json(vocab_path)
+        if vocab is None or not os.path.isfile(merges_path):
+            raise CheckpointError(f"{folder}: no CLIP tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+        with open(merges_path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        merges = []
+        for line in lines:
+            if not line.strip() or line.startswith("#version"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise CheckpointError(f"{merges_path}: bad merge line {line!r}")
+            merges.append(tuple(parts))
+        return cls(vocab, merges, max_length=max_length, html_unescape=html_unescape, **names)
+
+    def bpe(self, word):
+        """BPE of one pre-token (already mapped to the byte alphabet); returns sub-tokens."""
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            pairs = list(zip(parts, parts[1:]))
+            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if best not in self.bpe_ranks:
+                break
+            first, second = best
+            merged, i = [], 0
+            while i < len(parts):
+                if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        if len(self._cache) < 100_000:
+            self._cache[word] = parts
+        return parts
+
+    def tokenize(self, text):
+        """BPE token strings of `text` (no BOS/EOS)."""
+        tokens = []
+        pieces = self._splitter.split(text) if self._splitter else [text]
+        for i, piece in enumerate(pieces):
+            if i % 2 == 1:
+                tokens.append(piece)
+                continue
+            for word in clip_pre_tokenize(clip_normalize(piece, self.html_unescape)):
+                mapped = "".join(self._byte_encoder[b] for b in word.encode("utf-8"))
+                tokens.extend(self.bpe(mapped))
+        return tokens
+
+    def encode(self, text):
+        """[BOS] + ids + [EOS], cut to max_length (a cut drops the EOS)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if self._backend is not None:
+            if self.html_unescape:
+                text = html.unescape(html.unescape(text)).strip()
+            body = list(self._backend.encode(text, add_special_tokens=False).ids)
+        else:
+            unk = self.encoder.get("<|endoftext|>", self.eos_id)
+            body = [self.encoder.get(t, unk) for t in self.tokenize(text)]
+        ids = [self.bos_id] + body + [self.eos_id]
+        return ids[: self.max_length]
+
+    def encode_batch(self, texts):
+        """encode() of each text; a list of lists (padding is the caller's choice)."""
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids):
+        """Approximate text of ids (BOS/EOS dropped, word ends become spaces)."""
+        data = bytearray()
+        for i in ids:
+            if int(i) in (self.bos_id, self.eos_id):
+                continue
+            token = self.decoder.get(int(i), "")
+            word_end = token.endswith("</w>")
+            body = token[:-4] if word_end else token
+            data += bytes(self._byte_decoder.get(c, ord("?")) for c in body)
+            if word_end:
+                data += b" "
+        return data.decode("utf-8", errors="replace").strip()
