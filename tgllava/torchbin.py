@@ -191,6 +191,27 @@ def _read_entry(zf, name, path):
         raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
 
 
+def _read_storage(zf, name, nbytes, path):
+    """Read the first `nbytes` of a storage entry straight into a writable buffer."""
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    got = 0
+    try:
+        with zf.open(name) as f:
+            while got < nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+    except KeyError:
+        raise CheckpointError(f"{path}: missing archive entry {name}") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
+    if got < nbytes:
+        raise CheckpointError(f"{path}: storage {name} holds {got} bytes, {nbytes} expected")
+    return buf
+
+
 def _unpickle(zf, prefix, path):
     data = _read_entry(zf, prefix + "data.pkl", path)
     up = _RestrictedUnpickler(io.BytesIO(data), path)
@@ -279,14 +300,8 @@ def load_bin(path, bf16="float32"):
         for key, names in by_storage.items():
             st = refs[names[0]].storage
             dtype = np.dtype(st.stype.np_dtype).newbyteorder(order)
-            raw = _read_entry(zf, f"{prefix}data/{key}", path)
-            if len(raw) < st.numel * dtype.itemsize:
-                raise CheckpointError(
-                    f"{path}: storage data/{key} holds {len(raw)} bytes, "
-                    f"{st.numel * dtype.itemsize} expected"
-                )
-            flat = np.frombuffer(bytearray(raw[: st.numel * dtype.itemsize]), dtype=dtype)
-            del raw
+            buf = _read_storage(zf, f"{prefix}data/{key}", st.numel * dtype.itemsize, path)
+            flat = np.frombuffer(buf, dtype=dtype)
             for name in names:
                 ref = refs[name]
                 n = int(np.prod(ref.shape, dtype=np.int64))
