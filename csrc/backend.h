@@ -1,0 +1,139 @@
+/* backend.h -- the op table every backend fills in.
+ *
+ * The model code (csrc/model/) is written once against this table and never
+ * calls a CPU or CUDA function directly.  A backend owns its memory: every
+ * pointer passed to an op below is *backend memory* (host memory for the CPU
+ * backend, device memory for CUDA) unless the comment says "host".
+ *
+ * Activations are float32 everywhere.  Large matrices (Linear weights and
+ * embedding tables) are tg_weight: rows x cols in PyTorch's (out, in) layout,
+ * stored in the backend's storage dtype (CPU: float32; CUDA: bf16/fp16/f32),
+ * so products accumulate in float32 whatever the storage.
+ *
+ * Every op returns 0 on success, or -1 after writing a message into be->err
+ * (ops never exit the process).  Ops run in order on the backend's single
+ * stream; be->sync waits for them.
+ */
+#ifndef TG_BACKEND_H
+#define TG_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum tg_dtype { TG_F32 = 0, TG_F16 = 1, TG_BF16 = 2 };
+
+enum tg_act {
+    TG_ACT_NONE = 0,
+    TG_ACT_GELU = 1,       /* exact erf GELU: 0.5 x (1 + erf(x / sqrt 2)) */
+    TG_ACT_QUICK_GELU = 2, /* x * sigmoid(1.702 x) */
+    TG_ACT_SILU = 3        /* x * sigmoid(x) */
+};
+
+typedef struct tg_weight {
+    void *data;      /* backend memory, rows*cols elements of dtype */
+    int dtype;       /* enum tg_dtype */
+    int64_t rows;    /* out features (or vocabulary for tables) */
+    int64_t cols;    /* in features (or width for tables) */
+} tg_weight;
+
+/* Scaled dot-product attention over heads laid out inside token rows:
+ * token t of batch b of q starts at q + b*q_bstride + t*q_stride, and head h
+ * occupies [h*head_dim, (h+1)*head_dim) of that row (same for k, v, out).
+ * Query head h reads key/value head h / (n_heads / n_kv_heads).
+ * Key j is visible to query i of batch b iff all of:
+ *   j < kv_len[b]                         (kv_len NULL: j < Tk)
+ *   !causal or j <= q_pos[b] + i          (q_pos NULL: q_pos[b] = Tk - Tq)
+ *   key_mask == NULL or key_mask[b*Tk + j] != 0
+ * A query with no visible key gets a zero output row.
+ * probs_accum, when not NULL, is (B, Tq, Tk) float32 and receives += the
+ * softmax probabilities summed over heads (for attention maps). */
+typedef struct tg_attention {
+    const float *q, *k, *v;
+    float *out;
+    int64_t q_stride, k_stride, v_stride, o_stride;     /* floats between tokens */
+    int64_t q_bstride, k_bstride, v_bstride, o_bstride; /* floats between batch items */
+    int B, Tq, Tk, n_heads, n_kv_heads, head_dim;
+    float scale;
+    int causal;
+    const int32_t *q_pos;    /* (B) or NULL */
+    const int32_t *kv_len;   /* (B) or NULL */
+    const int32_t *key_mask; /* (B, Tk) or NULL */
+    float *probs_accum;      /* (B, Tq, Tk) or NULL */
+} tg_attention;
+
+typedef struct tg_backend tg_backend;
+struct tg_backend {
+    const char *name;  /* "cpu", "cuda" */
+    int device;        /* CUDA ordinal, 0 for cpu */
+    void *impl;        /* backend private state */
+    char err[512];     /* message of the last failure */
+
+    void (*destroy)(tg_backend *be);
+
+    /* memory: alloc returns NULL and sets err on failure */
+    void *(*alloc)(tg_backend *be, size_t bytes);
+    void (*release)(tg_backend *be, void *p);
+    int (*to_device)(tg_backend *be, void *dst, const void *host_src, size_t bytes);
+    int (*to_host)(tg_backend *be, void *host_dst, const void *src, size_t bytes);
+    int (*copy)(tg_backend *be, void *dst, const void *src, size_t bytes);
+    int (*sync)(tg_backend *be);
+
+    /* Allocate w->data and fill it from host float32 (rows, cols) in `dtype`
+     * (the backend may refuse a dtype it cannot store). */
+    int (*weight_upload)(tg_backend *be, tg_weight *w, const float *host, int64_t rows, int64_t cols, int dtype);
+    void (*weight_release)(tg_backend *be, tg_weight *w);
+
+    /* y(M, w->rows) = act(x(M, w->cols) @ w^T + bias) + residual.
+     * bias (w->rows) and residual (M, w->rows) may be NULL; residual may equal y. */
+    int (*linear)(tg_backend *be, const float *x, const tg_weight *w, const float *bias,
+                  const float *residual, float *y, int64_t M, int act);
+
+    /* Row-wise norms over the last dimension; y may equal x. */
+    int (*layernorm)(tg_backend *be, const float *x, const float *gamma, const float *beta, float *y,
+                     int64_t rows, int64_t dim, float eps);
+    int (*rmsnorm)(tg_backend *be, const float *x, const float *gamma, float *y, int64_t rows, int64_t dim, float eps);
+
+    int (*attention)(tg_backend *be, const tg_attention *a);
+
+    /* x[i] = act(x[i]) for i < n, in place */
+    int (*activation)(tg_backend *be, float *x, int64_t n, int act);
+    /* out(rows, F) = silu(gu[:, :F]) * gu[:, F:], gu is (rows, 2F) */
+    int (*silu_mul)(tg_backend *be, const float *gu, float *out, int64_t rows, int64_t F);
+    /* y[o*n + i] += x[i] for o < outer, i < n  (outer = 1 is a plain add) */
+    int (*add_bcast)(tg_backend *be, float *y, const float *x, int64_t outer, int64_t n);
+
+    /* out(n, table->cols) = table[ids[i]] ; ids (n) int32, checked by the caller */
+    int (*embedding)(tg_backend *be, const tg_weight *table, const int32_t *ids, float *out, int64_t n);
+    /* dst(n, dim) = src[idx[i]] rows; idx (n) int32 */
+    int (*gather_rows)(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim);
+
+    /* pixels (B, C, S, S) -> cols (B * (S/P)^2, C*P*P), patches row-major,
+     * each row ordered (c, ky, kx) like a conv weight (D, C, P, P). */
+    int (*im2col)(tg_backend *be, const float *pix, float *cols, int B, int C, int S, int P);
+    /* pixels (B, C, S, S) -> tiles (B, 4, C, S, S): bilinear 2x upscale,
+     * align_corners=False, then crops TL, TR, BL, BR. */
+    int (*upscale_tiles)(tg_backend *be, const float *pix, float *tiles, int B, int C, int S);
+
+    /* Rotary embedding, rotate-half layout, in place on the first n_heads
+     * heads of each row: x (rows, row_stride), pos (rows) int32. */
+    int (*rope)(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim,
+                const int32_t *pos, float theta);
+
+    /* out (rows) int32 = argmax over cols of x (rows, cols), first max wins */
+    int (*argmax)(tg_backend *be, const float *x, int64_t rows, int64_t cols, int32_t *out);
+};
+
+/* Backends.  Each returns NULL and writes err (size errlen) on failure. */
+tg_backend *tg_cpu_backend_create(char *err, size_t errlen);
+#ifdef TG_WITH_CUDA
+tg_backend *tg_cuda_backend_create(int device, char *err, size_t errlen);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TG_BACKEND_H */

@@ -1,0 +1,125 @@
+/* model.h -- the model's internal structures, shared by the files of csrc/model/.
+ *
+ * A `param` is one backend buffer filled from one or more checkpoint tensors
+ * (gate_proj and up_proj are stacked into one (2F, D) matrix so SwiGLU is a
+ * single product).  Matrices used by linear/embedding are tg_weight in the
+ * model dtype; vectors (biases, norm weights, embeddings added to activations)
+ * stay float32.  Every param is registered with its checkpoint name(s) and
+ * expected shape in model_register() (params.c), so the loader, the
+ * required-tensor list and shape checking all come from one table.
+ */
+#ifndef TG_MODEL_H
+#define TG_MODEL_H
+
+#include <stdint.h>
+
+#include "tensor.h"
+#include "tg.h"
+
+#define TG_MAX_PARTS 2
+
+typedef struct param {
+    tg_weight w;        /* w.data == NULL until uploaded */
+    int64_t rows, cols; /* logical 2-D shape of the whole buffer */
+    int is_matrix;      /* stored in the model dtype (else float32) */
+    int nparts, got;    /* checkpoint tensors stacked by rows, and how many arrived */
+    float *stash;       /* host staging while parts arrive */
+} param;
+
+typedef struct clip_layer {
+    param ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+} clip_layer;
+
+typedef struct qformer_layer {
+    param sq_w, sq_b, sk_w, sk_b, sv_w, sv_b, so_w, so_b, sln_w, sln_b;  /* self attention, post-LN */
+    param cq_w, cq_b, ck_w, ck_b, cv_w, cv_b, co_w, co_b, cln_w, cln_b;  /* cross attention (even layers) */
+    param f1_w, f1_b, f2_w, f2_b, fln_w, fln_b;                          /* query FFN */
+} qformer_layer;
+
+typedef struct perceiver_layer {
+    param lat_norm, ctx_norm, q_w, k_w, v_w, o_w, post_norm, gate_up_w, down_w;
+} perceiver_layer;
+
+typedef struct llm_layer {
+    param in_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, post_norm, gate_up_w, down_w;
+} llm_layer;
+
+typedef struct registry_entry {
+    char name[192];
+    param *p;
+    int part;          /* which stacked part of p */
+    int ndim;
+    int64_t shape[4];  /* expected checkpoint shape */
+    int loaded;
+} registry_entry;
+
+struct tg_model {
+    tg_config c;
+    tg_backend *be;
+    tg_arena arena;
+    char err[768];
+    int finished;
+
+    /* vision tower */
+    param v_cls, v_patch, v_pos, v_pre_w, v_pre_b;
+    clip_layer *v_layers;
+    /* text tower */
+    param t_tok, t_pos, t_fin_w, t_fin_b;
+    clip_layer *t_layers;
+    /* FOM */
+    param f_resize_w, f_resize_b, f_zero_w, f_zero_b, f_queries, f_ln_w, f_ln_b;
+    qformer_layer *f_layers;
+    /* DP */
+    param d_pos, d_pre0_w, d_pre0_b, d_pre2_w, d_pre2_b, d_resize_w, d_resize_b, d_latents, d_norm;
+    param d_proj0_w, d_proj0_b, d_proj2_w, d_proj2_b;
+    perceiver_layer *d_layers;
+    /* projector */
+    param pj0_w, pj0_b, pj2_w, pj2_b;
+    /* LLM */
+    param embed, norm, lm_head;
+    llm_layer *l_layers;
+
+    registry_entry *reg;
+    int n_reg, cap_reg;
+
+    /* KV cache: per layer (slots, max_len, kv_heads*head_dim) for k and v */
+    float **cache_k, **cache_v;
+    int cache_slots, cache_len;
+};
+
+/* params.c */
+int model_register(tg_model *m);
+void model_release_params(tg_model *m);
+int model_fail(tg_model *m, const char *fmt, ...);
+int be_fail(tg_model *m, const char *what); /* copies the backend's message */
+
+/* clip.c: x (rows, D) through one pre-LN CLIP encoder layer in place */
+int clip_vision_forward(tg_model *m, const float *pix, int B, float *out); /* backend (B,3,S,S) -> (B,Np,Dv) */
+int clip_text_forward(tg_model *m, const int32_t *ids_host, int B, int T, float *hidden, float *pooled);
+/* fom.c */
+int fom_forward(tg_model *m, const float *pooled, int B, float *mask); /* backend (B,Dt) -> (B,Nq,Dv) */
+/* dp.c */
+int dp_forward(tg_model *m, const float *tile_feats, const float *text_hidden, const int32_t *text_len_host, int B,
+               int T, int n_latents, float *out, float *probs_accum);
+/* projector (in tgllava.c) */
+int projector_forward(tg_model *m, const float *x, int64_t rows, float *out);
+/* llm.c */
+int llm_cache_reserve(tg_model *m, int slots, int len);
+int llm_forward(tg_model *m, const float *x, int64_t T, int slot, int pos0, float *hidden_out, float *probs_accum);
+int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_host, const int32_t *pos_host,
+                    float *hidden_out);
+int llm_head(tg_model *m, const float *hidden, int64_t rows, float *logits);
+
+/* shortcuts */
+#define BE (m->be)
+#define CHECK(call)                                 \
+    do {                                            \
+        if ((call) != 0) return be_fail(m, #call);  \
+    } while (0)
+#define ALLOC(ptr, n)                                                        \
+    do {                                                                     \
+        (ptr) = tg_arena_floats(&m->arena, (size_t)(n));                     \
+        if (!(ptr)) return be_fail(m, "arena allocation of " #ptr);          \
+    } while (0)
+
+#endif

@@ -1,0 +1,26 @@
+/* common.h -- helpers shared by the binding files: argument parsing into
+ * checked NumPy arrays, exception classes, backend creation by device name. */
+#ifndef TG_PY_COMMON_H
+#define TG_PY_COMMON_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL tgllava_ARRAY_API
+#include <numpy/arrayobject.h>
+
+#include "backend.h"
+#include "tg.h"
+
+extern PyObject *TgErr_Base, *TgErr_Checkpoint, *TgErr_Shape, *TgErr_Device;
+
+/* A C-contiguous array of `typenum` with `ndim` dims (ndim < 0: any), or NULL with ShapeError set.
+ * `what` names the argument in messages.  Returns a new reference. */
+PyArrayObject *tg_py_array(PyObject *obj, int typenum, int ndim, const char *what);
+/* dims check: want[i] < 0 means any */
+int tg_py_check_dims(PyArrayObject *a, const npy_intp *want, int ndim, const char *what);
+/* create a backend from a device string ("cpu", "cuda", "cuda:1") */
+tg_backend *tg_py_backend(const char *device);
+
+int tg_py_ops_init(PyObject *module);
+#endif

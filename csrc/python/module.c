@@ -1,0 +1,800 @@
+/* module.c -- the CPython extension tgllava._C: module init, argument helpers, and the Model type.
+ *
+ * _C.Model wraps a tg_model.  Every method follows one path: parse and check
+ * the NumPy arguments (dtype, rank, sizes, C-contiguity; the Python layer in
+ * tgllava/api.py converts friendlier inputs before calling), allocate the
+ * output array, release the GIL and take the model's lock while C computes,
+ * then turn a failure into the right tgllava exception (CheckpointError for
+ * loading, DeviceError for backend failures, ShapeError for bad inputs).
+ * Arrays passed in are never modified.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define PY_ARRAY_UNIQUE_SYMBOL tgllava_ARRAY_API
+#include <numpy/arrayobject.h>
+#include <pythread.h>
+#include <string.h>
+
+#include "common.h"
+
+PyObject *TgErr_Base, *TgErr_Checkpoint, *TgErr_Shape, *TgErr_Device;
+
+PyArrayObject *tg_py_array(PyObject *obj, int typenum, int ndim, const char *what) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(TgErr_Shape, "%s must be a NumPy array, got %s", what, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum) {
+        PyArray_Descr *want = PyArray_DescrFromType(typenum);
+        PyErr_Format(TgErr_Shape, "%s must have dtype %s, got %s", what, want->typeobj->tp_name,
+                     PyArray_DESCR(a)->typeobj->tp_name);
+        Py_DECREF(want);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(TgErr_Shape, "%s must have %d dimensions, got %d", what, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a)) {
+        PyErr_Format(TgErr_Shape, "%s must be C-contiguous", what);
+        return NULL;
+    }
+    Py_INCREF(a);
+    return a;
+}
+
+int tg_py_check_dims(PyArrayObject *a, const npy_intp *want, int ndim, const char *what) {
+    for (int i = 0; i < ndim; i++)
+        if (want[i] >= 0 && PyArray_DIM(a, i) != want[i]) {
+            PyErr_Format(TgErr_Shape, "%s: dimension %d is %zd, expected %zd", what, i, (Py_ssize_t)PyArray_DIM(a, i),
+                         (Py_ssize_t)want[i]);
+            return -1;
+        }
+    for (int i = 0; i < ndim; i++)
+        if (PyArray_DIM(a, i) == 0) {
+            PyErr_Format(TgErr_Shape, "%s: dimension %d is empty", what, i);
+            return -1;
+        }
+    return 0;
+}
+
+tg_backend *tg_py_backend(const char *device) {
+    char err[512] = {0};
+    tg_backend *be = NULL;
+    if (strcmp(device, "cpu") == 0) {
+        be = tg_cpu_backend_create(err, sizeof err);
+    } else if (strncmp(device, "cuda", 4) == 0) {
+#ifdef TG_WITH_CUDA
+        int ordinal = 0;
+        if (device[4] == ':') ordinal = atoi(device + 5);
+        else if (device[4] != 0) {
+            PyErr_Format(TgErr_Shape, "unknown device '%s' (use 'cpu', 'cuda' or 'cuda:N')", device);
+            return NULL;
+        }
+        be = tg_cuda_backend_create(ordinal, err, sizeof err);
+#else
+        PyErr_SetString(TgErr_Device, "tgllava was built without CUDA (rebuild with nvcc on PATH or TGLLAVA_CUDA=1)");
+        return NULL;
+#endif
+    } else {
+        PyErr_Format(TgErr_Shape, "unknown device '%s' (use 'cpu', 'cuda' or 'cuda:N')", device);
+        return NULL;
+    }
+    if (!be) PyErr_SetString(TgErr_Device, err);
+    return be;
+}
+
+/* ------------------------------------------------------------------ Model */
+
+typedef struct {
+    PyObject_HEAD
+    tg_model *m;
+    tg_backend *be;
+    PyThread_type_lock lock;
+} ModelObject;
+
+#define RUN(self, rc, call)                                     \
+    do {                                                        \
+        Py_BEGIN_ALLOW_THREADS                                  \
+        PyThread_acquire_lock((self)->lock, WAIT_LOCK);         \
+        rc = (call);                                            \
+        PyThread_release_lock((self)->lock);                    \
+        Py_END_ALLOW_THREADS                                    \
+    } while (0)
+
+static PyObject *model_error(ModelObject *self) {
+    const char *msg = tg_model_error(self->m);
+    PyObject *cls = self->be->err[0] ? TgErr_Device : TgErr_Shape;
+    PyErr_SetString(cls, msg && msg[0] ? msg : "unknown failure");
+    self->be->err[0] = 0;
+    return NULL;
+}
+
+static int cfg_int(PyObject *d, const char *k, int *out) {
+    PyObject *v = PyDict_GetItemString(d, k);
+    if (!v) return 0;
+    long x = PyLong_AsLong(v);
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(TgErr_Shape, "config field %s must be an integer", k);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int cfg_float(PyObject *d, const char *k, float *out) {
+    PyObject *v = PyDict_GetItemString(d, k);
+    if (!v) return 0;
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(TgErr_Shape, "config field %s must be a number", k);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static int parse_config(PyObject *d, tg_config *c) {
+    memset(c, 0, sizeof *c);
+#define CI(f) if (cfg_int(d, #f, &c->f)) return -1
+#define CF(f) if (cfg_float(d, #f, &c->f)) return -1
+    CI(v_hidden); CI(v_heads); CI(v_layers); CI(v_ffn); CI(v_image); CI(v_patch); CI(v_act); CI(v_select); CF(v_eps);
+    CI(t_hidden); CI(t_heads); CI(t_layers); CI(t_ffn); CI(t_vocab); CI(t_positions); CI(t_act); CF(t_eps);
+    CI(has_fom); CI(q_layers); CI(q_heads); CI(q_ffn); CI(q_queries); CI(q_cross_freq); CF(q_eps);
+    CI(has_dp); CI(p_layers); CI(p_latents); CI(p_heads); CI(p_head_dim); CI(p_kv_heads); CI(p_ffn); CI(p_positions); CF(p_eps);
+    CI(proj_mlp);
+    CI(hidden); CI(heads); CI(kv_heads); CI(head_dim); CI(layers); CI(ffn); CI(vocab); CI(qkv_bias); CI(tie_embeddings); CI(max_len);
+    CF(rms_eps); CF(rope_theta); CI(dtype);
+#undef CI
+#undef CF
+    return 0;
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"config", "device", NULL};
+    PyObject *cfgd;
+    const char *device = "cpu";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|s", kwlist, &PyDict_Type, &cfgd, &device)) return -1;
+    tg_config c;
+    if (parse_config(cfgd, &c)) return -1;
+    self->be = tg_py_backend(device);
+    if (!self->be) return -1;
+    char err[512];
+    if (tg_model_create(&c, self->be, &self->m, err, sizeof err)) {
+        PyErr_SetString(TgErr_Checkpoint, err);
+        return -1;
+    }
+    self->lock = PyThread_allocate_lock();
+    if (!self->lock) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Model_dealloc(ModelObject *self) {
+    if (self->m) tg_model_free(self->m);
+    if (self->be) self->be->destroy(self->be);
+    if (self->lock) PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Model_required(ModelObject *self, PyObject *noargs) {
+    int n = tg_model_required_count(self->m);
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    for (int i = 0; i < n; i++) {
+        int ndim, loaded;
+        const int64_t *shape;
+        const char *name = tg_model_required(self->m, i, &ndim, &shape, &loaded);
+        PyObject *sh = PyTuple_New(ndim);
+        for (int j = 0; sh && j < ndim; j++) PyTuple_SET_ITEM(sh, j, PyLong_FromLongLong(shape[j]));
+        PyObject *item = sh ? Py_BuildValue("(sNO)", name, sh, loaded ? Py_True : Py_False) : NULL;
+        if (!item) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+/* set_tensor(name, array, src_dtype): array float32, float16, or uint16 holding bfloat16 bits (src_dtype 2) */
+static PyObject *Model_set_tensor(ModelObject *self, PyObject *args) {
+    const char *name;
+    PyObject *obj;
+    int src;
+    if (!PyArg_ParseTuple(args, "sOi", &name, &obj, &src)) return NULL;
+    int typenum = src == TG_SRC_F32 ? NPY_FLOAT32 : src == TG_SRC_F16 ? NPY_FLOAT16 : NPY_UINT16;
+    PyArrayObject *a = tg_py_array(obj, typenum, -1, name);
+    if (!a) return NULL;
+    int ndim = PyArray_NDIM(a), rc;
+    int64_t shape[8];
+    if (ndim > 8) {
+        Py_DECREF(a);
+        PyErr_Format(TgErr_Checkpoint, "tensor %s has too many dimensions", name);
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++) shape[i] = PyArray_DIM(a, i);
+    RUN(self, rc, tg_model_set_tensor(self->m, name, PyArray_DATA(a), src, ndim, shape));
+    Py_DECREF(a);
+    if (rc) {
+        PyErr_SetString(self->be->err[0] ? TgErr_Device : TgErr_Checkpoint, tg_model_error(self->m));
+        self->be->err[0] = 0;
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_finish(ModelObject *self, PyObject *noargs) {
+    int rc;
+    RUN(self, rc, tg_model_finish(self->m));
+    if (rc) {
+        PyErr_SetString(TgErr_Checkpoint, tg_model_error(self->m));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyArrayObject *new_f32(int nd, const npy_intp *dims) {
+    return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
+}
+
+static PyObject *Model_vision_features(ModelObject *self, PyObject *args) {
+    PyObject *o;
+    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    const tg_config *c = tg_model_config(self->m);
+    PyArrayObject *pix = tg_py_array(o, NPY_FLOAT32, 4, "pixels");
+    npy_intp want[4] = {-1, 3, c->v_image, c->v_image};
+    if (!pix || tg_py_check_dims(pix, want, 4, "pixels")) {
+        Py_XDECREF(pix);
+        return NULL;
+    }
+    int B = (int)PyArray_DIM(pix, 0), g = c->v_image / c->v_patch, rc;
+    npy_intp od[3] = {B, (npy_intp)g * g, c->v_hidden};
+    PyArrayObject *out = new_f32(3, od);
+    if (!out) {
+        Py_DECREF(pix);
+        return NULL;
+    }
+    RUN(self, rc, tg_vision_features(self->m, PyArray_DATA(pix), B, PyArray_DATA(out)));
+    Py_DECREF(pix);
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *Model_text_tower(ModelObject *self, PyObject *args) {
+    PyObject *o;
+    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    const tg_config *c = tg_model_config(self->m);
+    PyArrayObject *ids = tg_py_array(o, NPY_INT32, 2, "ids");
+    npy_intp want[2] = {-1, -1};
+    if (!ids || tg_py_check_dims(ids, want, 2, "ids")) {
+        Py_XDECREF(ids);
+        return NULL;
+    }
+    int B = (int)PyArray_DIM(ids, 0), T = (int)PyArray_DIM(ids, 1), rc;
+    npy_intp hd[3] = {B, T, c->t_hidden}, pd[2] = {B, c->t_hidden};
+    PyArrayObject *h = new_f32(3, hd), *p = new_f32(2, pd);
+    if (!h || !p) {
+        Py_DECREF(ids);
+        Py_XDECREF(h);
+        Py_XDECREF(p);
+        return NULL;
+    }
+    RUN(self, rc, tg_text_tower(self->m, PyArray_DATA(ids), B, T, PyArray_DATA(h), PyArray_DATA(p)));
+    Py_DECREF(ids);
+    if (rc) {
+        Py_DECREF(h);
+        Py_DECREF(p);
+        return model_error(self);
+    }
+    return Py_BuildValue("(NN)", h, p);
+}
+
+static PyObject *Model_fom(ModelObject *self, PyObject *args) {
+    PyObject *o;
+    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    const tg_config *c = tg_model_config(self->m);
+    PyArrayObject *p = tg_py_array(o, NPY_FLOAT32, 2, "pooled");
+    npy_intp want[2] = {-1, c->t_hidden};
+    if (!p || tg_py_check_dims(p, want, 2, "pooled")) {
+        Py_XDECREF(p);
+        return NULL;
+    }
+    int B = (int)PyArray_DIM(p, 0), rc;
+    npy_intp od[3] = {B, c->q_queries, c->v_hidden};
+    PyArrayObject *out = new_f32(3, od);
+    if (!out) {
+        Py_DECREF(p);
+        return NULL;
+    }
+    RUN(self, rc, tg_fom(self->m, PyArray_DATA(p), B, PyArray_DATA(out)));
+    Py_DECREF(p);
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+}
+
+/* optional int32 (B) lengths: None -> NULL */
+static int opt_lengths(PyObject *o, int B, int T, PyArrayObject **out) {
+    *out = NULL;
+    if (o == Py_None) return 0;
+    PyArrayObject *a = tg_py_array(o, NPY_INT32, 1, "text_len");
+    npy_intp want[1] = {B};
+    if (!a || tg_py_check_dims(a, want, 1, "text_len")) {
+        Py_XDECREF(a);
+        return -1;
+    }
+    const int32_t *l = PyArray_DATA(a);
+    for (int b = 0; b < B; b++)
+        if (l[b] < 1 || l[b] > T) {
+            PyErr_Format(TgErr_Shape, "text_len[%d] = %d is outside [1, %d]", b, l[b], T);
+            Py_DECREF(a);
+            return -1;
+        }
+    *out = a;
+    return 0;
+}
+
+static PyObject *Model_dp(ModelObject *self, PyObject *args) {
+    PyObject *fo, *to, *lo = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O", &fo, &to, &lo)) return NULL;
+    const tg_config *c = tg_model_config(self->m);
+    int g = c->v_image / c->v_patch;
+    PyArrayObject *f = tg_py_array(fo, NPY_FLOAT32, 3, "tile_features"), *t = NULL, *len = NULL;
+    npy_intp wf[3] = {-1, 4 * (npy_intp)g * g, c->v_hidden};
+    if (!f || tg_py_check_dims(f, wf, 3, "tile_features")) goto fail;
+    int B = (int)PyArray_DIM(f, 0);
+    t = tg_py_array(to, NPY_FLOAT32, 3, "text_hidden");
+    npy_intp wt[3] = {B, -1, c->t_hidden};
+    if (!t || tg_py_check_dims(t, wt, 3, "text_hidden")) goto fail;
+    int T = (int)PyArray_DIM(t, 1), rc;
+    if (opt_lengths(lo, B, T, &len)) goto fail;
+    npy_intp od[3] = {B, c->p_latents, c->hidden};
+    PyArrayObject *out = new_f32(3, od);
+    if (!out) goto fail;
+    RUN(self, rc, tg_dp(self->m, PyArray_DATA(f), PyArray_DATA(t), len ? PyArray_DATA(len) : NULL, B, T, PyArray_DATA(out)));
+    Py_DECREF(f);
+    Py_DECREF(t);
+    Py_XDECREF(len);
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(f);
+    Py_XDECREF(t);
+    Py_XDECREF(len);
+    return NULL;
+}
+
+static PyObject *Model_visual_tokens(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"pixels", "text_ids", "text_len", "use_fom", "use_dp", "n_latents", NULL};
+    PyObject *po, *io = Py_None, *lo = Py_None;
+    int use_fom = 1, use_dp = 1, nlat = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOppi", kwlist, &po, &io, &lo, &use_fom, &use_dp, &nlat)) return NULL;
+    const tg_config *c = tg_model_config(self->m);
+    PyArrayObject *pix = tg_py_array(po, NPY_FLOAT32, 4, "pixels"), *ids = NULL, *len = NULL;
+    npy_intp wp[4] = {-1, 3, c->v_image, c->v_image};
+    if (!pix || tg_py_check_dims(pix, wp, 4, "pixels")) goto fail;
+    int B = (int)PyArray_DIM(pix, 0), T = 0, rc;
+    if (io != Py_None) {
+        ids = tg_py_array(io, NPY_INT32, 2, "text_ids");
+        npy_intp wi[2] = {B, -1};
+        if (!ids || tg_py_check_dims(ids, wi, 2, "text_ids")) goto fail;
+        T = (int)PyArray_DIM(ids, 1);
+        if (opt_lengths(lo, B, T, &len)) goto fail;
+    }
+    int count = tg_visual_token_count(self->m, use_dp, nlat);
+    npy_intp od[3] = {B, count, c->hidden};
+    PyArrayObject *out = new_f32(3, od);
+    if (!out) goto fail;
+    RUN(self, rc, tg_visual_tokens(self->m, PyArray_DATA(pix), ids ? PyArray_DATA(ids) : NULL, len ? PyArray_DATA(len) : NULL,
+                                   B, T, use_fom, use_dp, nlat, PyArray_DATA(out)));
+    Py_DECREF(pix);
+    Py_XDECREF(ids);
+    Py_XDECREF(len);
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(pix);
+    Py_XDECREF(ids);
+    Py_XDECREF(len);
+    return NULL;
+}
+
+/* A sequence is a dict: ids (int32 1-D), and optionally pixels (float32 (3,S,S)), text_ids (int32 1-D),
+ * visual (float32 (n,H)), use_fom, use_dp, n_latents.  Keeps references in refs[0..3]. */
+static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyArrayObject **refs) {
+    const tg_config *c = tg_model_config(self->m);
+    memset(s, 0, sizeof *s);
+    refs[0] = refs[1] = refs[2] = refs[3] = NULL;
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(TgErr_Shape, "each sequence must be a dict with at least 'ids'");
+        return -1;
+    }
+    PyObject *o = PyDict_GetItemString(d, "ids");
+    if (!o) {
+        PyErr_SetString(TgErr_Shape, "sequence has no 'ids'");
+        return -1;
+    }
+    if (!(refs[0] = tg_py_array(o, NPY_INT32, 1, "input_ids"))) return -1;
+    s->ids = PyArray_DATA(refs[0]);
+    s->n_ids = (int)PyArray_DIM(refs[0], 0);
+    if ((o = PyDict_GetItemString(d, "pixels")) && o != Py_None) {
+        npy_intp w[3] = {3, c->v_image, c->v_image};
+        if (!(refs[1] = tg_py_array(o, NPY_FLOAT32, 3, "pixels")) || tg_py_check_dims(refs[1], w, 3, "pixels")) return -1;
+        s->pixels = PyArray_DATA(refs[1]);
+    }
+    if ((o = PyDict_GetItemString(d, "text_ids")) && o != Py_None) {
+        npy_intp w[1] = {-1};
+        if (!(refs[2] = tg_py_array(o, NPY_INT32, 1, "text_ids")) || tg_py_check_dims(refs[2], w, 1, "text_ids")) return -1;
+        s->text_ids = PyArray_DATA(refs[2]);
+        s->n_text = (int)PyArray_DIM(refs[2], 0);
+    }
+    if ((o = PyDict_GetItemString(d, "visual")) && o != Py_None) {
+        npy_intp w[2] = {-1, c->hidden};
+        if (!(refs[3] = tg_py_array(o, NPY_FLOAT32, 2, "visual")) || tg_py_check_dims(refs[3], w, 2, "visual")) return -1;
+        s->visual = PyArray_DATA(refs[3]);
+        s->n_visual = (int)PyArray_DIM(refs[3], 0);
+    }
+    s->use_fom = s->use_dp = 1;
+    if ((o = PyDict_GetItemString(d, "use_fom"))) s->use_fom = PyObject_IsTrue(o);
+    if ((o = PyDict_GetItemString(d, "use_dp"))) s->use_dp = PyObject_IsTrue(o);
+    if ((o = PyDict_GetItemString(d, "n_latents")) && o != Py_None) s->n_latents = (int)PyLong_AsLong(o);
+    if (PyErr_Occurred()) return -1;
+    return 0;
+}
+
+static void drop_refs(PyArrayObject **refs, int n) {
+    for (int i = 0; i < n; i++) Py_XDECREF(refs[i]);
+}
+
+static PyObject *Model_logits(ModelObject *self, PyObject *args) {
+    PyObject *d;
+    int all = 1, rc, n_rows = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &d, &all)) return NULL;
+    tg_sequence s;
+    PyArrayObject *refs[4];
+    if (parse_sequence(self, d, &s, refs)) {
+        drop_refs(refs, 4);
+        return NULL;
+    }
+    const tg_config *c = tg_model_config(self->m);
+    int n = tg_spliced_length(self->m, &s);
+    npy_intp od[2] = {all ? (n > 0 ? n : 1) : 1, c->vocab};
+    PyArrayObject *out = new_f32(2, od);
+    if (!out) {
+        drop_refs(refs, 4);
+        return NULL;
+    }
+    RUN(self, rc, tg_logits(self->m, &s, all, PyArray_DATA(out), &n_rows));
+    drop_refs(refs, 4);
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
+    PyObject *d;
+    if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
+    tg_sequence s;
+    PyArrayObject *refs[4];
+    int rc = parse_sequence(self, d, &s, refs);
+    int n = rc ? 0 : tg_spliced_length(self->m, &s);
+    drop_refs(refs, 4);
+    if (rc) return NULL;
+    return PyLong_FromLong(n);
+}
+
+static PyObject *Model_visual_token_count(ModelObject *self, PyObject *args) {
+    int use_dp = 1, nl = 0;
+    if (!PyArg_ParseTuple(args, "|pi", &use_dp, &nl)) return NULL;
+    return PyLong_FromLong(tg_visual_token_count(self->m, use_dp, nl));
+}
+
+static PyObject *Model_llm_attention(ModelObject *self, PyObject *args) {
+    PyObject *d;
+    int q0, q1, k0, k1, rc;
+    if (!PyArg_ParseTuple(args, "Oiiii", &d, &q0, &q1, &k0, &k1)) return NULL;
+    tg_sequence s;
+    PyArrayObject *refs[4];
+    if (parse_sequence(self, d, &s, refs)) {
+        drop_refs(refs, 4);
+        return NULL;
+    }
+    if (q1 <= q0 || k1 <= k0) {
+        drop_refs(refs, 4);
+        PyErr_SetString(TgErr_Shape, "attention map ranges are empty");
+        return NULL;
+    }
+    npy_intp od[2] = {q1 - q0, k1 - k0};
+    PyArrayObject *out = new_f32(2, od);
+    if (!out) {
+        drop_refs(refs, 4);
+        return NULL;
+    }
+    RUN(self, rc, tg_llm_attention(self->m, &s, q0, q1, k0, k1, PyArray_DATA(out)));
+    drop_refs(refs, 4);
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
+    PyObject *d;
+    int rc;
+    if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
+    tg_sequence s;
+    PyArrayObject *refs[4];
+    if (parse_sequence(self, d, &s, refs)) {
+        drop_refs(refs, 4);
+        return NULL;
+    }
+    const tg_config *c = tg_model_config(self->m);
+    if (!s.pixels || !s.text_ids) {
+        drop_refs(refs, 4);
+        PyErr_SetString(TgErr_Shape, "dp_attention needs pixels and text_ids");
+        return NULL;
+    }
+    int g = c->v_image / c->v_patch;
+    npy_intp od[2] = {c->p_latents, 4 * (npy_intp)g * g + c->p_latents};
+    PyArrayObject *out = new_f32(2, od);
+    if (!out) {
+        drop_refs(refs, 4);
+        return NULL;
+    }
+    RUN(self, rc, tg_dp_attention(self->m, s.pixels, s.text_ids, s.n_text, PyArray_DATA(out)));
+    drop_refs(refs, 4);
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+}
+
+/* streaming: the C loop calls back into Python with the GIL re-acquired */
+typedef struct {
+    PyObject *fn;
+    int failed;
+} callback_state;
+
+static int call_python(void *user, int seq, int32_t token) {
+    callback_state *st = user;
+    if (st->failed) return 1;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *r = PyObject_CallFunction(st->fn, "ii", seq, (int)token);
+    int stop = 0;
+    if (!r) {
+        st->failed = 1;
+        stop = 1;
+        /* leave the exception set; it is raised when generate returns */
+    } else {
+        stop = r != Py_None && PyObject_IsTrue(r) == 1;
+        Py_DECREF(r);
+    }
+    PyGILState_Release(g);
+    return stop;
+}
+
+static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"sequences", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
+                             "eos_ids", "callback", "last_logits", NULL};
+    PyObject *seqs, *eos = Py_None, *cb = Py_None;
+    int maxnew = 256, top_k = 0, want_last = 0;
+    float temp = 0.0f, top_p = 1.0f, rep = 1.0f;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|iffifKOOp", kwlist, &seqs, &maxnew, &temp, &top_p, &top_k, &rep, &seed,
+                                     &eos, &cb, &want_last))
+        return NULL;
+    if (!PyList_Check(seqs) || PyList_GET_SIZE(seqs) == 0) {
+        PyErr_SetString(TgErr_Shape, "sequences must be a non-empty list of dicts");
+        return NULL;
+    }
+    if (maxnew < 0 || temp < 0 || top_p <= 0 || top_p > 1 || top_k < 0 || rep <= 0) {
+        PyErr_SetString(TgErr_Shape, "invalid sampling parameters: need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0");
+        return NULL;
+    }
+    if (cb != Py_None && !PyCallable_Check(cb)) {
+        PyErr_SetString(PyExc_TypeError, "callback must be callable");
+        return NULL;
+    }
+    const int B = (int)PyList_GET_SIZE(seqs);
+    const tg_config *c = tg_model_config(self->m);
+    tg_sequence *sq = calloc((size_t)B, sizeof *sq);
+    PyArrayObject **refs = calloc((size_t)B * 4, sizeof *refs);
+    int32_t *eos_ids = NULL, *tokens = NULL;
+    int *n_out = calloc((size_t)B, sizeof(int)), n_eos = 0, rc;
+    PyObject *result = NULL;
+    PyArrayObject *last = NULL;
+    if (!sq || !refs || !n_out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int b = 0; b < B; b++)
+        if (parse_sequence(self, PyList_GET_ITEM(seqs, b), &sq[b], refs + 4 * b)) goto done;
+    if (eos != Py_None) {
+        PyObject *fast = PySequence_Fast(eos, "eos_ids must be a sequence of ints");
+        if (!fast) goto done;
+        n_eos = (int)PySequence_Fast_GET_SIZE(fast);
+        eos_ids = calloc((size_t)n_eos + 1, sizeof(int32_t));
+        for (int i = 0; eos_ids && i < n_eos; i++) eos_ids[i] = (int32_t)PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        Py_DECREF(fast);
+        if (!eos_ids || PyErr_Occurred()) goto done;
+    }
+    tokens = calloc((size_t)B * (maxnew > 0 ? maxnew : 1), sizeof(int32_t));
+    if (!tokens) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (want_last) {
+        npy_intp ld[2] = {B, c->vocab};
+        last = (PyArrayObject *)PyArray_ZEROS(2, ld, NPY_FLOAT32, 0);
+        if (!last) goto done;
+    }
+    tg_sampling sp = {maxnew, temp, top_p, top_k, rep, (uint64_t)seed, eos_ids, n_eos};
+    callback_state st = {cb, 0};
+    RUN(self, rc, tg_generate(self->m, sq, B, &sp, cb != Py_None ? call_python : NULL, &st, tokens, n_out,
+                              last ? PyArray_DATA(last) : NULL));
+    if (st.failed) goto done; /* the callback's exception */
+    if (rc) {
+        model_error(self);
+        goto done;
+    }
+    PyObject *lists = PyList_New(B);
+    for (int b = 0; lists && b < B; b++) {
+        PyObject *l = PyList_New(n_out[b]);
+        for (int i = 0; l && i < n_out[b]; i++) PyList_SET_ITEM(l, i, PyLong_FromLong(tokens[(size_t)b * maxnew + i]));
+        if (!l) {
+            Py_CLEAR(lists);
+            break;
+        }
+        PyList_SET_ITEM(lists, b, l);
+    }
+    if (lists) result = Py_BuildValue("(NO)", lists, last ? (PyObject *)last : Py_None);
+done:
+    if (refs) drop_refs(refs, 4 * B);
+    Py_XDECREF(last);
+    free(refs);
+    free(sq);
+    free(eos_ids);
+    free(tokens);
+    free(n_out);
+    return result;
+}
+
+static PyObject *Model_get_config(ModelObject *self, void *closure) {
+    const tg_config *c = tg_model_config(self->m);
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "hidden", c->hidden, "vocab", c->vocab,
+                         "v_hidden", c->v_hidden, "t_hidden", c->t_hidden, "v_image", c->v_image, "v_patch", c->v_patch,
+                         "has_fom", c->has_fom, "has_dp", c->has_dp, "p_latents", c->p_latents, "q_queries", c->q_queries,
+                         "max_len", c->max_len, "dtype", c->dtype, "layers", c->layers);
+}
+
+static PyObject *Model_get_device(ModelObject *self, void *closure) {
+    if (strcmp(self->be->name, "cpu") == 0) return PyUnicode_FromString("cpu");
+    return PyUnicode_FromFormat("%s:%d", self->be->name, self->be->device);
+}
+
+static PyMethodDef Model_methods[] = {
+    {"required", (PyCFunction)Model_required, METH_NOARGS, "required() -> [(name, shape, loaded)] of checkpoint tensors"},
+    {"set_tensor", (PyCFunction)Model_set_tensor, METH_VARARGS, "set_tensor(name, array, src_dtype)"},
+    {"finish", (PyCFunction)Model_finish, METH_NOARGS, "finish(): check every tensor arrived"},
+    {"vision_features", (PyCFunction)Model_vision_features, METH_VARARGS, "(B,3,S,S) float32 -> (B,Np,Dv)"},
+    {"text_tower", (PyCFunction)Model_text_tower, METH_VARARGS, "(B,T) int32 -> (hidden, pooled)"},
+    {"fom", (PyCFunction)Model_fom, METH_VARARGS, "(B,Dt) -> (B,Nq,Dv)"},
+    {"dp", (PyCFunction)Model_dp, METH_VARARGS, "(B,4Np,Dv), (B,T,Dt)[, text_len] -> (B,L,H)"},
+    {"visual_tokens", (PyCFunction)(void (*)(void))Model_visual_tokens, METH_VARARGS | METH_KEYWORDS, "visual tokens"},
+    {"logits", (PyCFunction)Model_logits, METH_VARARGS, "logits(sequence, all_positions=True) -> (n, V)"},
+    {"spliced_length", (PyCFunction)Model_spliced_length, METH_VARARGS, "length of the spliced, cut sequence"},
+    {"visual_token_count", (PyCFunction)Model_visual_token_count, METH_VARARGS, "visual_token_count(use_dp, n_latents)"},
+    {"llm_attention", (PyCFunction)Model_llm_attention, METH_VARARGS, "llm_attention(seq, q0, q1, k0, k1)"},
+    {"dp_attention", (PyCFunction)Model_dp_attention, METH_VARARGS, "dp_attention(seq) -> (latents, 4Np+latents)"},
+    {"generate", (PyCFunction)(void (*)(void))Model_generate, METH_VARARGS | METH_KEYWORDS, "generate(sequences, ...)"},
+    {NULL}};
+
+static PyGetSetDef Model_getset[] = {
+    {"config", (getter)Model_get_config, NULL, "sizes of the loaded model", NULL},
+    {"device", (getter)Model_get_device, NULL, "backend device", NULL},
+    {NULL}};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tgllava._C.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A TG-LLaVA / LLaVA-1.5 model on one backend (use tgllava.load)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Model_init,
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+};
+
+/* ------------------------------------------------------------------ module functions */
+
+static PyObject *py_tile(PyObject *mod, PyObject *args) {
+    PyObject *o;
+    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    PyArrayObject *pix = tg_py_array(o, NPY_FLOAT32, 4, "pixels");
+    npy_intp want[4] = {-1, -1, -1, -1};
+    if (!pix || tg_py_check_dims(pix, want, 4, "pixels")) {
+        Py_XDECREF(pix);
+        return NULL;
+    }
+    int B = (int)PyArray_DIM(pix, 0), C = (int)PyArray_DIM(pix, 1), S = (int)PyArray_DIM(pix, 2), rc;
+    if (PyArray_DIM(pix, 3) != S) {
+        Py_DECREF(pix);
+        PyErr_SetString(TgErr_Shape, "pixels must be square (B, C, S, S)");
+        return NULL;
+    }
+    npy_intp od[5] = {B, 4, C, S, S};
+    PyArrayObject *out = new_f32(5, od);
+    char err[256];
+    if (!out) {
+        Py_DECREF(pix);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = tg_tile(PyArray_DATA(pix), B, C, S, PyArray_DATA(out), err, sizeof err);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(pix);
+    if (rc) {
+        Py_DECREF(out);
+        PyErr_SetString(TgErr_Base, err);
+        return NULL;
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_has_cuda(PyObject *mod, PyObject *noargs) {
+#ifdef TG_WITH_CUDA
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyMethodDef module_methods[] = {
+    {"tile", py_tile, METH_VARARGS, "tile(pixels (B,C,S,S)) -> (B,4,C,S,S): bilinear 2x upscale and 4 crops"},
+    {"built_with_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA backend was compiled in"},
+    {NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "tgllava._C", "tgllava C core", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__C(void) {
+    import_array();
+    PyObject *errors = PyImport_ImportModule("tgllava.errors");
+    if (!errors) return NULL;
+    TgErr_Base = PyObject_GetAttrString(errors, "TgError");
+    TgErr_Checkpoint = PyObject_GetAttrString(errors, "CheckpointError");
+    TgErr_Shape = PyObject_GetAttrString(errors, "ShapeError");
+    TgErr_Device = PyObject_GetAttrString(errors, "DeviceError");
+    Py_DECREF(errors);
+    if (!TgErr_Base || !TgErr_Checkpoint || !TgErr_Shape || !TgErr_Device) return NULL;
+    if (PyType_Ready(&ModelType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,126 @@
+/* tg.h -- the public C API of the tgllava core.
+ *
+ * A tg_model is an opaque handle holding a TG-LLaVA (or plain LLaVA-1.5)
+ * model on one backend.  Life cycle: tg_model_create(config) -> for every
+ * name of tg_model_required(): tg_model_set_tensor() -> tg_model_finish()
+ * -> stages / forward / generate -> tg_model_free().  Inputs and outputs of
+ * the stage functions are host float32/int32 buffers (the binding copies
+ * device tensors in and out); everything in between stays on the backend.
+ * Every function returns 0 on success or -1 with a message in
+ * tg_model_error(); nothing here exits the process.
+ */
+#ifndef TG_H
+#define TG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum tg_src_dtype { TG_SRC_F32 = 0, TG_SRC_F16 = 1, TG_SRC_BF16 = 2 };
+
+typedef struct tg_config {
+    /* CLIP vision tower */
+    int v_hidden, v_heads, v_layers, v_ffn, v_image, v_patch, v_act;
+    int v_select; /* index into hidden states [embeddings, layer 1, ..., layer N]: run layers 1..v_select */
+    float v_eps;
+    /* CLIP text tower (needed when FOM or DP is present) */
+    int t_hidden, t_heads, t_layers, t_ffn, t_vocab, t_positions, t_act;
+    float t_eps;
+    /* TG-FOM Q-former */
+    int has_fom, q_layers, q_heads, q_ffn, q_queries, q_cross_freq;
+    float q_eps;
+    /* TG-DP perceiver */
+    int has_dp, p_layers, p_latents, p_heads, p_head_dim, p_kv_heads, p_ffn, p_positions;
+    float p_eps;
+    /* projector: 1 = mlp2x_gelu, 0 = linear */
+    int proj_mlp;
+    /* LLM decoder */
+    int hidden, heads, kv_heads, head_dim, layers, ffn, vocab, qkv_bias, tie_embeddings, max_len;
+    float rms_eps, rope_theta;
+    /* storage dtype of large matrices (enum tg_dtype) */
+    int dtype;
+} tg_config;
+
+typedef struct tg_model tg_model;
+
+/* Sampling parameters of one generate call (shared by all sequences). */
+typedef struct tg_sampling {
+    int max_new_tokens;
+    float temperature;      /* 0 = greedy */
+    float top_p;            /* 1 = off */
+    int top_k;              /* 0 = off */
+    float repetition_penalty; /* 1 = off; applied to the tokens generated so far */
+    uint64_t seed;
+    const int32_t *eos_ids; /* stop tokens (not included in the output) */
+    int n_eos;
+} tg_sampling;
+
+/* Called after each decode step with the new token of sequence `seq`;
+ * return nonzero to stop that sequence. */
+typedef int (*tg_token_callback)(void *user, int seq, int32_t token);
+
+/* One sequence to run: its LLM ids (at most one -200 image slot) and its
+ * image, given either as pixels (3,S,S) plus an optional CLIP text guide, or
+ * as precomputed visual tokens (n_visual, hidden).  use_fom/use_dp switch
+ * the TG modules (ablations); n_latents <= 0 means all DP latents. */
+typedef struct tg_sequence {
+    const int32_t *ids;
+    int n_ids;
+    const float *pixels;     /* host (3,S,S) or NULL */
+    const int32_t *text_ids; /* host (n_text) or NULL */
+    int n_text;
+    const float *visual;     /* host (n_visual, hidden) or NULL */
+    int n_visual;
+    int use_fom, use_dp, n_latents;
+} tg_sequence;
+
+int tg_model_create(const tg_config *cfg, tg_backend *be, tg_model **out, char *err, size_t errlen);
+void tg_model_free(tg_model *m);
+const char *tg_model_error(const tg_model *m);
+const tg_config *tg_model_config(const tg_model *m);
+
+/* Tensors the model needs: count, then name/shape of entry i (shape has ndim entries). */
+int tg_model_required_count(const tg_model *m);
+const char *tg_model_required(const tg_model *m, int i, int *ndim, const int64_t **shape, int *loaded);
+int tg_model_set_tensor(tg_model *m, const char *name, const void *data, int src_dtype, int ndim, const int64_t *shape);
+int tg_model_finish(tg_model *m);
+
+/* Stages (host buffers in and out). */
+int tg_vision_features(tg_model *m, const float *pix, int B, float *out);                 /* (B,3,S,S) -> (B,Np,Dv) */
+int tg_text_tower(tg_model *m, const int32_t *ids, int B, int T, float *hidden, float *pooled); /* (B,T) -> (B,T,Dt), (B,Dt) */
+int tg_fom(tg_model *m, const float *pooled, int B, float *mask);                        /* (B,Dt) -> (B,Nq,Dv) */
+int tg_dp(tg_model *m, const float *tile_feats, const float *text_hidden, const int32_t *text_len, int B, int T,
+          float *out);                                                                     /* -> (B,latents,H) */
+int tg_visual_tokens(tg_model *m, const float *pix, const int32_t *text_ids, const int32_t *text_len, int B, int T,
+                     int use_fom, int use_dp, int n_latents, float *out);
+int tg_visual_token_count(const tg_model *m, int use_dp, int n_latents);
+
+/* Full forward of one sequence: logits (n_rows, V) for every position
+ * (all_positions) or the last one.  n_rows is the spliced, cut length. */
+int tg_logits(tg_model *m, const tg_sequence *seq, int all_positions, float *logits, int *n_rows);
+int tg_spliced_length(const tg_model *m, const tg_sequence *seq);
+
+/* Generate for B sequences together; out_tokens (B, max_new_tokens), n_out (B);
+ * last_logits (B, V): the logits each sequence's last token was sampled from. */
+int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *sp, tg_token_callback cb, void *user,
+                int32_t *out_tokens, int *n_out, float *last_logits /* (B,V) or NULL */);
+
+/* Attention map of the LLM: probabilities summed over heads and layers from
+ * query rows [q0, q1) to key rows [k0, k1) of one spliced sequence -> (q1-q0, k1-k0). */
+int tg_llm_attention(tg_model *m, const tg_sequence *seq, int q0, int q1, int k0, int k1, float *out);
+
+/* DP attention map: latents over [4*Np tile patches, latents] of the image layer -> (latents, 4*Np + latents). */
+int tg_dp_attention(tg_model *m, const float *pix, const int32_t *text_ids, int n_text, float *out);
+
+/* Tiling on the host: (B,3,S,S) -> (B,4,3,S,S). */
+int tg_tile(const float *pix, int B, int C, int S, float *out, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TG_H */

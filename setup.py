@@ -1,0 +1,93 @@
+"""Build of tgllava: the C core + CPython extension `tgllava._C`, plus the CUDA backend.
+
+The C sources under csrc/ compile with the platform C compiler (C11, -O3, OpenMP).
+CPU matrix products use OpenBLAS from the `scipy-openblas32` wheel (headers and
+library found at build time, rpath set), so no system BLAS package is needed.
+When nvcc is found (or TGLLAVA_CUDA=1) kernels/*.cu are compiled for sm_80 and
+sm_90 (+ PTX) and the extension links cudart, cuBLAS and cuBLASLt;
+TGLLAVA_CUDA=0 builds the CPU backend only.
+"""
+import glob
+import os
+import shutil
+import subprocess
+
+import numpy
+import scipy_openblas32
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_nvcc():
+    want = os.environ.get("TGLLAVA_CUDA", "").strip()
+    if want == "0":
+        return None
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    nvcc = shutil.which("nvcc") or (os.path.join(cuda_home, "bin", "nvcc") if os.path.exists(os.path.join(cuda_home, "bin", "nvcc")) else None)
+    if want == "1" and nvcc is None:
+        raise RuntimeError("TGLLAVA_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
+    return nvcc
+
+
+NVCC = find_nvcc()
+CUDA_HOME = os.path.dirname(os.path.dirname(os.path.realpath(NVCC))) if NVCC else None
+
+
+class BuildWithCuda(build_ext):
+    """Compiles kernels/*.cu with nvcc into objects linked into the extension."""
+
+    def build_extension(self, ext):
+        if NVCC:
+            objs = []
+            out_dir = os.path.join(self.build_temp, "kernels")
+            os.makedirs(out_dir, exist_ok=True)
+            arch = os.environ.get("TGLLAVA_CUDA_ARCH", "80;90").split(";")
+            gencode = []
+            for a in arch:
+                gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+            gencode += ["-gencode", f"arch=compute_{arch[-1]},code=compute_{arch[-1]}"]
+            for src in sorted(glob.glob(os.path.join(HERE, "kernels", "*.cu"))):
+                obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+                if not os.path.exists(obj) or os.path.getmtime(obj) < max(
+                        os.path.getmtime(p) for p in [src] + glob.glob(os.path.join(HERE, "kernels", "*.cuh")) + glob.glob(os.path.join(HERE, "csrc", "*.h"))):
+                    cmd = [NVCC, "-c", src, "-o", obj, "-O3", "-std=c++17", "--use_fast_math" if os.environ.get("TGLLAVA_FAST_MATH") else "-lineinfo",
+                           "-Xcompiler", "-fPIC", "-I" + os.path.join(HERE, "csrc"), "-I" + os.path.join(HERE, "kernels"), "-DTG_WITH_CUDA"] + gencode
+                    print(" ".join(cmd))
+                    subprocess.check_call(cmd)
+                objs.append(obj)
+            ext.extra_objects = list(ext.extra_objects or []) + objs
+        super().build_extension(ext)
+
+
+blas_inc = scipy_openblas32.get_include_dir()
+blas_lib = scipy_openblas32.get_lib_dir()
+macros = [("BLAS_SYMBOL_PREFIX", "scipy_"), ("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")]
+libs = ["scipy_openblas", "m"]
+lib_dirs = [blas_lib]
+rpaths = [blas_lib]
+if NVCC:
+    macros.append(("TG_WITH_CUDA", "1"))
+    cuda_lib = os.path.join(CUDA_HOME, "lib64")
+    if not os.path.isdir(cuda_lib):
+        cuda_lib = os.path.join(CUDA_HOME, "lib")
+    libs += ["cudart", "cublas", "cublasLt", "stdc++"]
+    lib_dirs.append(cuda_lib)
+    rpaths.append(cuda_lib)
+
+sources = sorted(glob.glob("csrc/*.c") + glob.glob("csrc/cpu/*.c") + glob.glob("csrc/model/*.c") + glob.glob("csrc/python/*.c"))
+
+ext = Extension(
+    "tgllava._C",
+    sources=sources,
+    include_dirs=["csrc", numpy.get_include(), blas_inc] + ([os.path.join(CUDA_HOME, "include")] if NVCC else []),
+    define_macros=macros,
+    libraries=libs,
+    library_dirs=lib_dirs,
+    runtime_library_dirs=rpaths,
+    extra_compile_args=["-std=c11", "-O3", "-fopenmp", "-Wall", "-Wno-unused-function", "-fno-strict-aliasing"],
+    extra_link_args=["-fopenmp"],
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildWithCuda})

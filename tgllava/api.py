@@ -1,0 +1,382 @@
+"""The Python face of the model: tgllava.load() and the Model object.
+
+load() reads config.json of the LLM folder and of the CLIP folder, works out
+every size the C core needs from the configs and the tensor shapes (with
+SPEC section 4 defaults for what shapes do not tell), creates the C model on
+the chosen backend and streams the tensors into it.  Model methods convert
+friendly inputs (lists, other float dtypes, single samples without a batch
+axis) into the exact NumPy arrays the extension checks, and return NumPy.
+"""
+import os
+import queue
+import threading
+
+import numpy as np
+
+from . import _C
+from .checkpoint import folder_refs, read_json
+from .errors import CheckpointError, ShapeError
+
+IMAGE_TOKEN_INDEX = -200
+_ACTS = {"gelu": 1, "quick_gelu": 2, "silu": 3}
+_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+# TG module sizes fixed by the reference code (SPEC 4), used where shapes are silent
+TG_DEFAULTS = {"q_heads": 16, "q_eps": 1e-12, "q_cross_freq": 2, "p_heads": 16, "p_eps": 1e-5}
+
+
+def _resolve_clip_dir(cfg, llm_dir, clip_dir):
+    if clip_dir is not None:
+        return clip_dir
+    for key in ("mm_vision_tower", "mm_text_tower"):
+        name = cfg.get(key)
+        if not name:
+            continue
+        for cand in (name, os.path.join(llm_dir, name)):
+            if os.path.isdir(cand):
+                return cand
+        try:
+            from .layout import resolve_tower
+            found = resolve_tower(name)
+        except ImportError:
+            found = None
+        if found:
+            return found
+    raise CheckpointError(
+        f"{llm_dir}: cannot find the CLIP tower '{cfg.get('mm_vision_tower')}': pass clip_dir=... "
+        "(a folder with vision_model.* / text_model.* tensors)")
+
+
+def _count_layers(names, prefix):
+    idx = set()
+    for n in names:
+        if n.startswith(prefix):
+            rest = n[len(prefix):].split(".", 1)[0]
+            if rest.isdigit():
+                idx.add(int(rest))
+    return max(idx) + 1 if idx else 0
+
+
+def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None):
+    """The flat size dictionary of the C core (tg_config) from configs and tensor shapes."""
+    def shape(name):
+        if name not in refs:
+            raise CheckpointError(f"missing tensor {name}")
+        return refs[name].shape
+
+    vc = clip_cfg.get("vision_config", clip_cfg)
+    tc = clip_cfg.get("text_config", {})
+    names = list(refs)
+    c = {}
+    nv = int(vc.get("num_hidden_layers", 24))
+    sel = int(llm_cfg.get("mm_vision_select_layer", -2))
+    c.update(v_hidden=int(vc.get("hidden_size", 1024)), v_heads=int(vc.get("num_attention_heads", 16)), v_layers=nv,
+             v_ffn=int(vc.get("intermediate_size", 4096)), v_image=int(vc.get("image_size", 336)),
+             v_patch=int(vc.get("patch_size", 14)), v_act=_ACTS.get(vc.get("hidden_act", "quick_gelu"), 2),
+             v_select=sel + nv + 1 if sel < 0 else sel, v_eps=float(vc.get("layer_norm_eps", 1e-5)))
+    if llm_cfg.get("mm_vision_select_feature", "patch") != "patch":
+        raise CheckpointError("only mm_vision_select_feature='patch' is supported")
+    has_fom = any(n.startswith("model.mm_cross_attn.") for n in names)
+    has_dp = any(n.startswith("model.mm_patch_encoder.") for n in names)
+    c.update(has_fom=int(has_fom), has_dp=int(has_dp))
+    if has_fom or has_dp:
+        c.update(t_hidden=int(tc.get("hidden_size", 768)), t_heads=int(tc.get("num_attention_heads", 12)),
+                 t_layers=int(tc.get("num_hidden_layers", 12)), t_ffn=int(tc.get("intermediate_size", 3072)),
+                 t_vocab=int(tc.get("vocab_size", 49408)), t_positions=int(tc.get("max_position_embeddings", 77)),
+                 t_act=_ACTS.get(tc.get("hidden_act", "quick_gelu"), 2), t_eps=float(tc.get("layer_norm_eps", 1e-5)))
+    d = dict(TG_DEFAULTS)
+    d.update(overrides or {})
+    if has_fom:
+        pf = "model.mm_cross_attn.Qformer.bert.encoder.layer."
+        c.update(q_layers=_count_layers(names, pf), q_heads=d["q_heads"], q_eps=d["q_eps"], q_cross_freq=d["q_cross_freq"],
+                 q_ffn=shape(pf + "0.intermediate_query.dense.weight")[0],
+                 q_queries=shape("model.mm_cross_attn.query_tokens")[-2])
+    if has_dp:
+        pf = "model.mm_patch_encoder.perceiver.layers."
+        heads = d["p_heads"]
+        qrows = shape(pf + "0.self_attn.q_proj.weight")[0]
+        hd = qrows // heads
+        c.update(p_layers=_count_layers(names, pf), p_heads=heads, p_head_dim=hd,
+                 p_kv_heads=shape(pf + "0.self_attn.k_proj.weight")[0] // hd,
+                 p_latents=shape("model.mm_patch_encoder.perceiver.latents")[0],
+                 p_ffn=shape(pf + "0.mlp.gate_proj.weight")[0],
+                 p_positions=shape("model.mm_patch_encoder.position_embedding.weight")[0], p_eps=d["p_eps"])
+    ptype = llm_cfg.get("mm_projector_type", "mlp2x_gelu" if "model.mm_projector.0.weight" in refs else "linear")
+    if ptype not in ("mlp2x_gelu", "linear"):
+        raise CheckpointError(f"mm_projector_type {ptype!r} is not supported (mlp2x_gelu or linear)")
+    c["proj_mlp"] = int(ptype == "mlp2x_gelu")
+    if llm_cfg.get("rope_scaling"):
+        raise CheckpointError(f"rope_scaling {llm_cfg['rope_scaling']} is not supported")
+    H = int(llm_cfg["hidden_size"])
+    heads = int(llm_cfg["num_attention_heads"])
+    c.update(hidden=H, heads=heads, kv_heads=int(llm_cfg.get("num_key_value_heads") or heads),
+             head_dim=int(llm_cfg.get("head_dim") or H // heads), layers=int(llm_cfg["num_hidden_layers"]),
+             ffn=int(llm_cfg["intermediate_size"]), vocab=int(llm_cfg["vocab_size"]),
+             qkv_bias=int("model.layers.0.self_attn.q_proj.bias" in refs),
+             tie_embeddings=int(bool(llm_cfg.get("tie_word_embeddings", False)) and "lm_head.weight" not in refs),
+             max_len=int(llm_cfg.get("tokenizer_model_max_length") or llm_cfg.get("max_position_embeddings", 2048)),
+             rms_eps=float(llm_cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(llm_cfg.get("rope_theta", 10000.0)),
+             dtype=_DTYPES[dtype])
+    return c
+
+
+def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_overrides=None):
+    """Load a TG-LLaVA or LLaVA-1.5 checkpoint (LLM folder + CLIP folder) onto `device`.
+
+    dtype: storage of large matrices: "float32" (default on the CPU, the only
+    CPU choice), "bfloat16" (default on CUDA) or "float16".
+    """
+    if dtype is None:
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    llm_cfg = read_json(os.path.join(llm_dir, "config.json")) if os.path.isdir(llm_dir) else None
+    if llm_cfg is None:
+        raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
+    llm_refs = folder_refs(llm_dir)
+    clip_dir = _resolve_clip_dir(llm_cfg, llm_dir, clip_dir)
+    clip_cfg = read_json(os.path.join(clip_dir, "config.json"))
+    clip_refs = folder_refs(clip_dir)
+    refs = dict(clip_refs)
+    refs.update(llm_refs)
+    cfg = build_config(llm_cfg, clip_cfg, refs, dtype, tg_overrides)
+    core = _C.Model(cfg, device)
+    required = core.required()
+    total = sum(int(np.prod(s)) for _, s, _ in required) * 4
+    show = progress if progress is not None else total > (512 << 20)
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights")
+    for name, shape, _ in required:
+        ref = refs.get(name)
+        if ref is None:
+            where = clip_dir if name.startswith(("vision_model.", "text_model.")) else llm_dir
+            raise CheckpointError(f"{where}: missing tensor {name}")
+        if ref.src_code is None:
+            raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+        try:
+            core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
+        except CheckpointError as e:
+            raise CheckpointError(f"{ref.path}: {e}") from None
+        if bar:
+            bar.update(int(np.prod(shape)) * 4)
+    if bar:
+        bar.close()
+    core.finish()
+    return Model(core, llm_cfg, clip_cfg, llm_dir, clip_dir, dtype)
+
+
+def tile(pixels):
+    """(B,3,S,S) or (3,S,S) normalised images -> (B,4,3,S,S) tiles: bilinear 2x upscale, 4 crops (SPEC 2.5)."""
+    p = _float_array(pixels, "pixels")
+    single = p.ndim == 3
+    if single:
+        p = p[None]
+    if p.ndim != 4 or p.shape[2] != p.shape[3]:
+        raise ShapeError(f"pixels must be (B, C, S, S) or (C, S, S), got shape {p.shape}")
+    out = _C.tile(np.ascontiguousarray(p))
+    return out[0] if single else out
+
+
+def _float_array(x, what):
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # noqa: BLE001
+        raise ShapeError(f"{what}: cannot convert to an array ({e})") from None
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise ShapeError(f"{what} must hold numbers, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.all(np.isfinite(a)):
+        raise ShapeError(f"{what} holds NaN or infinite values")
+    return a
+
+
+def _id_array(x, what, low, high):
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "f" and a.size and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        elif a.size:
+            raise ShapeError(f"{what} must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    if a.size and (a.min() < low or a.max() >= high):
+        bad = a[(a < low) | (a >= high)][0]
+        raise ShapeError(f"{what}: id {int(bad)} is outside [{low}, {high})")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+class Model:
+    """A loaded model.  Stages take NumPy arrays (or anything np.asarray accepts) and return NumPy."""
+
+    def __init__(self, core, llm_config, clip_config, llm_dir, clip_dir, dtype):
+        self._core = core
+        self.config = llm_config
+        self.clip_config = clip_config
+        self.llm_dir, self.clip_dir, self.dtype = llm_dir, clip_dir, dtype
+        self.sizes = core.config
+        self.has_fom = bool(self.sizes["has_fom"])
+        self.has_dp = bool(self.sizes["has_dp"])
+        self.has_tg = self.has_fom or self.has_dp
+        self.device = core.device
+        self.image_size = self.sizes["v_image"]
+        self.num_patches = (self.sizes["v_image"] // self.sizes["v_patch"]) ** 2
+
+    def __repr__(self):
+        kind = "TG-LLaVA" if self.has_tg else "LLaVA-1.5"
+        return f"<tgllava.Model {kind} hidden={self.sizes['hidden']} layers={self.sizes['layers']} device={self.device} dtype={self.dtype}>"
+
+    # ---- input helpers
+    def _pixels(self, pixels, batch=True):
+        p = _float_array(pixels, "pixels")
+        S = self.image_size
+        if p.ndim == 3:
+            p = p[None]
+        if p.ndim != 4 or p.shape[1:] != (3, S, S):
+            raise ShapeError(f"pixels must be (B, 3, {S}, {S}) or (3, {S}, {S}), got shape {np.asarray(pixels).shape}")
+        return p
+
+    def _text_batch(self, text_ids, B):
+        """(B,T) zero-padded int32 ids and (B,) lengths from an array or a list of sequences."""
+        if text_ids is None:
+            return None, None
+        vocab = self.sizes.get("t_vocab") or 1 << 30
+        if isinstance(text_ids, (list, tuple)) and text_ids and not np.isscalar(text_ids[0]):
+            rows = [_id_array(t, "text_ids", 0, 1 << 30).reshape(-1) for t in text_ids]
+        else:
+            a = np.asarray(text_ids)
+            rows = [_id_array(a, "text_ids", 0, 1 << 30).reshape(-1)] if a.ndim <= 1 else \
+                [_id_array(r, "text_ids", 0, 1 << 30) for r in a]
+        if len(rows) == 1 and B > 1:
+            rows = rows * B
+        if len(rows) != B:
+            raise ShapeError(f"got {len(rows)} text guides for {B} images")
+        if any(len(r) == 0 for r in rows):
+            raise ShapeError("a text guide is empty")
+        T = max(len(r) for r in rows)
+        ids = np.zeros((B, T), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+        return ids, np.array([len(r) for r in rows], np.int32)
+
+    # ---- stages
+    def vision_features(self, pixels):
+        """(B,3,S,S) normalised pixels -> (B, Np, Dv) patch features of the selected layer."""
+        return self._core.vision_features(self._pixels(pixels))
+
+    def text_tower(self, ids):
+        """CLIP text ids (T,) or (B,T) -> (hidden (B,T,Dt), pooled (B,Dt))."""
+        if not self.has_tg:
+            raise ShapeError("this checkpoint has no TG modules and no text tower")
+        a = np.asarray(ids)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise ShapeError(f"ids must be (B, T) with T >= 1, got shape {a.shape}")
+        return self._core.text_tower(_id_array(a, "ids", 0, self.sizes.get("t_vocab") or 49408))
+
+    def fom(self, pooled):
+        """Pooled text embeddings (B, Dt) -> FOM mask (B, Nq, Dv)."""
+        p = _float_array(pooled, "pooled")
+        return self._core.fom(p[None] if p.ndim == 1 else p)
+
+    def dp(self, tile_features, text_hidden, text_len=None):
+        """Tile features (B, 4*Np, Dv) and text hidden states (B, T, Dt) -> DP tokens (B, latents, H)."""
+        f, t = _float_array(tile_features, "tile_features"), _float_array(text_hidden, "text_hidden")
+        if f.ndim == 2:
+            f, t = f[None], t[None] if t.ndim == 2 else t
+        lens = None if text_len is None else np.ascontiguousarray(text_len, dtype=np.int32)
+        return self._core.dp(f, t, lens)
+
+    def visual_tokens(self, pixels, text_ids=None, use_fom=True, use_dp=True, n_latents=None):
+        """Pixels (B,3,S,S) [+ CLIP text guide ids] -> (B, Np [+ latents], H) visual tokens."""
+        p = self._pixels(pixels)
+        ids, lens = self._text_batch(text_ids, p.shape[0]) if (self.has_tg and (use_fom or use_dp)) else (None, None)
+        if self.has_tg and (use_fom or use_dp) and ids is None:
+            raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question) for FOM/DP")
+        return self._core.visual_tokens(p, ids, lens, use_fom=bool(use_fom), use_dp=bool(use_dp), n_latents=int(n_latents or 0))
+
+    # ---- language model
+    def _sequence(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None):
+        ids = _id_array(np.asarray(input_ids).reshape(-1), "input_ids", IMAGE_TOKEN_INDEX, self.sizes["vocab"])
+        bad = ids[(ids < 0) & (ids != IMAGE_TOKEN_INDEX)]
+        if bad.size:
+            raise ShapeError(f"input_ids: id {int(bad[0])} is outside [0, {self.sizes['vocab']})")
+        seq = {"ids": ids, "use_fom": bool(use_fom), "use_dp": bool(use_dp), "n_latents": int(n_latents or 0)}
+        if pixels is not None:
+            p = self._pixels(pixels)
+            if p.shape[0] != 1:
+                raise ShapeError("one sequence takes one image (3, S, S)")
+            seq["pixels"] = np.ascontiguousarray(p[0])
+            if self.has_tg and (use_fom or use_dp):
+                if text_ids is None:
+                    raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question)")
+                t, _ = self._text_batch(text_ids, 1)
+                seq["text_ids"] = np.ascontiguousarray(t[0])
+        return seq
+
+    def logits(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, all_positions=True):
+        """Logits (T', V) of one spliced sequence at every position (or the last one)."""
+        return self._core.logits(self._sequence(input_ids, pixels, text_ids, use_fom, use_dp, n_latents), bool(all_positions))
+
+    def _eos(self, eos_token_id):
+        if eos_token_id is None:
+            eos_token_id = self.config.get("eos_token_id")
+        if eos_token_id is None:
+            return []
+        return [int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])]
+
+    def generate_batch(self, requests, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                       seed=None, eos_token_id=None, callback=None, return_last_logits=False):
+        """Generate for many sequences together; requests are dicts with input_ids [, pixels, text_ids,
+        use_fom, use_dp, n_latents].  Returns a list of token lists (each equal to its single run)."""
+        seqs = [self._sequence(r["input_ids"], r.get("pixels"), r.get("text_ids"), r.get("use_fom", True),
+                               r.get("use_dp", True), r.get("n_latents")) for r in requests]
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        tokens, last = self._core.generate(seqs, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                           top_p=float(top_p), top_k=int(top_k), repetition_penalty=float(repetition_penalty),
+                                           seed=int(seed) & ((1 << 64) - 1), eos_ids=self._eos(eos_token_id),
+                                           callback=callback, last_logits=bool(return_last_logits))
+        return (tokens, last) if return_last_logits else tokens
+
+    def generate(self, input_ids, pixels=None, text_ids=None, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
+                 repetition_penalty=1.0, seed=None, eos_token_id=None, use_fom=True, use_dp=True, n_latents=None,
+                 callback=None):
+        """New token ids for one prompt (greedy by default; the EOS token itself is not returned)."""
+        req = dict(input_ids=input_ids, pixels=pixels, text_ids=text_ids, use_fom=use_fom, use_dp=use_dp, n_latents=n_latents)
+        cb = None if callback is None else (lambda seq, tok: callback(tok))
+        return self.generate_batch([req], max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                                   eos_token_id, cb)[0]
+
+    def generate_stream(self, input_ids, **kw):
+        """Iterator over new token ids as they are generated (runs generate in a worker thread)."""
+        q, stop = queue.Queue(), threading.Event()
+        done = object()
+
+        def on_token(tok):
+            q.put(tok)
+            return stop.is_set()
+
+        def work():
+            try:
+                self.generate(input_ids, callback=on_token, **kw)
+                q.put(done)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                q.put(e)
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            t.join()

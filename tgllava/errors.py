@@ -1,0 +1,24 @@
+"""Exceptions raised by tgllava.
+
+Every failure the library can report is a TgError; the subclasses say which
+kind: a checkpoint that cannot be read (CheckpointError, naming the file and
+tensor), an argument of the wrong shape or dtype (ShapeError, also a
+ValueError so generic handlers catch it), or a device failure such as CUDA
+out-of-memory (DeviceError).  The C extension raises these same classes.
+"""
+
+
+class TgError(Exception):
+    """Base class of every tgllava error."""
+
+
+class CheckpointError(TgError):
+    """A checkpoint file or folder is missing, corrupt, or does not match the model."""
+
+
+class ShapeError(TgError, ValueError):
+    """An input has the wrong rank, size or dtype."""
+
+
+class DeviceError(TgError):
+    """The compute device failed (CUDA error, out of memory, no such device)."""
