@@ -1,0 +1,163 @@
+"""Dataset files and tables: lookup, images, pandas-like cells, writers."""
+
+import builtins
+import json
+import os
+import sys
+import types
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+try:
+    import tgllava.eval  # noqa: F401
+except ImportError:  # tgllava/__init__.py needs the C extension, not built here
+    pkg = types.ModuleType("tgllava")
+    pkg.__path__ = [os.path.join(ROOT, "tgllava")]
+    sys.modules["tgllava"] = pkg
+
+from tgllava.errors import TgError
+from tgllava.eval.data import dataset_rules, is_circular, load_dataset, parse_list_cell
+from tgllava.eval.errors import DatasetError
+from tgllava.eval.tables import read_table, render_tsv_columns, write_table
+from tgllava.eval.testing import png_b64, write_tsv
+
+RED, BLUE = png_b64((255, 0, 0), (8, 6)), png_b64((0, 0, 255), (5, 7))
+
+
+def test_lookup_by_name_under_lmudata(tmp_path, monkeypatch):
+    write_tsv(str(tmp_path / "POPE.tsv"), [dict(index=1, image=RED, question="Q", answer="Yes")])
+    monkeypatch.setenv("LMUData", str(tmp_path))
+    ds = load_dataset("POPE")
+    assert ds.name == "POPE" and ds.kind == "Y/N" and len(ds) == 1
+    with pytest.raises(DatasetError, match="LMUData"):
+        load_dataset("NoSuchBench")
+    with pytest.raises(TgError):
+        load_dataset(str(tmp_path / "missing.tsv"))
+
+
+def test_images_references_lists_and_skipped_rows(tmp_path):
+    path = write_tsv(str(tmp_path / "MMBench_DEV_EN.tsv"), [
+        dict(index=0, image=RED, question="q0", A="a", B="b", answer="A"),
+        dict(index=1, image=BLUE, question="q1", A="a", B="b", answer="B"),
+        dict(index=2, image="", question="no image: skipped", A="a", B="b", answer="A"),
+        dict(index=1000000, image="0", question="q0 rotated", A="b", B="a", answer="B"),
+        dict(index=3, image=str([RED, BLUE]), question="two pictures", A="a", B="b", answer="A"),
+    ])
+    ds = load_dataset(path)
+    assert [r["index"] for r in ds.rows] == ["0", "1", "1000000", "3"]
+    assert ds.image_keys[0] == ds.image_keys[2] != ds.image_keys[1]
+    img = ds.images(ds.rows[2])
+    assert img.size == (8, 6) and img.getpixel((0, 0)) == (255, 0, 0)
+    pics = ds.images(ds.rows[3])
+    assert [p.size for p in pics] == [(8, 6), (5, 7)] and ds.n_images(ds.rows[3]) == 2
+    assert is_circular(ds.name)
+
+
+def test_same_picture_without_reference_shares_a_key(tmp_path):
+    ds = load_dataset(write_tsv(str(tmp_path / "MME.tsv"), [
+        dict(index=0, image=RED, question="a", answer="Yes", category="color"),
+        dict(index=1, image=RED, question="b", answer="No", category="color"),
+    ]))
+    assert ds.image_keys[0] == ds.image_keys[1]
+
+
+def test_bad_reference_is_a_clear_error(tmp_path):
+    path = write_tsv(str(tmp_path / "X.tsv"), [dict(index=0, image="7", question="q", answer="x")])
+    with pytest.raises(DatasetError, match="row 7"):
+        load_dataset(path)
+
+
+def test_image_path_datasets(tmp_path):
+    from PIL import Image
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (4, 4), (0, 255, 0)).save(tmp_path / "pics" / "g.png")
+    ds = load_dataset(write_tsv(str(tmp_path / "Custom.tsv"), [
+        dict(index=0, image_path="pics/g.png", question="What colour?", answer="green")]))
+    assert ds.images(ds.rows[0]).getpixel((1, 1)) == (0, 255, 0)
+    assert ds.image_keys[0].startswith("path:")
+    with pytest.raises(DatasetError, match="nope.png"):
+        load_dataset(write_tsv(str(tmp_path / "Bad.tsv"), [
+            dict(index=0, image_path="nope.png", question="q", answer="a")]))
+
+
+def test_dataset_kinds_by_name_then_columns():
+    assert dataset_rules("MMBench_DEV_EN") == ("MCQ", "mcq")
+    assert dataset_rules("MME") == ("Y/N", "mme")
+    assert dataset_rules("MMERealWorld")[0] != "Y/N"
+    assert dataset_rules("HallusionBench") == ("Y/N", "hallusion")
+    assert dataset_rules("TextVQA_VAL") == ("VQA", "textvqa")
+    assert dataset_rules("OCRBench") == ("VQA", "ocrbench")
+    assert dataset_rules("mine", ["A", "B"], []) == ("MCQ", "mcq")
+    assert dataset_rules("mine", ["answer"], [{"answer": "Yes"}, {"answer": "No"}]) == ("Y/N", "yorn")
+    assert dataset_rules("mine", ["answer"], [{"answer": "cat"}]) == ("VQA", "vqa")
+
+
+def test_parse_list_cell():
+    assert parse_list_cell("['a', 'b']") == ["a", "b"]
+    assert parse_list_cell("abc") == ["abc"]
+    with pytest.raises(DatasetError):
+        parse_list_cell("[not python]")
+
+
+def test_pandas_like_cells():
+    rows = [{"i": "007", "f": "1.5", "g": "3", "b": "True", "t": "None", "n": "NA"},
+            {"i": "2", "f": "2", "g": "", "b": "false", "t": "x", "n": "null"}]
+    render_tsv_columns(["i", "f", "g", "b", "t", "n"], rows)
+    assert rows == [{"i": "7", "f": "1.5", "g": "3.0", "b": "True", "t": None, "n": None},
+                    {"i": "2", "f": "2.0", "g": None, "b": "False", "t": "x", "n": None}]
+
+
+def test_tsv_writer_is_quote_all_with_newlines(tmp_path):
+    p = str(tmp_path / "o.tsv")
+    write_table(p, ["index", "prediction", "x"], [{"index": "1", "prediction": 'say "hi"\tnow', "x": None}])
+    with open(p, "rb") as f:
+        assert f.read() == b'"index"\t"prediction"\t"x"\n"1"\t"say ""hi""\tnow"\t""\n'
+    cols, rows = read_table(p)
+    assert cols == ["index", "prediction", "x"] and rows == [{"index": "1", "prediction": 'say "hi"\tnow', "x": None}]
+
+
+def test_json_roundtrip(tmp_path):
+    p = str(tmp_path / "o.json")
+    write_table(p, ["index", "prediction"], [{"index": "1", "prediction": "é"}])
+    assert json.load(open(p, encoding="utf-8")) == [{"index": "1", "prediction": "é"}]
+    assert read_table(p)[1] == [{"index": "1", "prediction": "é"}]
+
+
+def test_xlsx_roundtrip(tmp_path):
+    pytest.importorskip("openpyxl")
+    p = str(tmp_path / "o.xlsx")
+    rows = [{"index": "1", "prediction": "=SUM(A1)", "A": "None"}, {"index": "2", "prediction": "B", "A": "x"}]
+    write_table(p, ["index", "prediction", "A"], rows)
+    cols, back = read_table(p)
+    assert cols == ["index", "prediction", "A"]
+    # a leading '=' stays text; 'None' reads as missing, as pandas.read_excel does
+    assert back == [{"index": "1", "prediction": "=SUM(A1)", "A": None}, {"index": "2", "prediction": "B", "A": "x"}]
+
+
+def test_xlsx_without_openpyxl_is_a_clear_error(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_openpyxl(name, *args, **kwargs):
+        if name == "openpyxl" or name.startswith("openpyxl."):
+            raise ImportError("no openpyxl")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openpyxl)
+    with pytest.raises(DatasetError, match="pip install openpyxl"):
+        write_table(str(tmp_path / "o.xlsx"), ["a"], [{"a": "1"}])
+    with pytest.raises(DatasetError, match="openpyxl"):
+        read_table(str(tmp_path / "o.xlsx"))
+
+
+def test_malformed_tsv(tmp_path):
+    p = tmp_path / "bad.tsv"
+    p.write_text("index\tquestion\n1\tq\textra\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="fields"):
+        read_table(str(p))
+    p.write_text("question\nq\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="index"):
+        load_dataset(str(p))

@@ -1,0 +1,292 @@
+"""VLMEvalKit dataset files: finding, reading, images, dataset kinds.
+
+A dataset is a VLMEvalKit TSV: `index`, `image` (base64; or, when 64
+characters or fewer, the `index` of another row whose image it reuses; or
+a Python-literal list of base64 images), optional `image_path`, `question`,
+`hint`, options `A`..`Z`, `answer`, `category`, `l2-category`, `split` and
+whatever else the benchmark carries.  `load_dataset` accepts a path or a
+name looked up as ``$LMUData/<name>.tsv`` (default ``~/LMUData``), the way
+VLMEvalKit's `LMUDataRoot` does, and mirrors `ImageBaseDataset.__init__`
+(vlmeval/dataset/image_base.py): rows whose `image` is missing are skipped,
+short `image` cells are resolved to the row they point at, and cells are
+read as pandas would read them (see tables.py).
+
+Each row gets an *image key*: a hash of its resolved image bytes (or the
+resolved file path for path-only datasets).  Rows that show the same
+picture - MMBench's circular rotations, MME's two questions per image -
+share a key; the runner passes it to the model so the vision tower runs
+once per picture, keeps such rows in one shard and schedules them
+together.
+
+The kind of a dataset (MCQ, Y/N, VQA) and its prompt and scoring rules
+come from its name, as in VLMEvalKit's DATASET_TYPE and dataset classes;
+an unknown name falls back to the columns (options A and B -> MCQ; answers
+all Yes/No -> Y/N; otherwise VQA).
+"""
+
+import ast
+import base64
+import hashlib
+import io
+import os
+import re
+
+from .errors import DatasetError
+from .tables import read_table
+
+MCQ, YORN, VQA = "MCQ", "Y/N", "VQA"
+
+# (case-insensitive substring of the dataset name, kind, scorer), first match wins.
+# Scorer names are the evaluate() of the VLMEvalKit class that owns the set.
+_NAME_RULES = [
+    ("mmbench", MCQ, "mcq"), ("ccbench", MCQ, "mcq"), ("mmstar", MCQ, "mcq"),
+    ("mmmu", MCQ, "mcq"), ("ai2d", MCQ, "mcq"), ("scienceqa", MCQ, "mcq"),
+    ("seedbench", MCQ, "mcq"), ("realworldqa", MCQ, "mcq"), ("a-okvqa", MCQ, "mcq"),
+    ("mmt-bench", MCQ, "mcq"), ("blink", MCQ, "mcq"), ("circular", MCQ, "mcq"),
+    ("hallusionbench", YORN, "hallusion"), ("pope", YORN, "pope"), ("amber", YORN, "amber"),
+    ("textvqa", VQA, "textvqa"), ("docvqa", VQA, "anls"), ("infovqa", VQA, "anls"),
+    ("chartqa", VQA, "chartqa"), ("ocrvqa", VQA, "ocrvqa"), ("gqa", VQA, "gqa"),
+    ("ocrbench", VQA, "ocrbench"), ("mathvista", VQA, "mathvista"),
+    ("llavabench", VQA, "llavabench"), ("mmvet", VQA, "mmvet"), ("mm-vet", VQA, "mmvet"),
+]
+_MME_RE = re.compile(r"^mme($|[^a-z])", re.IGNORECASE)  # MME, MME_mini; not MMERealWorld
+
+# VQA sets whose VLMEvalKit class is ImageVQADataset: the prompt gets the
+# short-answer instruction.  OCRBench, MathVista, LLaVABench, MMVet and
+# unknown sets use the bare question (ImageBaseDataset.build_prompt).
+_SHORT_ANSWER_SCORERS = frozenset(["textvqa", "anls", "chartqa", "ocrvqa", "gqa"])
+# Open-ended sets whose answers are long: they get a larger token budget.
+_LONG_ANSWER_SCORERS = frozenset(["mathvista", "llavabench", "mmvet"])
+
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def lmu_data_root():
+    """$LMUData if it names a folder, else ~/LMUData (VLMEvalKit's LMUDataRoot)."""
+    env = os.environ.get("LMUData")
+    if env and os.path.isdir(env):
+        return env
+    return os.path.join(os.path.expanduser("~"), "LMUData")
+
+
+def resolve_dataset_path(data):
+    """(name, path) for a dataset name or a path to a .tsv file."""
+    data = os.fspath(data)
+    if os.path.isfile(data):
+        name = os.path.splitext(os.path.basename(data))[0]
+        return name, data
+    if data.lower().endswith((".tsv", ".xlsx", ".json", ".csv")) or os.sep in data:
+        raise DatasetError(f"dataset file {data} does not exist")
+    root = lmu_data_root()
+    for fname in (f"{data}.tsv", f"{data}_local.tsv"):
+        path = os.path.join(root, fname)
+        if os.path.isfile(path):
+            return data, path
+    raise DatasetError(
+        f"dataset '{data}' not found: no {data}.tsv in {root} "
+        "(set $LMUData or pass the path of the TSV)")
+
+
+def dataset_rules(name, columns=(), rows=()):
+    """(kind, scorer) for a dataset, by name like VLMEvalKit, else by columns."""
+    if _MME_RE.match(name):
+        return YORN, "mme"
+    low = name.lower()
+    for sub, kind, scorer in _NAME_RULES:
+        if sub in low:
+            return kind, scorer
+    if "A" in columns and "B" in columns:
+        return MCQ, "mcq"
+    answers = [r.get("answer") for r in rows]
+    if answers and all(a in ("Yes", "No") for a in answers):
+        return YORN, "yorn"
+    return VQA, "vqa"
+
+
+def is_circular(name):
+    """MMBench-style circular evaluation, as VLMEvalKit decides it by name."""
+    low = name.lower()
+    return any(s in low for s in ("mmbench", "ccbench", "circular", "mmcr"))
+
+
+def option_letters(row):
+    """The option columns A..Z present and not missing in a row, in order."""
+    return [c for c in _LETTERS if row.get(c) is not None]
+
+
+def parse_list_cell(s):
+    """VLMEvalKit's toliststr: '[...]' is a Python list literal, else one item."""
+    if isinstance(s, str) and len(s) > 1 and s[0] == "[" and s[-1] == "]":
+        try:
+            value = ast.literal_eval(s)
+        except (ValueError, SyntaxError) as e:
+            raise DatasetError(f"cannot parse list cell {s[:60]!r}: {e}") from e
+        if isinstance(value, (list, tuple)):
+            return [str(x) for x in value]
+    return [s]
+
+
+class Dataset:
+    """One benchmark: rows, their images and the rules that apply to it.
+
+    Attributes: `name`, `path`, `columns` (file order, with `image`),
+    `rows` (list of dicts, cells str or None), `kind` (MCQ, Y/N, VQA),
+    `scorer` (which VLMEvalKit evaluate() it follows), `image_keys` (one
+    per row).  Images are decoded on demand by `images(row)`.
+    """
+
+    def __init__(self, name, path, columns, rows, kind=None, scorer=None, meta_only=False):
+        self.name = name
+        self.path = path
+        self.columns = list(columns)
+        self.rows = rows
+        auto_kind, auto_scorer = dataset_rules(name, self.columns, rows)
+        self.kind = kind or auto_kind
+        self.scorer = scorer or auto_scorer
+        self._by_index = {}
+        for pos, row in enumerate(rows):
+            idx = row.get("index")
+            if idx is None:
+                raise DatasetError(f"{path}: row {pos + 1} has no index")
+            if idx in self._by_index:
+                raise DatasetError(f"{path}: index {idx} appears twice")
+            self._by_index[idx] = pos
+        self._image_src = {}
+        self.meta_only = meta_only
+        if meta_only:
+            self.image_keys = [None] * len(rows)
+        else:
+            self.image_keys = [self._image_key(row) for row in rows]
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def has_images(self):
+        return "image" in self.columns or "image_path" in self.columns
+
+    def row(self, index):
+        """The row with this index (a string, as in the file)."""
+        pos = self._by_index.get(str(index))
+        if pos is None:
+            raise DatasetError(f"{self.name}: no row with index {index}")
+        return self.rows[pos]
+
+    def position(self, index):
+        return self._by_index.get(str(index))
+
+    # ---------------------------------------------------------------- images
+    def _resolved_image_cell(self, row):
+        """The base64 text (or list literal) of a row, following short references."""
+        cell = row.get("image")
+        if cell is None:
+            return None
+        if 0 < len(cell) <= 64:
+            target = self._by_index.get(cell)
+            if target is None:
+                raise DatasetError(
+                    f"{self.name}: row {row['index']} reuses the image of row {cell}, which does not exist")
+            ref = self.rows[target].get("image")
+            if ref is None or len(ref) <= 64:
+                raise DatasetError(
+                    f"{self.name}: row {row['index']} points at row {cell}, which has no image of its own")
+            return ref
+        return cell
+
+    def _image_paths(self, row):
+        paths = parse_list_cell(row["image_path"])
+        out = []
+        roots = [os.path.dirname(os.path.abspath(self.path)) if self.path else "",
+                 os.path.join(lmu_data_root(), "images", self.name)]
+        for p in paths:
+            if os.path.isabs(p) and os.path.exists(p):
+                out.append(p)
+                continue
+            for root in roots:
+                cand = os.path.join(root, p)
+                if os.path.exists(cand):
+                    out.append(os.path.abspath(cand))
+                    break
+            else:
+                raise DatasetError(
+                    f"{self.name}: row {row['index']}: image {p} not found (tried {', '.join(roots)})")
+        return out
+
+    def _image_key(self, row):
+        if "image" in self.columns:
+            cell = self._resolved_image_cell(row)
+            if cell is None:
+                return None
+            key = self._image_src.get(id(cell))
+            if key is None:
+                key = "b2:" + hashlib.blake2b(cell.encode("ascii", "replace"), digest_size=16).hexdigest()
+                self._image_src[id(cell)] = key
+            return key
+        if "image_path" in self.columns and row.get("image_path") is not None:
+            return "path:" + "|".join(self._image_paths(row))
+        return None
+
+    def images(self, row):
+        """The row's picture(s): a PIL image, or a list when the row has several."""
+        from PIL import Image
+
+        if "image" in self.columns:
+            cell = self._resolved_image_cell(row)
+            if cell is None:
+                raise DatasetError(f"{self.name}: row {row['index']} has no image")
+            blobs = parse_list_cell(cell)
+            imgs = []
+            for b in blobs:
+                try:
+                    imgs.append(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB"))
+                except Exception as e:
+                    raise DatasetError(
+                        f"{self.name}: row {row['index']}: cannot decode its base64 image: {e}") from e
+        else:
+            imgs = []
+            for p in self._image_paths(row):
+                try:
+                    with Image.open(p) as im:
+                        imgs.append(im.convert("RGB"))
+                except Exception as e:
+                    raise DatasetError(f"{self.name}: row {row['index']}: cannot open {p}: {e}") from e
+        return imgs[0] if len(imgs) == 1 else imgs
+
+    def n_images(self, row):
+        if "image" in self.columns:
+            return len(parse_list_cell(self._resolved_image_cell(row)))
+        return len(parse_list_cell(row["image_path"]))
+
+
+def load_dataset(data, kind=None, scorer=None):
+    """Load a dataset by name (under $LMUData) or path; return a Dataset.
+
+    Rows without an image are dropped when the file has an `image` column
+    (VLMEvalKit's skip_noimg); a dataset with neither `image` nor
+    `image_path` cannot be run (but can still be scored).
+    """
+    if isinstance(data, Dataset):
+        return data
+    name, path = resolve_dataset_path(data)
+    columns, rows = read_table(path, skip_render=("image",))
+    if "index" not in columns:
+        raise DatasetError(f"{path}: no 'index' column")
+    if "image" in columns:
+        rows = [r for r in rows if r.get("image") is not None]
+    return Dataset(name, path, columns, rows, kind=kind, scorer=scorer)
+
+
+def load_dataset_meta(data):
+    """Like load_dataset but without keeping image text: for scoring only."""
+    if isinstance(data, Dataset):
+        return data
+    name, path = resolve_dataset_path(data)
+    columns, rows = read_table(path, skip_render=("image",))
+    if "index" not in columns:
+        raise DatasetError(f"{path}: no 'index' column")
+    if "image" in columns:
+        rows = [r for r in rows if r.get("image") is not None]
+        for r in rows:
+            r["image"] = None
+        columns = [c for c in columns if c != "image"]
+    return Dataset(name, path, columns, rows, meta_only=True)

@@ -1,0 +1,152 @@
+"""Prompts per dataset kind and the two prompt styles.
+
+The *user text* of a row follows what VLMEvalKit feeds its LLaVA wrapper:
+
+* MCQ - `LLaVA.build_prompt` (vlmeval/vlm/llava/llava.py, used because
+  LLaVA's use_custom_prompt is true for MCQ sets): the hint and a newline
+  if there is one, the question, one ``"\\nA. text"`` line per option
+  present, then ``"\\nAnswer with the option's letter from the given choices
+  directly."`` - or ``"\\nAnswer the question directly."`` when the row has no
+  options; the Chinese forms when the text so far contains a CJK character
+  (VLMEvalKit's cn_string).
+* Y/N - the dataset's own prompt, which is the bare question
+  (ImageYORNDataset; AMBER adds ``"\\nPlease answer yes or no."``).
+* VQA - ImageVQADataset sets (TextVQA, GQA, DocVQA, InfoVQA, ChartQA,
+  OCRVQA) add ``"\\nAnswer the question using a single word or phrase."``;
+  OCRBench, MathVista, LLaVABench, MMVet and unknown sets use the bare
+  question (ImageBaseDataset.build_prompt).
+
+Two styles wrap it into the LLM prompt:
+
+* ``llava``: the checkpoint's chat template via
+  `tgllava.conversation.build_prompt(text, conv_mode, with_image=True)`,
+  which puts ``"<image>\\n"`` before the text in the user turn.
+* ``vlmevalkit``: `LLaVA.generate_inner` - the Vicuna system sentence,
+  ``"USER: "``, ``" <image> "`` per picture (concat_tilist), the text and
+  ``" ASSISTANT: "``.
+
+The TG-LLaVA text guide is the user text with ``<image>`` removed and
+stripped, as the authors' runner builds it (SPEC 1).
+"""
+
+import re
+
+from .data import MCQ, VQA, YORN, option_letters
+from .errors import DatasetError
+
+PROMPT_STYLES = ("llava", "vlmevalkit")
+
+# The system sentence of VLMEvalKit's LLaVA wrapper (Vicuna v1's); it ends in a space.
+VLMEVALKIT_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions. "
+)
+
+MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+MCQ_SUFFIX_CN = "\n请直接回答选项字母。"
+OPEN_SUFFIX = "\nAnswer the question directly."
+OPEN_SUFFIX_CN = "\n请直接回答问题。"
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+YES_NO_SUFFIX = "\nPlease answer yes or no."
+
+_CJK = re.compile("[\u4e00-\u9fff]")
+
+
+def has_cjk(s):
+    """VLMEvalKit's cn_string: any character in U+4E00..U+9FFF."""
+    return bool(_CJK.search(s))
+
+
+def _text(v):
+    return "" if v is None else str(v)
+
+
+def mcq_text(row):
+    """User text of an MCQ row, as VLMEvalKit's LLaVA.build_prompt builds it."""
+    question = _text(row.get("question"))
+    hint = row.get("hint")
+    if hint is not None:
+        question = f"{hint}\n{question}"
+    letters = option_letters(row)
+    for k in letters:
+        question += f"\n{k}. {row[k]}"
+    if letters:
+        question += MCQ_SUFFIX_CN if has_cjk(question) else MCQ_SUFFIX
+    else:
+        question += OPEN_SUFFIX_CN if has_cjk(question) else OPEN_SUFFIX
+    return question
+
+
+def user_text(dataset, row):
+    """The instruction text for one row of a dataset (no image marker)."""
+    from .data import _SHORT_ANSWER_SCORERS
+
+    if dataset.kind == MCQ:
+        return mcq_text(row)
+    question = _text(row.get("question"))
+    if dataset.kind == YORN:
+        return question + YES_NO_SUFFIX if dataset.scorer == "amber" else question
+    if dataset.kind == VQA and dataset.scorer in _SHORT_ANSWER_SCORERS:
+        return question + SHORT_ANSWER_SUFFIX
+    return question
+
+
+def text_guide(text):
+    """The TG-LLaVA text guide: the user text without <image>, stripped."""
+    return text.replace("<image>", "").strip()
+
+
+def wrap_vlmevalkit(text, n_images=1):
+    """VLMEvalKit LLaVA.generate_inner: system + USER: + ' <image> '*n + text + ' ASSISTANT: '."""
+    return VLMEVALKIT_SYSTEM + "USER: " + " <image> " * n_images + text + " ASSISTANT: "
+
+
+def wrap_llava(text, conv_mode, n_images=1):
+    """The checkpoint's chat template (tgllava.conversation.build_prompt).
+
+    build_prompt puts ``<image>\\n`` before the text; for rows with several
+    pictures the text is handed over with one ``<image>\\n`` line per picture
+    already in front (build_prompt leaves a text holding ``<image>`` alone),
+    so the prompt has one marker per picture.
+    """
+    from tgllava.conversation import build_prompt
+
+    if n_images > 1:
+        text = "<image>\n" * n_images + text
+    return build_prompt(text, conv_mode, with_image=True)
+
+
+def build_item_prompt(dataset, row, style, conv_mode=None, n_images=1):
+    """(LLM prompt, text guide) for one row in a prompt style."""
+    text = user_text(dataset, row)
+    if style == "vlmevalkit":
+        prompt = wrap_vlmevalkit(text, n_images)
+    elif style == "llava":
+        prompt = wrap_llava(text, conv_mode, n_images)
+    else:
+        raise DatasetError(f"unknown prompt style {style!r}; expected one of {', '.join(PROMPT_STYLES)}")
+    return prompt, text_guide(text)
+
+
+def default_conv_mode(model):
+    """The conversation template for style 'llava' when none is given.
+
+    `conv_mode` in the model's config wins; otherwise
+    tgllava.conversation.guess_conv_mode picks it from the config (the
+    authors' runner's choice: llava_v0 for TG-LLaVA on Vicuna, qwen_2,
+    llama_3, vicuna_v1 for plain LLaVA-1.5).  Without that module: qwen_2
+    for Qwen2 configs, else vicuna_v1.
+    """
+    config = getattr(model, "config", None) or {}
+    if not isinstance(config, dict):
+        config = {}
+    if config.get("conv_mode"):
+        return config["conv_mode"]
+    try:
+        from tgllava.conversation import guess_conv_mode
+    except ImportError:
+        guess_conv_mode = None
+    if guess_conv_mode is not None:
+        return guess_conv_mode(config, getattr(model, "llm_dir", None))
+    kinds = " ".join(str(config.get(k, "")) for k in ("model_type", "architectures", "_name_or_path"))
+    return "qwen_2" if "qwen" in kinds.lower() else "vicuna_v1"

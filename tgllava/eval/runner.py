@@ -1,0 +1,384 @@
+"""The evaluation loop: batched inference, resume, shards, merge, scoring.
+
+`run(model, data)` evaluates one dataset (or a list of them):
+
+1. load the TSV (data.py), keep the first `limit` rows, and take this
+   process's part of them (shard.py: explicit shard or launcher env);
+2. read the checkpoints already written for this model and dataset -
+   append-only JSON-lines files ``<model>_<dataset>_infer[_shard<i>of<n>].jsonl``
+   in ``work_dir/<model>/`` - and skip every row they hold;
+3. run the rest through ``model.chat_batch`` in batches, rows that share a
+   picture next to each other (so the model's vision cache, keyed by
+   ``image_key``, sees repeats at once), the next batch's images decoded on
+   a helper thread meanwhile; after each batch its answers are appended to
+   the checkpoint and fsync'ed, so a killed run loses at most one batch;
+4. when every row of the dataset has an answer (in this process's
+   checkpoint or, for shards, in all of them), write
+   ``<model>_<dataset>.<fmt>`` - the dataset's columns but `image`, in the
+   dataset's order, plus `prediction` - and score it (scoring.py).  One
+   shard process does this under a lock file; `merge` does it on demand.
+
+Because the final files are built from the union of the checkpoints and
+nothing else, a single process, any number of shards plus a merge, any
+batch size and any number of restarts all produce the same bytes.
+A checkpoint records the settings that change answers (prompt style, chat
+template, token budget, sampling, TG switches); mixing files made with
+different settings is refused.
+"""
+
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from .data import MCQ, YORN, _LONG_ANSWER_SCORERS, load_dataset
+from .errors import DatasetError, EvalError, ShardError
+from .prompts import PROMPT_STYLES, build_item_prompt, default_conv_mode
+from .scoring import score
+from .shard import detect_shard, partition
+from .tables import PRED_FORMATS
+
+CHECKPOINT_VERSION = 1
+
+
+# ------------------------------------------------------------ small helpers
+
+def model_name_of(model):
+    """A file-name-safe name for a model object: .name, else its config's path."""
+    name = getattr(model, "name", None)
+    if not name and getattr(model, "llm_dir", None):
+        name = os.path.basename(os.path.normpath(model.llm_dir))
+    if not name:
+        config = getattr(model, "config", None) or {}
+        if isinstance(config, dict):
+            path = config.get("_name_or_path") or config.get("name_or_path") or ""
+            name = os.path.basename(os.path.normpath(path)) if path else None
+    return safe_name(name or "tgllava")
+
+
+def safe_name(name):
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name)) or "model"
+
+
+def default_max_new_tokens(dataset):
+    """Token budget by answer length: 1024 for long-form sets, 128 otherwise."""
+    if dataset.kind in (MCQ, YORN):
+        return 128
+    if dataset.scorer in _LONG_ANSWER_SCORERS:
+        return 1024
+    return 128 if dataset.scorer in ("textvqa", "gqa", "ocrvqa", "ocrbench", "chartqa", "anls") else 512
+
+
+def resolve_pred_format(fmt=None):
+    """tsv (default), xlsx or json; $PRED_FORMAT as in VLMEvalKit when not given."""
+    fmt = (fmt or os.environ.get("PRED_FORMAT") or "tsv").lower()
+    if fmt not in PRED_FORMATS:
+        raise ValueError(f"prediction format {fmt!r}: expected one of {', '.join(PRED_FORMATS)}")
+    return fmt
+
+
+def predictions_path(work_dir, model_name, dataset_name, fmt):
+    return os.path.join(work_dir, model_name, f"{model_name}_{dataset_name}.{fmt}")
+
+
+def checkpoint_path(work_dir, model_name, dataset_name, rank=0, world=1):
+    base = os.path.join(work_dir, model_name, f"{model_name}_{dataset_name}_infer")
+    return f"{base}.jsonl" if world == 1 else f"{base}_shard{rank}of{world}.jsonl"
+
+
+# ------------------------------------------------------------ checkpoints
+
+class Checkpoint:
+    """An append-only JSON-lines file: a header, then {"index", "prediction"} lines."""
+
+    def __init__(self, path, header):
+        self.path = path
+        self.header = header
+        self._f = None
+
+    def open(self):
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        if not new:
+            _repair_tail(self.path)
+        self._f = open(self.path, "a", encoding="utf-8")
+        if new:
+            self._write([self.header])
+
+    def append(self, pairs):
+        self._write([{"index": idx, "prediction": pred} for idx, pred in pairs])
+
+    def _write(self, records):
+        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _repair_tail(path):
+    """Cut a last line left incomplete by a kill, so appends start on a fresh line."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            f.seek(cut)
+            f.truncate()
+
+
+def read_checkpoint(path):
+    """(header, {index: prediction}) of one checkpoint; a torn last line is ignored."""
+    header, preds = None, {}
+    with open(path, "r", encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # being written or cut by a kill
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if header is None:
+                if not isinstance(rec, dict) or "tgllava_eval_checkpoint" not in rec:
+                    raise ShardError(f"{path} is not a tgllava eval checkpoint")
+                header = rec
+                continue
+            if isinstance(rec, dict) and "index" in rec and "prediction" in rec:
+                preds.setdefault(str(rec["index"]), rec["prediction"])
+    return header, preds
+
+
+def find_checkpoints(work_dir, model_name, dataset_name):
+    """All checkpoint files of a model and dataset (single-process and shards)."""
+    folder = os.path.join(work_dir, model_name)
+    if not os.path.isdir(folder):
+        return []
+    pat = re.compile(re.escape(f"{model_name}_{dataset_name}_infer") + r"(_shard\d+of\d+)?\.jsonl$")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if pat.match(f))
+
+
+def collect_predictions(paths, settings=None):
+    """Union of the predictions in checkpoint files made with the same settings.
+
+    Returns (settings, limits, {index: prediction}); the first file in path
+    order wins where two hold the same row.
+    """
+    preds, limits = {}, set()
+    for path in paths:
+        header, got = read_checkpoint(path)
+        if header is None:
+            continue
+        if settings is None:
+            settings = header.get("settings")
+        elif header.get("settings") != settings:
+            raise ShardError(
+                f"{path} was written with settings {header.get('settings')}, not {settings}; "
+                "remove it, rerun with the same settings, or use another work_dir or model_name")
+        limits.add(header.get("limit"))
+        for k, v in got.items():
+            preds.setdefault(k, v)
+    return settings, limits, preds
+
+
+# ------------------------------------------------------------ the loop
+
+def _build_items(dataset, positions, style, conv_mode):
+    items = []
+    for p in positions:
+        row = dataset.rows[p]
+        n_images = dataset.n_images(row)
+        prompt, guide = build_item_prompt(dataset, row, style, conv_mode, n_images)
+        items.append({"image": dataset.images(row), "prompt": prompt,
+                      "text_guide": guide, "image_key": dataset.image_keys[p]})
+    return items
+
+
+def _schedule(dataset, positions):
+    """Rows grouped by picture (in order of first appearance), else in file order."""
+    first = {}
+    for p in positions:
+        first.setdefault(dataset.image_keys[p], p)
+    return sorted(positions, key=lambda p: (first[dataset.image_keys[p]], p))
+
+
+def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(_build_items, dataset, batches[0], style, conv_mode)
+        for k, batch in enumerate(batches):
+            items = nxt.result()
+            if k + 1 < len(batches):
+                nxt = pool.submit(_build_items, dataset, batches[k + 1], style, conv_mode)
+            answers = model.chat_batch(items, **gen)
+            if not isinstance(answers, (list, tuple)) or len(answers) != len(items):
+                raise EvalError(
+                    f"model.chat_batch returned {type(answers).__name__} of "
+                    f"{len(answers) if hasattr(answers, '__len__') else '?'} answers for {len(items)} items")
+            pairs = []
+            for p, a in zip(batch, answers):
+                if not isinstance(a, str):
+                    raise EvalError(f"model.chat_batch returned a {type(a).__name__}, expected str")
+                pairs.append((dataset.rows[p]["index"], a.strip()))
+            ckpt.append(pairs)
+            bar.update(len(batch))
+
+
+def _progress(total, initial, desc, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="sample", disable=not enabled,
+                dynamic_ncols=True, smoothing=0.05)
+
+
+def write_predictions(dataset, positions, preds, path):
+    """The predictions file: dataset columns but `image`, dataset order, + prediction."""
+    from .tables import write_table
+
+    columns = [c for c in dataset.columns if c != "image"]
+    if "prediction" not in columns:
+        columns.append("prediction")
+    rows = []
+    for p in positions:
+        row = {c: dataset.rows[p].get(c) for c in columns}
+        row["prediction"] = preds[dataset.rows[p]["index"]]
+        rows.append(row)
+    write_table(path, columns, rows)
+
+
+def _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model):
+    path = predictions_path(work_dir, model_name, dataset.name, fmt)
+    write_predictions(dataset, positions, preds, path)
+    keys = {r["index"]: k for r, k in zip(dataset.rows, dataset.image_keys)}
+    result = score(dataset, path, judge=judge, judge_model=judge_model, image_keys=keys)
+    result["predictions"] = path
+    return result
+
+
+def run(model, data, work_dir="./work_dir", model_name=None, batch_size=8, limit=None, judge=None,
+        prompt_style="llava", conv_mode=None, shard=None, progress=True, use_fom=True, use_dp=True,
+        max_new_tokens=None, pred_format=None, judge_model=None, environ=None):
+    """Evaluate `model` on dataset `data` (name or TSV path; or a list of them).
+
+    Returns the score dict of scoring.score (plus `predictions`, the file
+    written), or - for a list - {dataset name: score dict}.  A shard whose
+    siblings have not finished returns {"dataset", "shard", "rows",
+    "merged": False}.  See the module docstring for files and resume.
+    """
+    if isinstance(data, (list, tuple)):
+        return {os.path.splitext(os.path.basename(str(d)))[0]: run(
+            model, d, work_dir, model_name, batch_size, limit, judge, prompt_style, conv_mode, shard,
+            progress, use_fom, use_dp, max_new_tokens, pred_format, judge_model, environ) for d in data}
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style {prompt_style!r}: expected one of {', '.join(PROMPT_STYLES)}")
+    fmt = resolve_pred_format(pred_format)
+    work_dir = os.path.abspath(work_dir)
+    dataset = load_dataset(data)
+    if not dataset.has_images:
+        raise DatasetError(f"{dataset.name}: no image or image_path column; nothing to run")
+    model_name = safe_name(model_name) if model_name else model_name_of(model)
+    os.makedirs(os.path.join(work_dir, model_name), exist_ok=True)
+    info = detect_shard(shard, environ)
+
+    if prompt_style == "llava" and conv_mode is None:
+        conv_mode = default_conv_mode(model)
+    settings = {
+        "prompt_style": prompt_style,
+        "conv_mode": conv_mode if prompt_style == "llava" else None,
+        "max_new_tokens": int(max_new_tokens or default_max_new_tokens(dataset)),
+        "temperature": 0.0,
+        "use_fom": bool(use_fom),
+        "use_dp": bool(use_dp),
+    }
+    positions = list(range(len(dataset)))[:limit]
+    owner = partition([dataset.image_keys[p] for p in positions], info.world)
+    mine = [p for p, o in zip(positions, owner) if o == info.rank]
+
+    _, _, done = collect_predictions(
+        find_checkpoints(work_dir, model_name, dataset.name), settings)
+    todo = _schedule(dataset, [p for p in mine if dataset.rows[p]["index"] not in done])
+    header = {"tgllava_eval_checkpoint": CHECKPOINT_VERSION, "dataset": dataset.name,
+              "model": model_name, "settings": settings, "limit": limit,
+              "shard": [info.rank, info.world]}
+    ckpt = Checkpoint(checkpoint_path(work_dir, model_name, dataset.name, info.rank, info.world), header)
+    gen = {"max_new_tokens": settings["max_new_tokens"], "temperature": 0.0,
+           "use_fom": settings["use_fom"], "use_dp": settings["use_dp"]}
+    desc = f"{model_name}/{dataset.name}" + (f" [{info.rank}/{info.world}]" if info.world > 1 else "")
+    if todo:
+        ckpt.open()
+        bar = _progress(len(mine), len(mine) - len(todo), desc, progress)
+        try:
+            _infer(model, dataset, todo, ckpt, batch_size, prompt_style, conv_mode, gen, bar)
+        finally:
+            bar.close()
+            ckpt.close()
+
+    if info.world == 1:
+        _, _, preds = collect_predictions(find_checkpoints(work_dir, model_name, dataset.name), settings)
+        return _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model)
+    merged = _merge_if_complete(dataset, positions, work_dir, model_name, fmt, settings, judge, judge_model)
+    if merged is not None:
+        return merged
+    return {"dataset": dataset.name, "shard": [info.rank, info.world], "rows": len(mine), "merged": False}
+
+
+def _merge_if_complete(dataset, positions, work_dir, model_name, fmt, settings, judge, judge_model):
+    """Write the final files if all rows are answered; one process does it (lock file)."""
+    paths = find_checkpoints(work_dir, model_name, dataset.name)
+    _, _, preds = collect_predictions(paths, settings)
+    if any(dataset.rows[p]["index"] not in preds for p in positions):
+        return None
+    lock = os.path.join(work_dir, model_name, f"{model_name}_{dataset.name}.merge.lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return None  # another shard is merging
+    try:
+        os.close(fd)
+        final = predictions_path(work_dir, model_name, dataset.name, fmt)
+        if os.path.exists(final) and all(os.path.getmtime(final) >= os.path.getmtime(p) for p in paths):
+            return None  # a sibling already merged these very checkpoints
+        return _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model)
+    finally:
+        os.unlink(lock)
+
+
+def merge(work_dir, model_name, data, judge=None, limit=None, pred_format=None, judge_model=None):
+    """Join the shard checkpoints of a run into the single-process files and score them.
+
+    `limit` defaults to the one the shards recorded.  Raises ShardError
+    when rows are missing (naming the checkpoints found) or the
+    checkpoints were made with different settings.
+    """
+    if isinstance(data, (list, tuple)):
+        return {os.path.splitext(os.path.basename(str(d)))[0]: merge(
+            work_dir, model_name, d, judge, limit, pred_format, judge_model) for d in data}
+    fmt = resolve_pred_format(pred_format)
+    work_dir = os.path.abspath(work_dir)
+    model_name = safe_name(model_name)
+    dataset = load_dataset(data)
+    paths = find_checkpoints(work_dir, model_name, dataset.name)
+    if not paths:
+        raise ShardError(
+            f"no checkpoints for model {model_name} and dataset {dataset.name} under "
+            f"{os.path.join(work_dir, model_name)}")
+    settings, limits, preds = collect_predictions(paths)
+    if limit is None:
+        if len(limits) > 1:
+            raise ShardError(f"the checkpoints were made with different limits {sorted(limits, key=str)}; "
+                             "pass limit explicitly")
+        limit = next(iter(limits)) if limits else None
+    positions = list(range(len(dataset)))[:limit]
+    missing = [dataset.rows[p]["index"] for p in positions if dataset.rows[p]["index"] not in preds]
+    if missing:
+        names = ", ".join(os.path.basename(p) for p in paths)
+        raise ShardError(
+            f"{len(missing)} of {len(positions)} rows of {dataset.name} have no prediction yet "
+            f"(first: {missing[:5]}); checkpoints found: {names}. Finish the missing shards, then merge.")
+    return _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model)

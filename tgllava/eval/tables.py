@@ -1,0 +1,396 @@
+"""Reading and writing the table files VLMEvalKit uses, without pandas.
+
+VLMEvalKit keeps every dataset and every predictions file as a pandas
+DataFrame: `pd.read_csv(f, sep='\\t')` for TSV, `pd.read_excel` for XLSX,
+and writes them back with `to_csv(..., quoting=csv.QUOTE_ALL)`.  What a
+prompt or a score sees is therefore a cell *as pandas parsed it*, and that
+is not always the text in the file:
+
+* the strings pandas treats as missing (``''``, ``'NA'``, ``'N/A'``,
+  ``'None'``, ``'nan'``, ``'null'``, ...) become NaN, so an option whose
+  text is "None" disappears from an MCQ prompt;
+* a column whose every value is an integer becomes int64, and if some are
+  missing it becomes float64, so "3" is rendered "3.0" in such a column;
+* a column of numbers is float64 and renders with Python's float repr.
+
+This module reproduces those rules (`render_tsv_columns`, `render_typed`)
+and hands the rest of the package plain rows: ``dict`` column -> ``str`` or
+``None`` (missing).  Writers use QUOTE_ALL TSV/CSV with ``\\n`` line ends
+(what pandas writes on Linux), XLSX through openpyxl when it is installed
+(optional: a clear error otherwise) and JSON as a list of records.
+"""
+
+import csv
+import json
+import math
+import os
+import re
+import sys
+
+from .errors import DatasetError
+
+# pandas.read_csv / read_excel default na_values (pandas >= 2.0 adds 'None').
+PANDAS_NA = frozenset([
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+    "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+    "nan", "null",
+])
+_TRUE = frozenset(["True", "TRUE", "true"])
+_FALSE = frozenset(["False", "FALSE", "false"])
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_INT64_MAX = 2 ** 63 - 1
+
+PRED_FORMATS = ("tsv", "xlsx", "json")
+
+
+def _raise_field_limit():
+    """Let the csv module read base64 images (fields far over 128 KiB)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
+_raise_field_limit()
+
+
+# ----------------------------------------------------------------- rendering
+
+def _is_int_text(v):
+    return bool(_INT_RE.match(v)) and abs(int(v)) <= _INT64_MAX
+
+
+def _column_kind_from_text(values):
+    """The dtype pandas' C parser gives a column of non-missing strings."""
+    if not values:
+        return "empty"
+    if all(_is_int_text(v) for v in values):
+        return "int"
+    if all(_FLOAT_RE.match(v) for v in values):
+        return "float"
+    if all(v in _TRUE or v in _FALSE for v in values):
+        return "bool"
+    return "object"
+
+
+def render_float(x):
+    """A float64 cell as pandas writes it (repr), NaN as missing."""
+    x = float(x)
+    if math.isnan(x):
+        return None
+    return repr(x)
+
+
+def render_tsv_columns(columns, rows, skip=()):
+    """Turn raw TSV strings into cells as `pd.read_csv(sep='\\t')` sees them.
+
+    `rows` are dicts of raw strings (None for a short row); they are changed
+    in place: NA strings become None, int columns are normalised ("007" ->
+    "7"), int columns with missing cells and float columns render as floats
+    ("3" -> "3.0"), all-boolean columns as "True"/"False".  Columns in `skip`
+    (the base64 `image`) are left as they are, with only NA detection.
+    """
+    for col in columns:
+        for row in rows:
+            v = row.get(col)
+            if v is not None and v in PANDAS_NA:
+                row[col] = None
+        if col in skip:
+            continue
+        present = [row[col] for row in rows if row.get(col) is not None]
+        has_na = len(present) < len(rows)
+        kind = _column_kind_from_text(present)
+        if kind == "int":
+            conv = (lambda v: repr(float(int(v)))) if has_na else (lambda v: str(int(v)))
+        elif kind == "float":
+            conv = render_float
+        elif kind == "bool" and not has_na:
+            conv = lambda v: "True" if v in _TRUE else "False"  # noqa: E731
+        else:
+            continue
+        for row in rows:
+            if row.get(col) is not None:
+                row[col] = conv(row[col])
+    return rows
+
+
+def render_typed(columns, rows):
+    """Render typed cells (from XLSX or JSON) as pandas would after loading.
+
+    Cells may be str, int, float, bool or None.  A column of numbers only
+    becomes int64 (no missing cell, all integral) or float64; a column of
+    booleans only (none missing) becomes bool; anything else is an object
+    column whose cells keep their own type.  NA strings become None.
+    """
+    for col in columns:
+        for row in rows:
+            v = row.get(col)
+            if isinstance(v, str) and v in PANDAS_NA:
+                row[col] = None
+            elif isinstance(v, float) and math.isnan(v):
+                row[col] = None
+        present = [row[col] for row in rows if row.get(col) is not None]
+        has_na = len(present) < len(rows)
+        numbers = present and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+        bools = present and all(isinstance(v, bool) for v in present)
+        for row in rows:
+            v = row.get(col)
+            if v is None:
+                continue
+            if numbers:
+                integral = all(float(x).is_integer() for x in present)
+                if integral and not has_na:
+                    row[col] = str(int(v))
+                else:
+                    row[col] = render_float(v)
+            elif bools and not has_na:
+                row[col] = "True" if v else "False"
+            elif isinstance(v, bool):
+                row[col] = "True" if v else "False"
+            elif isinstance(v, int):
+                row[col] = str(v)
+            elif isinstance(v, float):
+                row[col] = str(int(v)) if v.is_integer() else repr(v)
+            else:
+                row[col] = str(v)
+    return rows
+
+
+# ------------------------------------------------------------------- reading
+
+def read_tsv_raw(path, delimiter="\t"):
+    """Header and rows of raw strings (no NA or type handling)."""
+    try:
+        f = open(path, "r", encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise DatasetError(f"cannot open {path}: {e}") from e
+    with f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DatasetError(f"{path} is empty") from None
+        rows = []
+        for lineno, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(fields) > len(header):
+                raise DatasetError(
+                    f"{path}: record {lineno} has {len(fields)} fields, the header has {len(header)}")
+            row = dict(zip(header, fields))
+            for col in header[len(fields):]:
+                row[col] = None
+            rows.append(row)
+    return header, rows
+
+
+def read_table(path, skip_render=()):
+    """Read a .tsv/.csv/.xlsx/.json table as (columns, rows) of rendered cells."""
+    ext = os.path.splitext(str(path))[1].lower().lstrip(".")
+    if ext in ("tsv", "csv"):
+        columns, rows = read_tsv_raw(path, "\t" if ext == "tsv" else ",")
+        return columns, render_tsv_columns(columns, rows, skip=skip_render)
+    if ext == "xlsx":
+        columns, rows = _read_xlsx(path)
+        return columns, render_typed(columns, rows)
+    if ext == "json":
+        columns, rows = _read_json(path)
+        return columns, render_typed(columns, rows)
+    raise DatasetError(f"{path}: unknown table format '.{ext}' (expected .tsv, .csv, .xlsx or .json)")
+
+
+def _openpyxl():
+    try:
+        import openpyxl
+    except ImportError:
+        raise DatasetError(
+            "reading or writing .xlsx files needs openpyxl (pip install openpyxl); "
+            "use the tsv or json format otherwise") from None
+    return openpyxl
+
+
+def _read_xlsx(path):
+    openpyxl = _openpyxl()
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # openpyxl raises many kinds for bad files
+        raise DatasetError(f"cannot read {path} as xlsx: {e}") from e
+    try:
+        it = wb.worksheets[0].iter_rows(values_only=True)
+        header = next(it, None)
+        if header is None:
+            raise DatasetError(f"{path} is empty")
+        columns = ["" if h is None else str(h) for h in header]
+        while columns and columns[-1] == "":
+            columns.pop()
+        rows = []
+        for values in it:
+            if values is None or all(v is None for v in values):
+                continue
+            row = {}
+            for col, v in zip(columns, values):
+                row[col] = v
+            for col in columns[len(values):]:
+                row[col] = None
+            rows.append(row)
+    finally:
+        wb.close()
+    return columns, rows
+
+
+def _read_json(path):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read {path} as json: {e}") from e
+    if isinstance(data, dict) and "columns" in data and "data" in data:
+        columns = [str(c) for c in data["columns"]]
+        rows = [dict(zip(columns, r)) for r in data["data"]]
+        return columns, rows
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DatasetError(f"{path}: expected a JSON list of records")
+    columns = []
+    for r in data:
+        for k in r:
+            if k not in columns:
+                columns.append(k)
+    rows = [{c: r.get(c) for c in columns} for r in data]
+    return columns, rows
+
+
+# ------------------------------------------------------------------- writing
+
+def _atomic_open(path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    return tmp, open(tmp, "w", encoding="utf-8", newline="")
+
+
+def _cell(v):
+    return "" if v is None else v
+
+
+def write_delimited(path, columns, rows, delimiter="\t"):
+    """Write QUOTE_ALL TSV/CSV as pandas' to_csv(quoting=QUOTE_ALL) does; atomic."""
+    tmp, f = _atomic_open(path)
+    with f:
+        w = csv.writer(f, delimiter=delimiter, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([_cell(row.get(c)) for c in columns])
+    os.replace(tmp, path)
+
+
+_XLSX_ILLEGAL = re.compile(r"[\000-\010]|[\013-\014]|[\016-\037]")
+
+
+def write_xlsx(path, columns, rows):
+    """Write an .xlsx table (text cells, never formulas); needs openpyxl."""
+    openpyxl = _openpyxl()
+    from openpyxl.cell import WriteOnlyCell
+    wb = openpyxl.Workbook(write_only=True)
+    ws = wb.create_sheet()
+
+    def cells(values):
+        out = []
+        for v in values:
+            if v is None:
+                out.append(None)
+                continue
+            c = WriteOnlyCell(ws, value=_XLSX_ILLEGAL.sub("", str(v)))
+            c.data_type = "s"  # a leading '=' must stay text, as xlsxwriter's strings_to_formulas=False
+            out.append(c)
+        return out
+
+    ws.append(cells(columns))
+    for row in rows:
+        ws.append(cells([row.get(c) for c in columns]))
+    tmp = f"{path}.tmp{os.getpid()}.xlsx"
+    wb.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, columns, rows):
+    """Write a list of records (indent 4, UTF-8) like VLMEvalKit's dump_json."""
+    records = [{c: row.get(c) for c in columns} for row in rows]
+    tmp, f = _atomic_open(path)
+    with f:
+        json.dump(records, f, indent=4, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def write_table(path, columns, rows):
+    """Write by extension: .tsv, .csv, .xlsx or .json."""
+    ext = os.path.splitext(str(path))[1].lower().lstrip(".")
+    if ext == "tsv":
+        write_delimited(path, columns, rows, "\t")
+    elif ext == "csv":
+        write_delimited(path, columns, rows, ",")
+    elif ext == "xlsx":
+        write_xlsx(path, columns, rows)
+    elif ext == "json":
+        write_json(path, columns, rows)
+    else:
+        raise DatasetError(f"{path}: unknown table format '.{ext}'")
+
+
+def format_number(v):
+    """A score cell as pandas writes it: repr for floats, '' for NaN/None."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, int):
+        return str(v)
+    try:
+        import numpy as np
+        if isinstance(v, np.integer):
+            return str(int(v))
+        if isinstance(v, np.bool_):
+            return "True" if v else "False"
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    if isinstance(v, float) or hasattr(v, "__float__") and not isinstance(v, str):
+        return render_float(v)
+    return str(v)
+
+
+def write_score_csv(path, columns, rows):
+    """Write a score table (cells: numbers or strings) as VLMEvalKit's dump(csv).
+
+    A column holding ints and floats is float64 in pandas, so its ints are
+    written "3.0"; that is reproduced here.
+    """
+    out = []
+    kinds = {}
+    for c in columns:
+        vals = [r.get(c) for r in rows]
+        has_float = any(_is_floaty(v) for v in vals)
+        kinds[c] = "float" if has_float else "other"
+    for r in rows:
+        cells = {}
+        for c in columns:
+            v = r.get(c)
+            if kinds[c] == "float" and v is not None and not isinstance(v, str):
+                cells[c] = render_float(v)
+            else:
+                cells[c] = format_number(v)
+        out.append(cells)
+    write_delimited(path, columns, out, ",")
+
+
+def _is_floaty(v):
+    if v is None or isinstance(v, (str, bool, int)):
+        return v is None
+    try:
+        import numpy as np
+        if isinstance(v, (np.integer, np.bool_)):
+            return False
+    except ImportError:  # pragma: no cover
+        pass
+    return True
