@@ -12,6 +12,22 @@ import os as _os
 # threads (measured: 16x slower vision tower on 2 cores); let them sleep.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+def _preload_openblas():
+    """Load OpenBLAS from the installed scipy-openblas32 wheel before the extension: the build-time
+    rpath may point into a pip build environment that no longer exists."""
+    import ctypes
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return
+    path = _os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so")
+    if _os.path.exists(path):
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+
+_preload_openblas()
+
 from .errors import CheckpointError, DeviceError, ShapeError, TgError
 from . import _C
 from .api import Model, load, tile

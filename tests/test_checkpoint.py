@@ -1,0 +1,108 @@
+"""Loading: corrupt, truncated, mis-shaped or incomplete checkpoints raise CheckpointError naming file and tensor."""
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+import tgllava
+from tgllava.checkpoint import read_tensors
+from golden_util import GOLDEN, checkpoint
+
+sys.path.insert(0, GOLDEN)
+from weights import load_safetensors, save_safetensors  # noqa: E402
+
+
+@pytest.fixture()
+def llava(tmp_path):
+    llm, clip = checkpoint("llava15-tiny")
+    shutil.copytree(llm, tmp_path / "llm")
+    return str(tmp_path / "llm"), clip
+
+
+def test_missing_folder():
+    with pytest.raises(tgllava.CheckpointError, match="no such"):
+        tgllava.load("/nonexistent/folder")
+
+
+def test_truncated_file(llava):
+    llm, clip = llava
+    f = os.path.join(llm, "model.safetensors")
+    data = open(f, "rb").read()
+    open(f, "wb").write(data[: len(data) // 2])
+    with pytest.raises(tgllava.CheckpointError, match="model.safetensors.*(truncated|beyond)"):
+        tgllava.load(llm, clip)
+
+
+def test_corrupt_header(llava):
+    llm, clip = llava
+    f = os.path.join(llm, "model.safetensors")
+    open(f, "wb").write(struct.pack("<Q", 10) + b"{not json!")
+    with pytest.raises(tgllava.CheckpointError, match="corrupt"):
+        tgllava.load(llm, clip)
+    open(f, "wb").write(struct.pack("<Q", 1 << 40))
+    with pytest.raises(tgllava.CheckpointError, match="corrupt"):
+        tgllava.load(llm, clip)
+
+
+def test_missing_tensor(llava):
+    llm, clip = llava
+    f = os.path.join(llm, "model.safetensors")
+    t = load_safetensors(f)
+    del t["model.layers.1.mlp.up_proj.weight"]
+    save_safetensors(f, t)
+    with pytest.raises(tgllava.CheckpointError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+        tgllava.load(llm, clip)
+
+
+def test_wrong_shape(llava):
+    llm, clip = llava
+    f = os.path.join(llm, "model.safetensors")
+    t = load_safetensors(f)
+    t["model.norm.weight"] = np.ones(255, np.float32)
+    save_safetensors(f, t)
+    with pytest.raises(tgllava.CheckpointError, match=r"model.safetensors.*model.norm.weight has shape \(255,\), expected \(256,\)"):
+        tgllava.load(llm, clip)
+
+
+def test_wrong_dtype(llava):
+    llm, clip = llava
+    f = os.path.join(llm, "model.safetensors")
+    t = load_safetensors(f)
+    t["model.norm.weight"] = np.ones(256, np.int64)
+    save_safetensors(f, t)
+    with pytest.raises(tgllava.CheckpointError, match="model.norm.weight has dtype I64"):
+        tgllava.load(llm, clip)
+
+
+def test_float16_and_sharded(llava, tmp_path):
+    llm, clip = llava
+    t = load_safetensors(os.path.join(llm, "model.safetensors"))
+    os.remove(os.path.join(llm, "model.safetensors"))
+    names = sorted(t)
+    half = {k: t[k].astype(np.float16) for k in names[: len(names) // 2]}
+    rest = {k: t[k] for k in names[len(names) // 2:]}
+    save_safetensors(os.path.join(llm, "model-00001-of-00002.safetensors"), half)
+    save_safetensors(os.path.join(llm, "model-00002-of-00002.safetensors"), rest)
+    wm = {k: "model-00001-of-00002.safetensors" for k in half}
+    wm.update({k: "model-00002-of-00002.safetensors" for k in rest})
+    json.dump({"weight_map": wm}, open(os.path.join(llm, "model.safetensors.index.json"), "w"))
+    m = tgllava.load(llm, clip)
+    ref = tgllava.load(*checkpoint("llava15-tiny"))
+    ids = [1, 8, 9, 10]
+    assert np.abs(m.logits(ids) - ref.logits(ids)).max() < 0.05  # fp16-rounded weights
+    got = read_tensors(os.path.join(llm, "model.safetensors.index.json"))
+    assert got["model.norm.weight"].dtype == np.float32 and set(got) == set(t)
+
+
+def test_bad_device_and_dtype(llava):
+    llm, clip = llava
+    with pytest.raises(ValueError):
+        tgllava.load(llm, clip, device="tpu")
+    with pytest.raises(ValueError):
+        tgllava.load(llm, clip, dtype="int8")
+    with pytest.raises(tgllava.DeviceError):
+        tgllava.load(llm, clip, dtype="bfloat16")  # the CPU backend stores float32 only
