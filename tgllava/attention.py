@@ -1,0 +1,158 @@
+"""Attention maps of a loaded model, for the paper's Figure 5 style pictures.
+
+`attention_map(m, image, question)` runs one prompt through the model and
+returns three spatial maps as NumPy arrays (grid g = sqrt(num_patches), 24
+for CLIP-L/336):
+
+- `llm` (g, g): how much the LLM looks at each main image patch while it
+  reads the instruction.  The *instruction tokens* are all spliced positions
+  after the visual tokens up to the end of the prompt: the rest of the user
+  turn (the "\\n" after <image> and the question) and the template text that
+  follows it up to where the answer starts (e.g. " ASSISTANT:").  For every
+  instruction token, the softmax attention probabilities of the LLM towards
+  the Np main image tokens (the DP tokens are left out) are summed over all
+  heads and all layers; the result is then summed over the instruction
+  tokens and laid out row-major as (g, g).  `llm_norm` is `llm / llm.sum()`
+  (a distribution over patches), `llm_tokens` keeps the per-token maps
+  (n_instruction, g, g).
+- `dp` (2g, 2g): the TG-DP perceiver's attention, in its image layer, from
+  its latents to the patches of the four 2x-upscaled tiles, summed over
+  heads and over all latents of the checkpoint (the C primitive always runs
+  the full latent set, so `n_latents` does not change this map), arranged
+  as the 2x2 tile mosaic (top-left tile in the top-left quarter, ...), so
+  it lines up with the picture.  None without a DP module or with use_dp off.
+- `fom` (g, g): the L2 norm over channels of the TG-FOM mask added to each
+  patch feature.  None without a FOM module or with use_fom off.
+
+Inputs are either a picture and a question (tokenizers are read from
+m.llm_dir / m.clip_dir unless given, the chat template is guessed from the
+config unless `conv_mode` is given), or explicit `input_ids` / `pixels` /
+`text_ids`, which is how the tests drive golden checkpoints that ship no
+tokenizer files.  The integrator attaches the function as Model.attention_map.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ShapeError
+
+IMAGE_TOKEN_INDEX = -200
+
+
+@dataclass
+class AttentionMaps:
+    """The result of attention_map(); also readable as a dict (maps["llm"])."""
+
+    llm: np.ndarray
+    llm_norm: np.ndarray
+    llm_tokens: np.ndarray
+    dp: np.ndarray = None
+    fom: np.ndarray = None
+    grid: int = 0
+    image_pos: int = 0
+    instruction: tuple = (0, 0)
+    input_ids: np.ndarray = field(default=None, repr=False)
+    text_ids: np.ndarray = field(default=None, repr=False)
+    pixels: np.ndarray = field(default=None, repr=False)
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def keys(self):
+        return ["llm", "llm_norm", "llm_tokens", "dp", "fom"]
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in self.keys()}
+
+
+def grid_size(m):
+    """Side of the square patch grid of model `m` (24 for 336 px / patch 14)."""
+    g = math.isqrt(int(m.num_patches))
+    if g * g != m.num_patches:
+        raise ShapeError(f"{m.num_patches} patches do not form a square grid")
+    return g
+
+
+def tile_mosaic(per_tile, g):
+    """(4*g*g,) values in tile order TL, TR, BL, BR -> the (2g, 2g) mosaic of the four tiles."""
+    t = np.asarray(per_tile).reshape(4, g, g)
+    return np.block([[t[0], t[1]], [t[2], t[3]]])
+
+
+def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, use_dp=True, llm_tokenizer=None,
+                   clip_tokenizer=None, input_ids=None, text_ids=None, pixels=None):
+    """(input_ids, pixels, text_ids) of one prompt, from the picture/question or the explicit arrays."""
+    if pixels is None:
+        if image is None:
+            raise ValueError("attention_map needs an image (or pixels=...)")
+        from .image import mode_from_config, preprocess
+        pixels = preprocess(image, mode=mode_from_config(m.config), size=m.image_size)
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim == 4 and pixels.shape[0] == 1:
+        pixels = pixels[0]
+    if pixels.shape != (3, m.image_size, m.image_size):
+        raise ShapeError(f"pixels must be (3, {m.image_size}, {m.image_size}), got shape {pixels.shape}")
+
+    if input_ids is None:
+        if question is None:
+            raise ValueError("attention_map needs a question (or input_ids=...)")
+        from .conversation import build_prompt, guess_conv_mode
+        from .tokenize import LlmTokenizer, tokenizer_image_token
+        tok = llm_tokenizer or LlmTokenizer.from_folder(m.llm_dir)
+        mode = conv_mode or guess_conv_mode(m.config, m.llm_dir)
+        input_ids = tokenizer_image_token(build_prompt(question, mode), tok)
+    input_ids = np.asarray(input_ids).reshape(-1).astype(np.int64)
+    n_images = int(np.sum(input_ids == IMAGE_TOKEN_INDEX))
+    if n_images != 1:
+        raise ShapeError(f"input_ids must hold exactly one image token ({IMAGE_TOKEN_INDEX}), found {n_images}")
+
+    needs_text = m.has_tg and (use_fom or use_dp)
+    if needs_text and text_ids is None:
+        if question is None:
+            raise ValueError("this TG-LLaVA checkpoint needs the question (or text_ids=...) for FOM/DP")
+        from .tokenize import ClipTokenizer
+        ctok = clip_tokenizer or ClipTokenizer.from_folder(m.clip_dir)
+        text_ids = ctok.encode(question.replace("<image>", "").strip())
+    if text_ids is not None:
+        text_ids = np.asarray(text_ids).reshape(-1).astype(np.int64)
+    return input_ids, pixels, text_ids
+
+
+def attention_map(m, image=None, question=None, conv_mode=None, use_fom=True, use_dp=True, n_latents=None,
+                  llm_tokenizer=None, clip_tokenizer=None, input_ids=None, text_ids=None, pixels=None):
+    """LLM, DP and FOM attention maps of one prompt (see the module docstring); returns AttentionMaps."""
+    input_ids, pixels, text_ids = prepare_inputs(m, image, question, conv_mode, use_fom, use_dp, llm_tokenizer,
+                                                 clip_tokenizer, input_ids, text_ids, pixels)
+    g = grid_size(m)
+    Np = g * g
+    seq = m._sequence(input_ids, pixels, text_ids, use_fom, use_dp, n_latents)
+    count = m._core.visual_token_count(bool(use_dp and m.has_dp), int(n_latents or 0))
+    pos = int(np.flatnonzero(input_ids == IMAGE_TOKEN_INDEX)[0])
+    n = min(len(input_ids) - 1 + count, int(m.sizes.get("max_len") or 1 << 30))
+    q0, q1 = pos + count, n
+    if q0 >= q1:
+        raise ShapeError("the prompt has no instruction tokens after the image (put the question after <image>)")
+
+    per_token = np.asarray(m._core.llm_attention(seq, q0, q1, pos, pos + Np), dtype=np.float32)
+    llm = per_token.sum(axis=0).reshape(g, g)
+    total = float(llm.sum())
+    llm_norm = llm / total if total > 0 else np.zeros_like(llm)
+
+    dp = None
+    if m.has_dp and use_dp:
+        probs = np.asarray(m._core.dp_attention(seq))
+        dp = tile_mosaic(probs[:, :4 * Np].sum(axis=0), g).astype(np.float32)
+
+    fom = None
+    if m.has_fom and use_fom:
+        _, pooled = m.text_tower(text_ids)
+        mask = np.asarray(m.fom(pooled))[0]
+        if mask.shape[0] != Np:
+            raise ShapeError(f"the FOM mask has {mask.shape[0]} rows, expected {Np} patches")
+        fom = np.linalg.norm(mask.astype(np.float64), axis=1).reshape(g, g).astype(np.float32)
+
+    return AttentionMaps(llm=llm, llm_norm=llm_norm.astype(np.float32), llm_tokens=per_token.reshape(-1, g, g), dp=dp,
+                         fom=fom, grid=g, image_pos=pos, instruction=(q0, q1), input_ids=input_ids, text_ids=text_ids,
+                         pixels=pixels)
