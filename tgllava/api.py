@@ -351,6 +351,11 @@ class Model:
         return self.generate_batch([req], max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
                                    eos_token_id, cb)[0]
 
+    def attention_map(self, *args, **kw):
+        """Where the model looks: LLM, DP and FOM maps (see tgllava.attention.attention_map)."""
+        from .attention import attention_map
+        return attention_map(self, *args, **kw)
+
     def generate_stream(self, input_ids, **kw):
         """Iterator over new token ids as they are generated (runs generate in a worker thread)."""
         q, stop = queue.Queue(), threading.Event()

@@ -1,0 +1,59 @@
+"""GPU conformance (marker `gpu`): golden sets on the CUDA backend in float32 at the SPEC tolerances,
+and in bfloat16/float16 within a stated tolerance (cosine similarity of logits >= 0.999, same greedy
+first token).  Skips with the reason when tgllava has no CUDA backend or no device is present."""
+import numpy as np
+import pytest
+
+import tgllava
+from golden_util import SETS, checkpoint, io
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_gpu():
+    if not tgllava._C.built_with_cuda():
+        pytest.skip("tgllava was built without the CUDA backend")
+    try:
+        tgllava._C.op_elementwise("cuda:0", "activation", np.zeros(1, np.float32), None, 0)
+    except tgllava.DeviceError as e:
+        pytest.skip(f"no usable CUDA device: {e}")
+
+
+_models = {}
+
+
+def gpu_model(name, dtype):
+    if (name, dtype) not in _models:
+        _models[name, dtype] = tgllava.load(*checkpoint(name), device="cuda", dtype=dtype)
+    return _models[name, dtype]
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_float32_matches_golden(name):
+    d, m = io(name), gpu_model(name, "float32")
+    tid = d.get("text_guide_ids")
+    assert np.abs(m.vision_features(d["pixel_values"][None])[0] - d["image_features"]).max() <= 1e-3
+    assert np.abs(m.visual_tokens(d["pixel_values"][None], tid)[0] - d["visual_tokens"]).max() <= 1e-3
+    assert np.abs(m.logits(d["input_ids"], d["pixel_values"], tid) - d["logits"]).max() <= 2e-3
+    toks = m.generate(d["input_ids"], d["pixel_values"], tid, max_new_tokens=len(d["generated_ids"]), eos_token_id=[])
+    assert toks == d["generated_ids"].tolist()
+
+
+@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_close(name, dtype):
+    d, m = io(name), gpu_model(name, dtype)
+    lg = m.logits(d["input_ids"], d["pixel_values"], d.get("text_guide_ids")).astype(np.float64)
+    ref = d["logits"].astype(np.float64)
+    cos = (lg * ref).sum(1) / np.linalg.norm(lg, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.999, cos.min()
+    assert int(np.argmax(lg[-1])) == int(d["generated_ids"][0])
+
+
+def test_cpu_and_gpu_batches_agree():
+    name = "tg-vicuna-tiny"
+    d = io(name)
+    reqs = [dict(input_ids=d["input_ids"], pixels=d["pixel_values"], text_ids=d["text_guide_ids"]), dict(input_ids=[1, 5, 9])]
+    cpu = tgllava.load(*checkpoint(name)).generate_batch(reqs, max_new_tokens=6, eos_token_id=[])
+    assert gpu_model(name, "float32").generate_batch(reqs, max_new_tokens=6, eos_token_id=[]) == cpu
