@@ -36,7 +36,7 @@ from .extract import normalize_vqa_answer, yes_no
 from .judge import (JudgeCache, judge_name, llavabench_prompt, make_judge, mathvista_prompt,
                     mcq_prompt, mmvet_prompt, yes_no_prompt)
 from . import metrics as M
-from .tables import read_table, write_score_csv, write_table
+from .tables import coerce_column, read_table, render_value, write_score_csv, write_table
 
 JUDGE_SETS = frozenset(["mathvista", "mmvet", "llavabench"])
 _LABEL_COLUMNS = ("split", "Task&Skill", "Category")
@@ -291,17 +291,32 @@ def _score_vqa(scorer, columns, rows, judge, out):
 
 
 def _score_mathvista(columns, rows, judge, out):
-    for r in rows:
+    """MathVista.evaluate_heuristic: prefetch by rules, else the judge's extraction.
+
+    VLMEvalKit reads `answer` and `prediction` with pandas types and checks
+    `res` after a trip through its storage file, so a column of numbers is
+    compared as numbers; coerce_column gives the same types here.
+    """
+    answers = coerce_column([r.get("answer") for r in rows])
+    preds = coerce_column([r["prediction"] for r in rows])
+    typed = [dict(r, answer=a, prediction=p) for r, a, p in zip(rows, answers, preds)]
+    res, logs = [], []
+    for r, raw in zip(typed, rows):
         pre = M.mathvista_check(r, r["prediction"], prefetch=True)
         if pre:
-            r["res"], r["log"] = pre, "Prefetch succeed"
+            res.append(pre)
+            logs.append("Prefetch succeed")
         elif judge is None:
-            r["res"], r["log"] = r["prediction"], "exact matching (no judge)"
+            res.append(r["prediction"])
+            logs.append("exact matching (no judge)")
         else:
-            r["res"], r["log"] = judge.ask(mathvista_prompt(r.get("question"), r["prediction"])), "Succeed"
+            res.append(judge.ask(mathvista_prompt(r.get("question"), raw["prediction"])))
+            logs.append("Succeed")
+    for r, v, log in zip(typed, coerce_column(res), logs):
+        r["res"], r["log"] = v, log
     out.record(f"_{judge_name(judge)}", [c for c in columns if c not in ("res", "log")] + ["res", "log"],
-               [{**r, "res": str(r["res"])} for r in rows])
-    cols, table = M.mathvista_report(rows)
+               [dict(raw, res=render_value(t["res"]), log=t["log"]) for raw, t in zip(rows, typed)])
+    cols, table = M.mathvista_report(typed)
     out.table(f"_{judge_name(judge)}_score", cols, table)
     out.headline["acc"] = table[0]["acc"] if table else M.NAN
 

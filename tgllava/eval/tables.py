@@ -37,9 +37,10 @@ PANDAS_NA = frozenset([
 ])
 _TRUE = frozenset(["True", "TRUE", "true"])
 _FALSE = frozenset(["False", "FALSE", "false"])
-_INT_RE = re.compile(r"^[+-]?\d+$")
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_INT64_MAX = 2 ** 63 - 1
+# What pandas' C parser takes for numbers: ASCII digits, surrounding blanks allowed.
+_INT_RE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+_FLOAT_RE = re.compile(r"^\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity)\s*$", re.IGNORECASE)
+_INT_MIN, _UINT_MAX = -(2 ** 63), 2 ** 64 - 1
 
 PRED_FORMATS = ("tsv", "xlsx", "json")
 
@@ -61,20 +62,76 @@ _raise_field_limit()
 # ----------------------------------------------------------------- rendering
 
 def _is_int_text(v):
-    return bool(_INT_RE.match(v)) and abs(int(v)) <= _INT64_MAX
+    return bool(_INT_RE.match(v)) and _INT_MIN <= int(v) <= _UINT_MAX
 
 
-def _column_kind_from_text(values):
-    """The dtype pandas' C parser gives a column of non-missing strings."""
-    if not values:
-        return "empty"
-    if all(_is_int_text(v) for v in values):
-        return "int"
-    if all(_FLOAT_RE.match(v) for v in values):
-        return "float"
-    if all(v in _TRUE or v in _FALSE for v in values):
-        return "bool"
-    return "object"
+def is_missing(v):
+    """NaN in pandas' eyes: None, float NaN, or one of the NA strings."""
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return v in PANDAS_NA
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _numeric(v):
+    if isinstance(v, (int, float)):  # bool included: next to numbers pandas reads True as 1
+        return True
+    return isinstance(v, str) and bool(_FLOAT_RE.match(v))
+
+
+def _integral(v):
+    if isinstance(v, int):
+        return True
+    if isinstance(v, float):
+        return v.is_integer()
+    return _is_int_text(v)
+
+
+def _boolish(v):
+    return isinstance(v, bool) or (isinstance(v, str) and (v in _TRUE or v in _FALSE))
+
+
+def coerce_column(values):
+    """One column's cells as pandas types them after reading (read_csv or read_excel).
+
+    `values` are str (TSV text, XLSX text cells), int, float, bool or None.
+    NA cells become None.  If every other cell is a number or reads as one
+    the column is numeric: int when all are integral and none is missing,
+    otherwise float.  If every other cell is a boolean (True/TRUE/true/...)
+    they become bools.  Otherwise the column is "object" and each cell keeps
+    its own type (a text "14" stays a string next to a text "B").  Real
+    boolean cells (XLSX) count as numbers next to numbers or missing cells;
+    in mixed object columns pandas sometimes turns them into 0/1, which is
+    not modelled (VLMEvalKit's prediction files hold no boolean cells).
+    """
+    cells = [None if is_missing(v) else v for v in values]
+    present = [v for v in cells if v is not None]
+    if not present:
+        return cells
+    has_na = len(present) < len(cells)
+    all_bool_cells = all(isinstance(v, bool) for v in present)
+    if all(_numeric(v) for v in present) and (has_na or not all_bool_cells):
+        if not has_na and all(_integral(v) for v in present):
+            return [int(v) for v in cells]
+        return [None if v is None else float(v) for v in cells]
+    if all(_boolish(v) for v in present):
+        return [None if v is None else (v if isinstance(v, bool) else v in _TRUE) for v in cells]
+    # object column: read_excel hands integral floats over as ints
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in cells]
+
+
+def render_value(v):
+    """A typed cell as text: what str() of the pandas value gives (None stays None)."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return render_float(v)
+    return str(v)
 
 
 def render_float(x):
@@ -91,74 +148,23 @@ def render_tsv_columns(columns, rows, skip=()):
     `rows` are dicts of raw strings (None for a short row); they are changed
     in place: NA strings become None, int columns are normalised ("007" ->
     "7"), int columns with missing cells and float columns render as floats
-    ("3" -> "3.0"), all-boolean columns as "True"/"False".  Columns in `skip`
-    (the base64 `image`) are left as they are, with only NA detection.
+    ("3" -> "3.0"), boolean columns ("true", "FALSE", ...) as "True"/"False".
+    Columns in `skip` (the base64 `image`) only get NA detection.
     """
     for col in columns:
-        for row in rows:
-            v = row.get(col)
-            if v is not None and v in PANDAS_NA:
-                row[col] = None
+        values = [row.get(col) for row in rows]
         if col in skip:
-            continue
-        present = [row[col] for row in rows if row.get(col) is not None]
-        has_na = len(present) < len(rows)
-        kind = _column_kind_from_text(present)
-        if kind == "int":
-            conv = (lambda v: repr(float(int(v)))) if has_na else (lambda v: str(int(v)))
-        elif kind == "float":
-            conv = render_float
-        elif kind == "bool" and not has_na:
-            conv = lambda v: "True" if v in _TRUE else "False"  # noqa: E731
+            typed = [None if is_missing(v) else v for v in values]
         else:
-            continue
-        for row in rows:
-            if row.get(col) is not None:
-                row[col] = conv(row[col])
+            typed = [render_value(v) for v in coerce_column(values)]
+        for row, v in zip(rows, typed):
+            row[col] = v
     return rows
 
 
 def render_typed(columns, rows):
-    """Render typed cells (from XLSX or JSON) as pandas would after loading.
-
-    Cells may be str, int, float, bool or None.  A column of numbers only
-    becomes int64 (no missing cell, all integral) or float64; a column of
-    booleans only (none missing) becomes bool; anything else is an object
-    column whose cells keep their own type.  NA strings become None.
-    """
-    for col in columns:
-        for row in rows:
-            v = row.get(col)
-            if isinstance(v, str) and v in PANDAS_NA:
-                row[col] = None
-            elif isinstance(v, float) and math.isnan(v):
-                row[col] = None
-        present = [row[col] for row in rows if row.get(col) is not None]
-        has_na = len(present) < len(rows)
-        numbers = present and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
-        bools = present and all(isinstance(v, bool) for v in present)
-        for row in rows:
-            v = row.get(col)
-            if v is None:
-                continue
-            if numbers:
-                integral = all(float(x).is_integer() for x in present)
-                if integral and not has_na:
-                    row[col] = str(int(v))
-                else:
-                    row[col] = render_float(v)
-            elif bools and not has_na:
-                row[col] = "True" if v else "False"
-            elif isinstance(v, bool):
-                row[col] = "True" if v else "False"
-            elif isinstance(v, int):
-                row[col] = str(v)
-            elif isinstance(v, float):
-                row[col] = str(int(v)) if v.is_integer() else repr(v)
-            else:
-                row[col] = str(v)
-    return rows
+    """Render typed cells (from XLSX or JSON) as pandas would after loading them."""
+    return render_tsv_columns(columns, rows)
 
 
 # ------------------------------------------------------------------- reading
