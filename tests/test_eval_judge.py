@@ -50,7 +50,7 @@ def server(monkeypatch):
             pass
 
     httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
     httpd.shutdown()
@@ -87,7 +87,7 @@ def test_http_judge(server, monkeypatch):
 
 def test_http_judge_failure_is_a_clear_error(server):
     url, _ = server
-    j = HTTPJudge(url + "/broken", retries=2, timeout=5)
+    j = HTTPJudge(url + "/broken", retries=2, timeout=5, backoff=0)
     with pytest.raises(JudgeError, match="failed after 2 tries"):
         j.ask("q")
     assert issubclass(JudgeError, TgError)

@@ -121,7 +121,7 @@ def run_cli(args):
     if scored:
         print(format_summary(scored))
         for r in scored:
-            for f in r["files"]:
+            for f in ([r["predictions"]] if r.get("predictions") else []) + r["files"]:
                 print(f"wrote {f}")
     return 0
 

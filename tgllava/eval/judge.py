@@ -76,7 +76,7 @@ class CallableJudge(Judge):
 class HTTPJudge(Judge):
     """An OpenAI-compatible chat-completions endpoint as a judge."""
 
-    def __init__(self, url, model=None, api_key=None, timeout=60.0, retries=3, max_tokens=1024):
+    def __init__(self, url, model=None, api_key=None, timeout=60.0, retries=3, max_tokens=1024, backoff=0.5):
         super().__init__()
         url = url.rstrip("/")
         if not url.endswith("/chat/completions"):
@@ -88,6 +88,7 @@ class HTTPJudge(Judge):
         self.timeout = timeout
         self.retries = retries
         self.max_tokens = max_tokens
+        self.backoff = backoff
 
     def _ask(self, prompt, temperature):
         body = json.dumps({
@@ -109,7 +110,7 @@ class HTTPJudge(Judge):
             except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
                 last = e
                 if attempt + 1 < self.retries:
-                    time.sleep(min(2 ** attempt, 8) * 0.5)
+                    time.sleep(min(2 ** attempt, 8) * self.backoff)
         raise JudgeError(f"judge endpoint {self.url} failed after {self.retries} tries: {last}")
 
 
