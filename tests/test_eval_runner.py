@@ -119,6 +119,44 @@ def test_resume_after_a_kill(tmp_path):
     assert all(json.loads(line) for line in lines)
 
 
+KILLED_CHILD = """
+import os, signal, sys, types
+sys.path.insert(0, {root!r})
+try:
+    import tgllava.eval as ev
+except ImportError:  # the C extension is not built: load the package without tgllava/__init__.py
+    pkg = types.ModuleType("tgllava")
+    pkg.__path__ = [os.path.join({root!r}, "tgllava")]
+    sys.modules["tgllava"] = pkg
+    import tgllava.eval as ev
+from tgllava.eval.testing import FakeModel
+
+class Dying(FakeModel):
+    def chat_batch(self, items, **kw):
+        if len(self.calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().chat_batch(items, **kw)
+
+ev.run(Dying(name="fake"), {data!r}, work_dir={wd!r}, batch_size=3, progress=False, prompt_style="vlmevalkit")
+"""
+
+
+def test_resume_after_sigkill(tmp_path):
+    import signal
+    import subprocess
+    data = _mmbench(tmp_path)
+    wd = str(tmp_path / "wd")
+    child = subprocess.run([sys.executable, "-c", KILLED_CHILD.format(root=ROOT, data=data, wd=wd)],
+                           capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    model = FakeModel(name="fake")
+    res = ev.run(model, data, work_dir=wd, batch_size=3, progress=False, prompt_style="vlmevalkit")
+    assert len(model.items) == 16 - 6
+    clean = tmp_path / "clean"
+    ref = ev.run(FakeModel(name="fake"), data, work_dir=str(clean), progress=False, prompt_style="vlmevalkit")
+    assert filecmp.cmp(res["predictions"], ref["predictions"], shallow=False)
+
+
 def test_changed_settings_are_refused(tmp_path):
     data = _mmbench(tmp_path)
     wd = str(tmp_path / "wd")
@@ -202,6 +240,24 @@ def test_a_model_returning_the_wrong_count_is_an_error(tmp_path):
                prompt_style="vlmevalkit")
     with pytest.raises(ValueError):
         ev.run(FakeModel(), data, batch_size=0)
+
+
+def test_answer_objects_with_text_are_accepted(tmp_path):
+    data = _mmbench(tmp_path)
+
+    class Answer:
+        def __init__(self, text):
+            self.text = text
+
+    class WithAnswers(FakeModel):
+        def chat_batch(self, items, **kw):
+            return [Answer(" " + a + "\n") for a in super().chat_batch(items, **kw)]
+
+    res = ev.run(WithAnswers(name="fake"), data, work_dir=str(tmp_path / "a"), progress=False,
+                 prompt_style="vlmevalkit")
+    ref = ev.run(FakeModel(name="fake"), data, work_dir=str(tmp_path / "b"), progress=False,
+                 prompt_style="vlmevalkit")
+    assert filecmp.cmp(res["predictions"], ref["predictions"], shallow=False)
 
 
 # ---------------------------------------------------------------- launchers

@@ -20,8 +20,10 @@ Each item passed to chat_batch is a dict:
   model can keep the vision tower's output for a key and reuse it; the TG
   modules (FOM, DP) still run per question, since they depend on the text.
 
-It must return one answer string per item, in order, each equal to what a
-batch of one would return (greedy decoding: temperature 0.0).
+It must return one answer per item, in order - a string, or an object
+whose `.text` is one (such as tgllava.chat.Answer) - each equal to what a
+batch of one would return (greedy decoding: temperature 0.0).  Answers are
+stripped of surrounding whitespace, as VLMEvalKit's LLaVA wrapper does.
 """
 
 from typing import List, Protocol, runtime_checkable

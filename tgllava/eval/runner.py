@@ -219,6 +219,8 @@ def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
                     f"{len(answers) if hasattr(answers, '__len__') else '?'} answers for {len(items)} items")
             pairs = []
             for p, a in zip(batch, answers):
+                if not isinstance(a, str) and isinstance(getattr(a, "text", None), str):
+                    a = a.text  # an answer object such as tgllava.chat.Answer
                 if not isinstance(a, str):
                     raise EvalError(f"model.chat_batch returned a {type(a).__name__}, expected str")
                 pairs.append((dataset.rows[p]["index"], a.strip()))
