@@ -135,6 +135,10 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
     llm_cfg = read_json(os.path.join(llm_dir, "config.json")) if os.path.isdir(llm_dir) else None
     if llm_cfg is None:
         raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
+    from .layout import is_llava_hf
+    if is_llava_hf(llm_cfg) and clip_dir is None:
+        from .hf_load import load_llava_hf
+        return load_llava_hf(llm_dir, device=device, dtype=dtype, progress=progress)
     llm_refs = folder_refs(llm_dir)
     clip_dir = _resolve_clip_dir(llm_cfg, llm_dir, clip_dir)
     clip_cfg = read_json(os.path.join(clip_dir, "config.json"))
@@ -350,6 +354,34 @@ class Model:
         cb = None if callback is None else (lambda seq, tok: callback(tok))
         return self.generate_batch([req], max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
                                    eos_token_id, cb)[0]
+
+    def chat(self, image, question, **kw):
+        """Answer a question about an image (tgllava.chat.chat): Answer(text, token_ids, timings), or a stream."""
+        from .chat import chat
+        return chat(self, image, question, **kw)
+
+    def chat_batch(self, items, max_new_tokens=512, temperature=0.0, use_fom=True, use_dp=True, **kw):
+        """Many answers at once.  `items` is either (image, question) pairs -> list of Answer
+        (tgllava.chat.chat_batch), or evaluation dicts {"image", "prompt" (full prompt with one <image>),
+        "text_guide", "image_key"} -> list of answer strings (the tgllava.eval protocol)."""
+        from . import chat as chat_mod
+        from .tokenize import tokenizer_image_token
+        items = list(items)
+        if not items or not isinstance(items[0], dict):
+            return chat_mod.chat_batch(self, items, max_new_tokens=max_new_tokens, temperature=temperature,
+                                       use_fom=use_fom, use_dp=use_dp, **kw)
+        llm_tok, clip_tok = chat_mod.tokenizers(self)
+        reqs = []
+        for it in items:
+            img = it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"]
+            req = {"input_ids": tokenizer_image_token(it["prompt"], llm_tok), "pixels": chat_mod._pixels(self, img),
+                   "use_fom": use_fom, "use_dp": use_dp}
+            if self.has_tg and (use_fom or use_dp):
+                req["text_ids"] = clip_tok.encode(it.get("text_guide") or "")
+            reqs.append(req)
+        outs = self.generate_batch(reqs, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   eos_token_id=list(llm_tok.eos_ids) or None, seed=kw.get("seed", 0))
+        return [llm_tok.decode(t).strip() for t in outs]
 
     def attention_map(self, *args, **kw):
         """Where the model looks: LLM, DP and FOM maps (see tgllava.attention.attention_map)."""

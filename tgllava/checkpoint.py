@@ -104,7 +104,7 @@ def _bin_refs(path):
     tensors = load_bin(path)
     refs = {}
     for name, a in tensors.items():
-        a = np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a).reshape(np.shape(a))  # ascontiguousarray makes 0-d arrays 1-d
         dt = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}.get(a.dtype)
         if dt is None:
             a32 = a.astype(np.float32) if a.dtype.kind == "f" else a

@@ -1,0 +1,328 @@
+"""High-level chat: one image and a question in, an answer's text out.
+
+`chat(model, image, question)` runs the whole LLaVA pipeline around a loaded
+`tgllava.Model`: the chat template (conversation.build_prompt, with the
+model's own conv mode by default), the LLM tokens with one image slot
+(tokenize.tokenizer_image_token), for TG-LLaVA the CLIP text guide (the
+question without "<image>", stripped; SPEC section 1), the CLIP pixels
+(image.preprocess in the mode the config asks for), generation until EOS, a
+stop string of the template or `max_new_tokens`, and detokenization with the
+stop string trimmed (LLaVA's KeywordsStoppingCriteria rule: generation stops
+once the stop string appears and the text is cut there, then stripped).
+It returns an `Answer` with the text, the generated ids and per-stage
+timings.  `stream=True` returns an `AnswerStream` instead, an iterator over
+text pieces as they are decoded whose pieces join to exactly the text of the
+non-streaming answer (leading/trailing whitespace and partial stop strings
+are held back); its `.answer` is filled in once it is exhausted.
+`chat_batch` answers many (image, question) pairs in one batched generation;
+each answer equals the one `chat` gives for that pair alone (greedy).
+
+Tokenizers are read once per model from its folders (the LLM tokenizer from
+`model.llm_dir`, the CLIP tokenizer from `model.clip_dir`) and cached.
+These functions take the model as first argument so they can be attached as
+methods: `Model.chat = chat.chat`, `Model.chat_batch = chat.chat_batch`.
+"""
+
+import dataclasses
+import queue
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from . import conversation, tokenize
+from . import image as image_mod
+from .errors import CheckpointError, ShapeError
+
+_TOKENIZERS = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass
+class Answer:
+    """The model's answer to one question.
+
+    text: the answer, stop string removed and whitespace stripped;
+    token_ids: the generated ids (EOS excluded);
+    timings: seconds per stage: preprocess, tokenize, generate, decode, total
+    (for a batch, the batch's stage times, shared by its answers);
+    finish_reason: "eos", "stop" (a stop string of the template) or "length";
+    conv_mode: the chat template used.
+    """
+
+    text: str
+    token_ids: list
+    timings: dict
+    finish_reason: str = "eos"
+    conv_mode: str = ""
+
+    def __str__(self):
+        return self.text
+
+
+def tokenizers(model):
+    """(LLM tokenizer, CLIP tokenizer or None) of a model, read from its folders once and cached."""
+    cached = _TOKENIZERS.get(model)
+    if cached is not None:
+        return cached
+    try:
+        llm_tok = tokenize.LlmTokenizer.from_folder(model.llm_dir)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot read the LLM tokenizer of {model.llm_dir}: {e}") from None
+    clip_tok = None
+    if model.has_tg:
+        try:
+            clip_tok = tokenize.ClipTokenizer.from_folder(model.clip_dir)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"cannot read the CLIP tokenizer of {model.clip_dir} (TG-LLaVA needs it for the text guide): {e}"
+            ) from None
+    _TOKENIZERS[model] = (llm_tok, clip_tok)
+    return llm_tok, clip_tok
+
+
+def set_tokenizers(model, llm_tokenizer=None, clip_tokenizer=None):
+    """Use these tokenizers for `model` instead of the ones in its folders."""
+    if llm_tokenizer is None:
+        llm_tokenizer = tokenizers(model)[0]
+    if clip_tokenizer is None and model.has_tg:
+        clip_tokenizer = tokenizers(model)[1]
+    _TOKENIZERS[model] = (llm_tokenizer, clip_tokenizer)
+
+
+def default_conv_mode(model):
+    """The chat template a model was trained with (conversation.guess_conv_mode)."""
+    return conversation.guess_conv_mode(model.config, model.llm_dir)
+
+
+def text_guide(question):
+    """The text the CLIP text guide is made of: the question without "<image>", stripped."""
+    return question.replace(conversation.IMAGE_TOKEN, "").strip()
+
+
+def _pixels(model, img):
+    """CLIP pixels (3, S, S) of an image (path, bytes, PIL image, uint8 array, or ready pixels)."""
+    S = model.image_size
+    if isinstance(img, np.ndarray) and img.dtype.kind == "f":
+        if img.shape != (3, S, S):
+            raise ShapeError(f"preprocessed pixels must have shape (3, {S}, {S}), got {img.shape}")
+        return np.ascontiguousarray(img, dtype=np.float32)
+    return image_mod.preprocess(img, mode=image_mod.mode_from_config(model.config), size=S)
+
+
+def _prepare(model, img, question, conv_mode, use_fom, use_dp, timings):
+    """One generation request dict, timing its preprocess and tokenize stages."""
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a str, got {type(question).__name__}")
+    t0 = time.perf_counter()
+    pixels = _pixels(model, img)
+    t1 = time.perf_counter()
+    llm_tok, clip_tok = tokenizers(model)
+    prompt = conversation.build_prompt(question, conv_mode)
+    input_ids = tokenize.tokenizer_image_token(prompt, llm_tok)
+    req = {"input_ids": input_ids, "pixels": pixels, "use_fom": use_fom, "use_dp": use_dp}
+    if model.has_tg and (use_fom or use_dp):
+        req["text_ids"] = clip_tok.encode(text_guide(question))
+    t2 = time.perf_counter()
+    timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0)
+    timings["tokenize"] = timings.get("tokenize", 0.0) + (t2 - t1)
+    return req
+
+
+def _final_text(text, stops):
+    """LLaVA's answer text: cut at the first stop string, strip whitespace."""
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut].strip()
+
+
+def _safe_text(text, stops):
+    """The longest prefix of the final answer that decoded text so far guarantees.
+
+    Drops a trailing piece that could still grow into a stop string, then
+    strips: the result is always a prefix of _final_text of any continuation.
+    """
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i >= 0:
+            cut = min(cut, i)
+    if cut < len(text):
+        return text[:cut].strip()
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return text[:len(text) - hold].strip()
+
+
+class _Tracker:
+    """Follows one sequence's tokens: incremental text, stop-string check, decode time."""
+
+    def __init__(self, tok, stops):
+        self.decoder = tokenize.StreamDecoder(tok)
+        self.stops = [s for s in stops if s]
+        self.tokens = []
+        self.hit_stop = False
+        self.decode_time = 0.0
+
+    def push(self, token):
+        t0 = time.perf_counter()
+        self.tokens.append(int(token))
+        self.decoder.push(token)
+        if self.stops and any(s in self.decoder.text for s in self.stops):
+            self.hit_stop = True
+        self.decode_time += time.perf_counter() - t0
+        return self.hit_stop
+
+
+def _answer(tok, tokens, stops, hit_stop, max_new_tokens, timings, conv_mode):
+    t0 = time.perf_counter()
+    text = _final_text(tok.decode(tokens), stops)
+    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
+    reason = "stop" if hit_stop else ("length" if len(tokens) >= max_new_tokens else "eos")
+    return Answer(text, list(tokens), timings, reason, conv_mode)
+
+
+def _gen_kwargs(model, max_new_tokens, temperature, top_p, seed):
+    llm_tok = tokenizers(model)[0]
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    return dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+                seed=seed, eos_token_id=list(llm_tok.eos_ids) or None)
+
+
+def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0, stream=False,
+         use_fom=True, use_dp=True, seed=None):
+    """Answer `question` about `image` (a path, bytes, PIL image or uint8 array).
+
+    conv_mode: chat template (default: the model's, see default_conv_mode);
+    temperature 0 is greedy decoding, otherwise temperature / top-p sampling
+    (`seed` makes it repeatable); use_fom / use_dp switch the TG modules off.
+    Returns an Answer, or with stream=True an AnswerStream of text pieces.
+    """
+    t_start = time.perf_counter()
+    conv_mode = conv_mode or default_conv_mode(model)
+    stops = conversation.stop_strings(conv_mode)
+    timings = {}
+    req = _prepare(model, image, question, conv_mode, use_fom, use_dp, timings)
+    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
+    llm_tok = tokenizers(model)[0]
+    if stream:
+        return AnswerStream(model, req, kw, llm_tok, stops, timings, t_start, conv_mode)
+    tracker = _Tracker(llm_tok, stops)
+    t0 = time.perf_counter()
+    tokens = model.generate_batch([req], callback=lambda seq, tok: tracker.push(tok), **kw)[0]
+    timings["generate"] = time.perf_counter() - t0 - tracker.decode_time
+    timings["decode"] = tracker.decode_time
+    answer = _answer(llm_tok, tokens, stops, tracker.hit_stop, kw["max_new_tokens"], timings, conv_mode)
+    timings["total"] = time.perf_counter() - t_start
+    return answer
+
+
+class AnswerStream:
+    """Iterator over the text pieces of an answer as they are generated.
+
+    "".join(pieces) equals the text of the non-streaming answer; after the
+    iteration ends, `.answer` holds the full Answer.  Closing the iterator
+    early (break) stops the generation.
+    """
+
+    def __init__(self, model, req, kw, tok, stops, timings, t_start, conv_mode):
+        self._model, self._req, self._kw, self._tok = model, req, kw, tok
+        self._stops, self._timings, self._t_start, self._conv_mode = stops, timings, t_start, conv_mode
+        self.answer = None
+        self._iter = self._run()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._iter)
+
+    def close(self):
+        self._iter.close()
+
+    def _run(self):
+        q, stop_flag = queue.Queue(), threading.Event()
+        done = object()
+        tracker = _Tracker(self._tok, self._stops)
+        result = {}
+
+        def on_token(seq, tok):
+            hit = tracker.push(tok)
+            q.put(tok)
+            return hit or stop_flag.is_set()
+
+        def work():
+            try:
+                result["tokens"] = self._model.generate_batch([self._req], callback=on_token, **self._kw)[0]
+                q.put(done)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                q.put(e)
+
+        t0 = time.perf_counter()
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        emitted = ""
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                safe = _safe_text(tracker.decoder.text, self._stops)
+                if len(safe) > len(emitted) and safe.startswith(emitted):
+                    piece, emitted = safe[len(emitted):], safe
+                    yield piece
+        finally:
+            stop_flag.set()
+            worker.join()
+        timings = self._timings
+        timings["generate"] = time.perf_counter() - t0 - tracker.decode_time
+        timings["decode"] = tracker.decode_time
+        self.answer = _answer(self._tok, result["tokens"], self._stops, tracker.hit_stop,
+                              self._kw["max_new_tokens"], timings, self._conv_mode)
+        timings["total"] = time.perf_counter() - self._t_start
+        rest = self.answer.text
+        if rest.startswith(emitted) and len(rest) > len(emitted):
+            yield rest[len(emitted):]
+
+
+def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0,
+               use_fom=True, use_dp=True, seed=None):
+    """Answers for many (image, question) pairs, generated together in one batch.
+
+    Returns a list of Answer in the order of `pairs`; with greedy decoding
+    each equals chat(model, image, question) run alone.  The timings of each
+    answer are those of the whole batch.
+    """
+    t_start = time.perf_counter()
+    pairs = list(pairs)
+    if not pairs:
+        return []
+    for p in pairs:
+        if not (isinstance(p, (tuple, list)) and len(p) == 2):
+            raise TypeError("chat_batch expects a list of (image, question) pairs")
+    conv_mode = conv_mode or default_conv_mode(model)
+    stops = conversation.stop_strings(conv_mode)
+    timings = {}
+    reqs = [_prepare(model, img, q, conv_mode, use_fom, use_dp, timings) for img, q in pairs]
+    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
+    llm_tok = tokenizers(model)[0]
+    trackers = [_Tracker(llm_tok, stops) for _ in pairs]
+    t0 = time.perf_counter()
+    outs = model.generate_batch(reqs, callback=lambda seq, tok: trackers[seq].push(tok), **kw)
+    decode_time = sum(t.decode_time for t in trackers)
+    timings["generate"] = time.perf_counter() - t0 - decode_time
+    timings["decode"] = decode_time
+    answers = [_answer(llm_tok, toks, stops, tr.hit_stop, kw["max_new_tokens"], timings, conv_mode)
+               for toks, tr in zip(outs, trackers)]
+    timings["total"] = time.perf_counter() - t_start
+    return answers

@@ -1,0 +1,227 @@
+"""The `tgllava` command line.
+
+    tgllava generate --model DIR [--clip DIR] --image PATH --question TEXT [options]
+    tgllava info DIR
+    tgllava demo
+    tgllava eval ...     (when tgllava.eval provides it)
+    tgllava viz ...      (when tgllava.viz provides it)
+
+`generate` answers one question about one image and prints the answer on
+stdout (`--stream` prints it as it is decoded, `--timings` adds per-stage
+times on stderr).  `info` describes a checkpoint folder from its configs and
+tensor headers without loading weights.  `demo` builds a tiny random-weight
+TG-LLaVA in a temporary folder and runs it end to end.  Every failure is
+reported as one line on stderr with exit status 1; `--debug` shows the
+traceback instead.
+"""
+
+import argparse
+import os
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line on stderr and exit status 1."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(1)
+
+
+def _debug_flag(p):
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback on errors")
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="answer a question about an image",
+                       description="Answer one question about one image with a TG-LLaVA or LLaVA-1.5 checkpoint.")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="LLM checkpoint folder (official TG-LLaVA / LLaVA-1.5 layout, or llava-hf)")
+    p.add_argument("--clip", metavar="DIR", default=None,
+                   help="CLIP tower folder (default: mm_vision_tower of the config, locally or in the HF cache)")
+    p.add_argument("--image", required=True, metavar="PATH", help="picture file")
+    p.add_argument("--question", required=True, metavar="TEXT", help="the question (without <image>)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="weight storage (default float32 on cpu, bfloat16 on cuda)")
+    p.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="answer length limit (default 512)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--conv-mode", default=None, metavar="NAME",
+                   help="chat template: vicuna_v1, llava_v1, llava_v0, llama_3, qwen_2, plain "
+                        "(default: chosen from the model config)")
+    p.add_argument("--no-fom", action="store_true", help="switch TG-FOM off")
+    p.add_argument("--no-dp", action="store_true", help="switch TG-DP off")
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    p.add_argument("--timings", action="store_true", help="print per-stage timings on stderr")
+    _debug_flag(p)
+    p.set_defaults(func=_run_generate)
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="describe a checkpoint folder (no weights are loaded)",
+                       description="Architecture, parameter counts, TG modules and tower paths of a checkpoint, "
+                                   "read from config.json and tensor headers only.")
+    p.add_argument("folder", metavar="DIR", help="LLM, llava-hf or CLIP checkpoint folder")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    _debug_flag(p)
+    p.set_defaults(func=_run_info)
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="run a tiny random-weight TG-LLaVA end to end",
+                       description="Build a tiny TG-LLaVA with RANDOM weights (CLIP towers, FOM, DP, LLM, "
+                                   "tokenizers) in a temporary folder and answer a question about a synthetic "
+                                   "picture, printing stage timings.  The answer is meaningless by design.")
+    p.add_argument("--question", default="What is in this image?", metavar="TEXT")
+    p.add_argument("--max-new-tokens", type=int, default=24, metavar="N")
+    p.add_argument("--keep", default=None, metavar="DIR", help="write the demo checkpoint here and keep it")
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _debug_flag(p)
+    p.set_defaults(func=_run_demo)
+
+
+def _add_optional(sub, module_name):
+    """Register the subcommand of tgllava.<module_name> when it provides add_subparser/run_cli."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"tgllava.{module_name}")
+    except ImportError:
+        return
+    add, run = getattr(mod, "add_subparser", None), getattr(mod, "run_cli", None)
+    if not (callable(add) and callable(run)):
+        return
+    p = add(sub)
+    if isinstance(p, argparse.ArgumentParser):
+        if "debug" not in {a.dest for a in p._actions}:
+            _debug_flag(p)
+        if p.get_default("func") is None:
+            p.set_defaults(func=run)
+
+
+def build_parser():
+    parser = _Parser(prog="tgllava", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", default=False, help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_generate(sub)
+    _add_info(sub)
+    _add_demo(sub)
+    _add_optional(sub, "eval")
+    _add_optional(sub, "viz")
+    return parser
+
+
+def _version():
+    try:
+        from tgllava import __version__
+        return __version__
+    except Exception:  # noqa: BLE001 - the version is cosmetic
+        return "?"
+
+
+def load_model(model_dir, clip_dir=None, device="cpu", dtype=None):
+    """tgllava.load, or hf_load.load_llava_hf for a llava-hf folder."""
+    from . import layout
+    from .checkpoint import read_json
+    from .errors import CheckpointError
+
+    if not os.path.isdir(model_dir):
+        raise CheckpointError(f"--model {model_dir}: no such folder")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise CheckpointError(f"--model {model_dir}: no config.json (not a checkpoint folder)")
+    if clip_dir is not None and not os.path.isdir(clip_dir):
+        raise CheckpointError(f"--clip {clip_dir}: no such folder")
+    if layout.is_llava_hf(read_json(os.path.join(model_dir, "config.json"))):
+        from .hf_load import load_llava_hf
+        return load_llava_hf(model_dir, device=device, dtype=dtype)
+    import tgllava
+    return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
+
+
+def _run_generate(args):
+    from . import chat as chat_mod
+    from . import conversation
+
+    if not os.path.isfile(args.image):
+        raise FileNotFoundError(f"--image {args.image}: no such file")
+    if args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    if args.conv_mode is not None:
+        conversation.get_template(args.conv_mode)
+    model = load_model(args.model, args.clip, args.device, args.dtype)
+    kw = dict(conv_mode=args.conv_mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+              top_p=args.top_p, use_fom=not args.no_fom, use_dp=not args.no_dp, seed=args.seed)
+    if args.stream:
+        pieces = chat_mod.chat(model, args.image, args.question, stream=True, **kw)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        answer = pieces.answer
+    else:
+        answer = chat_mod.chat(model, args.image, args.question, **kw)
+        print(answer.text)
+    if args.timings:
+        stages = ", ".join(f"{k} {v:.3f} s" for k, v in answer.timings.items())
+        print(f"timings: {stages}; {len(answer.token_ids)} tokens ({answer.finish_reason})", file=sys.stderr)
+    return 0
+
+
+def _run_info(args):
+    from .info import describe, format_info
+
+    info = describe(args.folder)
+    if args.json:
+        import json
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        print(format_info(info))
+    return 0
+
+
+def _run_demo(args):
+    from . import demo
+
+    if args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    demo.run(question=args.question, max_new_tokens=args.max_new_tokens, keep=args.keep, stream=args.stream,
+             device=args.device)
+    return 0
+
+
+def _one_line(e):
+    msg = str(e) or type(e).__name__
+    if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    return " ".join(msg.split())
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status (also used by the console script)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 1
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("tgllava: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"tgllava {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
