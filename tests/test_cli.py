@@ -211,7 +211,19 @@ def test_missing_model_folder_subprocess(tmp_path):
     Image.new("RGB", (8, 8)).save(img)
     r = run_subprocess("generate", "--model", str(tmp_path / "nope"), "--image", str(img), "--question", "q")
     _one_line_error(r.returncode, r.stderr)
-    assert "nope" in r.stderr
+    assert "--model" in r.stderr and "nope" in r.stderr
+    r = run_subprocess("generate", "--model", str(tmp_path / "nope"), "--image", "missing.png", "--question", "q")
+    _one_line_error(r.returncode, r.stderr)
+    assert "--model" in r.stderr  # the model folder is checked first
+
+
+def test_missing_clip_tower_names_the_option(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    llm, _, img = golden_set(TGV)
+    rc, _, err = run_main(capsys, "generate", "--model", llm, "--image", img, "--question", "q")
+    _one_line_error(rc, err)
+    assert "--clip DIR" in err
 
 
 def test_missing_info_folder_and_bad_arguments(capsys):

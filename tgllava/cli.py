@@ -140,13 +140,20 @@ def load_model(model_dir, clip_dir=None, device="cpu", dtype=None):
         from .hf_load import load_llava_hf
         return load_llava_hf(model_dir, device=device, dtype=dtype)
     import tgllava
-    return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
+    try:
+        return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
+    except CheckpointError as e:
+        if "clip_dir=" in str(e):  # say it in command-line terms
+            raise CheckpointError(str(e).replace("clip_dir=...", "--clip DIR")) from None
+        raise
 
 
 def _run_generate(args):
     from . import chat as chat_mod
     from . import conversation
 
+    if not os.path.isdir(args.model):
+        raise FileNotFoundError(f"--model {args.model}: no such folder")
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"--image {args.image}: no such file")
     if args.max_new_tokens < 1:
