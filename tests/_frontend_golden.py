@@ -74,8 +74,10 @@ def golden_model(name):
 
 
 def subprocess_env():
+    import tgllava  # the package this test process imported (installed or in-place), not the source tree
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(tgllava.__file__)))
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 

@@ -9,6 +9,7 @@ case also run as `python -m tgllava.cli` subprocesses, as a user would.
 import json
 import os
 import subprocess
+import tempfile
 import sys
 
 import pytest
@@ -27,7 +28,7 @@ def run_main(capsys, *argv):
 
 def run_subprocess(*argv, timeout=120):
     return subprocess.run([sys.executable, "-m", "tgllava.cli", *argv], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=timeout)
+                          env=subprocess_env(), timeout=timeout, cwd=tempfile.gettempdir())
 
 
 # --- help -------------------------------------------------------------------------

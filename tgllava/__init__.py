@@ -31,6 +31,9 @@ _preload_openblas()
 from .errors import CheckpointError, DeviceError, ShapeError, TgError
 from . import _C
 from .api import Model, load, tile
+from .checkpoint import read_tensors
+from .chat import Answer, AnswerStream
 
-__all__ = ["load", "Model", "tile", "TgError", "CheckpointError", "ShapeError", "DeviceError"]
+__all__ = ["load", "Model", "tile", "read_tensors", "Answer", "AnswerStream",
+           "TgError", "CheckpointError", "ShapeError", "DeviceError"]
 __version__ = "0.1.0"

@@ -118,6 +118,30 @@ static int cpu_add_bcast(tg_backend *be, float *y, const float *x, int64_t outer
 
 /* ---- linear ---- */
 
+/* dot product with 16 independent partial sums so the compiler vectorises it without -ffast-math */
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0.0f;
+    for (; i < n; i++) s += a[i] * b[i];
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
+/* Few rows (decoding): weight-streaming GEMV, each weight row read once for all M inputs. */
+static void gemv_rows(const float *x, const float *w, float *y, int64_t M, int64_t N, int64_t K, float beta) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *wn = w + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            float v = dot(x + m * K, wn, K);
+            y[m * N + n] = beta != 0.0f ? v + y[m * N + n] : v;
+        }
+    }
+}
+
 static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const float *bias, const float *residual,
                       float *y, int64_t M, int act) {
     const int64_t N = w->rows, K = w->cols;
@@ -125,7 +149,8 @@ static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const 
     if (M <= 0) return 0;
     if (residual == y && act != TG_ACT_NONE) return fail(be, "linear: residual may alias y only without activation");
     float beta = (residual == y) ? 1.0f : 0.0f;
-    SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, (const float *)w->data, (int)K,
+    if (M <= 8) gemv_rows(x, (const float *)w->data, y, M, N, K, beta);
+    else SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, (const float *)w->data, (int)K,
           beta, y, (int)N);
     if (!bias && act == TG_ACT_NONE && (!residual || residual == y)) return 0;
 #pragma omp parallel for schedule(static)
