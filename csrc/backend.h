@@ -129,6 +129,8 @@ struct tg_backend {
 
 /* Backends.  Each returns NULL and writes err (size errlen) on failure. */
 tg_backend *tg_cpu_backend_create(char *err, size_t errlen);
+/* seconds the CPU backend spent in matrix products since the last reset (process-wide) */
+double tg_cpu_gemm_seconds(int reset);
 #ifdef TG_WITH_CUDA
 tg_backend *tg_cuda_backend_create(int device, char *err, size_t errlen);
 #endif

@@ -76,6 +76,9 @@ typedef struct tg_sequence {
     int n_text;
     const float *visual;     /* host (n_visual, hidden) or NULL */
     int n_visual;
+    const float *features;   /* host vision-tower output reused for this image: (1 or 5, Np, Dv) for
+                                [main image, 4 tiles]; NULL computes it from pixels */
+    int n_feature_images;
     int use_fom, use_dp, n_latents;
 } tg_sequence;
 

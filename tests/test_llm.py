@@ -203,3 +203,18 @@ def test_inputs_not_modified_and_no_leaks():
         m.logits(ids, pix[0])
     assert np.array_equal(pix, before) and np.array_equal(ids, d["input_ids"])
     assert (sys.getrefcount(pix), sys.getrefcount(ids)) == refs
+
+
+def test_cached_vision_features_give_the_same_answer():
+    name = "tg-vicuna-tiny"
+    d, m = io(name), model(name)
+    feats = m.cacheable_features(d["pixel_values"])
+    assert feats.shape == (5, 576, 1024)
+    base = dict(input_ids=d["input_ids"], pixels=d["pixel_values"], text_ids=d["text_guide_ids"])
+    plain = m.generate_batch([base], max_new_tokens=4, eos_token_id=[])
+    cached = m.generate_batch([dict(base, features=feats), dict(base, text_ids=d["text_guide_ids"][:3], features=feats)],
+                              max_new_tokens=4, eos_token_id=[])
+    assert cached[0] == plain[0]
+    assert cached[1] == m.generate_batch([dict(base, text_ids=d["text_guide_ids"][:3])], max_new_tokens=4, eos_token_id=[])[0]
+    with pytest.raises(tgllava.ShapeError, match="cached vision features"):
+        m.generate_batch([dict(base, features=feats[:1])], max_new_tokens=1)

@@ -7,6 +7,7 @@ the chosen backend and streams the tensors into it.  Model methods convert
 friendly inputs (lists, other float dtypes, single samples without a batch
 axis) into the exact NumPy arrays the extension checks, and return NumPy.
 """
+import collections
 import os
 import queue
 import threading
@@ -227,6 +228,8 @@ class Model:
         self.device = core.device
         self.image_size = self.sizes["v_image"]
         self.num_patches = (self.sizes["v_image"] // self.sizes["v_patch"]) ** 2
+        self._feature_cache = collections.OrderedDict()  # image_key -> vision-tower output (eval reuse)
+        self.feature_cache_size = 64
 
     def __repr__(self):
         kind = "TG-LLaVA" if self.has_tg else "LLaVA-1.5"
@@ -303,7 +306,17 @@ class Model:
         return self._core.visual_tokens(p, ids, lens, use_fom=bool(use_fom), use_dp=bool(use_dp), n_latents=int(n_latents or 0))
 
     # ---- language model
-    def _sequence(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None):
+    def cacheable_features(self, pixels, use_dp=True):
+        """Vision-tower output of one image, to pass back as `features=` when the same image returns
+        with another question: (5, Np, Dv) for [image, its 4 tiles] (DP on), else (1, Np, Dv)."""
+        p = self._pixels(pixels)
+        if p.shape[0] != 1:
+            raise ShapeError("cacheable_features takes one image")
+        if use_dp and self.has_dp:
+            p = np.concatenate([p, tile(p)[0]])
+        return self._core.vision_features(p)
+
+    def _sequence(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, features=None):
         ids = _id_array(np.asarray(input_ids).reshape(-1), "input_ids", IMAGE_TOKEN_INDEX, self.sizes["vocab"])
         bad = ids[(ids < 0) & (ids != IMAGE_TOKEN_INDEX)]
         if bad.size:
@@ -314,6 +327,8 @@ class Model:
             if p.shape[0] != 1:
                 raise ShapeError("one sequence takes one image (3, S, S)")
             seq["pixels"] = np.ascontiguousarray(p[0])
+            if features is not None:
+                seq["features"] = np.ascontiguousarray(features, dtype=np.float32)
             if self.has_tg and (use_fom or use_dp):
                 if text_ids is None:
                     raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question)")
@@ -337,7 +352,7 @@ class Model:
         """Generate for many sequences together; requests are dicts with input_ids [, pixels, text_ids,
         use_fom, use_dp, n_latents].  Returns a list of token lists (each equal to its single run)."""
         seqs = [self._sequence(r["input_ids"], r.get("pixels"), r.get("text_ids"), r.get("use_fom", True),
-                               r.get("use_dp", True), r.get("n_latents")) for r in requests]
+                               r.get("use_dp", True), r.get("n_latents"), r.get("features")) for r in requests]
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
         tokens, last = self._core.generate(seqs, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
@@ -374,8 +389,19 @@ class Model:
         reqs = []
         for it in items:
             img = it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"]
-            req = {"input_ids": tokenizer_image_token(it["prompt"], llm_tok), "pixels": chat_mod._pixels(self, img),
+            pixels = chat_mod._pixels(self, img)
+            req = {"input_ids": tokenizer_image_token(it["prompt"], llm_tok), "pixels": pixels,
                    "use_fom": use_fom, "use_dp": use_dp}
+            key = it.get("image_key")
+            if key is not None:  # the same picture again (MMBench rotations, MME pairs): reuse the tower output
+                cache_key = (key, bool(use_dp and self.has_dp))
+                feats = self._feature_cache.pop(cache_key, None)
+                if feats is None:
+                    feats = self.cacheable_features(pixels, use_dp)
+                self._feature_cache[cache_key] = feats
+                while len(self._feature_cache) > self.feature_cache_size:
+                    self._feature_cache.popitem(last=False)
+                req["features"] = feats
             if self.has_tg and (use_fom or use_dp):
                 req["text_ids"] = clip_tok.encode(it.get("text_guide") or "")
             reqs.append(req)

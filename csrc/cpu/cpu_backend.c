@@ -26,6 +26,14 @@
 
 #define QBLOCK 64 /* query rows per score slab */
 
+/* wall time spent in matrix products (sgemm and the decode GEMV), for the benchmark's breakdown */
+static double gemm_seconds;
+double tg_cpu_gemm_seconds(int reset) {
+    double s = gemm_seconds;
+    if (reset) gemm_seconds = 0.0;
+    return s;
+}
+
 typedef struct {
     float *scratch; /* score slabs, grows on demand */
     size_t scratch_len;
@@ -149,9 +157,11 @@ static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const 
     if (M <= 0) return 0;
     if (residual == y && act != TG_ACT_NONE) return fail(be, "linear: residual may alias y only without activation");
     float beta = (residual == y) ? 1.0f : 0.0f;
+    double t0 = omp_get_wtime();
     if (M <= 8) gemv_rows(x, (const float *)w->data, y, M, N, K, beta);
     else SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, (const float *)w->data, (int)K,
           beta, y, (int)N);
+    gemm_seconds += omp_get_wtime() - t0;
     if (!bias && act == TG_ACT_NONE && (!residual || residual == y)) return 0;
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < M; r++) {
@@ -295,8 +305,10 @@ static int attention_blocked(tg_backend *be, const tg_attention *a) {
                     continue;
                 }
                 /* slab (nq, kmax) = scale * q_blk @ k^T */
+                double t0 = omp_get_wtime();
                 SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)kmax, (int)hd, a->scale, qb,
                       (int)a->q_stride, kb, (int)a->k_stride, 0.0f, slab, (int)kmax);
+                gemm_seconds += omp_get_wtime() - t0;
                 int empty = 0;
 #pragma omp parallel for schedule(static) reduction(| : empty)
                 for (int64_t i = 0; i < nq; i++) {
@@ -315,8 +327,10 @@ static int attention_blocked(tg_backend *be, const tg_attention *a) {
                 }
                 (void)empty; /* an all-masked row has zero probabilities, so its output is zero */
                 /* out_blk (nq, hd) = slab @ v */
+                t0 = omp_get_wtime();
                 SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hd, (int)kmax, 1.0f, slab, (int)kmax, vb,
                       (int)a->v_stride, 0.0f, ob, (int)a->o_stride);
+                gemm_seconds += omp_get_wtime() - t0;
             }
         }
     }

@@ -112,8 +112,9 @@ int tg_visual_token_count(const tg_model *m, int use_dp, int n_latents) {
 
 /* Visual tokens of B images on the backend: pix (B,3,S,S) backend; text ids host (B,T) padded with 0.
  * out (B, count, H) backend.  dp_probs: optional (B, L, 4Np+L) accumulator of the DP image attention. */
-static int visual_tokens_dev(tg_model *m, const float *pix, const int32_t *text_ids, const int32_t *text_len, int B, int T,
-                             int use_fom, int use_dp, int n_lat, float *out, float *dp_probs, float *fom_mask_out) {
+static int visual_tokens_dev(tg_model *m, const float *pix, const float *feats_pre, const int32_t *text_ids,
+                             const int32_t *text_len, int B, int T, int use_fom, int use_dp, int n_lat, float *out,
+                             float *dp_probs, float *fom_mask_out) {
     const tg_config *c = &m->c;
     const int64_t S = c->v_image, Np = n_patches(m), Dv = c->v_hidden, H = c->hidden, img = 3 * S * S;
     use_fom = use_fom && c->has_fom;
@@ -124,11 +125,15 @@ static int visual_tokens_dev(tg_model *m, const float *pix, const int32_t *text_
     const int count = (int)Np + (use_dp ? nl : 0);
     const int nimg = use_dp ? 5 * B : B;
     float *all, *feats, *proj;
-    ALLOC(all, (int64_t)nimg * img);
-    CHECK(BE->copy(BE, all, pix, (size_t)(B * img) * sizeof(float)));
-    if (use_dp) CHECK(BE->upscale_tiles(BE, pix, all + B * img, B, 3, (int)S));
     ALLOC(feats, (int64_t)nimg * Np * Dv);
-    if (clip_vision_forward(m, all, nimg, feats)) return -1;
+    if (feats_pre) { /* vision tower output given (cached by the caller); it is modified below, so copy */
+        CHECK(BE->copy(BE, feats, feats_pre, (size_t)(nimg * Np * Dv) * sizeof(float)));
+    } else {
+        ALLOC(all, (int64_t)nimg * img);
+        CHECK(BE->copy(BE, all, pix, (size_t)(B * img) * sizeof(float)));
+        if (use_dp) CHECK(BE->upscale_tiles(BE, pix, all + B * img, B, 3, (int)S));
+        if (clip_vision_forward(m, all, nimg, feats)) return -1;
+    }
     float *hidden = NULL, *pooled = NULL;
     if (use_fom || use_dp) {
         ALLOC(hidden, (int64_t)B * T * c->t_hidden);
@@ -163,7 +168,7 @@ int tg_visual_tokens(tg_model *m, const float *pix, const int32_t *text_ids, con
     float *pd, *od;
     if (upload(m, &pd, pix, B * 3 * S * S)) return -1;
     ALLOC(od, B * count * H);
-    if (visual_tokens_dev(m, pd, text_ids, text_len, B, T, use_fom, use_dp, n_latents, od, NULL, NULL)) return -1;
+    if (visual_tokens_dev(m, pd, NULL, text_ids, text_len, B, T, use_fom, use_dp, n_latents, od, NULL, NULL)) return -1;
     return download(m, out, od, B * count * H);
 }
 
@@ -239,7 +244,9 @@ static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vi
         int members[512], nm = 0, T = 1;
         for (int j = b; j < B && nm < 512; j++) {
             const tg_sequence *s = &seqs[j];
-            if (!s->pixels || vis[j] || s->use_fom != s0->use_fom || s->use_dp != s0->use_dp || s->n_latents != s0->n_latents) continue;
+            if (!s->pixels || vis[j] || s->use_fom != s0->use_fom || s->use_dp != s0->use_dp || s->n_latents != s0->n_latents ||
+                (s->features != NULL) != (s0->features != NULL))
+                continue;
             members[nm++] = j;
             if (s->n_text > T) T = s->n_text;
         }
@@ -256,16 +263,32 @@ static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vi
             else memcpy(tids + (int64_t)i * T, s->text_ids, (size_t)s->n_text * 4);
             tlen[i] = s->n_text;
         }
-        float *pix = NULL, *out = NULL;
+        float *pix = NULL, *out = NULL, *feats = NULL;
         const int count = tg_visual_token_count(m, s0->use_dp, s0->n_latents);
+        const int with_dp = s0->use_dp && m->c.has_dp, per = with_dp ? 5 : 1;
+        const int64_t fsz = n_patches(m) * m->c.v_hidden;
         int rc = 0;
         pix = tg_arena_floats(&m->arena, (size_t)(nm * img));
         out = tg_arena_floats(&m->arena, (size_t)(nm * count * H));
         if (!pix || !out) rc = be_fail(m, "arena");
         for (int i = 0; !rc && i < nm; i++)
             if (BE->to_device(BE, pix + i * img, seqs[members[i]].pixels, (size_t)img * 4)) rc = be_fail(m, "pixels upload");
-        if (!rc) rc = visual_tokens_dev(m, pix, have_text ? tids : NULL, tlen, nm, have_text ? T : 0, s0->use_fom, s0->use_dp,
-                                        s0->n_latents, out, NULL, NULL);
+        if (!rc && s0->features) { /* layout (nm mains, then 4 tiles per image) from each image's (per, Np, Dv) */
+            feats = tg_arena_floats(&m->arena, (size_t)(nm * per * fsz));
+            if (!feats) rc = be_fail(m, "arena");
+            for (int i = 0; !rc && i < nm; i++) {
+                const tg_sequence *s = &seqs[members[i]];
+                if (s->n_feature_images < per) {
+                    rc = model_fail(m, "cached vision features hold %d images, %d needed", s->n_feature_images, per);
+                    break;
+                }
+                if (BE->to_device(BE, feats + i * fsz, s->features, (size_t)fsz * 4) ||
+                    (with_dp && BE->to_device(BE, feats + (nm + 4 * i) * fsz, s->features + fsz, (size_t)(4 * fsz) * 4)))
+                    rc = be_fail(m, "features upload");
+            }
+        }
+        if (!rc) rc = visual_tokens_dev(m, pix, feats, have_text ? tids : NULL, tlen, nm, have_text ? T : 0, s0->use_fom,
+                                        s0->use_dp, s0->n_latents, out, NULL, NULL);
         free(tids);
         free(tlen);
         if (rc) return -1;
@@ -334,7 +357,7 @@ int tg_dp_attention(tg_model *m, const float *pix, const int32_t *text_ids, int 
     free(zeros);
     if (rc) return be_fail(m, "upload");
     int32_t len = n_text;
-    if (visual_tokens_dev(m, pd, text_ids, &len, 1, n_text, 1, 1, 0, vis, probs, NULL)) return -1;
+    if (visual_tokens_dev(m, pd, NULL, text_ids, &len, 1, n_text, 1, 1, 0, vis, probs, NULL)) return -1;
     return download(m, out, probs, L * Tk);
 }
 

@@ -417,11 +417,11 @@ fail:
 }
 
 /* A sequence is a dict: ids (int32 1-D), and optionally pixels (float32 (3,S,S)), text_ids (int32 1-D),
- * visual (float32 (n,H)), use_fom, use_dp, n_latents.  Keeps references in refs[0..3]. */
+ * visual (float32 (n,H)), use_fom, use_dp, n_latents.  Keeps references in refs[0..4]. */
 static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyArrayObject **refs) {
     const tg_config *c = tg_model_config(self->m);
     memset(s, 0, sizeof *s);
-    refs[0] = refs[1] = refs[2] = refs[3] = NULL;
+    refs[0] = refs[1] = refs[2] = refs[3] = refs[4] = NULL;
     if (!PyDict_Check(d)) {
         PyErr_SetString(TgErr_Shape, "each sequence must be a dict with at least 'ids'");
         return -1;
@@ -451,6 +451,13 @@ static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyArra
         s->visual = PyArray_DATA(refs[3]);
         s->n_visual = (int)PyArray_DIM(refs[3], 0);
     }
+    if ((o = PyDict_GetItemString(d, "features")) && o != Py_None) {
+        int g = c->v_image / c->v_patch;
+        npy_intp w[3] = {-1, (npy_intp)g * g, c->v_hidden};
+        if (!(refs[4] = tg_py_array(o, NPY_FLOAT32, 3, "features")) || tg_py_check_dims(refs[4], w, 3, "features")) return -1;
+        s->features = PyArray_DATA(refs[4]);
+        s->n_feature_images = (int)PyArray_DIM(refs[4], 0);
+    }
     s->use_fom = s->use_dp = 1;
     if ((o = PyDict_GetItemString(d, "use_fom"))) s->use_fom = PyObject_IsTrue(o);
     if ((o = PyDict_GetItemString(d, "use_dp"))) s->use_dp = PyObject_IsTrue(o);
@@ -468,9 +475,9 @@ static PyObject *Model_logits(ModelObject *self, PyObject *args) {
     int all = 1, rc, n_rows = 0;
     if (!PyArg_ParseTuple(args, "O|p", &d, &all)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[4];
+    PyArrayObject *refs[5];
     if (parse_sequence(self, d, &s, refs)) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         return NULL;
     }
     const tg_config *c = tg_model_config(self->m);
@@ -478,11 +485,11 @@ static PyObject *Model_logits(ModelObject *self, PyObject *args) {
     npy_intp od[2] = {all ? (n > 0 ? n : 1) : 1, c->vocab};
     PyArrayObject *out = new_f32(2, od);
     if (!out) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         return NULL;
     }
     RUN(self, rc, tg_logits(self->m, &s, all, PyArray_DATA(out), &n_rows));
-    drop_refs(refs, 4);
+    drop_refs(refs, 5);
     if (rc) {
         Py_DECREF(out);
         return model_error(self);
@@ -494,10 +501,10 @@ static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
     PyObject *d;
     if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[4];
+    PyArrayObject *refs[5];
     int rc = parse_sequence(self, d, &s, refs);
     int n = rc ? 0 : tg_spliced_length(self->m, &s);
-    drop_refs(refs, 4);
+    drop_refs(refs, 5);
     if (rc) return NULL;
     return PyLong_FromLong(n);
 }
@@ -513,24 +520,24 @@ static PyObject *Model_llm_attention(ModelObject *self, PyObject *args) {
     int q0, q1, k0, k1, rc;
     if (!PyArg_ParseTuple(args, "Oiiii", &d, &q0, &q1, &k0, &k1)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[4];
+    PyArrayObject *refs[5];
     if (parse_sequence(self, d, &s, refs)) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         return NULL;
     }
     if (q1 <= q0 || k1 <= k0) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         PyErr_SetString(TgErr_Shape, "attention map ranges are empty");
         return NULL;
     }
     npy_intp od[2] = {q1 - q0, k1 - k0};
     PyArrayObject *out = new_f32(2, od);
     if (!out) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         return NULL;
     }
     RUN(self, rc, tg_llm_attention(self->m, &s, q0, q1, k0, k1, PyArray_DATA(out)));
-    drop_refs(refs, 4);
+    drop_refs(refs, 5);
     if (rc) {
         Py_DECREF(out);
         return model_error(self);
@@ -543,14 +550,14 @@ static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
     int rc;
     if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[4];
+    PyArrayObject *refs[5];
     if (parse_sequence(self, d, &s, refs)) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         return NULL;
     }
     const tg_config *c = tg_model_config(self->m);
     if (!s.pixels || !s.text_ids) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         PyErr_SetString(TgErr_Shape, "dp_attention needs pixels and text_ids");
         return NULL;
     }
@@ -558,11 +565,11 @@ static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
     npy_intp od[2] = {c->p_latents, 4 * (npy_intp)g * g + c->p_latents};
     PyArrayObject *out = new_f32(2, od);
     if (!out) {
-        drop_refs(refs, 4);
+        drop_refs(refs, 5);
         return NULL;
     }
     RUN(self, rc, tg_dp_attention(self->m, s.pixels, s.text_ids, s.n_text, PyArray_DATA(out)));
-    drop_refs(refs, 4);
+    drop_refs(refs, 5);
     if (rc) {
         Py_DECREF(out);
         return model_error(self);
@@ -619,7 +626,7 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
     const int B = (int)PyList_GET_SIZE(seqs);
     const tg_config *c = tg_model_config(self->m);
     tg_sequence *sq = calloc((size_t)B, sizeof *sq);
-    PyArrayObject **refs = calloc((size_t)B * 4, sizeof *refs);
+    PyArrayObject **refs = calloc((size_t)B * 5, sizeof *refs);
     int32_t *eos_ids = NULL, *tokens = NULL;
     int *n_out = calloc((size_t)B, sizeof(int)), n_eos = 0, rc;
     PyObject *result = NULL;
@@ -629,7 +636,7 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
         goto done;
     }
     for (int b = 0; b < B; b++)
-        if (parse_sequence(self, PyList_GET_ITEM(seqs, b), &sq[b], refs + 4 * b)) goto done;
+        if (parse_sequence(self, PyList_GET_ITEM(seqs, b), &sq[b], refs + 5 * b)) goto done;
     if (eos != Py_None) {
         PyObject *fast = PySequence_Fast(eos, "eos_ids must be a sequence of ints");
         if (!fast) goto done;
@@ -670,7 +677,7 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
     }
     if (lists) result = Py_BuildValue("(NO)", lists, last ? (PyObject *)last : Py_None);
 done:
-    if (refs) drop_refs(refs, 4 * B);
+    if (refs) drop_refs(refs, 5 * B);
     Py_XDECREF(last);
     free(refs);
     free(sq);
@@ -771,7 +778,14 @@ static PyObject *py_has_cuda(PyObject *mod, PyObject *noargs) {
 #endif
 }
 
+static PyObject *py_gemm_seconds(PyObject *mod, PyObject *args) {
+    int reset = 0;
+    if (!PyArg_ParseTuple(args, "|p", &reset)) return NULL;
+    return PyFloat_FromDouble(tg_cpu_gemm_seconds(reset));
+}
+
 static PyMethodDef module_methods[] = {
+    {"cpu_gemm_seconds", py_gemm_seconds, METH_VARARGS, "cpu_gemm_seconds(reset=False): time the CPU backend spent in matrix products"},
     {"tile", py_tile, METH_VARARGS, "tile(pixels (B,C,S,S)) -> (B,4,C,S,S): bilinear 2x upscale and 4 crops"},
     {"built_with_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA backend was compiled in"},
     {NULL}};

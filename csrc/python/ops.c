@@ -6,6 +6,7 @@
  * tests compare every op with a NumPy twin (CPU) and with the CPU backend
  * (CUDA); an op a backend lacks raises DeviceError("not supported").
  */
+#include <omp.h>
 #include <string.h>
 
 #include "common.h"
@@ -84,8 +85,8 @@ static PyArrayObject *opt_arr(PyObject *o, int type, int nd, const char *what, i
 static PyObject *op_linear(PyObject *mod, PyObject *args) {
     const char *dev;
     PyObject *xo, *wo, *bo, *ro;
-    int act, dtype;
-    if (!PyArg_ParseTuple(args, "sOOOOii", &dev, &xo, &wo, &bo, &ro, &act, &dtype)) return NULL;
+    int act, dtype, reps = 1;
+    if (!PyArg_ParseTuple(args, "sOOOOii|i", &dev, &xo, &wo, &bo, &ro, &act, &dtype, &reps)) return NULL;
     tg_backend *be = get_backend(dev);
     if (!be) return NULL;
     int bad = 0;
@@ -106,12 +107,23 @@ static PyObject *op_linear(PyObject *mod, PyObject *args) {
     }
     float *xd = bin(&b, x), *bd = bias ? bin(&b, bias) : NULL, *rd = res ? bin(&b, res) : NULL, *yd = bput(&b, (size_t)(M * N) * 4);
     if (!xd || (bias && !bd) || (res && !rd) || !yd) goto done;
-    if (be->linear(be, xd, &wt, bd, rd, yd, M, act)) {
+    /* reps > 1: time the op alone (inputs already on the backend), for microbenchmarks */
+    double t0 = 0.0, t1 = 0.0;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    be->sync(be);
+    t0 = omp_get_wtime();
+    for (int r = 0; r < (reps > 0 ? reps : 1) && !rc; r++) rc = be->linear(be, xd, &wt, bd, rd, yd, M, act);
+    be->sync(be);
+    t1 = omp_get_wtime();
+    Py_END_ALLOW_THREADS
+    if (rc) {
         op_failed(&b);
         goto done;
     }
     npy_intp od[2] = {M, N};
     result = bout(&b, (PyArrayObject *)PyArray_SimpleNew(2, od, NPY_FLOAT32), yd);
+    if (result && reps > 1) result = Py_BuildValue("(Nd)", result, (t1 - t0) / reps);
 done:
     if (wt.data) be->weight_release(be, &wt);
     bfree(&b);
