@@ -147,6 +147,17 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
     refs = dict(clip_refs)
     refs.update(llm_refs)
     cfg = build_config(llm_cfg, clip_cfg, refs, dtype, tg_overrides)
+
+    def missing(name):
+        return clip_dir if name.startswith(("vision_model.", "text_model.")) else llm_dir
+    core = build_core(cfg, device, refs, missing, progress)
+    return Model(core, llm_cfg, clip_cfg, llm_dir, clip_dir, dtype)
+
+
+def build_core(cfg, device, refs, where_missing, progress=None):
+    """The C model for size dict `cfg` on `device`, filled from `refs` (name -> TensorRef).
+    where_missing(name) names the folder blamed for an absent tensor.  A progress bar shows for
+    checkpoints over 512 MiB unless progress says otherwise."""
     core = _C.Model(cfg, device)
     required = core.required()
     total = sum(int(np.prod(s)) for _, s, _ in required) * 4
@@ -155,23 +166,24 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
     if show:
         from tqdm import tqdm
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights")
-    for name, shape, _ in required:
-        ref = refs.get(name)
-        if ref is None:
-            where = clip_dir if name.startswith(("vision_model.", "text_model.")) else llm_dir
-            raise CheckpointError(f"{where}: missing tensor {name}")
-        if ref.src_code is None:
-            raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
-        try:
-            core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
-        except CheckpointError as e:
-            raise CheckpointError(f"{ref.path}: {e}") from None
+    try:
+        for name, shape, _ in required:
+            ref = refs.get(name)
+            if ref is None:
+                raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+            if ref.src_code is None:
+                raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+            try:
+                core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
+            except CheckpointError as e:
+                raise CheckpointError(f"{ref.path}: {e}") from None
+            if bar:
+                bar.update(int(np.prod(shape)) * 4)
+    finally:
         if bar:
-            bar.update(int(np.prod(shape)) * 4)
-    if bar:
-        bar.close()
+            bar.close()
     core.finish()
-    return Model(core, llm_cfg, clip_cfg, llm_dir, clip_dir, dtype)
+    return core
 
 
 def tile(pixels):
@@ -249,7 +261,6 @@ class Model:
         """(B,T) zero-padded int32 ids and (B,) lengths from an array or a list of sequences."""
         if text_ids is None:
             return None, None
-        vocab = self.sizes.get("t_vocab") or 1 << 30
         if isinstance(text_ids, (list, tuple)) and text_ids and not np.isscalar(text_ids[0]):
             rows = [_id_array(t, "text_ids", 0, 1 << 30).reshape(-1) for t in text_ids]
         else:

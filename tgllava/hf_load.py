@@ -15,9 +15,8 @@ is a llava-hf one.
 
 import os
 
-import numpy as np
 
-from . import _C, api, layout
+from . import api, layout
 from .checkpoint import TensorRef, folder_refs, read_json
 from .errors import CheckpointError
 
@@ -59,29 +58,5 @@ def load_llava_hf(folder, device="cpu", dtype=None, progress=None):
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     llm_cfg, clip_cfg, refs = llava_hf_refs(folder)
     cfg = api.build_config(llm_cfg, clip_cfg, refs, dtype)
-    core = _C.Model(cfg, device)
-    required = core.required()
-    total = sum(int(np.prod(s)) for _, s, _ in required) * 4
-    show = progress if progress is not None else total > (512 << 20)
-    bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights")
-    try:
-        for name, shape, _ in required:
-            ref = refs.get(name)
-            if ref is None:
-                raise CheckpointError(f"{folder}: missing tensor for {name} (llava-hf layout)")
-            if ref.src_code is None:
-                raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
-            try:
-                core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
-            except CheckpointError as e:
-                raise CheckpointError(f"{ref.path}: {e}") from None
-            if bar:
-                bar.update(int(np.prod(shape)) * 4)
-    finally:
-        if bar:
-            bar.close()
-    core.finish()
+    core = api.build_core(cfg, device, refs, lambda name: f"{folder} (llava-hf layout)", progress)
     return api.Model(core, llm_cfg, clip_cfg, folder, folder, dtype)
