@@ -11,6 +11,9 @@ import os as _os
 # OpenMP threads that spin after a parallel region starve OpenBLAS's own
 # threads (measured: 16x slower vision tower on 2 cores); let them sleep.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Likewise OpenBLAS workers spin after each product while our OpenMP loops want the cores; a short
+# spin measured 25% instead of 32% of the visual branch outside matrix products, 3% faster overall.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 def _preload_openblas():
