@@ -45,7 +45,7 @@ typedef struct llm_layer {
 } llm_layer;
 
 typedef struct registry_entry {
-    char name[192];
+    char name[256];
     param *p;
     int part;          /* which stacked part of p */
     int ndim;

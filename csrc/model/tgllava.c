@@ -370,15 +370,19 @@ static uint64_t splitmix(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-static const float *sort_vals;
+typedef struct {
+    float v;
+    int32_t i;
+} scored;
+
 static int by_value_desc(const void *a, const void *b) {
-    float x = sort_vals[*(const int32_t *)a], y = sort_vals[*(const int32_t *)b];
-    if (x != y) return x < y ? 1 : -1;
-    return *(const int32_t *)a - *(const int32_t *)b;
+    const scored *x = a, *y = b;
+    if (x->v != y->v) return x->v < y->v ? 1 : -1;
+    return x->i - y->i;
 }
 
 /* pick the next token from logits (V) in place; order: repetition penalty, temperature, top-k, top-p */
-static int32_t sample(float *x, int V, const tg_sampling *sp, const int32_t *prev, int n_prev, uint64_t *rng, int32_t *order) {
+static int32_t sample(float *x, int V, const tg_sampling *sp, const int32_t *prev, int n_prev, uint64_t *rng, scored *order) {
     if (sp->repetition_penalty > 0 && sp->repetition_penalty != 1.0f)
         for (int i = 0; i < n_prev; i++) {
             float *v = &x[prev[i]];
@@ -394,32 +398,31 @@ static int32_t sample(float *x, int V, const tg_sampling *sp, const int32_t *pre
         return best;
     }
     for (int i = 0; i < V; i++) {
-        x[i] /= sp->temperature;
-        order[i] = i;
+        order[i].v = x[i] / sp->temperature;
+        order[i].i = i;
     }
-    sort_vals = x; /* sampling runs under the caller's lock: one generate per model at a time */
-    qsort(order, (size_t)V, sizeof(int32_t), by_value_desc);
+    qsort(order, (size_t)V, sizeof(scored), by_value_desc);
     int keep = (sp->top_k > 0 && sp->top_k < V) ? sp->top_k : V;
-    double mx = x[order[0]], sum = 0.0;
-    for (int i = 0; i < keep; i++) sum += exp((double)x[order[i]] - mx);
-    if (sp->top_p > 0.0f && sp->top_p < 1.0f) {
+    double mx = order[0].v, sum = 0.0;
+    for (int i = 0; i < keep; i++) sum += exp((double)order[i].v - mx);
+    if (sp->top_p > 0.0f && sp->top_p < 1.0f) { /* smallest prefix whose probability reaches top_p */
         double cum = 0.0;
         int k = 0;
         while (k < keep) {
-            cum += exp((double)x[order[k]] - mx) / sum;
+            cum += exp((double)order[k].v - mx) / sum;
             k++;
             if (cum >= sp->top_p) break;
         }
         keep = k;
         sum = 0.0;
-        for (int i = 0; i < keep; i++) sum += exp((double)x[order[i]] - mx);
+        for (int i = 0; i < keep; i++) sum += exp((double)order[i].v - mx);
     }
     double u = (double)(splitmix(rng) >> 11) * (1.0 / 9007199254740992.0) * sum, acc = 0.0;
     for (int i = 0; i < keep; i++) {
-        acc += exp((double)x[order[i]] - mx);
-        if (u < acc) return order[i];
+        acc += exp((double)order[i].v - mx);
+        if (u < acc) return order[i].i;
     }
-    return order[keep - 1];
+    return order[keep - 1].i;
 }
 
 static int is_eos(const tg_sampling *sp, int32_t t) {
@@ -440,7 +443,7 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
     int rc = -1, maxlen = 0;
     float **vis = calloc((size_t)B, sizeof(float *)), *host = malloc((size_t)(B * V) * sizeof(float));
     int32_t *pos = calloc((size_t)B, sizeof(int32_t)), *tok = calloc((size_t)B, sizeof(int32_t));
-    int32_t *order = malloc((size_t)V * sizeof(int32_t));
+    scored *order = malloc((size_t)V * sizeof(scored));
     int *done = calloc((size_t)B, sizeof(int));
     uint64_t *rng = calloc((size_t)B, sizeof(uint64_t));
     if (!vis || !host || !pos || !tok || !order || !done || !rng) {
@@ -500,7 +503,7 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
         if (!active) break;
         tg_arena_restore(&m->arena, &mark);
         if (!(x = tg_arena_floats(&m->arena, (size_t)(B * H))) || !(hid = tg_arena_floats(&m->arena, (size_t)(B * H))) ||
-            !(lg = tg_arena_floats(&m->arena, (size_t)(B * V))) || !(order && 1)) {
+            !(lg = tg_arena_floats(&m->arena, (size_t)(B * V)))) {
             be_fail(m, "arena");
             goto cleanup;
         }
