@@ -25,6 +25,7 @@
 #endif
 
 #define QBLOCK 64 /* query rows per score slab */
+#define PAR_MIN 32768 /* below this many elements a loop runs on one thread: waking the others costs more */
 
 /* wall time spent in matrix products (sgemm and the decode GEMV), for the benchmark's breakdown */
 static double gemm_seconds;
@@ -100,14 +101,14 @@ static inline float act_apply(float x, int act) {
 
 static int cpu_activation(tg_backend *be, float *x, int64_t n, int act) {
     (void)be;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++) x[i] = act_apply(x[i], act);
     return 0;
 }
 
 static int cpu_silu_mul(tg_backend *be, const float *gu, float *out, int64_t rows, int64_t F) {
     (void)be;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * F > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *g = gu + r * 2 * F, *u = g + F;
         float *o = out + r * F;
@@ -118,7 +119,7 @@ static int cpu_silu_mul(tg_backend *be, const float *gu, float *out, int64_t row
 
 static int cpu_add_bcast(tg_backend *be, float *y, const float *x, int64_t outer, int64_t n) {
     (void)be;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (outer * n > PAR_MIN)
     for (int64_t o = 0; o < outer; o++)
         for (int64_t i = 0; i < n; i++) y[o * n + i] += x[i];
     return 0;
@@ -140,7 +141,7 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 
 /* Few rows (decoding): weight-streaming GEMV, each weight row read once for all M inputs. */
 static void gemv_rows(const float *x, const float *w, float *y, int64_t M, int64_t N, int64_t K, float beta) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K > PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         const float *wn = w + n * K;
         for (int64_t m = 0; m < M; m++) {
@@ -163,7 +164,7 @@ static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const 
           beta, y, (int)N);
     gemm_seconds += omp_get_wtime() - t0;
     if (!bias && act == TG_ACT_NONE && (!residual || residual == y)) return 0;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N > PAR_MIN)
     for (int64_t r = 0; r < M; r++) {
         float *yr = y + r * N;
         const float *rr = (residual && residual != y) ? residual + r * N : NULL;
@@ -181,7 +182,7 @@ static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const 
 static int cpu_layernorm(tg_backend *be, const float *x, const float *g, const float *b, float *y, int64_t rows,
                          int64_t dim, float eps) {
     (void)be;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * dim;
         float *yr = y + r * dim;
@@ -197,7 +198,7 @@ static int cpu_layernorm(tg_backend *be, const float *x, const float *g, const f
 
 static int cpu_rmsnorm(tg_backend *be, const float *x, const float *g, float *y, int64_t rows, int64_t dim, float eps) {
     (void)be;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * dim;
         float *yr = y + r * dim;
@@ -247,7 +248,7 @@ static int attention_direct(tg_backend *be, const tg_attention *a) {
     float *buf = scratch(be, (size_t)nthreads * (size_t)(Tk + hd));
     if (!buf) return fail(be, "attention: out of memory for scores");
     int accum_heads_serial = a->probs_accum != NULL;
-#pragma omp parallel for schedule(dynamic) if (!accum_heads_serial)
+#pragma omp parallel for schedule(dynamic) if (!accum_heads_serial && (int64_t)nbh * a->Tq * Tk * hd > PAR_MIN)
     for (int bh = 0; bh < nbh; bh++) {
         const int b = bh / a->n_heads, h = bh % a->n_heads, kvh = h / group;
         float *s = buf + (size_t)omp_get_thread_num() * (size_t)(Tk + hd);
@@ -350,7 +351,7 @@ static int cpu_embedding(tg_backend *be, const tg_weight *t, const int32_t *ids,
     if (t->dtype != TG_F32) return fail(be, "embedding: table is not float32");
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= t->rows) return fail(be, "embedding: id out of range");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * t->cols > PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         memcpy(out + i * t->cols, (const float *)t->data + (int64_t)ids[i] * t->cols, (size_t)t->cols * sizeof(float));
     return 0;
@@ -424,7 +425,7 @@ static int cpu_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, 
                     const int32_t *pos, float theta) {
     (void)be;
     const int half = head_dim / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * n_heads * head_dim > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         for (int i = 0; i < half; i++) {
             float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
