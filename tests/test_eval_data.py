@@ -3,21 +3,10 @@
 import builtins
 import json
 import os
-import sys
-import types
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-try:
-    import tgllava.eval  # noqa: F401
-except ImportError:  # tgllava/__init__.py needs the C extension, not built here
-    pkg = types.ModuleType("tgllava")
-    pkg.__path__ = [os.path.join(ROOT, "tgllava")]
-    sys.modules["tgllava"] = pkg
 
 from tgllava.errors import TgError
 from tgllava.eval.data import dataset_rules, is_circular, load_dataset, parse_list_cell

@@ -1,21 +1,10 @@
 """Answer extraction and normalisation: VLMEvalKit's rules, case by case."""
 
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-try:
-    import tgllava.eval  # noqa: F401
-except ImportError:  # tgllava/__init__.py needs the C extension, not built here
-    import types
-    pkg = types.ModuleType("tgllava")
-    pkg.__path__ = [os.path.join(ROOT, "tgllava")]
-    sys.modules["tgllava"] = pkg
 
 from tgllava.eval.extract import (infer_choice, infer_option, infer_text, normalize_vqa_answer,
                                   process_punctuation, yes_no)

@@ -2,23 +2,12 @@
 
 import json
 import os
-import sys
 import threading
-import types
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-try:
-    import tgllava.eval  # noqa: F401
-except ImportError:  # tgllava/__init__.py needs the C extension, not built here
-    pkg = types.ModuleType("tgllava")
-    pkg.__path__ = [os.path.join(ROOT, "tgllava")]
-    sys.modules["tgllava"] = pkg
 
 from tgllava.errors import TgError
 from tgllava.eval.errors import JudgeError

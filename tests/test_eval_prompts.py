@@ -7,15 +7,6 @@ import types
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-try:
-    import tgllava.eval  # noqa: F401
-except ImportError:  # tgllava/__init__.py needs the C extension, not built here
-    pkg = types.ModuleType("tgllava")
-    pkg.__path__ = [os.path.join(ROOT, "tgllava")]
-    sys.modules["tgllava"] = pkg
 
 from tgllava.eval.data import load_dataset
 from tgllava.eval.prompts import (VLMEVALKIT_SYSTEM, build_item_prompt, default_conv_mode, text_guide,

@@ -5,20 +5,10 @@ import filecmp
 import json
 import os
 import sys
-import types
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-try:
-    import tgllava.eval  # noqa: F401
-except ImportError:  # tgllava/__init__.py needs the C extension, not built here
-    pkg = types.ModuleType("tgllava")
-    pkg.__path__ = [os.path.join(ROOT, "tgllava")]
-    sys.modules["tgllava"] = pkg
 
 import tgllava
 import tgllava.eval as ev
@@ -120,15 +110,9 @@ def test_resume_after_a_kill(tmp_path):
 
 
 KILLED_CHILD = """
-import os, signal, sys, types
-sys.path.insert(0, {root!r})
-try:
-    import tgllava.eval as ev
-except ImportError:  # the C extension is not built: load the package without tgllava/__init__.py
-    pkg = types.ModuleType("tgllava")
-    pkg.__path__ = [os.path.join({root!r}, "tgllava")]
-    sys.modules["tgllava"] = pkg
-    import tgllava.eval as ev
+import os, signal, sys
+sys.path.insert(0, {root!r})  # where the tested tgllava lives (installed or built in place)
+import tgllava.eval as ev
 from tgllava.eval.testing import FakeModel
 
 class Dying(FakeModel):
@@ -146,7 +130,8 @@ def test_resume_after_sigkill(tmp_path):
     import subprocess
     data = _mmbench(tmp_path)
     wd = str(tmp_path / "wd")
-    child = subprocess.run([sys.executable, "-c", KILLED_CHILD.format(root=ROOT, data=data, wd=wd)],
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(tgllava.__file__)))
+    child = subprocess.run([sys.executable, "-c", KILLED_CHILD.format(root=pkg_root, data=data, wd=wd)],
                            capture_output=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
     model = FakeModel(name="fake")

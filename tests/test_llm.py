@@ -1,6 +1,5 @@
 """The language model beyond the golden numbers: KV cache vs recomputation, batching, sampling, errors."""
 import json
-import os
 import sys
 
 import numpy as np
