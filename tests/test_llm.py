@@ -217,3 +217,23 @@ def test_cached_vision_features_give_the_same_answer():
     assert cached[1] == m.generate_batch([dict(base, text_ids=d["text_guide_ids"][:3])], max_new_tokens=4, eos_token_id=[])[0]
     with pytest.raises(tgllava.ShapeError, match="cached vision features"):
         m.generate_batch([dict(base, features=feats[:1])], max_new_tokens=1)
+
+
+def test_concurrent_calls_from_threads():
+    import threading
+    name = "llava15-tiny"
+    d, m = io(name), model(name)
+    want = m.generate(d["input_ids"], d["pixel_values"], max_new_tokens=4, eos_token_id=[])
+    got, errors = [], []
+
+    def work():
+        try:
+            got.append(m.generate(d["input_ids"], d["pixel_values"], max_new_tokens=4, eos_token_id=[]))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == [want] * 3
