@@ -237,3 +237,14 @@ def test_concurrent_calls_from_threads():
     for t in threads:
         t.join()
     assert not errors and got == [want] * 3
+
+
+def test_large_text_batch_equals_single_runs():
+    """Batches above 8 sequences decode through sgemm instead of the GEMV: same tokens, rounding-level logits."""
+    m = model("llava15-tiny")
+    reqs = [dict(input_ids=list(range(1 + i, 6 + 2 * i))) for i in range(11)]
+    toks, last = m.generate_batch(reqs, max_new_tokens=6, eos_token_id=[], return_last_logits=True)
+    for i, r in enumerate(reqs):
+        one, one_last = m.generate_batch([r], max_new_tokens=6, eos_token_id=[], return_last_logits=True)
+        assert one[0] == toks[i]
+        assert np.abs(one_last[0] - last[i]).max() < 1e-4
