@@ -400,6 +400,7 @@ __global__ void probs_accum_kernel(const tg_attention a, const float *__restrict
 /* ---- the table entry ------------------------------------------------------------ */
 
 int cuda_attention(tg_backend *be, const tg_attention *ap) {
+    TG_CUDA_USE(be);
     tg_cuda_impl *im = tg_impl(be);
     cudaStream_t s = im->stream;
     if (!ap) {

@@ -7,9 +7,9 @@
  *
  * Memory: alloc/release are cudaMalloc/cudaFree (allocations are rare: weights,
  * the KV cache, the per-forward arena).  to_device and copy are asynchronous
- * on the stream (a pageable host source is staged by the driver before
- * cudaMemcpyAsync returns; a pinned one is waited for, so the caller may reuse
- * the host buffer as soon as to_device returns); to_host synchronizes.
+ * on the stream; to_device waits for its copy (the caller may free or reuse
+ * the host buffer as soon as it returns); to_host synchronizes.  Every entry
+ * first makes be->device current on the calling thread (tg_cuda_use).
  *
  * Weights: weight_upload converts host float32 to the storage dtype on the
  * GPU (float32 chunks are copied into a staging buffer and cast with
@@ -74,6 +74,7 @@ int tg_cuda_grow(tg_backend *be, void **buf, size_t *cap, size_t bytes) {
 /* ---- memory ------------------------------------------------------------- */
 
 static void *cuda_alloc(tg_backend *be, size_t bytes) {
+    if (tg_cuda_use(be)) return NULL;
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
@@ -89,27 +90,28 @@ static void *cuda_alloc(tg_backend *be, size_t bytes) {
 
 static void cuda_release(tg_backend *be, void *p) {
     if (!p) return;
+    if (tg_cuda_use(be)) return;
     cudaError_t e = cudaFree(p);
     if (e != cudaSuccess) tg_cuda_set_err(be, "cudaFree: %s", cudaGetErrorString(e));
 }
 
 static int cuda_to_device(tg_backend *be, void *dst, const void *host_src, size_t bytes) {
+    TG_CUDA_USE(be);
     if (!bytes) return 0;
     tg_cuda_impl *im = tg_impl(be);
     CUDA_CHECK(be, cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im->stream));
-    /* A pinned (page-locked) source is read asynchronously by the DMA engine:
-     * wait so the caller may overwrite it as soon as we return. */
-    cudaPointerAttributes attr;
-    if (cudaPointerGetAttributes(&attr, host_src) == cudaSuccess) {
-        if (attr.type == cudaMemoryTypeHost) CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
-    } else {
-        (void)cudaGetLastError();
-        CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
-    }
+    /* The model uploads from stack and heap buffers that it frees or reuses as
+     * soon as this returns (positions, masks, ids, zeroed probability maps,
+     * parameter stashes).  For the Async copy CUDA only says a pageable source
+     * "might be" staged synchronously, and a pinned one is read later by the
+     * DMA engine, so wait for the copy whatever the source memory is.  The
+     * uploads are few per forward / decode step, so the waits are cheap. */
+    CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
     return 0;
 }
 
 static int cuda_to_host(tg_backend *be, void *host_dst, const void *src, size_t bytes) {
+    TG_CUDA_USE(be);
     if (!bytes) return 0;
     tg_cuda_impl *im = tg_impl(be);
     CUDA_CHECK(be, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, im->stream));
@@ -118,12 +120,14 @@ static int cuda_to_host(tg_backend *be, void *host_dst, const void *src, size_t 
 }
 
 static int cuda_copy(tg_backend *be, void *dst, const void *src, size_t bytes) {
+    TG_CUDA_USE(be);
     if (!bytes || dst == src) return 0;
     CUDA_CHECK(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, tg_impl(be)->stream));
     return 0;
 }
 
 static int cuda_sync(tg_backend *be) {
+    TG_CUDA_USE(be);
     CUDA_CHECK(be, cudaStreamSynchronize(tg_impl(be)->stream));
     return 0;
 }
@@ -132,6 +136,7 @@ static int cuda_sync(tg_backend *be) {
 
 static int cuda_weight_upload(tg_backend *be, tg_weight *w, const float *host, int64_t rows, int64_t cols,
                               int dtype) {
+    TG_CUDA_USE(be);
     tg_cuda_impl *im = tg_impl(be);
     if (dtype != TG_F32 && dtype != TG_F16 && dtype != TG_BF16) {
         tg_cuda_set_err(be, "weight_upload: unknown dtype %d (expected 0=f32, 1=f16, 2=bf16)", dtype);

@@ -116,6 +116,28 @@ typedef struct tg_cuda_impl {
 
 static inline tg_cuda_impl *tg_impl(tg_backend *be) { return (tg_cuda_impl *)be->impl; }
 
+/* Make be->device the calling thread's current device.  The current device is
+ * per host thread: a backend created for device N and then driven from another
+ * thread (tgllava's generate_stream runs generate in a worker thread), or after
+ * another backend switched the thread to its own device, would otherwise
+ * allocate on the wrong device and launch into a stream of another device
+ * (cudaErrorInvalidResourceHandle).  Every table entry calls this first. */
+static inline int tg_cuda_use(tg_backend *be) {
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur == be->device) return 0;
+    cudaError_t e = cudaSetDevice(be->device);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        tg_cuda_set_err(be, "cudaSetDevice(%d): %s", be->device, cudaGetErrorString(e));
+        return -1;
+    }
+    return 0;
+}
+#define TG_CUDA_USE(be)                  \
+    do {                                 \
+        if (tg_cuda_use(be)) return -1;  \
+    } while (0)
+
 /* Make sure *buf holds at least `bytes` (grows x1.5 over the request; the
  * stream is synchronized before the old buffer is freed). */
 int tg_cuda_grow(tg_backend *be, void **buf, size_t *cap, size_t bytes);

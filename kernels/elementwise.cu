@@ -373,6 +373,7 @@ cudaError_t tg_launch_argmax(const float *x, int64_t rows, int64_t cols, int32_t
 static bool bad_act(int act) { return act < TG_ACT_NONE || act > TG_ACT_SILU; }
 
 int cuda_activation(tg_backend *be, float *x, int64_t n, int act) {
+    TG_CUDA_USE(be);
     if (bad_act(act)) {
         tg_cuda_set_err(be, "activation: unknown act %d", act);
         return -1;
@@ -382,16 +383,19 @@ int cuda_activation(tg_backend *be, float *x, int64_t n, int act) {
 }
 
 int cuda_silu_mul(tg_backend *be, const float *gu, float *out, int64_t rows, int64_t F) {
+    TG_CUDA_USE(be);
     LAUNCH_OR_FAIL(be, tg_launch_silu_mul(gu, out, rows, F, tg_impl(be)->stream));
     return 0;
 }
 
 int cuda_add_bcast(tg_backend *be, float *y, const float *x, int64_t outer, int64_t n) {
+    TG_CUDA_USE(be);
     LAUNCH_OR_FAIL(be, tg_launch_add_bcast(y, x, outer, n, tg_impl(be)->stream));
     return 0;
 }
 
 int cuda_embedding(tg_backend *be, const tg_weight *table, const int32_t *ids, float *out, int64_t n) {
+    TG_CUDA_USE(be);
     if (!table || !table->data) {
         tg_cuda_set_err(be, "embedding: table has no data");
         return -1;
@@ -402,11 +406,13 @@ int cuda_embedding(tg_backend *be, const tg_weight *table, const int32_t *ids, f
 }
 
 int cuda_gather_rows(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim) {
+    TG_CUDA_USE(be);
     LAUNCH_OR_FAIL(be, tg_launch_gather_rows(src, idx, dst, n, dim, tg_impl(be)->stream));
     return 0;
 }
 
 int cuda_im2col(tg_backend *be, const float *pix, float *cols, int B, int C, int S, int P) {
+    TG_CUDA_USE(be);
     if (P <= 0 || S % P != 0) {
         tg_cuda_set_err(be, "im2col: image side %d is not a multiple of the patch size %d", S, P);
         return -1;
@@ -416,12 +422,14 @@ int cuda_im2col(tg_backend *be, const float *pix, float *cols, int B, int C, int
 }
 
 int cuda_upscale_tiles(tg_backend *be, const float *pix, float *tiles, int B, int C, int S) {
+    TG_CUDA_USE(be);
     LAUNCH_OR_FAIL(be, tg_launch_upscale_tiles(pix, tiles, B, C, S, tg_impl(be)->stream));
     return 0;
 }
 
 int cuda_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim,
               const int32_t *pos, float theta) {
+    TG_CUDA_USE(be);
     if (head_dim % 2 != 0) {
         tg_cuda_set_err(be, "rope: head_dim %d is odd", head_dim);
         return -1;
@@ -431,6 +439,7 @@ int cuda_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_
 }
 
 int cuda_argmax(tg_backend *be, const float *x, int64_t rows, int64_t cols, int32_t *out) {
+    TG_CUDA_USE(be);
     LAUNCH_OR_FAIL(be, tg_launch_argmax(x, rows, cols, out, tg_impl(be)->stream));
     return 0;
 }

@@ -258,6 +258,7 @@ static int plan_get(tg_backend *be, int64_t M, int64_t N, int64_t K, int dtype, 
 
 int cuda_linear(tg_backend *be, const float *x, const tg_weight *w, const float *bias, const float *residual, float *y,
                 int64_t M, int act) {
+    TG_CUDA_USE(be);
     tg_cuda_impl *im = tg_impl(be);
     cudaStream_t s = im->stream;
     if (!w || !w->data) {

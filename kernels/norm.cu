@@ -76,11 +76,13 @@ cudaError_t tg_launch_rmsnorm(const float *x, const float *gamma, float *y, int6
 
 int cuda_layernorm(tg_backend *be, const float *x, const float *gamma, const float *beta, float *y, int64_t rows,
                    int64_t dim, float eps) {
+    TG_CUDA_USE(be);
     CUDA_CHECK(be, tg_launch_layernorm(x, gamma, beta, y, rows, dim, eps, tg_impl(be)->stream));
     return 0;
 }
 
 int cuda_rmsnorm(tg_backend *be, const float *x, const float *gamma, float *y, int64_t rows, int64_t dim, float eps) {
+    TG_CUDA_USE(be);
     CUDA_CHECK(be, tg_launch_rmsnorm(x, gamma, y, rows, dim, eps, tg_impl(be)->stream));
     return 0;
 }

@@ -126,18 +126,29 @@ template <typename F> static double bench(F fn) {
 
 /* ---- linear ------------------------------------------------------------------------ */
 
-static void check_linear(int64_t M, int64_t N, int64_t K, int dtype, bool use_bias, bool use_res, bool res_is_y, int act) {
+/* xoff / yoff: x and y (and the residual) start that many floats into their
+ * allocations, like the model's sub-offsets into arena buffers (a K/V
+ * projection written straight into the KV cache at kslot + pos0*Dk, rows of a
+ * batch at out + b*count*H): only 4-byte aligned in general. */
+static void check_linear(int64_t M, int64_t N, int64_t K, int dtype, bool use_bias, bool use_res, bool res_is_y, int act,
+                         int64_t xoff = 0, int64_t yoff = 0) {
     auto x = randv(M * K), w = randv(N * K, 1.0f / sqrtf((float)K)), bias = randv(N), res = randv(M * N);
     tg_weight W;
     OK(be->weight_upload(be, &W, w.data(), N, K, dtype));
-    Dev dx(x), db(bias), dres(res), dy(M * N * 4);
-    float *y = res_is_y ? dres.f() : dy.f();
-    const float *resp = use_res ? dres.f() : nullptr;
-    OK(be->linear(be, dx.f(), &W, use_bias ? db.f() : nullptr, resp, y, M, act));
+    std::vector<float> xpad(xoff, 0.0f), respad(yoff, 0.0f);
+    xpad.insert(xpad.end(), x.begin(), x.end());
+    respad.insert(respad.end(), res.begin(), res.end());
+    Dev dx(xpad), db(bias), dres(respad), dy((yoff + M * N) * 4);
+    const float *xp = dx.f() + xoff;
+    float *y = (res_is_y ? dres.f() : dy.f()) + yoff;
+    const float *resp = use_res ? dres.f() + yoff : nullptr;
+    OK(be->linear(be, xp, &W, use_bias ? db.f() : nullptr, resp, y, M, act));
     std::vector<float> got = res_is_y ? dres.get() : dy.get();
+    got.erase(got.begin(), got.begin() + yoff);
     /* reference: weights rounded like the storage; x rounded too on the cuBLASLt
-     * path (the GEMV, used for M <= 8 and K % 8 == 0, reads x as float32) */
-    const bool xr = dtype != TG_F32 && (M > 8 || K % 8 != 0);
+     * path (the GEMV, used for M <= 8, K % 8 == 0 and 16-byte aligned x, reads x as float32) */
+    const bool gemv = M <= 8 && K % 8 == 0 && xoff % 4 == 0;
+    const bool xr = dtype != TG_F32 && !gemv;
     std::vector<double> ref(M * N);
     for (int64_t m = 0; m < M; m++)
         for (int64_t n = 0; n < N; n++) {
@@ -150,11 +161,12 @@ static void check_linear(int64_t M, int64_t N, int64_t K, int dtype, bool use_bi
             ref[m * N + n] = s;
         }
     double ms = 0.0;
-    if (!res_is_y) ms = bench([&] { OK(be->linear(be, dx.f(), &W, use_bias ? db.f() : nullptr, resp, y, M, act)); });
+    if (!res_is_y) ms = bench([&] { OK(be->linear(be, xp, &W, use_bias ? db.f() : nullptr, resp, y, M, act)); });
     const double flops = 2.0 * M * N * K, bytes = (double)N * K * (dtype == TG_F32 ? 4 : 2) + 4.0 * M * (K + N);
     char name[160];
-    snprintf(name, sizeof name, "linear %s M=%lld N=%lld K=%lld%s%s%s act=%d", dtype_name(dtype), (long long)M,
-             (long long)N, (long long)K, use_bias ? " bias" : "", use_res ? " res" : "", res_is_y ? "=y" : "", act);
+    snprintf(name, sizeof name, "linear %s M=%lld N=%lld K=%lld%s%s%s act=%d%s", dtype_name(dtype), (long long)M,
+             (long long)N, (long long)K, use_bias ? " bias" : "", use_res ? " res" : "", res_is_y ? "=y" : "", act,
+             xoff || yoff ? (xoff ? (yoff ? " x+off y+off" : " x+off") : " y+off") : "");
     const double tol = dtype == TG_F32 ? 1e-5 : 2e-3;
     if (M <= 8) report(name, got, ref, tol, ms, bytes, "GB/s");
     else report(name, got, ref, tol, ms, flops, "TFLOP/s");
@@ -198,12 +210,14 @@ static void check_norms(int64_t rows, int64_t dim) {
 struct AttCase {
     int B, Tq, Tk, H, Hkv, D;
     bool causal, use_qpos, use_kvlen, use_mask, probs;
+    int cache_len = 0; /* > 0: k/v laid out like the KV cache, k_bstride = cache_len * k_stride (cache_len >= Tk) */
 };
 
 static void check_attention(const AttCase &c) {
     /* q/k/v/out live inside wider token rows (like a fused qkv buffer) to exercise the strides */
     const int64_t qs = (int64_t)c.H * c.D + 8, ks = (int64_t)c.Hkv * c.D + 4, os = (int64_t)c.H * c.D + 12;
-    const int64_t qbs = qs * c.Tq + 3, kbs = ks * c.Tk + 5, obs = os * c.Tq;
+    const int64_t krows = c.cache_len > c.Tk ? c.cache_len : c.Tk;
+    const int64_t qbs = qs * c.Tq + 3, kbs = c.cache_len > 0 ? ks * krows : ks * c.Tk + 5, obs = os * c.Tq;
     auto q = randv(qbs * c.B), k = randv(kbs * c.B), v = randv(kbs * c.B);
     std::vector<int32_t> qpos(c.B), kvlen(c.B), mask((size_t)c.B * c.Tk);
     for (int b = 0; b < c.B; b++) {
@@ -213,11 +227,11 @@ static void check_attention(const AttCase &c) {
         for (int j = 0; j < c.Tk; j++) mask[(size_t)b * c.Tk + j] = c.use_mask ? ((j * 7 + b) % 5 != 0) : 1;
         if (c.use_mask) mask[(size_t)b * c.Tk] = 0; /* so a causal first query may see nothing */
     }
-    /* poison values past kv_len: they must never reach the output */
-    if (c.use_kvlen)
-        for (int b = 0; b < c.B; b++)
-            for (int j = kvlen[b]; j < c.Tk; j++)
-                for (int d = 0; d < ks; d++) v[b * kbs + j * ks + d] = NAN;
+    /* poison keys and values past kv_len (and the unused cache rows past Tk):
+     * they must never reach the output */
+    for (int b = 0; b < c.B; b++)
+        for (int64_t j = kvlen[b]; j < krows; j++)
+            for (int d = 0; d < ks; d++) k[b * kbs + j * ks + d] = v[b * kbs + j * ks + d] = NAN;
     Dev dq(q), dk(k), dv(v), dout(obs * c.B * 4), dqpos(qpos), dkvlen(kvlen), dmask(mask);
     Dev dprobs((size_t)c.B * c.Tq * c.Tk * 4);
     std::vector<float> probs0 = randv((size_t)c.B * c.Tq * c.Tk);
@@ -280,9 +294,9 @@ static void check_attention(const AttCase &c) {
     double ms = bench([&] { OK(be->attention(be, &a)); });
     double vis_pairs = (double)c.B * c.H * c.Tq * c.Tk * (c.causal && c.Tq > 1 ? 0.5 : 1.0);
     char name[200];
-    snprintf(name, sizeof name, "attention B=%d Tq=%d Tk=%d H=%d/%d D=%d%s%s%s%s", c.B, c.Tq, c.Tk, c.H, c.Hkv, c.D,
+    snprintf(name, sizeof name, "attention B=%d Tq=%d Tk=%d H=%d/%d D=%d%s%s%s%s%s", c.B, c.Tq, c.Tk, c.H, c.Hkv, c.D,
              c.causal ? " causal" : "", c.use_qpos ? " q_pos" : "", c.use_kvlen ? " kv_len" : "",
-             c.use_mask ? " mask" : "");
+             c.use_mask ? " mask" : "", c.cache_len > 0 ? " kv-cache" : "");
     if (c.Tq <= 8) report(name, got, ref, 1e-4, ms, (double)c.B * c.Hkv * c.Tk * c.D * 8.0, "GB/s");
     else report(name, got, ref, 1e-4, ms, 4.0 * vis_pairs * c.D, "TFLOP/s");
     if (c.probs) report(std::string(name) + " probs_accum", gotp, refp, 1e-4, 0, 0, "");
@@ -449,6 +463,78 @@ static void check_elementwise() {
     }
 }
 
+/* ---- elementwise ops at the model's unaligned sub-offsets --------------------------------- */
+
+static void check_offsets() {
+    { /* silu_mul: odd F (perceiver/tiny FFN widths), gu and out 4-byte aligned only */
+        const int64_t rows = 7, F = 33;
+        auto gu = randv(1 + rows * 2 * F, 4.0f);
+        Dev dgu(gu), dout((1 + rows * F) * 4);
+        OK(be->silu_mul(be, dgu.f() + 1, dout.f() + 1, rows, F));
+        std::vector<double> ref(rows * F);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t f = 0; f < F; f++) ref[r * F + f] = act_ref(gu[1 + r * 2 * F + f], TG_ACT_SILU) * gu[1 + r * 2 * F + F + f];
+        auto got = dout.get();
+        got.erase(got.begin());
+        report("silu_mul rows=7 F=33 at +1 float", got, ref, 2e-6, 0, 0, "");
+    }
+    { /* add_bcast and activation with n % 4 == 0 but a pointer 4-byte aligned only */
+        const int64_t outer = 5, n = 256;
+        auto y = randv(1 + outer * n), x = randv(1 + n);
+        Dev dy(y), dx(x);
+        OK(be->add_bcast(be, dy.f() + 1, dx.f() + 1, outer, n));
+        OK(be->activation(be, dy.f() + 1, outer * n, TG_ACT_GELU));
+        std::vector<double> ref(outer * n);
+        for (int64_t o = 0; o < outer; o++)
+            for (int64_t i = 0; i < n; i++) ref[o * n + i] = act_ref((double)(y[1 + o * n + i] + x[1 + i]), TG_ACT_GELU);
+        auto got = dy.get();
+        got.erase(got.begin());
+        report("add_bcast + activation n=256 at +1 float", got, ref, 2e-6, 0, 0, "");
+    }
+    { /* rope on the key part of a KV cache slot: row_stride = Dk = kv_heads * hd, from kslot + pos0 * Dk + 1 */
+        const int64_t rows = 9, nh = 4, hd = 64, stride = nh * hd, off = 3 * stride + 1;
+        const float theta = 1e6f;
+        auto x = randv(off + rows * stride);
+        std::vector<int32_t> pos(rows);
+        for (int64_t r = 0; r < rows; r++) pos[r] = (int32_t)(3 + r);
+        Dev dx(x), dpos(pos);
+        OK(be->rope(be, dx.f() + off, rows, stride, (int)nh, (int)hd, dpos.i(), theta));
+        std::vector<double> ref(x.begin() + off, x.end());
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < hd / 2; i++) {
+                const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+                const double ang = (double)((float)pos[r] * inv);
+                for (int64_t h = 0; h < nh; h++) {
+                    const double x1 = x[off + r * stride + h * hd + i], x2 = x[off + r * stride + h * hd + i + hd / 2];
+                    ref[r * stride + h * hd + i] = x1 * cos(ang) - x2 * sin(ang);
+                    ref[r * stride + h * hd + i + hd / 2] = x2 * cos(ang) + x1 * sin(ang);
+                }
+            }
+        auto got = dx.get();
+        got.erase(got.begin(), got.begin() + off);
+        report("rope KV-cache keys (stride Dk, +1 float) theta=1e6", got, ref, 1e-5, 0, 0, "");
+    }
+    for (int dtype : {TG_F32, TG_BF16}) { /* embedding of device ids into the middle of a spliced row buffer */
+        const int64_t vocab = 50, cols = 36, nid = 5, off = 3 * cols + 1;
+        auto table = randv(vocab * cols);
+        std::vector<int32_t> ids = {0, 49, 7, 7, 13};
+        tg_weight T;
+        OK(be->weight_upload(be, &T, table.data(), vocab, cols, dtype));
+        Dev dids(ids), dout((off + nid * cols) * 4);
+        OK(be->embedding(be, &T, dids.i() + 1, dout.f() + off, nid - 1));
+        std::vector<double> ref((nid - 1) * cols);
+        for (int64_t r = 0; r < nid - 1; r++)
+            for (int64_t c = 0; c < cols; c++) ref[r * cols + c] = round_dtype(table[ids[1 + r] * cols + c], dtype);
+        auto got = dout.get();
+        got.erase(got.begin(), got.begin() + off);
+        got.resize(ref.size());
+        char name[96];
+        snprintf(name, sizeof name, "embedding %s ids+1 out+%lld floats", dtype_name(dtype), (long long)off);
+        report(name, got, ref, 0.0, 0, 0, "");
+        be->weight_release(be, &T);
+    }
+}
+
 /* ---- errors: bad input is reported, never fatal --------------------------------------- */
 
 static void check_errors() {
@@ -485,6 +571,13 @@ int main(int argc, char **argv) {
         check_linear(77, 768, 1024, dtype, true, true, true, TG_ACT_QUICK_GELU);
         check_linear(130, 256, 100, dtype, false, false, false, TG_ACT_SILU); /* K % 8 != 0 */
         check_linear(5, 300, 100, dtype, true, true, false, TG_ACT_GELU);     /* GEMV refused: Lt */
+        /* unaligned pointers, as the model passes them */
+        check_linear(1, 257, 512, dtype, true, false, false, TG_ACT_NONE, 0, 1);  /* decode K/V row into the cache */
+        check_linear(37, 257, 512, dtype, true, false, false, TG_ACT_NONE, 0, 1); /* prefill K/V into the cache */
+        check_linear(37, 256, 512, dtype, true, true, true, TG_ACT_NONE, 0, 3);   /* residual == y at an offset */
+        check_linear(2, 256, 512, dtype, false, true, true, TG_ACT_NONE, 0, 1);   /* GEMV residual == y at an offset */
+        check_linear(3, 256, 512, dtype, true, true, false, TG_ACT_GELU, 1, 0);   /* x unaligned: GEMV refused */
+        check_linear(37, 301, 100, dtype, true, true, true, TG_ACT_SILU, 1, 1);   /* odd widths, both unaligned */
     }
     check_norms(577, 1024);
     check_norms(3, 4096);
@@ -501,6 +594,16 @@ int main(int argc, char **argv) {
         {2, 1, 1500, 32, 8, 128, true, true, true, false, false}, /* decode, split-K */
         {2, 3, 200, 8, 8, 64, true, true, true, true, true},
         {1, 1, 5000, 8, 8, 128, true, false, false, false, false}, /* decode, many splits */
+        /* the model's real shapes */
+        {1, 64, 4 * 576 + 64, 16, 4, 96, false, false, false, false, true}, /* perceiver image layer + DP map */
+        {2, 64, 77 + 64, 16, 4, 96, false, false, false, true, false},      /* perceiver text layer, padded texts */
+        {2, 5, 5, 8, 8, 64, true, false, false, true, false},               /* short CLIP text guide: decode path */
+        {3, 1, 40, 4, 4, 64, false, false, true, false, false, 64},         /* tiny LLM decode step, KV cache */
+        {4, 1, 700, 32, 32, 128, false, false, true, false, false, 1024},   /* Vicuna-7B decode step, B = 4 */
+        {2, 1, 300, 14, 2, 64, false, false, true, false, false, 512},      /* Qwen2-0.5B-like GQA decode */
+        {1, 300, 300, 4, 4, 64, true, false, false, false, true, 512},      /* tiny LLM prefill + attention map */
+        {1, 5, 5, 4, 4, 64, true, false, false, false, true, 512},          /* short prompt prefill: decode path */
+        {1, 20, 120, 4, 4, 64, true, false, false, false, false, 512},      /* continuation, q_pos = Tk - Tq */
     };
     for (const auto &c : cases) check_attention(c);
     if (do_bench) {
@@ -513,6 +616,7 @@ int main(int argc, char **argv) {
         check_attention({1, 1, 2048, 32, 32, 128, true, false, false, false, false});
     }
     check_elementwise();
+    check_offsets();
     check_errors();
     be->destroy(be);
     printf("%d passed, %d failed\n", n_pass, n_fail);
