@@ -74,7 +74,8 @@ struct tg_backend {
 
     void (*destroy)(tg_backend *be);
 
-    /* memory: alloc returns NULL and sets err on failure */
+    /* memory: alloc returns NULL and sets err on failure.  to_device has read the host buffer when it
+     * returns (the caller may free it at once); to_host has written it when it returns. */
     void *(*alloc)(tg_backend *be, size_t bytes);
     void (*release)(tg_backend *be, void *p);
     int (*to_device)(tg_backend *be, void *dst, const void *host_src, size_t bytes);
