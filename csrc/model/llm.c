@@ -130,11 +130,14 @@ int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_unu
         const llm_layer *L = &m->l_layers[l];
         CHECK(BE->rmsnorm(BE, res, L->in_norm.w.data, n, B, H, c->rms_eps));
         CHECK(BE->linear(BE, n, &L->q_w.w, L->q_b.w.data, NULL, q, B, TG_ACT_NONE));
-        CHECK(BE->linear(BE, n, &L->k_w.w, L->k_b.w.data, NULL, k, B, TG_ACT_NONE));
-        CHECK(BE->linear(BE, n, &L->v_w.w, L->v_b.w.data, NULL, v, B, TG_ACT_NONE));
+        /* one sequence: project straight into its cache row; several: project, then scatter rows */
+        float *kd = B == 1 ? m->cache_k[l] + (int64_t)pos_host[0] * Dk : k;
+        float *vd = B == 1 ? m->cache_v[l] + (int64_t)pos_host[0] * Dk : v;
+        CHECK(BE->linear(BE, n, &L->k_w.w, L->k_b.w.data, NULL, kd, B, TG_ACT_NONE));
+        CHECK(BE->linear(BE, n, &L->v_w.w, L->v_b.w.data, NULL, vd, B, TG_ACT_NONE));
         CHECK(BE->rope(BE, q, B, Dq, c->heads, (int)hd, (const int32_t *)pos_dev, c->rope_theta));
-        CHECK(BE->rope(BE, k, B, Dk, c->kv_heads, (int)hd, (const int32_t *)pos_dev, c->rope_theta));
-        for (int b = 0; b < B; b++) {
+        CHECK(BE->rope(BE, kd, B, Dk, c->kv_heads, (int)hd, (const int32_t *)pos_dev, c->rope_theta));
+        for (int b = 0; B > 1 && b < B; b++) {
             int64_t off = ((int64_t)b * m->cache_len + pos_host[b]) * Dk;
             CHECK(BE->copy(BE, m->cache_k[l] + off, k + b * Dk, (size_t)Dk * sizeof(float)));
             CHECK(BE->copy(BE, m->cache_v[l] + off, v + b * Dk, (size_t)Dk * sizeof(float)));
