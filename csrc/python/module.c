@@ -111,6 +111,15 @@ static PyObject *model_error(ModelObject *self) {
     return NULL;
 }
 
+/* the tail of every single-output method: the array, or the model's error as an exception */
+static PyObject *result_or_error(ModelObject *self, int rc, PyArrayObject *out) {
+    if (rc) {
+        Py_DECREF(out);
+        return model_error(self);
+    }
+    return (PyObject *)out;
+}
+
 static int cfg_int(PyObject *d, const char *k, int *out) {
     PyObject *v = PyDict_GetItemString(d, k);
     if (!v) return 0;
@@ -262,11 +271,7 @@ static PyObject *Model_vision_features(ModelObject *self, PyObject *args) {
     }
     RUN(self, rc, tg_vision_features(self->m, PyArray_DATA(pix), B, PyArray_DATA(out)));
     Py_DECREF(pix);
-    if (rc) {
-        Py_DECREF(out);
-        return model_error(self);
-    }
-    return (PyObject *)out;
+    return result_or_error(self, rc, out);
 }
 
 static PyObject *Model_text_tower(ModelObject *self, PyObject *args) {
@@ -317,11 +322,7 @@ static PyObject *Model_fom(ModelObject *self, PyObject *args) {
     }
     RUN(self, rc, tg_fom(self->m, PyArray_DATA(p), B, PyArray_DATA(out)));
     Py_DECREF(p);
-    if (rc) {
-        Py_DECREF(out);
-        return model_error(self);
-    }
-    return (PyObject *)out;
+    return result_or_error(self, rc, out);
 }
 
 /* optional int32 (B) lengths: None -> NULL */
@@ -366,11 +367,7 @@ static PyObject *Model_dp(ModelObject *self, PyObject *args) {
     Py_DECREF(f);
     Py_DECREF(t);
     Py_XDECREF(len);
-    if (rc) {
-        Py_DECREF(out);
-        return model_error(self);
-    }
-    return (PyObject *)out;
+    return result_or_error(self, rc, out);
 fail:
     Py_XDECREF(f);
     Py_XDECREF(t);
@@ -404,11 +401,7 @@ static PyObject *Model_visual_tokens(ModelObject *self, PyObject *args, PyObject
     Py_DECREF(pix);
     Py_XDECREF(ids);
     Py_XDECREF(len);
-    if (rc) {
-        Py_DECREF(out);
-        return model_error(self);
-    }
-    return (PyObject *)out;
+    return result_or_error(self, rc, out);
 fail:
     Py_XDECREF(pix);
     Py_XDECREF(ids);
@@ -490,11 +483,7 @@ static PyObject *Model_logits(ModelObject *self, PyObject *args) {
     }
     RUN(self, rc, tg_logits(self->m, &s, all, PyArray_DATA(out), &n_rows));
     drop_refs(refs, 5);
-    if (rc) {
-        Py_DECREF(out);
-        return model_error(self);
-    }
-    return (PyObject *)out;
+    return result_or_error(self, rc, out);
 }
 
 static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
@@ -538,11 +527,7 @@ static PyObject *Model_llm_attention(ModelObject *self, PyObject *args) {
     }
     RUN(self, rc, tg_llm_attention(self->m, &s, q0, q1, k0, k1, PyArray_DATA(out)));
     drop_refs(refs, 5);
-    if (rc) {
-        Py_DECREF(out);
-        return model_error(self);
-    }
-    return (PyObject *)out;
+    return result_or_error(self, rc, out);
 }
 
 static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
@@ -570,11 +555,7 @@ static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
     }
     RUN(self, rc, tg_dp_attention(self->m, s.pixels, s.text_ids, s.n_text, PyArray_DATA(out)));
     drop_refs(refs, 5);
-    if (rc) {
-        Py_DECREF(out);
-        return model_error(self);
-    }
-    return (PyObject *)out;
+    return result_or_error(self, rc, out);
 }
 
 /* streaming: the C loop calls back into Python with the GIL re-acquired */

@@ -267,25 +267,27 @@ def load_dataset(data, kind=None, scorer=None):
     """
     if isinstance(data, Dataset):
         return data
+    name, path, columns, rows = _read_rows(data)
+    return Dataset(name, path, columns, rows, kind=kind, scorer=scorer)
+
+
+def _read_rows(data):
+    """(name, path, columns, rows) of a dataset file, rows without an image dropped (skip_noimg)."""
     name, path = resolve_dataset_path(data)
     columns, rows = read_table(path, skip_render=("image",))
     if "index" not in columns:
         raise DatasetError(f"{path}: no 'index' column")
     if "image" in columns:
         rows = [r for r in rows if r.get("image") is not None]
-    return Dataset(name, path, columns, rows, kind=kind, scorer=scorer)
+    return name, path, columns, rows
 
 
 def load_dataset_meta(data):
     """Like load_dataset but without keeping image text: for scoring only."""
     if isinstance(data, Dataset):
         return data
-    name, path = resolve_dataset_path(data)
-    columns, rows = read_table(path, skip_render=("image",))
-    if "index" not in columns:
-        raise DatasetError(f"{path}: no 'index' column")
+    name, path, columns, rows = _read_rows(data)
     if "image" in columns:
-        rows = [r for r in rows if r.get("image") is not None]
         for r in rows:
             r["image"] = None
         columns = [c for c in columns if c != "image"]
