@@ -1,8 +1,14 @@
 """Build of tgllava: the C core + CPython extension `tgllava._C`, plus the CUDA backend.
 
 The C sources under csrc/ compile with the platform C compiler (C11, -O3, OpenMP).
-CPU matrix products use OpenBLAS from the `scipy-openblas32` wheel (headers and
-library found at build time, rpath set), so no system BLAS package is needed.
+CPU matrix products use OpenBLAS from the `scipy-openblas32` wheel, so no system
+BLAS package is needed.  Its headers and library are found at build time (under
+pip's build isolation that is a temporary copy), and the extension's run-time
+search path points at the copy installed beside tgllava, relative to the
+extension itself: `$ORIGIN/../scipy_openblas32/lib` for a regular install
+(both packages in one site-packages folder), plus, for an editable / in-place
+build, `$ORIGIN/<relative path>` from the source tree's tgllava/ to the
+scipy_openblas32 of the environment that runs the build.
 When nvcc is found (or TGLLAVA_CUDA=1) kernels/*.cu are compiled for sm_80 and
 sm_90 (+ PTX) and the extension links cudart, cuBLAS and cuBLASLt;
 TGLLAVA_CUDA=0 builds the CPU backend only.
@@ -11,6 +17,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sysconfig
 
 import numpy
 import scipy_openblas32
@@ -35,10 +42,31 @@ NVCC = find_nvcc()
 CUDA_HOME = os.path.dirname(os.path.dirname(os.path.realpath(NVCC))) if NVCC else None
 
 
+def openblas_rpaths(inplace):
+    """Run-time search paths for libscipy_openblas.so, relative to the extension's folder ($ORIGIN).
+
+    A wheel puts tgllava/ and scipy_openblas32/ side by side in site-packages.  An in-place
+    (editable) build leaves the extension in the source tree, so it also gets the path from
+    there to scipy_openblas32 in the site-packages of the interpreter running the build (the
+    target environment: pip's build isolation only prepends its own folders to sys.path)."""
+    paths = ["$ORIGIN/../scipy_openblas32/lib"]
+    if inplace:
+        target = os.path.join(sysconfig.get_path("platlib"), "scipy_openblas32", "lib")
+        rel = os.path.relpath(target, os.path.join(HERE, "tgllava"))
+        paths.append("$ORIGIN/" + rel)
+    return paths
+
+
 class BuildWithCuda(build_ext):
-    """Compiles kernels/*.cu with nvcc into objects linked into the extension."""
+    """Compiles kernels/*.cu with nvcc into objects linked into the extension; sets the rpaths."""
+
+    def run(self):
+        # build_ext.run builds with inplace cleared and copies afterwards: remember the final place
+        self._final_inplace = bool(self.inplace or getattr(self, "editable_mode", False))
+        super().run()
 
     def build_extension(self, ext):
+        ext.runtime_library_dirs = openblas_rpaths(getattr(self, "_final_inplace", bool(self.inplace))) + rpaths
         if NVCC:
             objs = []
             out_dir = os.path.join(self.build_temp, "kernels")
@@ -66,7 +94,7 @@ blas_lib = scipy_openblas32.get_lib_dir()
 macros = [("BLAS_SYMBOL_PREFIX", "scipy_"), ("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")]
 libs = ["scipy_openblas", "m"]
 lib_dirs = [blas_lib]
-rpaths = [blas_lib]
+rpaths = []  # besides the OpenBLAS paths of openblas_rpaths(), which BuildWithCuda adds per build
 if NVCC:
     macros.append(("TG_WITH_CUDA", "1"))
     cuda_lib = os.path.join(CUDA_HOME, "lib64")

@@ -14,22 +14,8 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Likewise OpenBLAS workers spin after each product while our OpenMP loops want the cores; a short
 # spin measured 25% instead of 32% of the visual branch outside matrix products, 3% faster overall.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-
-def _preload_openblas():
-    """Load OpenBLAS from the installed scipy-openblas32 wheel before the extension: the build-time
-    rpath may point into a pip build environment that no longer exists."""
-    import ctypes
-    try:
-        import scipy_openblas32
-    except ImportError:
-        return
-    path = _os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so")
-    if _os.path.exists(path):
-        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-
-
-_preload_openblas()
+# The extension finds libscipy_openblas.so through its own run-time path (relative to
+# itself, see setup.py): no preloading is needed.
 
 from .errors import CheckpointError, DeviceError, ShapeError, TgError
 from . import _C
