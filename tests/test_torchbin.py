@@ -12,11 +12,11 @@ import zipfile
 import numpy as np
 import pytest
 
+import golden_util
 from tgllava import torchbin
 from tgllava.errors import CheckpointError
 
-FIXTURES = pathlib.Path(os.environ.get("TGLLAVA_GOLDEN", "/work/shared/golden")) / "fixtures"
-pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason="golden fixtures not available")
+FIXTURES = pathlib.Path(golden_util.FIXTURES)
 
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BF16": np.uint16}
 
@@ -287,3 +287,152 @@ def test_top_level_must_be_a_dict(tmp_path):
     _write_ckpt(p, b"\x80\x02](" + _i(1) + b"e.", {})
     with pytest.raises(CheckpointError, match="state dict"):
         torchbin.load_bin(p)
+
+
+# --- hostile files (issue 13): poisoning, size bombs, escaping shards, malformed fields ------
+
+def _storage_global(name="FloatStorage"):
+    return b"ctorch\n" + name.encode() + b"\n"
+
+
+def _legit_float32(tmp_path):
+    pkl = b"\x80\x02}" + _u("w") + _tensor("0", "FloatStorage", 4, 0, (4,), (1,)) + b"s."
+    p = tmp_path / "legit.bin"
+    _write_ckpt(p, pkl, {"0": np.arange(4, dtype=np.float32).tobytes()})
+    return p
+
+
+@pytest.mark.parametrize("state", [
+    b"N}" + _u("np_dtype") + _u("float16") + b"s\x86",   # (None, slotstate): setattr on the object
+    b"}" + _u("np_dtype") + _u("float16") + b"s",        # plain state dict
+])
+def test_pickle_cannot_poison_later_loads(tmp_path, state):
+    legit = _legit_float32(tmp_path)
+    assert np.array_equal(torchbin.load_bin(legit)["w"], [0, 1, 2, 3])
+    # BUILD on the allow-listed storage type, then on an allowed function
+    for target in (_storage_global(), b"ctorch._utils\n_rebuild_tensor_v2\n", b"ccollections\nOrderedDict\n"):
+        p = tmp_path / "poison.bin"
+        _write_ckpt(p, b"\x80\x02}" + _u("x") + target + state + b"bs.", {})
+        with pytest.raises(CheckpointError, match="poison.bin"):
+            torchbin.load_bin(p)
+        assert np.array_equal(torchbin.load_bin(legit)["w"], [0, 1, 2, 3])
+    # SETITEM on an allowed global
+    p = tmp_path / "setitem.bin"
+    _write_ckpt(p, b"\x80\x02}" + _u("x") + _storage_global() + _u("np_dtype") + _u("float16") + b"ss.", {})
+    with pytest.raises(CheckpointError, match="setitem.bin"):
+        torchbin.load_bin(p)
+    assert np.array_equal(torchbin.load_bin(legit)["w"], [0, 1, 2, 3])
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_stride_zero_view_larger_than_its_storage_is_refused(tmp_path):
+    n = 1 << 24  # 64 MB if materialised
+    pkl = b"\x80\x02}" + _u("w") + _tensor("0", "FloatStorage", 1, 0, (n,), (0,)) + b"s."
+    p = tmp_path / "stride0.bin"
+    _write_ckpt(p, pkl, {"0": np.ones(1, np.float32).tobytes()})
+    assert p.stat().st_size < 1000
+
+    def load():
+        with pytest.raises(CheckpointError, match=r"stride0\.bin.*tensor w.*more than its storage"):
+            torchbin.load_bin(p)
+    assert _peak_bytes(load) < 8 << 20
+
+
+def test_declared_storage_larger_than_its_entry_is_refused_before_allocating(tmp_path):
+    n = 1 << 28  # 1 GB declared, 4 bytes present
+    pkl = b"\x80\x02}" + _u("w") + _tensor("0", "FloatStorage", n, 0, (1,), (1,)) + b"s."
+    p = tmp_path / "short.bin"
+    _write_ckpt(p, pkl, {"0": np.ones(1, np.float32).tobytes()})
+
+    def load():
+        with pytest.raises(CheckpointError, match=r"short\.bin.*declares 1073741824 bytes.*holds 4"):
+            torchbin.load_bin(p)
+    assert _peak_bytes(load) < 8 << 20
+    with pytest.raises(CheckpointError, match="holds 4"):
+        torchbin.inspect_bin(p)
+
+
+def test_negative_numel_and_non_integer_fields(tmp_path):
+    p = tmp_path / "neg.bin"
+    _write_ckpt(p, b"\x80\x02}" + _u("w") + _tensor("0", "FloatStorage", -1, 0, (0,), (1,)) + b"s.", {"0": b""})
+    with pytest.raises(CheckpointError, match=r"neg\.bin.*numel -1"):
+        torchbin.load_bin(p)
+    # a size given as a float
+    t = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + _tup(_u("storage"), _storage_global(), _u("0"), _u("cpu"), _i(4))
+         + b"Q" + _i(0) + _tup(b"G" + struct.pack(">d", 4.0)) + _tup(_i(1)) + b"\x89ccollections\nOrderedDict\n)RtR")
+    p = tmp_path / "floatsize.bin"
+    _write_ckpt(p, b"\x80\x02}" + _u("w") + t + b"s.", {"0": np.zeros(4, np.float32).tobytes()})
+    with pytest.raises(CheckpointError, match=r"floatsize\.bin.*size"):
+        torchbin.load_bin(p)
+
+
+def test_self_referencing_and_deeply_nested_state_dicts(tmp_path):
+    p = tmp_path / "cycle.bin"
+    _write_ckpt(p, b"\x80\x02}q\x00" + _u("self") + b"h\x00s.", {})  # d["self"] = d
+    with pytest.raises(CheckpointError, match=r"cycle\.bin.*itself.*self"):
+        torchbin.load_bin(p)
+    with pytest.raises(CheckpointError, match="itself"):
+        torchbin.inspect_bin(p)
+    depth = 5000
+    p = tmp_path / "deep.bin"
+    _write_ckpt(p, b"\x80\x02" + (b"}" + _u("a")) * depth + b"}" + b"s" * depth + b".", {})
+    with pytest.raises(CheckpointError, match=r"deep\.bin.*nests deeper"):
+        torchbin.load_bin(p)
+
+
+def test_shard_names_may_not_leave_the_folder(tmp_path):
+    shard = (FIXTURES / "sharded" / "pytorch_model-00001-of-00002.bin").read_bytes()
+    (tmp_path / "outside.bin").write_bytes(shard)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "s.bin").write_bytes(shard)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "linked_dir").symlink_to(tmp_path / "elsewhere")
+    index = ckpt / "pytorch_model.bin.index.json"
+    for name in ("../outside.bin", str(tmp_path / "outside.bin"), "sub/../../outside.bin", "linked_dir/s.bin"):
+        index.write_text(json.dumps({"weight_map": {"model.a.weight": name}}))
+        with pytest.raises(CheckpointError, match="leaves the index's folder|absolute path"):
+            torchbin.load_bin_index(index)
+        from tgllava.checkpoint import folder_refs
+        with pytest.raises(CheckpointError, match="leaves the index's folder|absolute path"):
+            folder_refs(str(ckpt))
+    # inside the folder, and a shard file that is itself a symlink (the Hugging Face cache): fine
+    (ckpt / "blob.bin").symlink_to(tmp_path / "outside.bin")
+    (ckpt / "sub").mkdir()
+    (ckpt / "sub" / "s.bin").write_bytes(shard)
+    for name in ("blob.bin", "sub/s.bin", "./sub/../blob.bin"):
+        index.write_text(json.dumps({"weight_map": {"model.a.weight": name}}))
+        assert "model.a.weight" in torchbin.load_bin_index(index)
+
+
+def test_storages_are_memory_mapped_and_bf16_stays_raw_for_the_loader():
+    from tgllava.checkpoint import folder_refs
+
+    def mapped(a):
+        while a is not None:
+            if isinstance(a, np.memmap):
+                return True
+            a = getattr(a, "base", None)
+        return False
+    arrays = torchbin.load_bin(FIXTURES / "small.bin", bf16="raw")
+    assert mapped(arrays["model.a.weight"]) and mapped(arrays["model.c.weight"])
+    arrays["model.a.weight"][0, 0] = 123.0  # copy-on-write: the file is not changed
+    assert torchbin.load_bin(FIXTURES / "small.bin")["model.a.weight"][0, 0] != 123.0
+    refs = folder_refs(str(FIXTURES / "small.bin"))
+    c = refs["model.c.weight"]
+    assert c.dtype == "BF16" and c.src_code == 2
+    raw = c.raw()
+    assert raw.dtype == np.uint16 and raw.shape == (2, 3, 4) and mapped(raw)
+    assert np.array_equal(c.float32(), torchbin.load_bin(FIXTURES / "small.bin")["model.c.weight"])
+    assert refs["model.a.weight"].dtype == "F32" and refs["model.b.weight"].dtype == "F16"
+    assert refs["model.d.position_ids"].dtype == "I64"

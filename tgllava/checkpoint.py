@@ -2,9 +2,13 @@
 
 Python parses only headers and JSON; tensor bytes are memory-mapped with
 NumPy and handed to the C core, which converts them to float32 (or the GPU
-dtype) once.  Every problem -- a missing folder or file, a corrupt or
-truncated header, a tensor whose byte range lies outside its file, an
-unsupported dtype -- raises CheckpointError naming the file and tensor.
+dtype) once (bfloat16 of .bin files too: kept as raw bits, never widened
+here).  Every problem -- a missing folder or file, a corrupt or truncated
+header, a header field of the wrong type (offsets as strings, a shape given
+as a string, sizes that would overflow), JSON nested too deeply, a tensor
+whose byte range lies outside its file, an unsupported dtype, a shard name
+that leaves the index's folder -- raises CheckpointError naming the file,
+tensor and field.
 """
 import json
 import os
@@ -31,6 +35,12 @@ def read_json(path):
         raise CheckpointError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class TensorRef:
@@ -78,39 +88,67 @@ def safetensors_refs(path):
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupt safetensors header (JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header")
     base, refs = 8 + n, {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (s, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name}: malformed header entry") from None
-        if dtype not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name}: unsupported dtype {dtype}")
-        count = int(np.prod(shape)) if shape else 1
-        if any(d < 0 for d in shape) or e - s != count * np.dtype(_ST_DTYPES[dtype][0]).itemsize or s < 0:
-            raise CheckpointError(f"{path}: tensor {name}: byte range {s}..{e} does not match shape {shape} of {dtype}")
-        if base + e > size:
-            raise CheckpointError(f"{path}: tensor {name}: data beyond the end of the file (truncated file?)")
-        refs[name] = TensorRef(name, path, dtype, shape, base + s)
+        refs[name] = _header_entry(path, name, info, base, size)
     return refs
 
 
+def _header_entry(path, name, info, base, size):
+    """One safetensors header entry checked field by field (plain ints, sizes without overflow)."""
+    where = f"{path}: tensor {name}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: malformed header entry (not an object)")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in info:
+            raise CheckpointError(f"{where}: header entry has no '{key}'")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+        raise CheckpointError(f"{where}: unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        raise CheckpointError(f"{where}: 'shape' must be a list of integers, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise CheckpointError(f"{where}: 'shape' {shape} has a negative size")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise CheckpointError(f"{where}: 'data_offsets' must be two integers, got {offsets!r}")
+    s, e = offsets
+    count = 1
+    for d in shape:  # Python integers: a size that would wrap int64 is simply too large
+        count *= d
+    nbytes = count * np.dtype(_ST_DTYPES[dtype][0]).itemsize
+    if s < 0 or e < s or e - s != nbytes:
+        raise CheckpointError(f"{where}: 'data_offsets' {s}..{e} does not match shape {shape} of {dtype} "
+                              f"({nbytes} bytes)")
+    if base + e > size:
+        raise CheckpointError(f"{where}: data beyond the end of the file (truncated file?)")
+    return TensorRef(name, path, dtype, shape, base + s)
+
+
 def _bin_refs(path):
-    from .torchbin import load_bin  # lazily: pickled checkpoints are rarer
-    tensors = load_bin(path)
+    """TensorRefs of a torch .bin: float32/float16 as they are, bfloat16 as raw bits ("BF16", never
+    widened here), other floats as float32, integers as int64; whole storages stay memory-mapped."""
+    from .torchbin import load_bin_typed  # lazily: pickled checkpoints are rarer
     refs = {}
-    for name, a in tensors.items():
-        a = np.ascontiguousarray(a).reshape(np.shape(a))  # ascontiguousarray makes 0-d arrays 1-d
-        dt = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}.get(a.dtype)
-        if dt is None:
-            a32 = a.astype(np.float32) if a.dtype.kind == "f" else a
-            dt = "F32" if a32.dtype == np.float32 else "I64"
-            a = a32
-        refs[name] = TensorRef(name, path, dt, a.shape, array_fn=(lambda a=a: a))
+    for name, (torch_dtype, a) in load_bin_typed(path).items():
+        shape = np.shape(a)
+        if torch_dtype == "bfloat16":
+            dt = "BF16"
+        elif a.dtype == np.float32:
+            dt = "F32"
+        elif a.dtype == np.float16:
+            dt = "F16"
+        elif a.dtype.kind == "f":
+            a, dt = a.astype(np.float32), "F32"
+        else:
+            a, dt = a.astype(np.int64), "I64"
+        a = np.require(a, requirements=["C", "A"]).reshape(shape)  # require() makes 0-d arrays 1-d
+        refs[name] = TensorRef(name, path, dt, shape, array_fn=(lambda a=a: a))
     return refs
 
 
@@ -127,9 +165,10 @@ def index_refs(index_path):
     wm = idx.get("weight_map") if isinstance(idx, dict) else None
     if not isinstance(wm, dict) or not wm:
         raise CheckpointError(f"{index_path}: no weight_map")
-    folder, refs = os.path.dirname(index_path), {}
-    for shard in sorted(set(wm.values())):
-        p = os.path.join(folder, shard)
+    from .torchbin import shard_path
+    refs = {}
+    for shard in sorted(set(wm.values()), key=str):
+        p = shard_path(index_path, shard)  # refuses names that leave the index's folder
         if not os.path.exists(p):
             raise CheckpointError(f"{index_path}: shard {shard} is missing")
         refs.update(file_refs(p))

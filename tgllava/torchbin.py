@@ -15,6 +15,16 @@ float32 (or returned as raw uint16 bit patterns on request); every other
 dtype is kept.  `inspect_bin` describes the tensors without reading them,
 including where each uncompressed storage lies in the file, for callers that
 want to map the bytes themselves.
+
+Storages that torch wrote uncompressed (all of them, normally) are
+memory-mapped copy-on-write rather than read, so a 13 GB checkpoint is never
+held in memory at once.  Nothing a pickle says is trusted: every load gets
+its own stand-ins for the allowed globals, which refuse BUILD/SETITEM (a
+pickle cannot change state another load sees); a storage's declared size is
+checked against its zip entry before anything is allocated or mapped; a view
+may not hold more elements than its storage (no stride-0 blow-ups); nesting
+depth and cycles of the state dict are bounded; sharded index names may not
+leave the index's folder.
 """
 
 import collections
@@ -25,6 +35,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -49,17 +60,57 @@ _STORAGE_TYPES = {
 _LEGACY_MAGIC = b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
-class _StorageType:
-    """Stands in for a torch storage class (torch.FloatStorage, ...); not callable."""
+# Deepest nesting of dicts accepted in a state dict (real ones are 1-3 deep).
+MAX_NESTING = 64
+# A compressed storage entry may not claim to expand more than this (deflate's own limit is ~1032).
+MAX_COMPRESSION_RATIO = 1100
+_CRC_CHUNK = 64 << 20
+
+
+class _Frozen:
+    """Base of the per-load stand-ins for allowed globals: a pickle may not set state on them."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise CheckpointError(f"refusing to set attribute {name!r} on {self!r} (BUILD on an allowed global)")
+
+    def __setstate__(self, state):
+        raise CheckpointError(f"refusing to set state on {self!r} (BUILD on an allowed global)")
+
+    def __setitem__(self, key, value):
+        raise CheckpointError(f"refusing to set item {key!r} on {self!r} (SETITEM on an allowed global)")
+
+
+class _StorageType(_Frozen):
+    """Stands in for a torch storage class (torch.FloatStorage, ...); not callable, immutable."""
 
     __slots__ = ("name", "np_dtype", "torch_dtype")
 
     def __init__(self, name):
-        self.name = name
-        self.np_dtype, self.torch_dtype = _STORAGE_TYPES[name]
+        object.__setattr__(self, "name", name)
+        np_dtype, torch_dtype = _STORAGE_TYPES[name]
+        object.__setattr__(self, "np_dtype", np_dtype)
+        object.__setattr__(self, "torch_dtype", torch_dtype)
 
     def __repr__(self):
         return f"torch.{self.name}"
+
+
+class _Callable(_Frozen):
+    """Stands in for an allowed function or class (torch._utils._rebuild_tensor_v2, OrderedDict, ...)."""
+
+    __slots__ = ("qualname", "fn")
+
+    def __init__(self, qualname, fn):
+        object.__setattr__(self, "qualname", qualname)
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self):
+        return self.qualname
 
 
 @dataclasses.dataclass
@@ -100,12 +151,20 @@ class BinTensorInfo:
     contiguous: bool
 
 
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
     if not isinstance(storage, _Storage):
         raise CheckpointError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
-    return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size),
-                      tuple(int(s) for s in stride))
+    if not _is_int(storage_offset):
+        raise CheckpointError(f"tensor storage offset is a {type(storage_offset).__name__}, not an integer")
+    for what, seq in (("size", size), ("stride", stride)):
+        if not isinstance(seq, (tuple, list)) or not all(_is_int(v) for v in seq):
+            raise CheckpointError(f"tensor {what} {seq!r} is not a tuple of integers")
+    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -116,13 +175,19 @@ def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None
     return data
 
 
-_ALLOWED = {
+_ALLOWED_FUNCTIONS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
     ("collections", "OrderedDict"): collections.OrderedDict,
 }
-_ALLOWED.update({("torch", name): _StorageType(name) for name in _STORAGE_TYPES})
+
+
+def _fresh_globals():
+    """The allowed globals as new stand-in objects: each load gets its own, so none is shared."""
+    out = {key: _Callable(".".join(key), fn) for key, fn in _ALLOWED_FUNCTIONS.items()}
+    out.update({("torch", name): _StorageType(name) for name in _STORAGE_TYPES})
+    return out
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -130,11 +195,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         super().__init__(fileobj)
         self.path = path
         self.storages = {}
+        self.globals = _fresh_globals()
 
     def find_class(self, module, name):
         try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
+            return self.globals[(module, name)]
+        except (KeyError, TypeError):
             raise CheckpointError(
                 f"{self.path}: refusing to unpickle global {module}.{name} "
                 "(only tensors and plain containers are allowed in a checkpoint)"
@@ -146,10 +212,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _, stype, key, _location, numel = pid
         if not isinstance(stype, _StorageType):
             raise CheckpointError(f"{self.path}: storage {key!r} has unknown type {stype!r}")
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or "/" in str(key) or str(key) in ("", ".", ".."):
+            raise CheckpointError(f"{self.path}: storage key {key!r} is not a plain name")
+        if not _is_int(numel) or numel < 0:
+            raise CheckpointError(f"{self.path}: storage {key!r} declares numel {numel!r} (need an integer >= 0)")
         key = str(key)
         st = self.storages.get(key)
         if st is None:
-            st = self.storages[key] = _Storage(key, stype, int(numel))
+            st = self.storages[key] = _Storage(key, stype, numel)
+        elif st.numel != numel:
+            raise CheckpointError(f"{self.path}: storage {key!r} declared with {st.numel} and {numel} elements")
         elif st.stype is not stype:
             raise CheckpointError(f"{self.path}: storage {key!r} used with two dtypes")
         return st
@@ -191,25 +263,79 @@ def _read_entry(zf, name, path):
         raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
 
 
-def _read_storage(zf, name, nbytes, path):
-    """Read the first `nbytes` of a storage entry straight into a writable buffer."""
+def _entry_info(zf, name, path):
+    try:
+        return zf.getinfo(name)
+    except KeyError:
+        raise CheckpointError(f"{path}: missing archive entry {name}") from None
+
+
+def _entry_data_offset(fp, info):
+    """Byte offset of a stored (uncompressed) zip entry's data, else None."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    fp.seek(info.header_offset)
+    header = fp.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _check_entry_size(info, nbytes, path):
+    """Refuse a storage whose declared size its zip entry cannot hold -- before anything is allocated."""
+    if nbytes > info.file_size:
+        raise CheckpointError(
+            f"{path}: storage {info.filename} declares {nbytes} bytes but its archive entry holds {info.file_size}")
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise CheckpointError(f"{path}: stored archive entry {info.filename} has inconsistent sizes")
+    elif info.file_size > MAX_COMPRESSION_RATIO * info.compress_size + 4096:
+        raise CheckpointError(
+            f"{path}: archive entry {info.filename} claims {info.file_size} bytes from {info.compress_size} "
+            "compressed bytes (implausible compression ratio)")
+
+
+def _read_storage(zf, info, nbytes, path):
+    """Read the first `nbytes` of a (compressed) storage entry into a writable buffer."""
     buf = bytearray(nbytes)
     view = memoryview(buf)
     got = 0
     try:
-        with zf.open(name) as f:
+        with zf.open(info) as f:
             while got < nbytes:
                 n = f.readinto(view[got:])
                 if not n:
                     break
                 got += n
-    except KeyError:
-        raise CheckpointError(f"{path}: missing archive entry {name}") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
+        raise CheckpointError(f"{path}: corrupt archive entry {info.filename} ({e})") from None
     if got < nbytes:
-        raise CheckpointError(f"{path}: storage {name} holds {got} bytes, {nbytes} expected")
+        raise CheckpointError(f"{path}: storage {info.filename} holds {got} bytes, {nbytes} expected")
     return buf
+
+
+def _storage_array(zf, fp, info, dtype, numel, path, file_size):
+    """The storage's elements as a flat array: a copy-on-write memory map when stored, else read."""
+    nbytes = numel * dtype.itemsize
+    _check_entry_size(info, nbytes, path)
+    if numel == 0:
+        return np.zeros(0, dtype)
+    start = _entry_data_offset(fp, info)
+    if start is not None:
+        if start + nbytes > file_size:
+            raise CheckpointError(f"{path}: storage {info.filename} runs past the end of the file (truncated?)")
+        try:
+            raw = np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=(info.file_size,))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot map storage {info.filename} ({e})") from None
+        crc = 0
+        for i in range(0, info.file_size, _CRC_CHUNK):  # the mapped pages are clean: the OS can drop them
+            crc = zlib.crc32(raw[i:i + _CRC_CHUNK], crc)
+        if crc != info.CRC:
+            raise CheckpointError(f"{path}: storage {info.filename} fails its CRC check (corrupt file)")
+        return raw[:nbytes].view(dtype)
+    return np.frombuffer(_read_storage(zf, info, nbytes, path), dtype=dtype)
 
 
 def _unpickle(zf, prefix, path):
@@ -217,44 +343,72 @@ def _unpickle(zf, prefix, path):
     up = _RestrictedUnpickler(io.BytesIO(data), path)
     try:
         obj = up.load()
-    except CheckpointError:
-        raise
-    except Exception as e:  # malformed pickle: any error is a bad checkpoint
+    except CheckpointError as e:
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+    except Exception as e:  # malformed pickle (also RecursionError): any error is a bad checkpoint
         raise CheckpointError(f"{path}: cannot unpickle data.pkl ({type(e).__name__}: {e})") from None
     return obj
 
 
-def _flatten(obj, path, prefix=""):
+def _flatten(obj, path, prefix="", depth=0, active=None):
     """name -> _TensorRef for every tensor in a (possibly nested) dict."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: top-level object is a {type(obj).__name__}, not a state dict")
+    if depth > MAX_NESTING:
+        raise CheckpointError(f"{path}: state dict nests deeper than {MAX_NESTING} levels at {prefix!r}")
+    active = set() if active is None else active
+    if id(obj) in active:
+        raise CheckpointError(f"{path}: state dict contains itself at {prefix!r} (a reference cycle)")
+    active.add(id(obj))
     out = {}
     for k, v in obj.items():
         name = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, _TensorRef):
+            if name in out:
+                raise CheckpointError(f"{path}: tensor name {name!r} occurs twice")
             out[name] = v
         elif isinstance(v, dict):
-            out.update(_flatten(v, path, name))
+            for sub, ref in _flatten(v, path, name, depth + 1, active).items():
+                if sub in out:
+                    raise CheckpointError(f"{path}: tensor name {sub!r} occurs twice")
+                out[sub] = ref
         # other leaves (numbers, strings, None) carry no weights and are skipped
+    active.discard(id(obj))
     return out
 
 
 def _byteorder(zf, prefix):
     try:
-        value = zf.read(prefix + "byteorder").decode().strip()
+        value = zf.read(prefix + "byteorder").decode(errors="replace").strip()
     except KeyError:
         return "<"
     return ">" if value == "big" else "<"
 
 
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def _check_bounds(ref, name, path):
+    """The view (offset, shape, stride) must lie inside its storage and be no larger than it."""
     if ref.offset < 0 or any(s < 0 for s in ref.shape) or any(s < 0 for s in ref.stride):
         raise CheckpointError(f"{path}: tensor {name} has negative offset, size or stride")
     if len(ref.shape) != len(ref.stride):
         raise CheckpointError(f"{path}: tensor {name} has {len(ref.shape)} sizes but {len(ref.stride)} strides")
-    if 0 in ref.shape:
+    if len(ref.shape) > 32:
+        raise CheckpointError(f"{path}: tensor {name} has {len(ref.shape)} dimensions (at most 32 supported)")
+    n = _numel(ref.shape)  # Python integers: no overflow
+    if n == 0:
         return
-    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+    if n > ref.storage.numel:
+        raise CheckpointError(
+            f"{path}: tensor {name} of shape {ref.shape} has {n} elements, more than its storage of "
+            f"{ref.storage.numel} (overlapping or broadcast views are not supported in checkpoints)")
+    last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
     if last >= ref.storage.numel:
         raise CheckpointError(
             f"{path}: tensor {name} reaches element {last} of a storage of {ref.storage.numel} elements"
@@ -274,42 +428,56 @@ def _bf16_to_f32(bits):
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def _read_refs(zf, prefix, path):
+    """name -> _TensorRef of a checkpoint, every view checked against its storage."""
+    refs = _flatten(_unpickle(zf, prefix, path), path)
+    for name, ref in refs.items():
+        _check_bounds(ref, name, path)
+    return refs
+
+
 def load_bin(path, bf16="float32"):
     """Load a torch.save zip checkpoint as {name: numpy array}.
 
     float32/float16/int64/... keep their dtype; 0-d tensors are 0-d arrays;
     bfloat16 becomes float32 (bf16="float32", exact) or stays as its uint16
     bit patterns (bf16="raw").  Nested dicts are flattened with "." and
-    non-tensor entries are skipped.  Raises CheckpointError for a missing,
-    corrupt, truncated, legacy or unsafe file.
+    non-tensor entries are skipped.  A tensor that is a whole stored storage
+    comes back as a copy-on-write memory map of the file (writable; writes
+    stay private); views and byte-swapped tensors are copies.  Raises
+    CheckpointError for a missing, corrupt, truncated, legacy or unsafe file.
     """
     if bf16 not in ("float32", "raw"):
         raise ValueError(f"bf16 must be 'float32' or 'raw', got {bf16!r}")
-    path = os.fspath(path)
+    return _load(os.fspath(path), bf16)[1]
+
+
+def _load(path, bf16):
+    """(refs, {name: array}) of a checkpoint; see load_bin."""
     zf, prefix = _open_zip(path)
-    with zf:
-        refs = _flatten(_unpickle(zf, prefix, path), path)
+    with zf, open(path, "rb") as fp:
+        file_size = os.fstat(fp.fileno()).st_size
+        refs = _read_refs(zf, prefix, path)
         order = _byteorder(zf, prefix)
         users = collections.Counter(ref.storage.key for ref in refs.values())
         by_storage = collections.defaultdict(list)
         for name, ref in refs.items():
-            _check_bounds(ref, name, path)
             by_storage[ref.storage.key].append(name)
 
         out = {}
         for key, names in by_storage.items():
             st = refs[names[0]].storage
             dtype = np.dtype(st.stype.np_dtype).newbyteorder(order)
-            buf = _read_storage(zf, f"{prefix}data/{key}", st.numel * dtype.itemsize, path)
-            flat = np.frombuffer(buf, dtype=dtype)
+            info = _entry_info(zf, f"{prefix}data/{key}", path)
+            flat = _storage_array(zf, fp, info, dtype, st.numel, path, file_size)
             for name in names:
                 ref = refs[name]
-                n = int(np.prod(ref.shape, dtype=np.int64))
-                if (users[key] == 1 and ref.offset == 0 and n == st.numel
+                n = _numel(ref.shape)
+                if n == 0:
+                    arr = np.zeros(ref.shape, dtype=dtype)
+                elif (users[key] == 1 and ref.offset == 0 and n == st.numel
                         and _is_contiguous(ref.shape, ref.stride)):
                     arr = flat.reshape(ref.shape)  # sole user of the storage: no copy
-                elif n == 0:
-                    arr = np.zeros(ref.shape, dtype=dtype)
                 else:
                     view = np.lib.stride_tricks.as_strided(
                         flat[ref.offset:], shape=ref.shape,
@@ -321,19 +489,17 @@ def load_bin(path, bf16="float32"):
                     arr = _bf16_to_f32(arr)
                 out[name] = arr
         # keep the checkpoint's order
-        return {name: out[name] for name in refs}
+        return refs, {name: out[name] for name in refs}
 
 
-def _entry_data_offset(fp, info):
-    """Byte offset of a stored (uncompressed) zip entry's data, else None."""
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    fp.seek(info.header_offset)
-    header = fp.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        return None
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+def load_bin_typed(path):
+    """Like load_bin(path, bf16="raw"), but as {name: (torch dtype name, array)}.
+
+    bfloat16 tensors stay uint16 bit patterns, tagged "bfloat16", so callers
+    can hand them on without widening them.
+    """
+    refs, arrays = _load(os.fspath(path), "raw")
+    return {name: (refs[name].storage.stype.torch_dtype, a) for name, a in arrays.items()}
 
 
 def inspect_bin(path):
@@ -344,21 +510,18 @@ def inspect_bin(path):
     path = os.fspath(path)
     zf, prefix = _open_zip(path)
     with zf:
-        refs = _flatten(_unpickle(zf, prefix, path), path)
+        refs = _read_refs(zf, prefix, path)
         out = {}
         offsets = {}
         with open(path, "rb") as fp:
             for name, ref in refs.items():
-                _check_bounds(ref, name, path)
                 entry = f"{prefix}data/{ref.storage.key}"
-                if entry not in offsets:
-                    try:
-                        info = zf.getinfo(entry)
-                    except KeyError:
-                        raise CheckpointError(f"{path}: missing archive entry {entry}") from None
-                    offsets[entry] = _entry_data_offset(fp, info)
                 itemsize = np.dtype(ref.storage.stype.np_dtype).itemsize
-                n = int(np.prod(ref.shape, dtype=np.int64))
+                if entry not in offsets:
+                    info = _entry_info(zf, entry, path)
+                    _check_entry_size(info, ref.storage.numel * itemsize, path)
+                    offsets[entry] = _entry_data_offset(fp, info)
+                n = _numel(ref.shape)
                 out[name] = BinTensorInfo(
                     dtype=ref.storage.stype.torch_dtype, shape=ref.shape, stride=ref.stride,
                     storage=entry, storage_offset=ref.offset, file_offset=offsets[entry],
@@ -367,12 +530,34 @@ def inspect_bin(path):
         return out
 
 
+def shard_path(index_path, shard):
+    """The file a sharded index names, refused (CheckpointError) when the name leaves the index's folder.
+
+    A shard name must be a relative path (no drive, no leading "/") whose
+    folders, with `..` and symlinked folders resolved, stay inside the folder
+    of the index.  The shard file itself may be a symlink (the Hugging Face
+    cache links snapshot files to its blob store).
+    """
+    index_path = os.fspath(index_path)
+    if not isinstance(shard, str) or not shard or "\x00" in shard:
+        raise CheckpointError(f"{index_path}: shard name {shard!r} is not a file name")
+    if os.path.isabs(shard) or os.path.splitdrive(shard)[0] or shard.startswith(("/", "\\")):
+        raise CheckpointError(f"{index_path}: shard name {shard!r} is an absolute path; it must lie in the index's folder")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(index_path)))
+    joined = os.path.join(folder, shard)
+    parent = os.path.realpath(os.path.dirname(joined))
+    base = os.path.basename(joined)
+    if base in ("", ".", "..") or os.path.commonpath([folder, parent]) != folder:
+        raise CheckpointError(f"{index_path}: shard name {shard!r} leaves the index's folder {folder}")
+    return os.path.join(parent, base)
+
+
 def load_bin_index(index_path, bf16="float32"):
     """Load a sharded checkpoint from its `pytorch_model.bin.index.json`.
 
-    Every shard named in `weight_map` (relative to the index's folder) is
-    loaded; each tensor the map assigns to a shard must be in it.  Returns
-    one {name: array} dict with all tensors of all shards.
+    Every shard named in `weight_map` (relative to the index's folder, which
+    it may not leave) is loaded; each tensor the map assigns to a shard must
+    be in it.  Returns one {name: array} dict with all tensors of all shards.
     """
     index_path = os.fspath(index_path)
     try:
@@ -382,21 +567,21 @@ def load_bin_index(index_path, bf16="float32"):
         raise CheckpointError(f"{index_path}: no such file") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{index_path}: cannot read index ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{index_path}: cannot read index (JSON nested too deeply)") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: no 'weight_map' in index")
-    folder = os.path.dirname(index_path)
     shards = collections.defaultdict(list)
     for name, shard in weight_map.items():
-        shards[shard].append(name)
+        shards[shard_path(index_path, shard)].append(name)
     out = {}
-    for shard, names in shards.items():
-        shard_path = os.path.join(folder, shard)
-        tensors = load_bin(shard_path, bf16=bf16)
+    for path, names in shards.items():
+        tensors = load_bin(path, bf16=bf16)
         missing = [n for n in names if n not in tensors]
         if missing:
             raise CheckpointError(
-                f"{shard_path}: tensor {missing[0]} listed in {os.path.basename(index_path)} is not in the shard"
+                f"{path}: tensor {missing[0]} listed in {os.path.basename(index_path)} is not in the shard"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
         out.update(tensors)
