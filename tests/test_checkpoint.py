@@ -106,3 +106,47 @@ def test_bad_device_and_dtype(llava):
         tgllava.load(llm, clip, dtype="int8")
     with pytest.raises(tgllava.DeviceError):
         tgllava.load(llm, clip, dtype="bfloat16")  # the CPU backend stores float32 only
+
+
+# ---- malformed safetensors headers (issue 13): CheckpointError naming file, tensor and field
+
+def _raw_safetensors(path, header, data=b"\x00" * 16):
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + data)
+    return str(path)
+
+
+@pytest.mark.parametrize("entry,field", [
+    ({"dtype": "F32", "shape": [4], "data_offsets": ["0", "16"]}, "data_offsets"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [0.0, 16.0]}, "data_offsets"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [0, 16, 32]}, "data_offsets"),
+    ({"dtype": "F32", "shape": "12", "data_offsets": [0, 8]}, "shape"),
+    ({"dtype": "F32", "shape": [2, True], "data_offsets": [0, 8]}, "shape"),
+    ({"dtype": "F32", "shape": [2 ** 32, 2 ** 32], "data_offsets": [0, 0]}, "data_offsets"),
+    ({"dtype": "F32", "shape": [2 ** 62, 4], "data_offsets": [0, 0]}, "data_offsets"),
+    ({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, "shape"),
+    ({"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}, "dtype"),
+    ({"shape": [2], "data_offsets": [0, 8]}, "dtype"),
+    ([1, 2, 3], "malformed"),
+])
+def test_malformed_header_fields(tmp_path, entry, field):
+    from tgllava.checkpoint import safetensors_refs
+    p = _raw_safetensors(tmp_path / "bad.safetensors", {"w": entry})
+    with pytest.raises(tgllava.CheckpointError, match=rf"bad\.safetensors: tensor w: .*{field}"):
+        safetensors_refs(p)
+
+
+def test_infinite_shape_and_deep_json(tmp_path):
+    from tgllava.checkpoint import read_json, safetensors_refs
+    p = _raw_safetensors(tmp_path / "inf.safetensors", b'{"w": {"dtype": "F32", "shape": [Infinity], "data_offsets": [0, 8]}}')
+    with pytest.raises(tgllava.CheckpointError, match=r"inf\.safetensors: tensor w: .*shape"):
+        safetensors_refs(p)
+    deep = b"[" * 200000 + b"]" * 200000
+    p = _raw_safetensors(tmp_path / "deep.safetensors", deep)
+    with pytest.raises(tgllava.CheckpointError, match=r"deep\.safetensors: corrupt safetensors header"):
+        safetensors_refs(p)
+    (tmp_path / "deep.json").write_bytes(b'{"weight_map": ' + deep + b"}")
+    with pytest.raises(tgllava.CheckpointError, match=r"deep\.json: not valid JSON"):
+        read_json(str(tmp_path / "deep.json"))
+
