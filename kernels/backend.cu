@@ -11,9 +11,9 @@
  * the host buffer as soon as it returns); to_host synchronizes.  Every entry
  * first makes be->device current on the calling thread (tg_cuda_use).
  *
- * Weights: weight_upload converts host float32 to the storage dtype on the
- * GPU (float32 chunks are copied into a staging buffer and cast with
- * round-to-nearest-even), so a 13 GB model does not need a second host copy.
+ * Weights: weight_alloc + weight_write take host float32 a slice of rows at a
+ * time and cast it to the storage dtype on the GPU (staging buffer, round-to-
+ * nearest-even), so a 13 GB model never needs a float32 copy on the host.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -55,9 +55,19 @@ int tg_cuda_grow(tg_backend *be, void **buf, size_t *cap, size_t bytes) {
     if (*buf) {
         /* kernels queued earlier may still read the old buffer */
         CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
-        CUDA_CHECK(be, cudaFree(*buf));
+        /* forget the old buffer before looking at cudaFree's status: a failed
+         * free must not leave a pointer that the next call (or destroy) frees
+         * again, nor its error in cudaGetLastError for the next launch check */
+        void *old = *buf;
+        const size_t old_cap = *cap;
         *buf = NULL;
         *cap = 0;
+        cudaError_t fe = cudaFree(old);
+        if (fe != cudaSuccess) {
+            (void)cudaGetLastError();
+            tg_cuda_set_err(be, "cudaFree of a %zu-byte scratch buffer: %s", old_cap, cudaGetErrorString(fe));
+            return -1;
+        }
     }
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, want);
@@ -92,7 +102,12 @@ static void cuda_release(tg_backend *be, void *p) {
     if (!p) return;
     if (tg_cuda_use(be)) return;
     cudaError_t e = cudaFree(p);
-    if (e != cudaSuccess) tg_cuda_set_err(be, "cudaFree: %s", cudaGetErrorString(e));
+    if (e != cudaSuccess) {
+        /* release returns nothing: clear the error so that the next op's
+         * launch check (cudaGetLastError) does not report it as its own */
+        (void)cudaGetLastError();
+        tg_cuda_set_err(be, "cudaFree: %s", cudaGetErrorString(e));
+    }
 }
 
 static int cuda_to_device(tg_backend *be, void *dst, const void *host_src, size_t bytes) {
@@ -134,61 +149,66 @@ static int cuda_sync(tg_backend *be) {
 
 /* ---- weights ------------------------------------------------------------ */
 
-static int cuda_weight_upload(tg_backend *be, tg_weight *w, const float *host, int64_t rows, int64_t cols,
-                              int dtype) {
+static int cuda_weight_alloc(tg_backend *be, tg_weight *w, int64_t rows, int64_t cols, int dtype) {
     TG_CUDA_USE(be);
-    tg_cuda_impl *im = tg_impl(be);
-    if (dtype != TG_F32 && dtype != TG_F16 && dtype != TG_BF16) {
-        tg_cuda_set_err(be, "weight_upload: unknown dtype %d (expected 0=f32, 1=f16, 2=bf16)", dtype);
-        return -1;
-    }
-    if (rows < 0 || cols < 0) {
-        tg_cuda_set_err(be, "weight_upload: bad shape (%lld, %lld)", (long long)rows, (long long)cols);
-        return -1;
-    }
-    const int64_t n = rows * cols;
-    const size_t esz = tg_dtype_size(dtype);
-    void *data = NULL;
-    float *stage = NULL;
     w->data = NULL;
-    data = cuda_alloc(be, (size_t)n * esz);
-    if (!data) return -1;
-    if (n > 0) {
-        if (dtype == TG_F32) {
-            CUDA_TRY(be, cudaMemcpyAsync(data, host, (size_t)n * 4, cudaMemcpyHostToDevice, im->stream));
-        } else {
-            /* float32 chunks of at most 16M elements (64 MiB) through a staging buffer */
-            const int64_t chunk = n < (16 << 20) ? n : (16 << 20);
-            cudaError_t e = cudaMalloc(&stage, (size_t)chunk * 4);
-            if (e != cudaSuccess) {
-                (void)cudaGetLastError();
-                stage = NULL;
-                tg_cuda_set_err(be, "out of memory allocating %zu bytes (weight staging buffer): %s",
-                                (size_t)chunk * 4, cudaGetErrorString(e));
-                goto fail;
-            }
-            for (int64_t off = 0; off < n; off += chunk) {
-                const int64_t len = (n - off) < chunk ? (n - off) : chunk;
-                /* same stream: this copy waits for the previous cast to finish reading `stage` */
-                CUDA_TRY(be, cudaMemcpyAsync(stage, host + off, (size_t)len * 4, cudaMemcpyHostToDevice, im->stream));
-                CUDA_TRY(be, tg_launch_cast_f32(stage, (char *)data + (size_t)off * esz, dtype, len, im->stream));
-            }
-        }
-        /* the host source must stay valid until the copies are done */
-        CUDA_TRY(be, cudaStreamSynchronize(im->stream));
+    if (dtype != TG_F32 && dtype != TG_F16 && dtype != TG_BF16) {
+        tg_cuda_set_err(be, "weight_alloc: dtype %d is not stored on the GPU (float32, float16 or bfloat16; "
+                        "int8/int4 are CPU formats)", dtype);
+        return -1;
     }
-    if (stage) CUDA_TRY(be, cudaFree(stage));
-    stage = NULL;
+    if (rows < 0 || cols <= 0) {
+        tg_cuda_set_err(be, "weight_alloc: bad shape (%lld, %lld)", (long long)rows, (long long)cols);
+        return -1;
+    }
+    void *data = cuda_alloc(be, (size_t)(rows * cols) * tg_dtype_size(dtype));
+    if (!data) return -1;
     w->data = data;
     w->dtype = dtype;
     w->rows = rows;
     w->cols = cols;
     return 0;
+}
+
+/* rows [row0, row0 + n) from host float32: copied (f32) or cast on the GPU through a staging buffer of the
+ * slice (round-to-nearest-even); waits for the copies, so the caller may free `host` on return */
+static int cuda_weight_write(tg_backend *be, tg_weight *w, int64_t row0, int64_t n, const float *host) {
+    TG_CUDA_USE(be);
+    tg_cuda_impl *im = tg_impl(be);
+    if (!w->data || row0 < 0 || n < 0 || row0 + n > w->rows) {
+        tg_cuda_set_err(be, "weight_write: rows out of range");
+        return -1;
+    }
+    const int64_t len = n * w->cols;
+    const size_t esz = tg_dtype_size(w->dtype);
+    char *dst = (char *)w->data + (size_t)(row0 * w->cols) * esz;
+    float *stage = NULL;
+    if (len == 0) return 0;
+    if (w->dtype == TG_F32) {
+        CUDA_TRY(be, cudaMemcpyAsync(dst, host, (size_t)len * 4, cudaMemcpyHostToDevice, im->stream));
+    } else {
+        cudaError_t e = cudaMalloc(&stage, (size_t)len * 4);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            stage = NULL;
+            tg_cuda_set_err(be, "out of memory allocating %zu bytes (weight staging buffer): %s", (size_t)len * 4,
+                            cudaGetErrorString(e));
+            return -1;
+        }
+        CUDA_TRY(be, cudaMemcpyAsync(stage, host, (size_t)len * 4, cudaMemcpyHostToDevice, im->stream));
+        CUDA_TRY(be, tg_launch_cast_f32(stage, dst, w->dtype, len, im->stream));
+    }
+    CUDA_TRY(be, cudaStreamSynchronize(im->stream)); /* the host slice must stay valid until the copy is done */
+    if (stage) {
+        float *s = stage;
+        stage = NULL; /* never freed twice, whatever cudaFree says */
+        CUDA_TRY(be, cudaFree(s));
+    }
+    return 0;
 fail:
     (void)cudaStreamSynchronize(im->stream);
     (void)cudaGetLastError();
     if (stage) (void)cudaFree(stage);
-    (void)cudaFree(data);
     (void)cudaGetLastError();
     return -1;
 }
@@ -208,6 +228,7 @@ static void cuda_destroy(tg_backend *be) {
         (void)cudaSetDevice(be->device);
         if (im->stream) (void)cudaStreamSynchronize(im->stream);
         tg_lt_plans_free(im);
+        tg_rope_tables_free(im);
         if (im->workspace) (void)cudaFree(im->workspace);
         if (im->cast_buf) (void)cudaFree(im->cast_buf);
         if (im->gemm_buf) (void)cudaFree(im->gemm_buf);
@@ -284,7 +305,8 @@ extern "C" tg_backend *tg_cuda_backend_create(int device, char *err, size_t errl
     be->to_host = cuda_to_host;
     be->copy = cuda_copy;
     be->sync = cuda_sync;
-    be->weight_upload = cuda_weight_upload;
+    be->weight_alloc = cuda_weight_alloc;
+    be->weight_write = cuda_weight_write;
     be->weight_release = cuda_weight_release;
     be->linear = cuda_linear;
     be->layernorm = cuda_layernorm;

@@ -2,8 +2,9 @@
  *
  * tg_cuda_impl is the backend's private state (be->impl): one stream on which
  * every op runs in order, the cuBLASLt and cuBLAS handles, the cuBLASLt
- * workspace, and growable scratch buffers (activations cast to bf16/fp16 for
- * the GEMMs, partial results of split-K decode attention).  Scratch buffers
+ * workspace, growable scratch buffers (activations cast to bf16/fp16 for
+ * the GEMMs, partial results of split-K decode attention) and rope's
+ * inv_freq tables.  Scratch buffers
  * grow only when a call needs more than they hold (geometrically), so the
  * decode loop allocates nothing once warm.
  *
@@ -96,6 +97,16 @@ typedef struct tg_lt_plan {
 
 #define TG_LT_PLAN_CACHE 64
 
+/* rope's inv_freq[head_dim / 2] for one (theta, head_dim), on the device,
+ * computed on the host like the CPU backend (elementwise.cu). */
+typedef struct tg_rope_table {
+    uint32_t theta_bits; /* theta's float32 bit pattern */
+    int head_dim;
+    float *inv_freq;     /* NULL: slot empty */
+} tg_rope_table;
+
+#define TG_ROPE_TABLES 8
+
 typedef struct tg_cuda_impl {
     cudaStream_t stream;
     cublasHandle_t cublas;
@@ -112,6 +123,9 @@ typedef struct tg_cuda_impl {
     size_t smem_optin;        /* max dynamic shared memory per block */
     tg_lt_plan plans[TG_LT_PLAN_CACHE];
     uint64_t plan_clock;
+    int lt_failures;          /* cublasLtMatmul calls that failed and were redone with cublasGemmEx */
+    tg_rope_table rope[TG_ROPE_TABLES];
+    int rope_next;            /* slot the next new table goes to (round robin) */
 } tg_cuda_impl;
 
 static inline tg_cuda_impl *tg_impl(tg_backend *be) { return (tg_cuda_impl *)be->impl; }
@@ -204,6 +218,8 @@ int cuda_argmax(tg_backend *be, const float *x, int64_t rows, int64_t cols, int3
 
 /* gemm.cu: free the cached cuBLASLt plans (called by destroy). */
 void tg_lt_plans_free(tg_cuda_impl *impl);
+/* elementwise.cu: free rope's inv_freq tables (called by destroy). */
+void tg_rope_tables_free(tg_cuda_impl *impl);
 }
 
 #include "launchers.cuh"

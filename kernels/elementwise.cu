@@ -7,9 +7,13 @@
  * All kernels are grid-stride loops over 64-bit indices (launch: 256 threads,
  * at most 32 blocks per SM), vectorized with float4 where the shape and the
  * pointer alignment allow, with a scalar path otherwise.  Math is exact
- * float32 (erff/expf/sincosf/powf, no fast-math intrinsics) to stay close to
- * the CPU backend.
+ * float32 (erff/expf/sincosf, no fast-math intrinsics) to stay close to the
+ * CPU backend; rope's inv_freq table is computed on the host (bit-identical).
  */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "common.cuh"
 
 #define EW_THREADS 256
@@ -222,17 +226,20 @@ cudaError_t tg_launch_gather_rows(const float *src, const int32_t *idx, float *d
 /* ---- rope ----------------------------------------------------------------- */
 
 /* One thread per (row, i < head_dim/2); it rotates pair (i, i + half) of every
- * head.  inv_freq = 1 / powf(theta, 2i / head_dim), angle = pos * inv_freq,
- * all float32, like the CPU backend and HF's LlamaRotaryEmbedding. */
+ * head.  inv_freq[i] = 1 / powf(theta, 2i / head_dim) comes from a table the
+ * backend computed on the host (rope_table below) with the same expression as
+ * the CPU backend, so it is bit-identical there; the device's powf may differ
+ * by a few ulp, and at position p an ulp of inv_freq moves the angle by
+ * ~p * 6e-8 rad.  angle = pos * inv_freq (one float32 product, as on the
+ * CPU), then sincosf: float32, like HF's LlamaRotaryEmbedding. */
 __global__ void rope_kernel(float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim,
-                            const int32_t *__restrict__ pos, float theta) {
+                            const int32_t *__restrict__ pos, const float *__restrict__ inv_freq) {
     const int half = head_dim / 2;
     const int64_t total = rows * half;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total; t += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = t / half;
         const int i = (int)(t - r * half);
-        const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-        const float ang = (float)pos[r] * inv_freq;
+        const float ang = __fmul_rn((float)pos[r], inv_freq[i]);
         float sn, cs;
         sincosf(ang, &sn, &cs);
         float *base = x + r * row_stride;
@@ -246,9 +253,11 @@ __global__ void rope_kernel(float *x, int64_t rows, int64_t row_stride, int n_he
 }
 
 cudaError_t tg_launch_rope(float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim, const int32_t *pos,
-                           float theta, cudaStream_t s) {
+                           const float *inv_freq, cudaStream_t s) {
     if (rows <= 0 || n_heads <= 0 || head_dim < 2) return cudaSuccess;
-    rope_kernel<<<ew_grid(rows * (head_dim / 2)), EW_THREADS, 0, s>>>(x, rows, row_stride, n_heads, head_dim, pos, theta);
+    if (!inv_freq) return cudaErrorInvalidValue;
+    rope_kernel<<<ew_grid(rows * (head_dim / 2)), EW_THREADS, 0, s>>>(x, rows, row_stride, n_heads, head_dim, pos,
+                                                                       inv_freq);
     return cudaGetLastError();
 }
 
@@ -427,6 +436,60 @@ int cuda_upscale_tiles(tg_backend *be, const float *pix, float *tiles, int B, in
     return 0;
 }
 
+/* The inv_freq table of (theta, head_dim), computed on the host exactly like
+ * cpu_rope and cached on the device (a model uses one or two pairs; the
+ * table is filled once, so decode steps upload nothing).  When all slots are
+ * taken the oldest is replaced after a stream synchronize (a queued kernel
+ * may still read it). */
+static const float *rope_table(tg_backend *be, float theta, int head_dim) {
+    tg_cuda_impl *im = tg_impl(be);
+    uint32_t tbits;
+    memcpy(&tbits, &theta, sizeof tbits);
+    for (int k = 0; k < TG_ROPE_TABLES; k++) {
+        const tg_rope_table *t = &im->rope[k];
+        if (t->inv_freq && t->head_dim == head_dim && t->theta_bits == tbits) return t->inv_freq;
+    }
+    const int half = head_dim / 2;
+    float *host = (float *)malloc((size_t)half * sizeof(float));
+    if (!host) {
+        tg_cuda_set_err(be, "rope: out of host memory for a %d-entry inv_freq table", half);
+        return NULL;
+    }
+    for (int i = 0; i < half; i++) host[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+    tg_rope_table *slot = &im->rope[im->rope_next];
+    float *dev = NULL;
+    cudaError_t e = cudaSuccess;
+    if (slot->inv_freq) {
+        e = cudaStreamSynchronize(im->stream);
+        if (e == cudaSuccess) e = cudaFree(slot->inv_freq);
+        slot->inv_freq = NULL;
+    }
+    if (e == cudaSuccess) e = cudaMalloc((void **)&dev, (size_t)half * sizeof(float));
+    if (e == cudaSuccess) e = cudaMemcpyAsync(dev, host, (size_t)half * sizeof(float), cudaMemcpyHostToDevice, im->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream); /* `host` is freed below */
+    free(host);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (dev) (void)cudaFree(dev);
+        (void)cudaGetLastError();
+        tg_cuda_set_err(be, "rope: inv_freq table (theta %g, head_dim %d): %s", (double)theta, head_dim,
+                        cudaGetErrorString(e));
+        return NULL;
+    }
+    slot->inv_freq = dev;
+    slot->theta_bits = tbits;
+    slot->head_dim = head_dim;
+    im->rope_next = (im->rope_next + 1) % TG_ROPE_TABLES;
+    return dev;
+}
+
+void tg_rope_tables_free(tg_cuda_impl *im) {
+    for (int k = 0; k < TG_ROPE_TABLES; k++) {
+        if (im->rope[k].inv_freq) (void)cudaFree(im->rope[k].inv_freq);
+        im->rope[k].inv_freq = NULL;
+    }
+}
+
 int cuda_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim,
               const int32_t *pos, float theta) {
     TG_CUDA_USE(be);
@@ -434,7 +497,10 @@ int cuda_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_
         tg_cuda_set_err(be, "rope: head_dim %d is odd", head_dim);
         return -1;
     }
-    LAUNCH_OR_FAIL(be, tg_launch_rope(x, rows, row_stride, n_heads, head_dim, pos, theta, tg_impl(be)->stream));
+    if (rows <= 0 || n_heads <= 0 || head_dim < 2) return 0;
+    const float *inv_freq = rope_table(be, theta, head_dim);
+    if (!inv_freq) return -1;
+    LAUNCH_OR_FAIL(be, tg_launch_rope(x, rows, row_stride, n_heads, head_dim, pos, inv_freq, tg_impl(be)->stream));
     return 0;
 }
 

@@ -19,7 +19,9 @@
  *    activation, our own kernel applies y = act(y) + residual afterwards:
  *    cuBLASLt's GELU epilogue is the tanh approximation, and we need erf.
  *    Plans (descriptors + heuristic algorithm) are cached per shape.
- *    If cuBLASLt offers no algorithm, cublasGemmEx + our epilogue kernel.
+ *    If cuBLASLt offers no algorithm, or cublasLtMatmul itself fails for a
+ *    plan, cublasGemmEx + our epilogue kernel (the plan is then marked so
+ *    later calls of that shape go to cublasGemmEx directly).
  *
  * Row-major to column-major (cuBLAS is column-major):
  *   a row-major (r x c) matrix with leading dim c IS a column-major (c x r)
@@ -310,13 +312,28 @@ int cuda_linear(tg_backend *be, const float *x, const tg_weight *w, const float 
         if (plan_get(be, M, N, K, w->dtype, bias != NULL, fuse_residual, bias, B, C, D, &plan)) return -1;
     }
     if (plan) {
+        cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
         if (bias)
-            CUBLAS_CHECK(be, cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-        CUBLAS_CHECK(be, cublasLtMatmul(im->lt, plan->op, &alpha, w->data, plan->a, B, plan->b, &beta, C, plan->c, D,
-                                        plan->d, &plan->algo, im->workspace, im->workspace_bytes, s));
-        if (act != TG_ACT_NONE)
-            CUDA_CHECK(be, tg_launch_bias_act_residual(y, D, NULL, residual, M, N, act, s));
-        return 0;
+            st = cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmul(im->lt, plan->op, &alpha, w->data, plan->a, B, plan->b, &beta, C, plan->c, D, plan->d,
+                                &plan->algo, im->workspace, im->workspace_bytes, s);
+        if (st == CUBLAS_STATUS_SUCCESS) {
+            if (act != TG_ACT_NONE)
+                CUDA_CHECK(be, tg_launch_bias_act_residual(y, D, NULL, residual, M, N, act, s));
+            return 0;
+        }
+        /* cuBLASLt refused the call itself (an algorithm the heuristic offered
+         * but this problem or these pointers cannot take): mark the plan so
+         * the next call with this key goes straight to cublasGemmEx, and do
+         * this one there.  The fallback recomputes D from A, B and C; only
+         * when C == D (residual == y) would a partial write by the failed call
+         * matter, and cuBLASLt's failures of this kind come from its argument
+         * and algorithm checks, before it launches.  A device fault is sticky
+         * and makes the cublasGemmEx below report it. */
+        plan->algo_found = 0;
+        im->lt_failures++;
+        (void)cudaGetLastError();
     }
 
     /* fallback: plain cublasGemmEx (same operand layout) into D, epilogue in our kernel */

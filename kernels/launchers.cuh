@@ -24,8 +24,9 @@ cudaError_t tg_launch_gather_rows(const float *src, const int32_t *idx, float *d
                                   cudaStream_t s);
 cudaError_t tg_launch_im2col(const float *pix, float *cols, int B, int C, int S, int P, cudaStream_t s);
 cudaError_t tg_launch_upscale_tiles(const float *pix, float *tiles, int B, int C, int S, cudaStream_t s);
+// inv_freq (head_dim / 2) on the device: 1 / powf(theta, 2i / head_dim), computed on the host
 cudaError_t tg_launch_rope(float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim, const int32_t *pos,
-                           float theta, cudaStream_t s);
+                           const float *inv_freq, cudaStream_t s);
 cudaError_t tg_launch_argmax(const float *x, int64_t rows, int64_t cols, int32_t *out, cudaStream_t s);
 
 /* norm.cu */
