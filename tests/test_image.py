@@ -3,18 +3,18 @@ checked against the golden `pixel_values` and against independent NumPy/PIL
 computations of each mode."""
 
 import io
-import os
 import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import golden_util
 from tgllava import image
 from tgllava.errors import ShapeError, TgError
 
-GOLDEN = pathlib.Path(os.environ.get("TGLLAVA_GOLDEN", "/work/shared/golden"))
-SETS = ["tg-vicuna-tiny", "tg-qwen2-tiny", "llava15-tiny"]
+GOLDEN = pathlib.Path(golden_util.GOLDEN)
+SETS = golden_util.SETS
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
@@ -33,8 +33,6 @@ def random_rgb(w, h, seed=0):
 @pytest.mark.parametrize("name", SETS)
 def test_golden_pixel_values(name):
     folder = GOLDEN / name
-    if not folder.exists():
-        pytest.skip("golden sets not available")
     expected = np.load(folder / "io.npz")["pixel_values"]
     got = image.preprocess(folder / "image.png")
     assert got.shape == (3, 336, 336) and got.dtype == np.float32
@@ -221,3 +219,50 @@ def test_mode_from_config():
     assert image.mode_from_config({"image_aspect_ratio": "resize"}) == "resize"
     with pytest.raises(ValueError, match="anyres"):
         image.mode_from_config({"image_aspect_ratio": "anyres"})
+
+
+# ---- preprocessing intermediates are bounded before they are allocated (issue 13)
+
+def _peak_bytes(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop"])
+@pytest.mark.parametrize("w,h", [(1, 60000), (60000, 1)])
+def test_tiny_file_with_absurd_aspect_ratio_is_refused(tmp_path, mode, w, h):
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (w, h), (10, 20, 30)).save(path)
+    assert path.stat().st_size < 2000
+
+    def run():
+        with pytest.raises(image.ImageError, match=f"{w}x{h}"):
+            image.preprocess(path, mode=mode)
+    assert _peak_bytes(run) < 64 << 20
+    # "resize" squashes without an intermediate: fine
+    assert image.preprocess(path, mode="resize").shape == (3, 336, 336)
+
+
+def test_intermediate_pixel_bound_names_the_size(monkeypatch):
+    monkeypatch.setattr(image, "MAX_PIXELS", 40 * 40)
+    im = Image.new("RGB", (50, 20))  # 1000 pixels: the picture itself is within the limit
+    with pytest.raises(image.ImageError, match=r"padded square of 50x50"):
+        image.preprocess(im, mode="pad")
+    with pytest.raises(image.ImageError, match=r"shortest-edge resize of 840x336"):
+        image.preprocess(im, mode="crop", size=336)
+    with pytest.raises(image.ImageError, match="50x50"):
+        image.expand_to_square(im, (0, 0, 0))
+    monkeypatch.setattr(image, "MAX_PIXELS", 10 ** 6)
+    assert image.preprocess(im, mode="crop", size=8).shape == (3, 8, 8)
+
+
+def test_moderate_aspect_ratios_still_work():
+    for w, h in ((100, 1), (1, 100), (1200, 40)):
+        for mode in ("pad", "crop"):
+            assert image.preprocess(Image.new("RGB", (w, h)), mode=mode).shape == (3, 336, 336)

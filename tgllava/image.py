@@ -35,6 +35,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # over twice its `Image.MAX_IMAGE_PIXELS`; raise both to go beyond that.
 MAX_PIXELS = 178_956_970
 
+# The preprocessing intermediates -- the padded square of "pad" mode, the
+# shortest-edge resize of "crop" mode -- are bounded by the same pixel count,
+# and pictures more elongated than MAX_ASPECT_RATIO are refused for those two
+# modes: a 1 x 60000 PNG of a few hundred bytes would otherwise ask for a
+# 60000 x 60000 canvas or a 336 x 20,160,000 resize (gigabytes).
+MAX_ASPECT_RATIO = 100
+
 MODES = ("pad", "crop", "resize")
 
 
@@ -50,6 +57,24 @@ def _check_size(width, height, what):
             f"{what}: image of {width}x{height} = {width * height} pixels exceeds the limit "
             f"of {MAX_PIXELS} pixels (tgllava.image.MAX_PIXELS)"
         )
+
+
+def _check_intermediate(width, height, size, mode):
+    """Refuse (ImageError, before allocating) a picture whose preprocessing intermediate is too large."""
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side > MAX_ASPECT_RATIO * short_side:
+        raise ImageError(
+            f"image of {width}x{height} pixels has an aspect ratio of {long_side / short_side:.0f}:1, "
+            f"beyond the limit of {MAX_ASPECT_RATIO}:1 for mode {mode!r} (tgllava.image.MAX_ASPECT_RATIO)")
+    if mode == "pad":
+        what, w, h = "padded square", long_side, long_side
+    else:
+        w, h = _shortest_edge_size(width, height, size)
+        what = "shortest-edge resize"
+    if w * h > MAX_PIXELS:
+        raise ImageError(
+            f"image of {width}x{height} pixels needs a {what} of {w}x{h} = {w * h} pixels for mode {mode!r}, "
+            f"beyond the limit of {MAX_PIXELS} pixels (tgllava.image.MAX_PIXELS)")
 
 
 def _open_encoded(fp, what):
@@ -128,20 +153,23 @@ def expand_to_square(image, background):
     width, height = image.size
     if width == height:
         return image
+    _check_intermediate(width, height, None, "pad")  # before the canvas is allocated
     side = max(width, height)
     canvas = Image.new(image.mode, (side, side), background)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
 
 
+def _shortest_edge_size(width, height, size):
+    """CLIPImageProcessor's target: shortest edge to `size`, the other int(size * long / short)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
 def _resize_shortest_edge(image, size):
     """CLIPImageProcessor resize: shortest edge to `size`, the other int(size * long / short)."""
-    width, height = image.size
-    if width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_w, new_h = int(size * width / height), size
-    return image.resize((new_w, new_h), Image.BICUBIC)
+    return image.resize(_shortest_edge_size(*image.size, size), Image.BICUBIC)
 
 
 def _center_crop(image, size):
@@ -165,7 +193,9 @@ def preprocess(image, mode="pad", size=336, mean=CLIP_MEAN, std=CLIP_STD):
     `image` is anything `load_image` accepts.  `mode` is "pad" (LLaVA-1.5
     default: pad to a square of the mean colour, then resize), "crop"
     (CLIPImageProcessor default: shortest edge to `size`, centre crop) or
-    "resize" (plain bicubic resize to size x size).
+    "resize" (plain bicubic resize to size x size).  Raises ImageError,
+    before allocating, when the padded square or the resize target would be
+    too large (MAX_PIXELS) or the picture is too elongated (MAX_ASPECT_RATIO).
     """
     if mode not in MODES:
         raise ValueError(f"unknown preprocessing mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -175,6 +205,8 @@ def preprocess(image, mode="pad", size=336, mean=CLIP_MEAN, std=CLIP_STD):
     if len(mean) != 3 or len(std) != 3:
         raise ValueError("mean and std must have 3 values (one per RGB channel)")
     image = load_image(image)
+    if mode != "resize":
+        _check_intermediate(image.width, image.height, size, mode)
 
     if mode == "pad":
         background = tuple(int(255 * m) for m in mean)
