@@ -76,6 +76,22 @@ def _load_model(args):
     return tgllava.load(args.model, **kwargs)
 
 
+def _check_run_arguments(args):
+    """Refuse bad --batch-size/--limit/--max-new-tokens/--shard and unknown --data before loading a model."""
+    from .data import resolve_dataset_path
+    from .shard import detect_shard
+
+    if args.batch_size is None or args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for d in args.data:
+        resolve_dataset_path(d)  # DatasetError when the name or file does not exist
+    detect_shard(args.shard)  # ShardError for a bad --shard or launcher environment
+
+
 def run_cli(args):
     """Carry out a parsed `tgllava eval` command; returns the exit status."""
     from .runner import merge, run
@@ -98,6 +114,7 @@ def run_cli(args):
         else:
             if not args.model:
                 raise ValueError("give --model DIR (or --predictions FILE to score a file)")
+            _check_run_arguments(args)  # before the (slow) model load
             model = _load_model(args)
             name = args.model_name or os.path.basename(os.path.normpath(args.model))
             results = []

@@ -16,7 +16,9 @@
    checkpoint or, for shards, in all of them), write
    ``<model>_<dataset>.<fmt>`` - the dataset's columns but `image`, in the
    dataset's order, plus `prediction` - and score it (scoring.py).  One
-   shard process does this under a lock file; `merge` does it on demand.
+   shard process does this under a lock file (holding its pid and host; a
+   lock whose process is dead, or that is older than STALE_LOCK_SECONDS, is
+   taken over); `merge` does it on demand.
 
 Because the final files are built from the union of the checkpoints and
 nothing else, a single process, any number of shards plus a merge, any
@@ -29,6 +31,8 @@ different settings is refused.
 import json
 import os
 import re
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .data import MCQ, YORN, _LONG_ANSWER_SCORERS, load_dataset
@@ -97,9 +101,9 @@ class Checkpoint:
         self._f = None
 
     def open(self):
+        if os.path.exists(self.path):
+            _repair_tail(self.path)  # may cut a header torn by a kill down to nothing
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        if not new:
-            _repair_tail(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
         if new:
             self._write([self.header])
@@ -337,18 +341,82 @@ def _merge_if_complete(dataset, positions, work_dir, model_name, fmt, settings, 
     if any(dataset.rows[p]["index"] not in preds for p in positions):
         return None
     lock = os.path.join(work_dir, model_name, f"{model_name}_{dataset.name}.merge.lock")
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    if not _take_lock(lock):
         return None  # another shard is merging
     try:
-        os.close(fd)
         final = predictions_path(work_dir, model_name, dataset.name, fmt)
         if os.path.exists(final) and all(os.path.getmtime(final) >= os.path.getmtime(p) for p in paths):
             return None  # a sibling already merged these very checkpoints
         return _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model)
     finally:
         os.unlink(lock)
+
+
+# A merge lock older than this is taken over even when its owner cannot be checked (another host).
+STALE_LOCK_SECONDS = 3600
+
+
+def _lock_owner():
+    return f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n"
+
+
+def _lock_is_stale(lock, content):
+    """True when the lock's owner is gone: a dead pid on this host, or an old lock."""
+    try:
+        age = time.time() - os.path.getmtime(lock)
+    except OSError:
+        return False
+    parts = content.split()
+    if len(parts) >= 2 and parts[0].isdigit() and parts[1] == socket.gethostname():
+        pid = int(parts[0])
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True  # the shard that took it was killed
+        except PermissionError:
+            pass  # alive, someone else's
+        return age > STALE_LOCK_SECONDS
+    return age > STALE_LOCK_SECONDS  # empty (older tgllava), torn, or from another host
+
+
+def _read_lock(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _take_lock(lock):
+    """Create the merge lock (holding "pid host time"); take over a stale one. False if held."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            content = _read_lock(lock)
+            if content is None or not _lock_is_stale(lock, content):
+                return False
+            # move the stale lock aside, then make sure it was the one judged stale (not a new owner's)
+            aside = f"{lock}.stale.{os.getpid()}"
+            try:
+                os.replace(lock, aside)
+            except OSError:
+                return False
+            if _read_lock(aside) != content:
+                try:
+                    os.link(aside, lock)  # put the new owner's lock back (fails if yet another exists)
+                except OSError:
+                    pass
+                os.unlink(aside)
+                return False
+            os.unlink(aside)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(_lock_owner())
+        return True
+    return False
 
 
 def merge(work_dir, model_name, data, judge=None, limit=None, pred_format=None, judge_model=None):

@@ -5,7 +5,9 @@ torchrun (RANK, WORLD_SIZE, LOCAL_RANK), Open MPI (OMPI_COMM_WORLD_RANK,
 _SIZE, _LOCAL_RANK), MPICH/Intel MPI (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID)
 and SLURM (SLURM_PROCID, SLURM_STEP_NUM_TASKS - the tasks of this srun
 step - or SLURM_NTASKS, SLURM_LOCALID), in that order; an explicit shard
-(``(i, n)`` or ``"i/n"``, i counted from 0) wins over all of them.
+(``(i, n)`` or ``"i/n"``, i counted from 0) wins over all of them.  A rank
+variable without its world size (RANK but no WORLD_SIZE) is refused with a
+ShardError rather than silently run as one process.
 
 `partition` splits rows into n parts deterministically: rows that show the
 same picture form a group (MMBench rotations, MME pairs), groups are taken
@@ -86,7 +88,11 @@ def detect_shard(shard=None, environ=None):
             if world is not None:
                 break
         if world is None:
-            continue
+            # a rank without a world size: running everything as one process would silently
+            # duplicate the work of every other rank, so refuse
+            raise ShardError(
+                f"{source}: {rank_var}={rank} is set but {' / '.join(world_vars)} is not; set it, "
+                f"unset {rank_var}, or pass an explicit shard (--shard i/n)")
         if world < 1 or not 0 <= rank < world:
             raise ShardError(f"{source}: rank {rank} of world size {world} is out of range")
         local = _int_env(environ, local_var)
