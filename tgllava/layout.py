@@ -1,38 +1,70 @@
-"""Checkpoint folder layouts: llava-hf name/config mapping and tower resolution.
+"""Checkpoint folder layouts and configs: what a folder is, how its tensors are named, what its config means.
 
 The engine's native layout is the official LLaVA/TG-LLaVA one (SPEC section
 4): an LLM folder whose tensors are `model.*`, `lm_head.weight`,
 `model.mm_projector.{0,2}.*`, plus separate CLIP tower folders named by
-`mm_vision_tower` / `mm_text_tower`.  The llava-hf conversions
-(`LlavaForConditionalGeneration`) pack the same LLaVA-1.5 weights under
-other names, with the vision tower inside the same folder; this module maps
-their tensor names and config onto the official ones, so the rest of the
-loader sees a single layout.  It also finds tower folders: a local path, a
-snapshot in the Hugging Face cache, or (only when `huggingface_hub` is
-installed and HF_HUB_OFFLINE is not set) a download.  Everything here works
-on names, dicts and directory listings; no tensor is read.
+`mm_vision_tower` / `mm_text_tower`, whose tensors are `vision_model.*` /
+`text_model.*`.  Checkpoints as users have them come in more shapes, and
+this module maps each onto that one layout, so the rest of the loader sees
+a single naming:
+
+- llava-hf conversions (`LlavaForConditionalGeneration`) in every naming a
+  released transformers version writes (table `LLAVA_HF_NAMINGS`), with the
+  vision tower inside the same folder and the LLM config under
+  `text_config`.  The original LLaVA layout (liuhaotian/llava-v1.5-7b) also
+  says `"model_type": "llava"`; the two are told apart by their keys
+  (`mm_*` vs `text_config` / `vision_config`), never by model_type alone.
+- CLIP towers in the CLIPModel, CLIPVisionModel and CLIPTextModel layouts,
+  with the `vision_model.` / `text_model.` prefix or without it
+  (transformers 5), and CLIP configs read as transformers reads them: the
+  legacy `text_config_dict` / `vision_config_dict` of
+  openai/clip-vit-large-patch14-336 override `text_config` / `vision_config`
+  after being completed with the config class defaults, and keys a compact
+  re-saved config leaves out take those defaults.
+- Config values are checked where they are read: every size is an integer
+  in range, every epsilon and rotary base a finite positive number, every
+  activation one the engine implements, the rotary settings read from both
+  `rope_theta` and transformers 5's `rope_parameters` (disagreeing values and
+  any rotary scaling are refused).  A bad value is a CheckpointError naming
+  the config file and the key.
+
+It also finds tower folders (a local path, a snapshot in the Hugging Face
+cache, or, when `huggingface_hub` is installed and HF_HUB_OFFLINE is not
+set, a download), lists tensor names, dtypes and shapes from file headers,
+and checks everything that can be checked without tensor bytes (tokenizer
+files, tower folders, tensor names and shapes against what the C core
+needs) before a load reads any weight.
 """
 
+import math
 import os
 import re
 
 from .errors import CheckpointError
 
-# Defaults of the transformers config classes (4.37) for keys a llava-hf
-# config may leave out.
+# ---- transformers' config class defaults ---------------------------------------
+# For keys a config leaves out (transformers >= 4.31 values; CLIPTextConfig's
+# bos/eos changed from 0/2 to 49406/49407 in 4.31).
 _LLAMA_DEFAULTS = {
     "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
     "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
     "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0, "rope_scaling": None, "tie_word_embeddings": False,
+    "tie_word_embeddings": False,
 }
 _QWEN2_DEFAULTS = dict(_LLAMA_DEFAULTS, vocab_size=151936, intermediate_size=22016,
                        max_position_embeddings=32768)
-_CLIP_VISION_DEFAULTS = {
+CLIP_VISION_DEFAULTS = {
     "hidden_size": 768, "intermediate_size": 3072, "projection_dim": 512,
     "num_hidden_layers": 12, "num_attention_heads": 12, "num_channels": 3,
     "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
 }
+CLIP_TEXT_DEFAULTS = {
+    "vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "projection_dim": 512,
+    "num_hidden_layers": 12, "num_attention_heads": 8, "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+    "pad_token_id": 1, "bos_token_id": 49406, "eos_token_id": 49407,
+}
+_CLIP_VISION_DEFAULTS = CLIP_VISION_DEFAULTS  # old name
 # LlavaConfig's vision tower when the config has no vision_config at all (CLIP-L/14-336).
 _LLAVA_DEFAULT_VISION = {
     "model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
@@ -40,27 +72,446 @@ _LLAVA_DEFAULT_VISION = {
     "projection_dim": 768,
 }
 
-_LLM_RULES = (
-    ("language_model.model.", "model."),
-    ("model.language_model.", "model."),
-    ("language_model.lm_head.", "lm_head."),
-    ("lm_head.", "lm_head."),
-    ("multi_modal_projector.linear_1.", "model.mm_projector.0."),
-    ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
-    ("multi_modal_projector.linear_2.", "model.mm_projector.2."),
-    ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
-)
-_CLIP_RULES = (
-    ("vision_tower.vision_model.", "vision_model."),
-    ("model.vision_tower.vision_model.", "vision_model."),
-)
+# activations the C core implements: tg_config act codes
+CLIP_ACTS = {"gelu": 1, "quick_gelu": 2}
+LLM_ACTS = ("silu", "swish")
+INT_MAX = (1 << 31) - 1  # tg_config fields are C ints
+
+_REQUIRED = object()
 
 
-def is_llava_hf(config):
-    """True for a llava-hf (`LlavaForConditionalGeneration`) config dict."""
+# ---- config values ---------------------------------------------------------------
+
+def config_int(cfg, key, path, default=_REQUIRED, minimum=1, prefix=""):
+    """cfg[key] as an int in [minimum, 2**31 - 1]; a missing or null key gives `default`.
+
+    A bool, a list, a string, a non-integral or non-finite number raises
+    CheckpointError naming `path` and `prefix + key`; so does a missing key
+    without a default.
+    """
+    value = cfg.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{path}: {prefix}{key} is missing (needed to build the model)")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{path}: {prefix}{key} must be an integer, got {value!r}")
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise CheckpointError(f"{path}: {prefix}{key} must be an integer, got {value!r}")
+        value = int(value)
+    if not minimum <= value <= INT_MAX:
+        raise CheckpointError(f"{path}: {prefix}{key} {value} is out of range ({minimum} to {INT_MAX})")
+    return value
+
+
+def config_float(cfg, key, path, default, prefix="", below=None):
+    """cfg[key] as a finite float > 0 (and < `below` when given); missing or null gives `default`."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{path}: {prefix}{key} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0 or (below is not None and value >= below):
+        limit = f" and below {below:g}" if below is not None else ""
+        raise CheckpointError(f"{path}: {prefix}{key} {value!r} is invalid (must be a finite number above 0{limit})")
+    return value
+
+
+def config_act(cfg, key, path, allowed, default, prefix=""):
+    """cfg[key] as an activation name out of `allowed`; anything else is a CheckpointError."""
+    value = cfg.get(key)
+    if value is None:
+        value = default
+    if not isinstance(value, str) or value not in allowed:
+        raise CheckpointError(f"{path}: {prefix}{key} {value!r} is not supported (tgllava implements "
+                              f"{', '.join(sorted(allowed))})")
+    return value
+
+
+def _rope_kind(entry, path, key):
+    """Refuse a rope_parameters / rope_scaling dict that asks for anything but the plain rotary embedding."""
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: {key} {entry!r} is not supported (expected a dict or null)")
+    kind = entry.get("rope_type", entry.get("type"))
+    which = "rope_type" if "rope_type" in entry else "type"
+    if kind not in (None, "default"):
+        raise CheckpointError(
+            f"{path}: {key}.{which} {kind!r} is not supported: tgllava implements the plain rotary embedding "
+            "only (no linear, dynamic, yarn, longrope or llama3 scaling); running without it would be another model")
+    factor = entry.get("factor")
+    if factor not in (None, 1, 1.0):
+        raise CheckpointError(f"{path}: {key}.factor {factor!r} asks for rotary scaling, which is not supported")
+    partial = entry.get("partial_rotary_factor")
+    if partial not in (None, 1, 1.0):
+        raise CheckpointError(f"{path}: {key}.partial_rotary_factor {partial!r} is not supported (full rotary only)")
+
+
+def rope_theta(cfg, path, prefix="", default=10000.0):
+    """The rotary base of an LLM config dict.
+
+    Read from `rope_theta` (transformers 4) and from
+    `rope_parameters.rope_theta` (transformers 5, which writes no top-level
+    rope_theta); also from a `rope_theta` inside `rope_scaling`.  Values
+    that disagree, a non-finite or non-positive value, per-layer-type
+    rope_parameters, and any rope_type / rope_scaling other than "default"
+    raise CheckpointError naming the key.  Without any, `default` (the
+    LlamaConfig / Qwen2Config default 10000).
+    """
+    found = []
+    if cfg.get("rope_theta") is not None:
+        found.append((f"{prefix}rope_theta", cfg.get("rope_theta")))
+    for key in ("rope_parameters", "rope_scaling"):
+        entry = cfg.get(key)
+        if entry is None or entry == {}:
+            continue
+        if isinstance(entry, dict) and entry and all(isinstance(v, dict) for v in entry.values()):
+            raise CheckpointError(f"{path}: {prefix}{key} per layer type ({', '.join(map(str, entry))}) is not "
+                                  "supported (one rotary setting for every layer only)")
+        _rope_kind(entry, path, prefix + key)
+        if entry.get("rope_theta") is not None:
+            found.append((f"{prefix}{key}.rope_theta", entry["rope_theta"]))
+    partial = cfg.get("partial_rotary_factor")
+    if partial not in (None, 1, 1.0):
+        raise CheckpointError(f"{path}: {prefix}partial_rotary_factor {partial!r} is not supported (full rotary only)")
+    values = [(key, _theta_value(value, path, key)) for key, value in found]
+    if not values:
+        return float(default)
+    first_key, first = values[0]
+    for key, value in values[1:]:
+        if not math.isclose(value, first, rel_tol=1e-9):
+            raise CheckpointError(f"{path}: {first_key} {first!r} and {key} {value!r} disagree; "
+                                  "which rotary base the model was trained with is unclear")
+    return first
+
+
+def _theta_value(value, path, key):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{path}: {key} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{path}: {key} {value!r} is invalid (the rotary base must be a finite number above 0)")
+    return value
+
+
+def llm_sizes(cfg, path, prefix=""):
+    """The LLM part of tg_config from an LLM config dict (official keys), every value checked.
+
+    Returns hidden, heads, kv_heads, head_dim, layers, ffn, vocab, max_len,
+    rms_eps, rope_theta and tie (bool).  hidden_size, num_attention_heads,
+    num_hidden_layers, intermediate_size and vocab_size are required.
+    """
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: {prefix or 'the config'} is not a JSON object")
+    hidden = config_int(cfg, "hidden_size", path, prefix=prefix)
+    heads = config_int(cfg, "num_attention_heads", path, prefix=prefix)
+    kv_heads = config_int(cfg, "num_key_value_heads", path, default=heads, prefix=prefix)
+    if heads % kv_heads:
+        raise CheckpointError(f"{path}: {prefix}num_attention_heads {heads} is not a multiple of "
+                              f"{prefix}num_key_value_heads {kv_heads}")
+    head_dim = config_int(cfg, "head_dim", path, default=None, prefix=prefix)
+    if head_dim is None:
+        if hidden % heads:
+            raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
+                                  f"{prefix}num_attention_heads {heads} (and no head_dim is given)")
+        head_dim = hidden // heads
+    if head_dim % 2:
+        raise CheckpointError(f"{path}: head size {head_dim} ({prefix}head_dim or hidden_size / heads) must be even "
+                              "for the rotary embedding")
+    config_act(cfg, "hidden_act", path, LLM_ACTS, "silu", prefix=prefix)
+    tie = cfg.get("tie_word_embeddings", False)
+    if tie not in (True, False, 0, 1, None):
+        raise CheckpointError(f"{path}: {prefix}tie_word_embeddings must be true or false, got {tie!r}")
+    max_len = config_int(cfg, "tokenizer_model_max_length", path, default=None, prefix=prefix)
+    if max_len is None:
+        max_len = config_int(cfg, "max_position_embeddings", path, default=2048, prefix=prefix)
+    return {
+        "hidden": hidden, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+        "layers": config_int(cfg, "num_hidden_layers", path, prefix=prefix),
+        "ffn": config_int(cfg, "intermediate_size", path, prefix=prefix),
+        "vocab": config_int(cfg, "vocab_size", path, prefix=prefix),
+        "max_len": max_len,
+        "rms_eps": config_float(cfg, "rms_norm_eps", path, 1e-6, prefix=prefix, below=1.0),
+        "rope_theta": rope_theta(cfg, path, prefix),
+        "tie": bool(tie),
+    }
+
+
+# ---- CLIP configs ----------------------------------------------------------------
+
+def _complete(raw, defaults):
+    """(raw completed with defaults, sorted keys taken from defaults)."""
+    out = dict(raw)
+    filled = [k for k, v in defaults.items() if out.get(k) is None]
+    for k in filled:
+        out[k] = defaults[k]
+    return out, sorted(filled)
+
+
+def clip_configs(config, path="config.json"):
+    """Read a CLIP tower config as transformers does.
+
+    Returns {"vision_config": dict or None, "text_config": dict or None,
+    "defaulted": {"vision_config": [keys], "text_config": [keys]},
+    "legacy": [notes]}: each tower config complete (transformers' class
+    defaults fill what the file leaves out, and `defaulted` lists those
+    keys).  A CLIPModel config (model_type "clip", or text_config /
+    vision_config keys) gives both towers; a CLIPVisionConfig
+    (model_type "clip_vision_model") or CLIPTextConfig ("clip_text_model")
+    at top level gives one.  The legacy `vision_config_dict` /
+    `text_config_dict` keys are completed with the class defaults and then
+    override `vision_config` / `text_config`, as CLIPConfig.__init__ does.
+    """
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a CLIP config must be a JSON object")
+    model_type = config.get("model_type")
+    archs = [str(a) for a in (config.get("architectures") or []) if isinstance(a, str)]
+    composite = (model_type == "clip" or any(k in config for k in
+                 ("vision_config", "text_config", "vision_config_dict", "text_config_dict")))
+    out = {"vision_config": None, "text_config": None, "defaulted": {}, "legacy": []}
+    if composite:
+        parts = {"vision_config": CLIP_VISION_DEFAULTS, "text_config": CLIP_TEXT_DEFAULTS}
+        single_vision = model_type == "clip_vision_model" and "text_config" not in config
+        single_text = model_type == "clip_text_model" and "vision_config" not in config
+        for key, defaults in parts.items():
+            if (single_vision and key == "text_config") or (single_text and key == "vision_config"):
+                continue
+            raw = config.get(key)
+            if raw is not None and not isinstance(raw, dict):
+                raise CheckpointError(f"{path}: {key} must be a JSON object, got {raw!r}")
+            raw = dict(raw or {})
+            legacy = config.get(key + "_dict")
+            if legacy is not None:
+                if not isinstance(legacy, dict):
+                    raise CheckpointError(f"{path}: {key}_dict must be a JSON object, got {legacy!r}")
+                expanded, _ = _complete(legacy, defaults)
+                changed = sorted(k for k in expanded if k in raw and raw[k] != expanded[k])
+                raw.update(expanded)
+                note = f"{key}_dict overrides {key}"
+                out["legacy"].append(note + (f" ({', '.join(changed)})" if changed else ""))
+                filled = []
+            else:
+                raw, filled = _complete(raw, defaults)
+            out[key] = raw
+            out["defaulted"][key] = filled
+    elif model_type == "clip_vision_model" or any(a.startswith("CLIPVision") for a in archs):
+        out["vision_config"], out["defaulted"]["vision_config"] = _complete(config, CLIP_VISION_DEFAULTS)
+    elif model_type == "clip_text_model" or any(a.startswith("CLIPText") for a in archs):
+        out["text_config"], out["defaulted"]["text_config"] = _complete(config, CLIP_TEXT_DEFAULTS)
+    else:
+        raise CheckpointError(f"{path}: not a CLIP config (model_type {model_type!r}; expected clip, "
+                              "clip_vision_model or clip_text_model)")
+    return out
+
+
+def vision_sizes(vc, path, select_layer=-2, prefix="vision_config."):
+    """The vision-tower part of tg_config from a complete CLIP vision config, every value checked."""
+    hidden = config_int(vc, "hidden_size", path, prefix=prefix)
+    heads = config_int(vc, "num_attention_heads", path, prefix=prefix)
+    if hidden % heads:
+        raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
+                              f"{prefix}num_attention_heads {heads}")
+    image = config_int(vc, "image_size", path, prefix=prefix)
+    patch = config_int(vc, "patch_size", path, prefix=prefix)
+    if image % patch:
+        raise CheckpointError(f"{path}: {prefix}image_size {image} is not a multiple of {prefix}patch_size {patch}")
+    if config_int(vc, "num_channels", path, default=3, prefix=prefix) != 3:
+        raise CheckpointError(f"{path}: {prefix}num_channels {vc.get('num_channels')!r} is not supported (RGB only)")
+    layers = config_int(vc, "num_hidden_layers", path, prefix=prefix)
+    if isinstance(select_layer, bool) or not isinstance(select_layer, int):
+        raise CheckpointError(f"mm_vision_select_layer {select_layer!r}: only a single layer index is supported")
+    select = select_layer + layers + 1 if select_layer < 0 else select_layer
+    if not 0 <= select <= layers:
+        raise CheckpointError(f"mm_vision_select_layer {select_layer} is out of range for a vision tower of "
+                              f"{layers} layers ({path}: {prefix}num_hidden_layers)")
+    return {
+        "v_hidden": hidden, "v_heads": heads, "v_layers": layers,
+        "v_ffn": config_int(vc, "intermediate_size", path, prefix=prefix),
+        "v_image": image, "v_patch": patch,
+        "v_act": CLIP_ACTS[config_act(vc, "hidden_act", path, CLIP_ACTS, "quick_gelu", prefix=prefix)],
+        "v_select": select,
+        "v_eps": config_float(vc, "layer_norm_eps", path, 1e-5, prefix=prefix, below=1.0),
+    }
+
+
+def text_sizes(tc, path, prefix="text_config."):
+    """The text-tower part of tg_config from a complete CLIP text config, every value checked.
+
+    The engine pools the text tower at argmax(ids) (the legacy rule
+    transformers applies when eos_token_id is 2); transformers pools at the
+    first eos_token_id otherwise, which is the same position only when the
+    EOS is the largest id (vocab_size - 1, as in CLIP's own vocabulary).
+    Any other eos_token_id is refused.
+    """
+    hidden = config_int(tc, "hidden_size", path, prefix=prefix)
+    heads = config_int(tc, "num_attention_heads", path, prefix=prefix)
+    if hidden % heads:
+        raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
+                              f"{prefix}num_attention_heads {heads}")
+    vocab = config_int(tc, "vocab_size", path, prefix=prefix)
+    eos = tc.get("eos_token_id")
+    if isinstance(eos, list) and len(eos) == 1:
+        eos = eos[0]
+    if isinstance(eos, bool) or not isinstance(eos, int):
+        raise CheckpointError(f"{path}: {prefix}eos_token_id must be an integer, got {eos!r}")
+    if eos not in (2, vocab - 1):
+        raise CheckpointError(
+            f"{path}: {prefix}eos_token_id {eos}: transformers pools the text tower at the first token {eos}, "
+            f"tgllava at argmax(ids), the same only for eos_token_id 2 (legacy) or {vocab - 1} (the largest id)")
+    return {
+        "t_hidden": hidden, "t_heads": heads,
+        "t_layers": config_int(tc, "num_hidden_layers", path, prefix=prefix),
+        "t_ffn": config_int(tc, "intermediate_size", path, prefix=prefix),
+        "t_vocab": vocab,
+        "t_positions": config_int(tc, "max_position_embeddings", path, prefix=prefix),
+        "t_act": CLIP_ACTS[config_act(tc, "hidden_act", path, CLIP_ACTS, "quick_gelu", prefix=prefix)],
+        "t_eps": config_float(tc, "layer_norm_eps", path, 1e-5, prefix=prefix, below=1.0),
+    }
+
+
+# ---- CLIP tensor layouts -----------------------------------------------------------
+
+_BARE_VISION = ("embeddings.patch_embedding.weight", "pre_layrnorm.weight")
+_BARE_TEXT = ("embeddings.token_embedding.weight", "final_layer_norm.weight")
+_BARE_SHARED = ("embeddings.", "encoder.")
+
+
+def clip_tower_names(names, where="CLIP folder"):
+    """Which CLIP layout a tower folder's tensor names are in, and how to rename them.
+
+    Returns (layout, mapping) with mapping {official name: stored name}
+    for the tower tensors (official = `vision_model.*` / `text_model.*`;
+    other tensors such as projections and logit_scale are left out).
+    Layouts: "CLIPModel" (vision_model.* and text_model.*),
+    "CLIPVisionModel" (vision_model.*), "CLIPTextModel" (text_model.*),
+    and the same two single-tower models with unprefixed names, as
+    transformers 5 saves them ("CLIPVisionModel, unprefixed": embeddings.*,
+    encoder.layers.*, pre_layrnorm.*, post_layernorm.*; "CLIPTextModel,
+    unprefixed": embeddings.*, encoder.layers.*, final_layer_norm.*).
+    """
+    names = list(names)
+    present = set(names)
+    has_vision = any(n.startswith("vision_model.") for n in names)
+    has_text = any(n.startswith("text_model.") for n in names)
+    bare_vision = any(n in present for n in _BARE_VISION)
+    bare_text = any(n in present for n in _BARE_TEXT)
+    if bare_vision and bare_text:
+        raise CheckpointError(f"{where}: unprefixed tensors of both a vision and a text tower "
+                              "(embeddings.patch_embedding and embeddings.token_embedding); cannot tell them apart")
+    if (bare_vision and has_vision) or (bare_text and has_text):
+        raise CheckpointError(f"{where}: a tower is stored twice (with and without the vision_model./text_model. prefix)")
+    mapping = {}
+    for n in names:
+        if n.startswith(("vision_model.", "text_model.")):
+            mapping[n] = n
+        elif (bare_vision or bare_text) and (n.startswith(_BARE_SHARED) or n in (
+                "pre_layrnorm.weight", "pre_layrnorm.bias", "post_layernorm.weight", "post_layernorm.bias",
+                "final_layer_norm.weight", "final_layer_norm.bias")):
+            mapping[("vision_model." if bare_vision else "text_model.") + n] = n
+    if has_vision and has_text:
+        label = "CLIPModel"
+    elif has_vision:
+        label = "CLIPVisionModel" + (" + unprefixed CLIPTextModel" if bare_text else "")
+    elif has_text:
+        label = "CLIPTextModel" + (" + unprefixed CLIPVisionModel" if bare_vision else "")
+    elif bare_vision:
+        label = "CLIPVisionModel, unprefixed"
+    elif bare_text:
+        label = "CLIPTextModel, unprefixed"
+    else:
+        label = "no CLIP tower"
+    return label, mapping
+
+
+CLIP_LAYOUT_NOTES = {
+    "CLIPModel": "vision_model.* + text_model.*",
+    "CLIPVisionModel": "vision_model.*",
+    "CLIPTextModel": "text_model.*",
+    "CLIPVisionModel, unprefixed": "embeddings.*, encoder.layers.*, pre_layrnorm.* (transformers 5)",
+    "CLIPTextModel, unprefixed": "embeddings.*, encoder.layers.*, final_layer_norm.* (transformers 5)",
+}
+
+
+# ---- LLaVA layouts: official vs llava-hf -----------------------------------------------
+
+_OFFICIAL_KEYS = ("mm_vision_tower", "mm_projector_type", "mm_hidden_size", "mm_text_tower")
+_HF_KEYS = ("text_config", "vision_config")
+_HF_NAME_PREFIXES = ("language_model.", "model.language_model.", "multi_modal_projector.",
+                     "model.multi_modal_projector.", "vision_tower.", "model.vision_tower.")
+
+
+def has_official_keys(config):
+    """True when an LLM config has the official LLaVA / TG-LLaVA keys (mm_vision_tower, mm_projector_type, ...)."""
+    return isinstance(config, dict) and any(config.get(k) is not None for k in _OFFICIAL_KEYS)
+
+
+def is_llava_hf(config, names=None):
+    """True for a llava-hf (`LlavaForConditionalGeneration`) folder, False for the official LLaVA layout.
+
+    Decided by the config's keys: `mm_vision_tower` / `mm_projector_type` /
+    `mm_hidden_size` / `mm_text_tower` mean the official (liuhaotian / TG-LLaVA)
+    layout even when model_type is "llava" (the released llava-v1.5-7b
+    config says so); `text_config` / `vision_config` without those mean
+    llava-hf.  When the keys say neither, the architectures name
+    LlavaForConditionalGeneration, or else the tensor names (`names`, when
+    given) decide; model_type alone never does.
+    """
     config = config or {}
+    if not isinstance(config, dict):
+        return False
+    if has_official_keys(config):
+        return False
+    if any(isinstance(config.get(k), dict) for k in _HF_KEYS):
+        return True
     archs = config.get("architectures") or []
-    return "LlavaForConditionalGeneration" in archs or config.get("model_type") == "llava"
+    if isinstance(archs, list) and "LlavaForConditionalGeneration" in archs:
+        return True
+    if names is not None:
+        return any(n.startswith(_HF_NAME_PREFIXES) for n in names)
+    return False
+
+
+# Which tensor names released transformers versions write for LlavaForConditionalGeneration.
+# Each row: (versions, {part: prefix}); "lm_head" None = no lm_head tensor (tied embeddings).
+# Every prefix of every row is accepted in any combination; the rows document the combinations.
+LLAVA_HF_NAMINGS = (
+    ("transformers 4.36 - 4.51: the Hub's llava-hf/* files "
+     "(LlavaForConditionalGeneration holding language_model = LlamaForCausalLM)",
+     {"llm": "language_model.model.", "lm_head": "language_model.lm_head.",
+      "projector": "multi_modal_projector.", "vision": "vision_tower.vision_model."}),
+    ("transformers 4.52 - 4.57 module names (LlavaModel under model., lm_head at top level), written by "
+     "save_pretrained of models converted in memory and by state_dict() dumps",
+     {"llm": "model.language_model.", "lm_head": "lm_head.",
+      "projector": "model.multi_modal_projector.", "vision": "model.vision_tower.vision_model."}),
+    ("transformers 5.x: the 4.52 names with the CLIPVisionModel tower unprefixed",
+     {"llm": "model.language_model.", "lm_head": "lm_head.",
+      "projector": "model.multi_modal_projector.", "vision": "model.vision_tower."}),
+    ("transformers 5.x saves of older-layout folders (seen with 5.24): tower at top level, unprefixed",
+     {"llm": "language_model.model.", "lm_head": "language_model.lm_head.",
+      "projector": "multi_modal_projector.", "vision": "vision_tower."}),
+    ("any of the above with tie_word_embeddings and no lm_head tensor",
+     {"llm": "model.language_model.", "lm_head": None,
+      "projector": "model.multi_modal_projector.", "vision": "model.vision_tower.vision_model."}),
+)
+_PROJECTOR_PARTS = (("linear_1.", "model.mm_projector.0."), ("linear_2.", "model.mm_projector.2."))
+
+
+def _llava_hf_rules():
+    llm, clip = set(), set()
+    for _, parts in LLAVA_HF_NAMINGS:
+        llm.add((parts["llm"], "model."))
+        if parts["lm_head"]:
+            llm.add((parts["lm_head"], "lm_head."))
+        for old, new in _PROJECTOR_PARTS:
+            llm.add((parts["projector"] + old, new))
+        clip.add((parts["vision"], "vision_model."))
+    return tuple(sorted(llm)), tuple(sorted(clip))
+
+
+_LLM_RULES, _CLIP_RULES = _llava_hf_rules()
+# buffers some saves carry that no model reads
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 
 
 def map_llava_hf_names(names, strict=True):
@@ -69,16 +520,16 @@ def map_llava_hf_names(names, strict=True):
     Returns (llm_map, clip_map), each {new_name: old_name}: llm_map covers
     the language model and projector (`model.*`, `lm_head.*`,
     `model.mm_projector.{0,2}.*`), clip_map the vision tower under CLIP
-    names (`vision_model.*`).  Both the transformers<4.52 layout
-    (`language_model.model.*`, `multi_modal_projector.*`,
-    `vision_tower.*`) and the newer one (`model.language_model.*`,
-    `model.multi_modal_projector.*`, `model.vision_tower.*`, top-level
-    `lm_head.*`) are understood.  A name matching no rule raises
-    CheckpointError unless strict=False (then it is left out); two names
-    mapping to the same target always raise.
+    names (`vision_model.*`).  Every naming of LLAVA_HF_NAMINGS is
+    understood; the CLIP tower may carry the `vision_model.` prefix or not.
+    A name matching no rule raises CheckpointError unless strict=False
+    (then it is left out); buffers such as rotary_emb.inv_freq are always
+    left out; two names mapping to the same target always raise.
     """
     llm_map, clip_map, unknown = {}, {}, []
     for old in names:
+        if old.endswith(_IGNORED_SUFFIXES):
+            continue
         for rules, target in ((_LLM_RULES, llm_map), (_CLIP_RULES, clip_map)):
             new = _apply_rules(old, rules)
             if new is not None:
@@ -91,7 +542,26 @@ def map_llava_hf_names(names, strict=True):
     if unknown and strict:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise CheckpointError(f"llava-hf checkpoint has an unexpected tensor {unknown[0]}{more}")
+    # a tower stored under both vision_tower.vision_model.* and vision_tower.* would map twice; caught above
     return llm_map, clip_map
+
+
+def llava_hf_naming(names):
+    """The LLAVA_HF_NAMINGS row whose prefixes the names use (its versions text), or "mixed"."""
+    names = list(names)
+    for versions, parts in LLAVA_HF_NAMINGS:
+        prefixes = [parts["llm"], parts["projector"], parts["vision"]]
+        if not all(any(n.startswith(p) for n in names) for p in prefixes):
+            continue
+        if parts["vision"].endswith("vision_tower.") and any(n.startswith(parts["vision"] + "vision_model.")
+                                                            for n in names):
+            continue
+        head = parts["lm_head"]
+        has_head = any(n.startswith(("lm_head.", "language_model.lm_head.")) for n in names)
+        if (head is None) == has_head or (head and not any(n.startswith(head) for n in names)):
+            continue
+        return versions
+    return "mixed naming"
 
 
 def _apply_rules(name, rules):
@@ -105,55 +575,68 @@ def _apply_rules(name, rules):
     return best[1] + name[len(best[0]):]
 
 
-def llava_hf_config(config):
+def llava_hf_config(config, path="config.json"):
     """Convert a llava-hf config dict to an official LLaVA-style config dict.
 
     The result has the LLM keys at top level (hidden_size,
     num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta,
     vocab_size, ...; transformers' defaults fill what the llava-hf config
-    leaves out), the LLaVA keys (model_type "llava_llama" or "llava_qwen",
-    mm_projector_type "mlp2x_gelu", mm_hidden_size, mm_vision_select_layer,
-    mm_vision_select_feature, image_aspect_ratio "pad" as LLaVA-1.5 was
-    trained, image_token_index) and `vision_config`, a complete CLIP vision
-    config for the tower stored in the same folder.
+    leaves out; the rotary base comes from text_config's rope_theta or
+    rope_parameters), the LLaVA keys (model_type "llava_llama" or
+    "llava_qwen", mm_projector_type "mlp2x_gelu", mm_hidden_size,
+    mm_vision_select_layer, mm_vision_select_feature, image_aspect_ratio
+    "pad" as LLaVA-1.5 was trained, image_token_index) and `vision_config`,
+    a complete CLIP vision config for the tower stored in the same folder.
+    Invalid values raise CheckpointError naming `path` and the key.
     """
     if not is_llava_hf(config):
-        raise CheckpointError("not a llava-hf config (no LlavaForConditionalGeneration / model_type 'llava')")
-    text_config = dict(config.get("text_config") or {})
+        raise CheckpointError(f"{path}: not a llava-hf config (no text_config / vision_config / "
+                              "LlavaForConditionalGeneration)")
+    text_config = config.get("text_config")
+    if text_config is not None and not isinstance(text_config, dict):
+        raise CheckpointError(f"{path}: text_config must be a JSON object, got {text_config!r}")
+    text_config = dict(text_config or {})
     text_type = str(text_config.get("model_type") or "llama").lower()
     if text_type.startswith("qwen2"):
         defaults, model_type, arch = _QWEN2_DEFAULTS, "llava_qwen", "LlavaQwenForCausalLM"
     elif text_type == "llama":
         defaults, model_type, arch = _LLAMA_DEFAULTS, "llava_llama", "LlavaLlamaForCausalLM"
     else:
-        raise CheckpointError(f"llava-hf text model type {text_type!r} is not supported (llama or qwen2)")
+        raise CheckpointError(f"{path}: llava-hf text model type {text_type!r} is not supported (llama or qwen2)")
     llm = {}
     for key, default in defaults.items():
         # old llava-hf configs keep vocab_size / tie_word_embeddings at top level
         if key in ("vocab_size", "tie_word_embeddings"):
             default = config.get(key, default)
         llm[key] = text_config.get(key, default)
+    for key in ("head_dim",):
+        if text_config.get(key) is not None:
+            llm[key] = text_config[key]
     if llm["num_key_value_heads"] is None:
         llm["num_key_value_heads"] = llm["num_attention_heads"]
+    llm["rope_theta"] = rope_theta(text_config, path, prefix="text_config.")
+    llm_sizes(llm, path, prefix="text_config.")  # every value checked, named as in the file
 
     vision_config = config.get("vision_config")
+    if vision_config is not None and not isinstance(vision_config, dict):
+        raise CheckpointError(f"{path}: vision_config must be a JSON object, got {vision_config!r}")
     vision_config = dict(_LLAVA_DEFAULT_VISION if vision_config is None else vision_config)
     vision_type = vision_config.get("model_type", "clip_vision_model")
     if vision_type not in ("clip_vision_model", "clip"):
-        raise CheckpointError(f"llava-hf vision tower {vision_type!r} is not supported (CLIP only)")
-    vision = dict(_CLIP_VISION_DEFAULTS)
-    vision.update(vision_config)
+        raise CheckpointError(f"{path}: llava-hf vision tower {vision_type!r} is not supported (CLIP only)")
+    vision, _ = _complete(vision_config, CLIP_VISION_DEFAULTS)
     vision["model_type"] = "clip_vision_model"
 
     act = config.get("projector_hidden_act", "gelu")
     if act != "gelu":
-        raise CheckpointError(f"llava-hf projector_hidden_act {act!r} is not supported (gelu only)")
+        raise CheckpointError(f"{path}: llava-hf projector_hidden_act {act!r} is not supported (gelu only)")
     layer = config.get("vision_feature_layer", -2)
-    if not isinstance(layer, int):
-        raise CheckpointError(f"vision_feature_layer {layer!r}: only a single layer index is supported")
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise CheckpointError(f"{path}: vision_feature_layer {layer!r}: only a single layer index is supported")
     strategy = config.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
-        raise CheckpointError(f"vision_feature_select_strategy {strategy!r} is not supported")
+        raise CheckpointError(f"{path}: vision_feature_select_strategy {strategy!r} is not supported")
+    vision_sizes(vision, path, layer, prefix="vision_config.")
 
     out = dict(llm)
     out.update({
@@ -179,6 +662,118 @@ def llava_hf_config(config):
         out.setdefault("bos_token_id", 1)
         out.setdefault("eos_token_id", 2)
     return out
+
+
+# ---- checks before any weight is read ----------------------------------------------
+
+def count_layers(names, prefix):
+    """1 + the largest N of the names `prefix`N.*, 0 when there is none."""
+    idx = set()
+    for n in names:
+        if n.startswith(prefix):
+            rest = n[len(prefix):].split(".", 1)[0]
+            if rest.isdigit():
+                idx.add(int(rest))
+    return max(idx) + 1 if idx else 0
+
+
+def check_layer_count(names, prefix, configured, path, key):
+    """Refuse a config whose layer count disagrees with the layers the tensors hold (before the C
+    core registers `configured` layers: a count of 2**31 - 1 must not get that far)."""
+    have = count_layers(names, prefix)
+    if have != configured:
+        raise CheckpointError(f"{path}: {key} is {configured} but the weights hold {have} layers "
+                              f"({prefix}0..{max(have - 1, 0)})")
+
+
+def tokenizer_files(folder, kind="llm"):
+    """The tokenizer files of `folder` the loader would use, or None when there are none.
+
+    kind "llm": tokenizer.json, tokenizer.model, or vocab.json + merges.txt
+    (what tokenize.LlmTokenizer.from_folder reads); kind "clip":
+    tokenizer.json or vocab.json + merges.txt (ClipTokenizer.from_folder).
+    """
+    def has(n):
+        return os.path.isfile(os.path.join(folder, n))
+    if has("tokenizer.json"):
+        return ["tokenizer.json"]
+    if kind == "llm" and has("tokenizer.model"):
+        return ["tokenizer.model"]
+    if has("vocab.json") and has("merges.txt"):
+        return ["vocab.json", "merges.txt"]
+    return None
+
+
+def check_tokenizer_files(folder, kind="llm", why=""):
+    """CheckpointError when `folder` has no tokenizer files of `kind` (see tokenizer_files)."""
+    if tokenizer_files(folder, kind) is None:
+        wanted = ("tokenizer.json, tokenizer.model or vocab.json + merges.txt" if kind == "llm"
+                  else "tokenizer.json or vocab.json + merges.txt")
+        raise CheckpointError(f"{folder}: no {'LLM' if kind == 'llm' else 'CLIP'} tokenizer files ({wanted}){why}")
+
+
+def check_tensors(cfg, refs, where_missing):
+    """Check tensor names, dtypes and shapes against what the C core for size dict `cfg` needs.
+
+    Uses only the names, dtypes and shapes of `refs` (name -> TensorRef, as
+    read from file headers): no tensor byte is read and no weight memory is
+    allocated (the requirement list comes from a CPU core that registers
+    parameters without allocating them).  Also refuses LLM layer tensors the
+    core has no place for (o_proj / MLP biases, q/k norms: another model
+    variant), which would otherwise be dropped silently.
+    """
+    from . import _C
+
+    probe = _C.Model(dict(cfg, dtype=0), "cpu")
+    required = probe.required()
+    del probe
+    needed = set()
+    for name, shape, _ in required:
+        needed.add(name)
+        ref = refs.get(name)
+        if ref is None:
+            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+        if ref.src_code is None:
+            raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+        if tuple(ref.shape) != tuple(shape):
+            raise CheckpointError(f"{ref.path}: tensor {name} has shape {tuple(ref.shape)}, expected {tuple(shape)}")
+    for name in sorted(refs):
+        if (name.startswith(("model.layers.", "model.norm.", "model.embed_tokens.")) and name not in needed
+                and not name.endswith(_IGNORED_SUFFIXES)):
+            raise CheckpointError(f"{refs[name].path}: tensor {name} has no place in the model tgllava builds "
+                                  "(a Llama / Qwen2 variant with extra parameters is not supported)")
+
+
+def read_tower(folder):
+    """A CLIP tower folder from its config and tensor headers: no tensor byte is read.
+
+    Returns a dict: folder, config_path, configs (clip_configs), layout
+    (clip_tower_names' label), refs ({official name: TensorRef} of the tower
+    tensors, renamed to vision_model.* / text_model.*), has_vision, has_text.
+    """
+    from .checkpoint import TensorRef, folder_refs, read_json
+
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{folder}: no such CLIP tower folder")
+    config_path = os.path.join(folder, "config.json")
+    configs = clip_configs(read_json(config_path), config_path)
+    raw = folder_refs(folder)
+    label, mapping = clip_tower_names(list(raw), folder)
+    refs = {}
+    for new, old in mapping.items():
+        r = raw[old]
+        refs[new] = r if new == old else TensorRef(new, r.path, r.dtype, r.shape, r.start, r.array_fn)
+    has_vision = any(n.startswith("vision_model.") for n in refs)
+    has_text = any(n.startswith("text_model.") for n in refs)
+    if has_vision and configs["vision_config"] is None:
+        raise CheckpointError(f"{config_path}: the folder holds a vision tower ({label}) but the config has no "
+                              "vision settings (a CLIPTextConfig)")
+    if has_text and configs["text_config"] is None:
+        configs["text_config"] = None  # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
+        has_text = False
+    return {"folder": folder, "config_path": config_path, "configs": configs, "layout": label,
+            "refs": refs, "has_vision": has_vision, "has_text": has_text}
 
 
 # --- tower resolution ---------------------------------------------------------
