@@ -6,8 +6,9 @@ tgllava.demo's builders: a byte-level BPE tokenizer.json for the LLM (its
 ids stay below the golden vocab of 1000) and a CLIP vocab.json + merges.txt
 whose ids stay below the golden CLIP text vocab of 1024, with
 <|startoftext|> = 1022 and <|endoftext|> = 1023 as in the golden text
-guides.  `golden_model(name)` loads it once.  Tests skip when the golden
-sets are not on this machine.
+guides.  `golden_model(name)` loads it once.  The golden sets are found by
+golden_util's one rule ($TGLLAVA_GOLDEN, else ../shared/golden beside the
+checkout); when they are missing the tests fail, saying where it looked.
 """
 
 import atexit
@@ -17,11 +18,9 @@ import shutil
 import sys
 import tempfile
 
-import pytest
+from golden_util import FIXTURES, GOLDEN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN = os.environ.get("TGLLAVA_GOLDEN", "/work/shared/golden")
-FIXTURES = os.path.join(GOLDEN, "fixtures")
 QUESTION = "What is in this image?"
 
 _sets, _models = {}, {}
@@ -38,8 +37,6 @@ def _tmpdir():
 
 def _materialize_module():
     path = os.path.join(GOLDEN, "materialize.py")
-    if not os.path.isfile(path):
-        pytest.skip(f"golden sets not found at {GOLDEN}")
     sys.path.insert(0, GOLDEN)
     try:
         spec = importlib.util.spec_from_file_location("_golden_materialize", path)

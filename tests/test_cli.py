@@ -46,17 +46,21 @@ def test_help(capsys, argv):
             assert opt in out
 
 
-def test_optional_subcommands_registered(capsys):
+def test_eval_and_viz_subcommands_registered(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    for name in ("eval", "viz"):
-        try:
-            mod = __import__(f"tgllava.{name}", fromlist=["add_subparser"])
-        except ImportError:
-            continue
-        if hasattr(mod, "add_subparser") and hasattr(mod, "run_cli"):
-            assert f"    {name}" in out
+    for name in ("generate", "info", "demo", "eval", "viz"):
+        assert f"    {name}" in out
+    for name, opts in (("eval", ("--model", "--data", "--predictions", "--batch-size", "--shard", "--debug")),
+                       ("viz", ("--model", "--image", "--question", "--out", "--compare-baseline", "--debug"))):
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: tgllava {name}")
+        for opt in opts:
+            assert opt in out, (name, opt)
 
 
 def test_no_command_prints_help(capsys):

@@ -117,7 +117,6 @@ def test_json_roundtrip(tmp_path):
 
 
 def test_xlsx_roundtrip(tmp_path):
-    pytest.importorskip("openpyxl")
     p = str(tmp_path / "o.xlsx")
     rows = [{"index": "1", "prediction": "=SUM(A1)", "A": "None"}, {"index": "2", "prediction": "B", "A": "x"}]
     write_table(p, ["index", "prediction", "A"], rows)

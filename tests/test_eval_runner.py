@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import tgllava
 import tgllava.eval as ev
 from tgllava.eval.errors import ShardError
@@ -200,7 +198,6 @@ def test_limit_and_json_format(tmp_path):
 
 
 def test_llava_style_and_tg_switches(tmp_path):
-    pytest.importorskip("tgllava.conversation", reason="tgllava.conversation not written yet")
     data = write_tsv(str(tmp_path / "POPE.tsv"), [
         dict(index=i, image=IMGS[i], question=f"Is there a dog {i}? [say: {'Yes' if i % 2 else 'No'}]",
              answer="Yes", category="random") for i in range(4)])
@@ -365,24 +362,14 @@ def _write_tokenizers(ckpt):
 
 
 def test_eval_end_to_end_golden(tmp_path):
-    """A run of the golden tiny TG-LLaVA checkpoint through tgllava.load and chat_batch.
+    """A run of the golden tiny TG-LLaVA checkpoint through tgllava.load and the eval adapter.
 
     Batch 4 and batch 1 must write the same predictions; the model is the
     real one, with tokenizers written by the test.
     """
-    try:
-        import tgllava._C  # noqa: F401
-    except ImportError:
-        pytest.skip("tgllava._C (the C extension) is not built")
-    if not hasattr(tgllava, "load"):
-        pytest.skip("tgllava.load is not available")
-    if not hasattr(getattr(tgllava, "Model", None), "chat_batch"):
-        pytest.skip("tgllava.Model.chat_batch is not implemented yet")
-    golden = os.path.join(ROOT, "..", "shared", "golden")
-    if not os.path.isdir(os.path.join(golden, "tg-vicuna-tiny")):
-        pytest.skip("golden sets not found")
-    pytest.importorskip("tokenizers", reason="the test writes a tokenizer with the tokenizers package")
     import subprocess
+
+    from golden_util import GOLDEN as golden
     ckpt = tmp_path / "ckpt"
     subprocess.run([sys.executable, os.path.join(golden, "materialize.py"), os.path.join(golden, "tg-vicuna-tiny"),
                     str(ckpt)], check=True, capture_output=True)

@@ -381,7 +381,8 @@ def test_llavabench_parse():
 # ---------------------------------------------------------------- files made elsewhere
 
 def test_vlmevalkit_xlsx_predictions_with_typed_cells(tmp_path):
-    openpyxl = pytest.importorskip("openpyxl")
+    import openpyxl
+
     rows = [_mcq_row(i, "AB"[i % 2], "dev", "c", "l") for i in range(4)]
     data = write_tsv(str(tmp_path / "AI2D_TEST.tsv"), [dict(r, image=IMG) for r in rows])
     wb = openpyxl.Workbook()

@@ -11,14 +11,14 @@ import random
 import unicodedata
 
 import pytest
+import regex
+import sentencepiece as spm
+import tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tgllava import conversation
 from tgllava import tokenize as T
 from tgllava.errors import CheckpointError
-
-spm = pytest.importorskip("sentencepiece")
-tokenizers = pytest.importorskip("tokenizers")
-from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
 CORPUS = """The quick brown fox jumps over the lazy dog. A chat between a curious user and an artificial
 intelligence assistant. What is in the picture? Describe this image in detail. USER: ASSISTANT: Human: Assistant:
@@ -429,7 +429,6 @@ def test_clip_html_unescape_option(clip):
 
 
 def test_clip_pre_tokenizer_matches_regex_module():
-    regex = pytest.importorskip("regex")
     pat = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
     rng = random.Random(1)
     chars = [chr(c) for c in range(0x20, 0x250)] + list("中文😀\u0301\u2003\u3000\u200b٣\x1c") + ["'s", "'ll", "'d"]

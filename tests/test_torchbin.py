@@ -3,7 +3,6 @@ values as their safetensors twin, sharded indexes load, and malicious,
 truncated, legacy or malformed files are refused with CheckpointError."""
 
 import json
-import os
 import pathlib
 import pickle
 import struct

@@ -6,7 +6,7 @@ of the golden llava15-tiny checkpoint (per-layer softmax probabilities,
 summed over heads and layers), the DP map against a NumPy reimplementation
 of the TG-DP perceiver (SPEC 2.6) of tg-vicuna-tiny, the FOM map against the
 golden FOM mask.  Golden checkpoints are materialized once per module into a
-temporary folder; the tests skip when ../shared/golden is not there.
+temporary folder (golden_util finds the golden sets).
 """
 
 import argparse
@@ -26,15 +26,10 @@ from tgllava import viz
 from tgllava.attention import attention_map, tile_mosaic
 from tgllava.checkpoint import read_tensors
 from tgllava.errors import ShapeError, TgError
+from golden_util import GOLDEN
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-GOLDEN = os.environ.get("TGLLAVA_GOLDEN") or os.path.normpath(os.path.join(HERE, "..", "..", "shared", "golden"))
 _ROOT = tempfile.mkdtemp(prefix="tgllava-viz-")
 _MODELS = {}
-
-needs_golden = pytest.mark.skipif(not os.path.isdir(os.path.join(GOLDEN, "tg-vicuna-tiny")),
-                                  reason="golden sets not available")
-
 
 def checkpoint(name):
     """(llm_dir, clip_dir) of golden set `name`, materialized once."""
@@ -143,7 +138,6 @@ def perceiver_image_probs(W, tile_feats, text_hidden, heads=16, eps=1e-5):
 
 # ---------------------------------------------------------------- maps against NumPy
 
-@needs_golden
 def test_llm_map_matches_numpy_llava15():
     m, d = model("llava15-tiny"), golden_io("llava15-tiny")
     ids, pix = d["input_ids"], d["pixel_values"]
@@ -168,8 +162,6 @@ def test_llm_map_matches_numpy_llava15():
 
 @pytest.fixture(scope="module")
 def vicuna_maps():
-    if not os.path.isdir(os.path.join(GOLDEN, "tg-vicuna-tiny")):
-        pytest.skip("golden sets not available")
     m, d = model("tg-vicuna-tiny"), golden_io("tg-vicuna-tiny")
     return m, d, attention_map(m, input_ids=d["input_ids"], pixels=d["pixel_values"], text_ids=d["text_guide_ids"])
 
@@ -208,7 +200,6 @@ def test_maps_switched_off(vicuna_maps):
 
 # ---------------------------------------------------------------- ablation switches
 
-@needs_golden
 def test_ablation_switches_match_golden():
     m, d = model("tg-vicuna-tiny"), golden_io("tg-vicuna-tiny")
     pix, tid = d["pixel_values"], d["text_guide_ids"]
@@ -279,7 +270,6 @@ def test_figure_layout():
     assert fig.getpixel((M + 1, M + 2 * T + 1)) == (255, 0, 0)
 
 
-@needs_golden
 def test_attention_map_bad_input():
     m, d = model("llava15-tiny"), golden_io("llava15-tiny")
     ids = d["input_ids"]
@@ -317,9 +307,7 @@ def _write_tokenizers(llm, clip):
         f.write("#version: 0.2\n")
 
 
-@needs_golden
 def test_viz_cli_writes_figure(tmp_path):
-    pytest.importorskip("tokenizers")
     llm, clip = checkpoint("tg-vicuna-tiny")
     _write_tokenizers(llm, clip)
     parser = argparse.ArgumentParser(prog="tgllava")

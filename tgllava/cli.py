@@ -3,8 +3,8 @@
     tgllava generate --model DIR [--clip DIR] --image PATH --question TEXT [options]
     tgllava info DIR
     tgllava demo
-    tgllava eval ...     (when tgllava.eval provides it)
-    tgllava viz ...      (when tgllava.viz provides it)
+    tgllava eval ...     (tgllava.eval.cli: run or score VLMEvalKit benchmarks)
+    tgllava viz ...      (tgllava.viz: attention-map figures)
 
 `generate` answers one question about one image and prints the answer on
 stdout (`--stream` prints it as it is decoded, `--timings` adds per-stage
@@ -84,23 +84,16 @@ def _add_demo(sub):
     p.set_defaults(func=_run_demo)
 
 
-def _add_optional(sub, module_name):
-    """Register the subcommand of tgllava.<module_name> when it provides add_subparser/run_cli."""
-    import importlib
+def _add_eval(sub):
+    from .eval import cli as eval_cli
 
-    try:
-        mod = importlib.import_module(f"tgllava.{module_name}")
-    except ImportError:
-        return
-    add, run = getattr(mod, "add_subparser", None), getattr(mod, "run_cli", None)
-    if not (callable(add) and callable(run)):
-        return
-    p = add(sub)
-    if isinstance(p, argparse.ArgumentParser):
-        if "debug" not in {a.dest for a in p._actions}:
-            _debug_flag(p)
-        if p.get_default("func") is None:
-            p.set_defaults(func=run)
+    _debug_flag(eval_cli.add_subparser(sub))
+
+
+def _add_viz(sub):
+    from . import viz
+
+    _debug_flag(viz.add_subparser(sub))
 
 
 def build_parser():
@@ -111,8 +104,8 @@ def build_parser():
     _add_generate(sub)
     _add_info(sub)
     _add_demo(sub)
-    _add_optional(sub, "eval")
-    _add_optional(sub, "viz")
+    _add_eval(sub)
+    _add_viz(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ tables (TSV/XLSX/JSON without pandas), protocol (the model interface),
 cli (`tgllava eval`).
 """
 
-from .cli import add_parser, add_subparser, main, run_cli
+from .cli import add_subparser, main, run_cli
 from .data import Dataset, load_dataset
 from .errors import DatasetError, EvalError, JudgeError, ShardError
 from .protocol import EvalModel
@@ -29,6 +29,6 @@ from .scoring import format_summary, score
 
 __all__ = [
     "run", "score", "merge", "load_dataset", "Dataset", "EvalModel", "format_summary",
-    "add_subparser", "add_parser", "run_cli", "main",
+    "add_subparser", "run_cli", "main",
     "EvalError", "DatasetError", "JudgeError", "ShardError",
 ]

@@ -148,6 +148,3 @@ def main(argv=None):
     p = add_arguments(argparse.ArgumentParser(prog="tgllava eval", description=__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
     return run_cli(p.parse_args(argv))
-
-
-add_parser = add_subparser  # the name the interface sketch also uses

@@ -104,16 +104,14 @@ def wrap_vlmevalkit(text, n_images=1):
 def wrap_llava(text, conv_mode, n_images=1):
     """The checkpoint's chat template (tgllava.conversation.build_prompt).
 
-    build_prompt puts ``<image>\\n`` before the text; for rows with several
-    pictures the text is handed over with one ``<image>\\n`` line per picture
-    already in front (build_prompt leaves a text holding ``<image>`` alone),
-    so the prompt has one marker per picture.
+    LLaVA's evaluation rule (model_vqa_loader.py): one ``<image>\\n`` per
+    picture goes before the text, whatever the text holds
+    (``n_images=..., placeholders=False``), so the prompt has one marker
+    per picture plus any the dataset text itself contains.
     """
     from tgllava.conversation import build_prompt
 
-    if n_images > 1:
-        text = "<image>\n" * n_images + text
-    return build_prompt(text, conv_mode, with_image=True)
+    return build_prompt(text, conv_mode, with_image=True, n_images=n_images, placeholders=False)
 
 
 def build_item_prompt(dataset, row, style, conv_mode=None, n_images=1):
@@ -134,19 +132,13 @@ def default_conv_mode(model):
     `conv_mode` in the model's config wins; otherwise
     tgllava.conversation.guess_conv_mode picks it from the config (the
     authors' runner's choice: llava_v0 for TG-LLaVA on Vicuna, qwen_2,
-    llama_3, vicuna_v1 for plain LLaVA-1.5).  Without that module: qwen_2
-    for Qwen2 configs, else vicuna_v1.
+    llama_3, vicuna_v1 for plain LLaVA-1.5).
     """
+    from tgllava.conversation import guess_conv_mode
+
     config = getattr(model, "config", None) or {}
     if not isinstance(config, dict):
         config = {}
     if config.get("conv_mode"):
         return config["conv_mode"]
-    try:
-        from tgllava.conversation import guess_conv_mode
-    except ImportError:
-        guess_conv_mode = None
-    if guess_conv_mode is not None:
-        return guess_conv_mode(config, getattr(model, "llm_dir", None))
-    kinds = " ".join(str(config.get(k, "")) for k in ("model_type", "architectures", "_name_or_path"))
-    return "qwen_2" if "qwen" in kinds.lower() else "vicuna_v1"
+    return guess_conv_mode(config, getattr(model, "llm_dir", None))
