@@ -4,11 +4,13 @@ A llava-hf folder holds a plain LLaVA-1.5 under other names than the
 official layout: `language_model.model.*` / `language_model.lm_head.*`, the
 projector as `multi_modal_projector.linear_1/linear_2`, and the CLIP vision
 tower inside the same folder as `vision_tower.vision_model.*` (newer
-transformers nest these under `model.`).  The config keeps the LLM under
-`text_config` and the tower under `vision_config`.  `load_llava_hf` renames
-tensors and converts the config with tgllava.layout, then builds the C model
-exactly as api.load does for an official folder; the tokenizer is read from
-the same folder.  There is no text tower, so such a model is "both TG
+transformers nest these under `model.` and transformers 5 drops the tower's
+`vision_model.` prefix: every naming is listed in layout.LLAVA_HF_NAMINGS).
+The config keeps the LLM under `text_config` and the tower under
+`vision_config`.  `load_llava_hf` renames tensors and converts the config
+with tgllava.layout, checks names, dtypes and shapes from the headers, then
+builds the C model exactly as api.load does for an official folder; the
+tokenizer is read from the same folder.  There is no text tower, so such a model is "both TG
 modules off" (SPEC 2.7).  api.load calls this when the LLM folder's config
 is a llava-hf one.
 """
@@ -31,13 +33,26 @@ def _renamed(refs, mapping):
 
 
 def llava_hf_refs(folder):
-    """(llm_config, clip_config, refs) of a llava-hf folder, under the official names and config keys."""
-    config = read_json(os.path.join(folder, "config.json"))
-    if not layout.is_llava_hf(config):
-        raise CheckpointError(f"{folder}: not a llava-hf checkpoint (config has no LlavaForConditionalGeneration)")
-    llm_cfg = layout.llava_hf_config(config)
-    raw = folder_refs(folder)
+    """(llm_config, clip_config, refs) of a llava-hf folder, under the official names and config keys.
+
+    Only the config and the tensor headers are read.  The naming (which
+    layout.LLAVA_HF_NAMINGS row) is recorded in llm_config["llava_hf_naming"].
+    """
+    path = os.path.join(folder, "config.json")
+    config = read_json(path)
+    raw = None
+    if layout.is_llava_hf(config) or not layout.has_official_keys(config):
+        try:
+            raw = folder_refs(folder)
+        except CheckpointError:
+            if layout.is_llava_hf(config):
+                raise
+    if raw is None or not layout.is_llava_hf(config, list(raw)):
+        raise CheckpointError(f"{folder}: not a llava-hf checkpoint (config has no text_config / vision_config / "
+                              "LlavaForConditionalGeneration, tensors no language_model.* / vision_tower.*)")
+    llm_cfg = layout.llava_hf_config(config, path)
     llm_map, clip_map = layout.map_llava_hf_names(list(raw), strict=False)
+    llm_cfg["llava_hf_naming"] = layout.llava_hf_naming(list(raw))
     refs = _renamed(raw, clip_map)
     refs.update(_renamed(raw, llm_map))
     clip_cfg = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model",
@@ -48,15 +63,19 @@ def llava_hf_refs(folder):
 def load_llava_hf(folder, device="cpu", dtype=None, progress=None):
     """Load a llava-hf LLaVA-1.5 folder onto `device`; returns an api.Model.
 
-    dtype: as api.load ("float32" on the CPU, "bfloat16"/"float16" on CUDA).
+    dtype: as api.load (None: api.default_dtype's rule).
     """
-    if dtype is None:
-        dtype = "float32" if device == "cpu" else "bfloat16"
-    if dtype not in api._DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(api._DTYPES)}, got {dtype!r}")
+    api.check_device_dtype(device, dtype)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     llm_cfg, clip_cfg, refs = llava_hf_refs(folder)
-    cfg = api.build_config(llm_cfg, clip_cfg, refs, dtype)
-    core = api.build_core(cfg, device, refs, lambda name: f"{folder} (llava-hf layout)", progress)
+    if dtype is None:
+        dtype = api.default_dtype(device, refs)
+    path = os.path.join(folder, "config.json")
+    cfg = api.build_config(llm_cfg, clip_cfg, refs, dtype, llm_path=path, clip_path=path)
+
+    def where(name):
+        return f"{folder} (llava-hf layout)"
+    layout.check_tensors(cfg, refs, where)  # names, dtypes and shapes, before any weight byte is read
+    core = api.build_core(cfg, device, refs, where, progress)
     return api.Model(core, llm_cfg, clip_cfg, folder, folder, dtype)

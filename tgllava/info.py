@@ -86,18 +86,15 @@ def describe(folder):
             "model_type": config.get("model_type"), "files": files, "n_tensors": len(shapes),
             "dtypes": dict(dtypes)}
     model_type = str(config.get("model_type") or "")
-    if model_type in ("clip", "clip_vision_model") or "CLIPModel" in info["architectures"]:
-        info["kind"] = "CLIP"
-        info["params"] = {"vision tower": _count(shapes, lambda n: n.startswith("vision_model.")),
-                          "text tower": _count(shapes, lambda n: n.startswith("text_model.")),
-                          "other": _count(shapes, lambda n: not n.startswith(("vision_model.", "text_model.")))}
-        info["vision"] = config.get("vision_config", config)
-        info["text"] = config.get("text_config")
-        return info
+    archs = [str(a) for a in info["architectures"]] if isinstance(info["architectures"], list) else []
+    if model_type in ("clip", "clip_vision_model", "clip_text_model") or any(a.startswith("CLIP") for a in archs):
+        return _describe_clip(info, config, shapes, folder)
 
+    hf = layout.is_llava_hf(config, list(shapes))
     hf = layout.is_llava_hf(config)
     if hf:
-        llm_cfg = layout.llava_hf_config(config)
+        info["llava_hf_naming"] = layout.llava_hf_naming(list(shapes))
+        llm_cfg = layout.llava_hf_config(config, os.path.join(folder, "config.json"))
         llm_map, clip_map = layout.map_llava_hf_names(list(shapes), strict=False)
         official = {new: shapes[old] for new, old in llm_map.items()}
         official.update({new: shapes[old] for new, old in clip_map.items()})
@@ -116,7 +113,7 @@ def describe(folder):
         "num_attention_heads": llm_cfg.get("num_attention_heads"),
         "num_key_value_heads": llm_cfg.get("num_key_value_heads") or llm_cfg.get("num_attention_heads"),
         "intermediate_size": llm_cfg.get("intermediate_size"), "vocab_size": llm_cfg.get("vocab_size"),
-        "rope_theta": llm_cfg.get("rope_theta", 10000.0),
+        "rope_theta": _rope(llm_cfg, os.path.join(folder, "config.json")),
         "max_length": llm_cfg.get("tokenizer_model_max_length") or llm_cfg.get("max_position_embeddings"),
     }
     tg = {"fom": has_fom, "dp": has_dp}
@@ -166,8 +163,11 @@ def describe(folder):
             if path:
                 try:
                     tshapes, _ = tensor_shapes(path)
+                    label, mapping = layout.clip_tower_names(list(tshapes), path)
                     prefix = "vision_model." if what == "vision" else "text_model."
-                    entry["params"] = _count(tshapes, lambda n, p=prefix: n.startswith(p))
+                    entry["layout"] = label
+                    entry["params"] = _count({n: tshapes[o] for n, o in mapping.items()},
+                                             lambda n, p=prefix: n.startswith(p))
                 except CheckpointError as e:
                     entry["error"] = str(e)
             towers[what] = entry
@@ -175,6 +175,32 @@ def describe(folder):
     tok_files = [n for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
                  if os.path.isfile(os.path.join(folder, n))]
     info["tokenizer_files"] = tok_files
+    return info
+
+
+def _rope(llm_cfg, path):
+    """The rotary base loading would use, or the reason loading refuses the config's rotary settings."""
+    try:
+        return layout.rope_theta(llm_cfg, path)
+    except CheckpointError as e:
+        return f"invalid ({e})"
+
+
+def _describe_clip(info, config, shapes, folder):
+    """The CLIP part of describe(): tensor layout, and each tower's settings as loading will use them."""
+    path = os.path.join(folder, "config.json")
+    label, mapping = layout.clip_tower_names(list(shapes), folder)
+    official = {new: shapes[old] for new, old in mapping.items()}
+    info["kind"] = "CLIP"
+    info["clip_layout"] = label
+    info["params"] = {"vision tower": _count(official, lambda n: n.startswith("vision_model.")),
+                      "text tower": _count(official, lambda n: n.startswith("text_model.")),
+                      "other": _count(shapes, lambda n, used=set(mapping.values()): n not in used)}
+    configs = layout.clip_configs(config, path)
+    info["vision"] = configs["vision_config"]
+    info["text"] = configs["text_config"]
+    info["defaulted"] = configs["defaulted"]
+    info["legacy_config"] = configs["legacy"]
     return info
 
 
@@ -195,13 +221,40 @@ def format_info(info):
              f"  weights: {', '.join(info['files']) or 'none'} ({info['n_tensors']} tensors; "
              + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())) + ")"]
     if info["kind"] == "CLIP":
-        v, t = info.get("vision") or {}, info.get("text") or {}
-        lines.append(f"  vision: width {v.get('hidden_size')}, {v.get('num_hidden_layers')} layers, "
-                     f"image {v.get('image_size')}, patch {v.get('patch_size')}")
+        label = info.get("clip_layout", "?")
+        note = layout.CLIP_LAYOUT_NOTES.get(label)
+        lines.append(f"  tensor layout: {label}" + (f" ({note})" if note else ""))
+        v, t = info.get("vision"), info.get("text")
+        defaulted = info.get("defaulted") or {}
+
+        def val(cfg, part, key):
+            mark = " (default)" if key in defaulted.get(part, ()) else ""
+            return f"{cfg.get(key)}{mark}"
+        if v:
+            lines.append(f"  vision: width {val(v, 'vision_config', 'hidden_size')}, "
+                         f"{val(v, 'vision_config', 'num_hidden_layers')} layers, "
+                         f"image {val(v, 'vision_config', 'image_size')}, patch {val(v, 'vision_config', 'patch_size')}, "
+                         f"{val(v, 'vision_config', 'num_attention_heads')} heads, "
+                         f"ffn {val(v, 'vision_config', 'intermediate_size')}, "
+                         f"act {val(v, 'vision_config', 'hidden_act')}, eps {val(v, 'vision_config', 'layer_norm_eps')}")
         if t:
-            lines.append(f"  text: width {t.get('hidden_size')}, {t.get('num_hidden_layers')} layers, "
-                         f"vocab {t.get('vocab_size')}")
+            eos = t.get("eos_token_id")
+            pool = "argmax(ids), legacy" if eos == 2 else f"first token {eos}"
+            lines.append(f"  text: width {val(t, 'text_config', 'hidden_size')}, "
+                         f"{val(t, 'text_config', 'num_hidden_layers')} layers, "
+                         f"vocab {val(t, 'text_config', 'vocab_size')}, "
+                         f"{val(t, 'text_config', 'num_attention_heads')} heads, "
+                         f"ffn {val(t, 'text_config', 'intermediate_size')}, "
+                         f"positions {val(t, 'text_config', 'max_position_embeddings')}, "
+                         f"act {val(t, 'text_config', 'hidden_act')}, "
+                         f"eos {val(t, 'text_config', 'eos_token_id')} (pooling at {pool})")
+        for note in info.get("legacy_config") or ():
+            lines.append(f"  legacy config: {note} (as transformers reads it)")
+        if any(defaulted.values()):
+            lines.append("  (default) = not in config.json; transformers' CLIP config default, which loading uses")
     else:
+        if info.get("llava_hf_naming"):
+            lines.append(f"  llava-hf tensor naming: {info['llava_hf_naming']}")
         m = info["llm"]
         lines.append(f"  LLM: {m['family']}, hidden {m['hidden_size']}, {m['num_hidden_layers']} layers, "
                      f"{m['num_attention_heads']} heads ({m['num_key_value_heads']} kv), ffn {m['intermediate_size']}, "
@@ -216,6 +269,8 @@ def format_info(info):
         for what, t in info["towers"].items():
             where = t["path"] or "NOT FOUND locally or in the Hugging Face cache (pass --clip DIR)"
             extra = f", {_fmt_count(t['params'])} params" if t.get("params") is not None else ""
+            extra += f", {t['layout']} layout" if t.get("layout") else ""
+            extra += f" (unreadable: {t['error']})" if t.get("error") else ""
             lines.append(f"  {what} tower: {t['name']} -> {where}{extra}")
         lines.append(f"  tokenizer files: {', '.join(info['tokenizer_files']) or 'none'}")
     lines.append("  parameters:")

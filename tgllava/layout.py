@@ -305,8 +305,13 @@ def clip_configs(config, path="config.json"):
     return out
 
 
-def vision_sizes(vc, path, select_layer=-2, prefix="vision_config."):
-    """The vision-tower part of tg_config from a complete CLIP vision config, every value checked."""
+def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path=None,
+                 select_key="mm_vision_select_layer"):
+    """The vision-tower part of tg_config from a complete CLIP vision config, every value checked.
+
+    select_layer is the LLM config's `select_key` (in file `select_path`), the hidden state the
+    projector reads (negative: from the end)."""
+    where = f"{select_path or path}: {select_key}"
     hidden = config_int(vc, "hidden_size", path, prefix=prefix)
     heads = config_int(vc, "num_attention_heads", path, prefix=prefix)
     if hidden % heads:
@@ -320,10 +325,10 @@ def vision_sizes(vc, path, select_layer=-2, prefix="vision_config."):
         raise CheckpointError(f"{path}: {prefix}num_channels {vc.get('num_channels')!r} is not supported (RGB only)")
     layers = config_int(vc, "num_hidden_layers", path, prefix=prefix)
     if isinstance(select_layer, bool) or not isinstance(select_layer, int):
-        raise CheckpointError(f"mm_vision_select_layer {select_layer!r}: only a single layer index is supported")
+        raise CheckpointError(f"{where} {select_layer!r}: only a single layer index is supported")
     select = select_layer + layers + 1 if select_layer < 0 else select_layer
     if not 0 <= select <= layers:
-        raise CheckpointError(f"mm_vision_select_layer {select_layer} is out of range for a vision tower of "
+        raise CheckpointError(f"{where} {select_layer} is out of range for a vision tower of "
                               f"{layers} layers ({path}: {prefix}num_hidden_layers)")
     return {
         "v_hidden": hidden, "v_heads": heads, "v_layers": layers,
@@ -636,7 +641,7 @@ def llava_hf_config(config, path="config.json"):
     strategy = config.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
         raise CheckpointError(f"{path}: vision_feature_select_strategy {strategy!r} is not supported")
-    vision_sizes(vision, path, layer, prefix="vision_config.")
+    vision_sizes(vision, path, layer, prefix="vision_config.", select_key="vision_feature_layer")
 
     out = dict(llm)
     out.update({
