@@ -48,16 +48,38 @@ typedef struct tg_config {
 
 typedef struct tg_model tg_model;
 
-/* Sampling parameters of one generate call (shared by all sequences). */
+/* What kind of failure a call reported (tg_error_code), so the binding can raise the right exception. */
+enum tg_error_code {
+    TG_ERR_NONE = 0,        /* the failing function did not classify it (the binding decides) */
+    TG_ERR_INPUT = 1,       /* a bad argument: shape, id, sampling value */
+    TG_ERR_MEMORY = 2,      /* out of host memory */
+    TG_ERR_DEVICE = 3,      /* the backend failed */
+    TG_ERR_INTERRUPTED = 4  /* tg_sampling.interrupt asked generation to stop */
+};
+/* The code of the last failure of a tg_* call made on the calling thread (like errno: each
+ * model call resets it, so read it right after the call that returned -1). */
+int tg_error_code(void);
+/* Set the calling thread's code (TG_ERR_NONE clears it before a call whose result is classified). */
+void tg_error_set(int code);
+
+/* Temperatures below this sample greedily (x / T would overflow or pick the least likely tokens). */
+#define TG_MIN_TEMPERATURE 1e-5f
+/* Polled once per decode step; nonzero stops generate with TG_ERR_INTERRUPTED (Ctrl-C). */
+typedef int (*tg_interrupt_fn)(void *user);
+
+/* Sampling parameters of one generate call (shared by all sequences).  Values must be finite;
+ * max_new_tokens is at most the context length (tg_config.max_len). */
 typedef struct tg_sampling {
     int max_new_tokens;
-    float temperature;      /* 0 = greedy */
+    float temperature;      /* 0 (or below TG_MIN_TEMPERATURE) = greedy */
     float top_p;            /* 1 = off */
     int top_k;              /* 0 = off */
     float repetition_penalty; /* 1 = off; applied to the tokens generated so far */
     uint64_t seed;
     const int32_t *eos_ids; /* stop tokens (not included in the output) */
     int n_eos;
+    tg_interrupt_fn interrupt; /* NULL = never interrupted */
+    void *interrupt_user;
 } tg_sampling;
 
 /* Called after each decode step with the new token of sequence `seq`;

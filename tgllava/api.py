@@ -198,6 +198,51 @@ def tile(pixels):
     return out[0] if single else out
 
 
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (the C core's TG_MIN_TEMPERATURE)
+
+
+def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_len=None):
+    """Checked generation settings (max_new_tokens, temperature, top_p, top_k, repetition_penalty).
+
+    Raises ShapeError for a non-number, a non-finite value (NaN, inf), or one out of range:
+    0 <= max_new_tokens <= max_len (the context length, when given), temperature >= 0,
+    0 < top_p <= 1, top_k >= 0, repetition_penalty > 0.  A temperature below MIN_TEMPERATURE
+    comes back as 0 (greedy): dividing logits by 1e-39 would overflow.
+    """
+    def integer(v, name):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+                return int(v)
+            raise ShapeError(f"{name} must be an integer, got {v!r}")
+        return int(v)
+
+    def number(v, name):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ShapeError(f"{name} must be a number, got {v!r}")
+        v = float(v)
+        if not np.isfinite(v):
+            raise ShapeError(f"{name} must be finite, got {v}")
+        return v
+
+    max_new_tokens, top_k = integer(max_new_tokens, "max_new_tokens"), integer(top_k, "top_k")
+    temperature, top_p = number(temperature, "temperature"), number(top_p, "top_p")
+    repetition_penalty = number(repetition_penalty, "repetition_penalty")
+    if max_new_tokens < 0 or (max_len is not None and max_new_tokens > max_len):
+        bound = f"[0, {max_len}] (the model's context length)" if max_len is not None else ">= 0"
+        raise ShapeError(f"max_new_tokens {max_new_tokens} is outside {bound}")
+    if temperature < 0:
+        raise ShapeError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ShapeError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ShapeError(f"top_k must be >= 0, got {top_k}")
+    if repetition_penalty <= 0:
+        raise ShapeError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if temperature < MIN_TEMPERATURE:
+        temperature = 0.0
+    return max_new_tokens, temperature, top_p, min(top_k, 1 << 30), repetition_penalty
+
+
 def _float_array(x, what):
     try:
         a = np.asarray(x)
@@ -328,7 +373,11 @@ class Model:
         return self._core.vision_features(p)
 
     def _sequence(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, features=None):
-        ids = _id_array(np.asarray(input_ids).reshape(-1), "input_ids", IMAGE_TOKEN_INDEX, self.sizes["vocab"])
+        a = np.asarray(input_ids)
+        if a.ndim > 2 or (a.ndim == 2 and a.shape[0] != 1):
+            raise ShapeError(f"input_ids must be one sequence (T,) or (1, T), got shape {a.shape}; "
+                             "use generate_batch for several sequences")
+        ids = _id_array(a.reshape(-1), "input_ids", IMAGE_TOKEN_INDEX, self.sizes["vocab"])
         bad = ids[(ids < 0) & (ids != IMAGE_TOKEN_INDEX)]
         if bad.size:
             raise ShapeError(f"input_ids: id {int(bad[0])} is outside [0, {self.sizes['vocab']})")
@@ -362,12 +411,14 @@ class Model:
                        seed=None, eos_token_id=None, callback=None, return_last_logits=False):
         """Generate for many sequences together; requests are dicts with input_ids [, pixels, text_ids,
         use_fom, use_dp, n_latents].  Returns a list of token lists (each equal to its single run)."""
+        max_new_tokens, temperature, top_p, top_k, repetition_penalty = check_sampling(
+            max_new_tokens, temperature, top_p, top_k, repetition_penalty, self.sizes.get("max_len"))
         seqs = [self._sequence(r["input_ids"], r.get("pixels"), r.get("text_ids"), r.get("use_fom", True),
                                r.get("use_dp", True), r.get("n_latents"), r.get("features")) for r in requests]
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        tokens, last = self._core.generate(seqs, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                           top_p=float(top_p), top_k=int(top_k), repetition_penalty=float(repetition_penalty),
+        tokens, last = self._core.generate(seqs, max_new_tokens=max_new_tokens, temperature=temperature,
+                                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
                                            seed=int(seed) & ((1 << 64) - 1), eos_ids=self._eos(eos_token_id),
                                            callback=callback, last_logits=bool(return_last_logits))
         return (tokens, last) if return_last_logits else tokens

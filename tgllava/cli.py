@@ -151,6 +151,8 @@ def _run_generate(args):
         raise FileNotFoundError(f"--image {args.image}: no such file")
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be at least 1")
+    from .api import check_sampling
+    check_sampling(args.max_new_tokens, args.temperature, args.top_p)  # NaN/inf/out of range: before loading
     if args.conv_mode is not None:
         conversation.get_template(args.conv_mode)
     model = load_model(args.model, args.clip, args.device, args.dtype)

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fail.h"
 #include "model.h"
 
 int llm_cache_reserve(tg_model *m, int slots, int len) {
@@ -22,7 +23,7 @@ int llm_cache_reserve(tg_model *m, int slots, int len) {
     if (!m->cache_k) {
         m->cache_k = calloc((size_t)c->layers + 1, sizeof(float *));
         m->cache_v = calloc((size_t)c->layers + 1, sizeof(float *));
-        if (!m->cache_k || !m->cache_v) return model_fail(m, "out of memory");
+        if (!m->cache_k || !m->cache_v) return model_oom(m, "KV cache table");
     }
     const size_t bytes = (size_t)slots * (size_t)len * (size_t)c->kv_heads * (size_t)c->head_dim * sizeof(float);
     for (int l = 0; l < c->layers; l++) {
@@ -64,7 +65,7 @@ int llm_forward(tg_model *m, const float *x, int64_t T, int slot, int pos0, floa
     ALLOC(f, T * c->ffn);
     ALLOC(pos_dev, T);
     int32_t *pos = malloc((size_t)T * sizeof(int32_t));
-    if (!pos) return model_fail(m, "out of memory");
+    if (!pos) return model_oom(m, "positions");
     for (int64_t i = 0; i < T; i++) pos[i] = (int32_t)(pos0 + i);
     int rc = BE->to_device(BE, pos_dev, pos, (size_t)T * 4);
     free(pos);

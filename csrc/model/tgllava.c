@@ -11,14 +11,37 @@
  * the host from the downloaded logits.
  */
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fail.h"
 #include "model.h"
 
 #define IMAGE_TOKEN (-200)
 
+/* ---- error codes (fail.h): per calling thread, like errno ---- */
+
+static _Thread_local int last_error_code;
+
+int tg_error_code(void) { return last_error_code; }
+
+void tg_error_set(int code) { last_error_code = code; }
+
+int model_fail_code(tg_model *m, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->err, sizeof m->err, fmt, ap);
+    va_end(ap);
+    last_error_code = code;
+    return -1;
+}
+
+int model_oom(tg_model *m, const char *what) { return model_fail_code(m, TG_ERR_MEMORY, "out of memory (%s)", what); }
+
 static int ready(tg_model *m) {
+    last_error_code = TG_ERR_NONE;
     if (!m->finished) return model_fail(m, "model weights are not loaded (call tg_model_finish first)");
     m->err[0] = 0;
     m->be->err[0] = 0;
@@ -254,7 +277,7 @@ static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vi
         if (!tids || !tlen) {
             free(tids);
             free(tlen);
-            return model_fail(m, "out of memory");
+            return model_oom(m, "text guide batch");
         }
         int have_text = 1;
         for (int i = 0; i < nm; i++) {
@@ -328,7 +351,7 @@ int tg_llm_attention(tg_model *m, const tg_sequence *seq, int q0, int q1, int k0
     ALLOC(hid, (int64_t)n * H);
     ALLOC(probs, (int64_t)n * n);
     float *zeros = calloc((size_t)n * n, sizeof(float));
-    if (!zeros) return model_fail(m, "out of memory");
+    if (!zeros) return model_oom(m, "attention map");
     int rc = BE->to_device(BE, probs, zeros, (size_t)n * n * 4);
     if (rc) {
         free(zeros);
@@ -352,7 +375,7 @@ int tg_dp_attention(tg_model *m, const float *pix, const int32_t *text_ids, int 
     ALLOC(vis, (int64_t)tg_visual_token_count(m, 1, 0) * m->c.hidden);
     ALLOC(probs, L * Tk);
     float *zeros = calloc((size_t)(L * Tk), sizeof(float));
-    if (!zeros) return model_fail(m, "out of memory");
+    if (!zeros) return model_oom(m, "DP attention map");
     int rc = BE->to_device(BE, probs, zeros, (size_t)(L * Tk) * 4);
     free(zeros);
     if (rc) return be_fail(m, "upload");
@@ -381,8 +404,11 @@ static int by_value_desc(const void *a, const void *b) {
     return x->i - y->i;
 }
 
-/* pick the next token from logits (V) in place; order: repetition penalty, temperature, top-k, top-p */
+/* pick the next token from logits (V) in place; order: repetition penalty, temperature, top-k, top-p.
+ * A temperature below TG_MIN_TEMPERATURE is greedy; NaN logits never win. */
 static int32_t sample(float *x, int V, const tg_sampling *sp, const int32_t *prev, int n_prev, uint64_t *rng, scored *order) {
+    for (int i = 0; i < V; i++)
+        if (isnan(x[i])) x[i] = -INFINITY;
     if (sp->repetition_penalty > 0 && sp->repetition_penalty != 1.0f)
         for (int i = 0; i < n_prev; i++) {
             float *v = &x[prev[i]];
@@ -391,18 +417,19 @@ static int32_t sample(float *x, int V, const tg_sampling *sp, const int32_t *pre
             for (int j = 0; j < i && !seen; j++) seen = prev[j] == prev[i];
             if (!seen) *v = *v < 0 ? *v * sp->repetition_penalty : *v / sp->repetition_penalty;
         }
-    if (sp->temperature <= 0.0f) {
+    if (!(sp->temperature >= TG_MIN_TEMPERATURE)) {
         int best = 0;
         for (int i = 1; i < V; i++)
             if (x[i] > x[best]) best = i;
         return best;
     }
     for (int i = 0; i < V; i++) {
-        order[i].v = x[i] / sp->temperature;
+        order[i].v = (float)((double)x[i] / sp->temperature); /* |x| / 1e-5 stays far below FLT_MAX */
         order[i].i = i;
     }
     qsort(order, (size_t)V, sizeof(scored), by_value_desc);
     int keep = (sp->top_k > 0 && sp->top_k < V) ? sp->top_k : V;
+    if (order[0].v == -INFINITY) return order[0].i; /* every logit is -inf (or NaN): nothing to sample */
     double mx = order[0].v, sum = 0.0;
     for (int i = 0; i < keep; i++) sum += exp((double)order[i].v - mx);
     if (sp->top_p > 0.0f && sp->top_p < 1.0f) { /* smallest prefix whose probability reaches top_p */
@@ -437,7 +464,15 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
                 int32_t *out_tokens, int *n_out, float *last_logits) {
     if (ready(m)) return -1;
     if (B <= 0 || B > 256) return model_fail(m, "batch of %d sequences: between 1 and 256 are supported", B);
-    if (sp->max_new_tokens < 0) return model_fail(m, "max_new_tokens must be >= 0");
+    if (sp->max_new_tokens < 0 || sp->max_new_tokens > m->c.max_len)
+        return model_fail_code(m, TG_ERR_INPUT, "max_new_tokens %d is outside [0, %d] (the context length)",
+                               sp->max_new_tokens, m->c.max_len);
+    if (!isfinite(sp->temperature) || sp->temperature < 0 || !isfinite(sp->top_p) || !(sp->top_p > 0) || sp->top_p > 1 ||
+        sp->top_k < 0 || !isfinite(sp->repetition_penalty) || !(sp->repetition_penalty > 0))
+        return model_fail_code(m, TG_ERR_INPUT,
+                               "invalid sampling parameters (temperature %g, top_p %g, top_k %d, repetition_penalty %g): "
+                               "need finite values, temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0",
+                               sp->temperature, sp->top_p, sp->top_k, sp->repetition_penalty);
     const int64_t H = m->c.hidden, V = m->c.vocab;
     const int maxnew = sp->max_new_tokens;
     int rc = -1, maxlen = 0;
@@ -447,7 +482,7 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
     int *done = calloc((size_t)B, sizeof(int));
     uint64_t *rng = calloc((size_t)B, sizeof(uint64_t));
     if (!vis || !host || !pos || !tok || !order || !done || !rng) {
-        model_fail(m, "out of memory");
+        model_oom(m, "generation state");
         goto cleanup;
     }
     for (int b = 0; b < B; b++) {
@@ -477,6 +512,10 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
             goto cleanup;
         pos[b] = n;
         tg_arena_restore(&m->arena, &mark);
+        if (b + 1 < B && sp->interrupt && sp->interrupt(sp->interrupt_user)) {
+            model_fail_code(m, TG_ERR_INTERRUPTED, "generation interrupted");
+            goto cleanup;
+        }
     }
     /* decode: sample from the current logits, feed the token, repeat */
     tg_arena_save(&m->arena, &mark);
@@ -501,6 +540,10 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
             active += !done[b];
         }
         if (!active) break;
+        if (sp->interrupt && sp->interrupt(sp->interrupt_user)) { /* Ctrl-C: stop between two steps */
+            model_fail_code(m, TG_ERR_INTERRUPTED, "generation interrupted");
+            goto cleanup;
+        }
         tg_arena_restore(&m->arena, &mark);
         if (!(x = tg_arena_floats(&m->arena, (size_t)(B * H))) || !(hid = tg_arena_floats(&m->arena, (size_t)(B * H))) ||
             !(lg = tg_arena_floats(&m->arena, (size_t)(B * V)))) {

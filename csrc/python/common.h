@@ -12,7 +12,7 @@
 #include "backend.h"
 #include "tg.h"
 
-extern PyObject *TgErr_Base, *TgErr_Checkpoint, *TgErr_Shape, *TgErr_Device;
+extern PyObject *TgErr_Base, *TgErr_Checkpoint, *TgErr_Shape, *TgErr_Device, *TgErr_Memory;
 
 /* A C-contiguous array of `typenum` with `ndim` dims (ndim < 0: any), or NULL with ShapeError set.
  * `what` names the argument in messages.  Returns a new reference. */

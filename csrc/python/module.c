@@ -4,20 +4,30 @@
  * the NumPy arguments (dtype, rank, sizes, C-contiguity; the Python layer in
  * tgllava/api.py converts friendlier inputs before calling), allocate the
  * output array, release the GIL and take the model's lock while C computes,
- * then turn a failure into the right tgllava exception (CheckpointError for
- * loading, DeviceError for backend failures, ShapeError for bad inputs).
+ * then turn a failure into the right tgllava exception from the error code
+ * the C core reports (tg_error_code: ShapeError for bad inputs, MemoryError
+ * -- tgllava.errors.OutOfMemoryError -- for host memory, DeviceError for
+ * backend failures, KeyboardInterrupt for Ctrl-C; CheckpointError while
+ * loading).  Waiting for the lock and decoding both poll for signals, so
+ * Ctrl-C works during a long generate() (the model stays usable); a call
+ * into the same model from inside one of its own calls (a generate callback)
+ * raises TgError instead of deadlocking; a Model whose __init__ never ran
+ * raises TgError instead of touching a NULL model.
  * Arrays passed in are never modified.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #define PY_ARRAY_UNIQUE_SYMBOL tgllava_ARRAY_API
 #include <numpy/arrayobject.h>
+#include <math.h>
 #include <pythread.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 
-PyObject *TgErr_Base, *TgErr_Checkpoint, *TgErr_Shape, *TgErr_Device;
+PyObject *TgErr_Base, *TgErr_Checkpoint, *TgErr_Shape, *TgErr_Device, *TgErr_Memory;
 
 PyArrayObject *tg_py_array(PyObject *obj, int typenum, int ndim, const char *what) {
     if (!PyArray_Check(obj)) {
@@ -92,23 +102,101 @@ typedef struct {
     tg_model *m;
     tg_backend *be;
     PyThread_type_lock lock;
+    atomic_ulong owner; /* thread ident of the call holding the lock, 0 when free */
 } ModelObject;
 
-#define RUN(self, rc, call)                                     \
-    do {                                                        \
-        Py_BEGIN_ALLOW_THREADS                                  \
-        PyThread_acquire_lock((self)->lock, WAIT_LOCK);         \
-        rc = (call);                                            \
-        PyThread_release_lock((self)->lock);                    \
-        Py_END_ALLOW_THREADS                                    \
+/* The failure of the last model call on this thread, captured while the lock was still held
+ * (another thread's call cannot overwrite it before it is raised). */
+static _Thread_local struct {
+    char msg[768];
+    int code;       /* enum tg_error_code */
+    int backend;    /* the backend left a message */
+} last_failure;
+
+static int model_ready(ModelObject *self) {
+    if (!self->m || !self->be || !self->lock) {
+        PyErr_SetString(TgErr_Base, "tgllava._C.Model is not initialised (create it with tgllava.load or Model(config))");
+        return -1;
+    }
+    return 0;
+}
+
+/* With the GIL: may this thread start a call on the model? */
+static int model_enter(ModelObject *self) {
+    if (model_ready(self)) return -1;
+    if (atomic_load(&self->owner) == PyThread_get_thread_ident()) {
+        PyErr_SetString(TgErr_Base,
+                        "re-entrant call: this model is already running a call on this thread (a generate callback "
+                        "may not call the same model; collect the tokens and call it after generate returns)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Without the GIL: take the model's lock, checking for signals (Ctrl-C) while another thread holds it.
+ * -1 with the signal's exception set when interrupted. */
+static int model_lock(ModelObject *self) {
+    while (PyThread_acquire_lock_timed(self->lock, 50000, 0) != PY_LOCK_ACQUIRED) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        int interrupted = PyErr_CheckSignals();
+        PyGILState_Release(g);
+        if (interrupted) return -1;
+    }
+    atomic_store(&self->owner, PyThread_get_thread_ident());
+    return 0;
+}
+
+static void model_unlock(ModelObject *self, int rc) {
+    if (rc) {
+        const char *msg = tg_model_error(self->m);
+        snprintf(last_failure.msg, sizeof last_failure.msg, "%s", msg && msg[0] ? msg : "unknown failure");
+        last_failure.code = tg_error_code();
+        last_failure.backend = self->be->err[0] != 0;
+        self->be->err[0] = 0;
+    }
+    atomic_store(&self->owner, 0);
+    PyThread_release_lock(self->lock);
+}
+
+/* Run `call` (an int expression, 0 = success) on the model with the GIL released and the lock held.
+ * rc = -1 with a Python exception already set when the call could not start. */
+#define RUN(self, rc, call)                        \
+    do {                                           \
+        int entered_;                              \
+        if (model_enter(self)) {                   \
+            rc = -1;                               \
+            break;                                 \
+        }                                          \
+        Py_BEGIN_ALLOW_THREADS                     \
+        entered_ = model_lock(self) == 0;          \
+        if (entered_) {                            \
+            tg_error_set(TG_ERR_NONE);             \
+            rc = (call);                           \
+            model_unlock(self, rc);                \
+        }                                          \
+        Py_END_ALLOW_THREADS                       \
+        if (!entered_) rc = -1;                    \
     } while (0)
 
-static PyObject *model_error(ModelObject *self) {
-    const char *msg = tg_model_error(self->m);
-    PyObject *cls = self->be->err[0] ? TgErr_Device : TgErr_Shape;
-    PyErr_SetString(cls, msg && msg[0] ? msg : "unknown failure");
-    self->be->err[0] = 0;
+/* The exception for the captured failure; `fallback` is the class when the C core gave no code
+ * and the backend left no message (ShapeError for stages, CheckpointError while loading). */
+static PyObject *raise_failure(PyObject *fallback) {
+    if (PyErr_Occurred()) return NULL; /* not started (re-entrant, Ctrl-C while waiting) or a callback's error */
+    PyObject *cls;
+    switch (last_failure.code) {
+    case TG_ERR_INPUT: cls = TgErr_Shape; break;
+    case TG_ERR_MEMORY: cls = TgErr_Memory; break;
+    case TG_ERR_DEVICE: cls = TgErr_Device; break;
+    case TG_ERR_INTERRUPTED: cls = PyExc_KeyboardInterrupt; break;
+    default: cls = last_failure.backend ? TgErr_Device : fallback;
+    }
+    PyErr_SetString(cls, last_failure.msg[0] ? last_failure.msg : "unknown failure");
     return NULL;
+}
+
+static PyObject *model_error(ModelObject *self) {
+    (void)self;
+    return raise_failure(TgErr_Shape);
 }
 
 /* the tail of every single-output method: the array, or the model's error as an exception */
@@ -167,6 +255,10 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     PyObject *cfgd;
     const char *device = "cpu";
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|s", kwlist, &PyDict_Type, &cfgd, &device)) return -1;
+    if (self->m || self->be || self->lock) {
+        PyErr_SetString(TgErr_Base, "tgllava._C.Model is already initialised");
+        return -1;
+    }
     tg_config c;
     if (parse_config(cfgd, &c)) return -1;
     self->be = tg_py_backend(device);
@@ -192,6 +284,7 @@ static void Model_dealloc(ModelObject *self) {
 }
 
 static PyObject *Model_required(ModelObject *self, PyObject *noargs) {
+    if (model_ready(self)) return NULL;
     int n = tg_model_required_count(self->m);
     PyObject *out = PyList_New(n);
     if (!out) return NULL;
@@ -213,6 +306,7 @@ static PyObject *Model_required(ModelObject *self, PyObject *noargs) {
 
 /* set_tensor(name, array, src_dtype): array float32, float16, or uint16 holding bfloat16 bits (src_dtype 2) */
 static PyObject *Model_set_tensor(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     const char *name;
     PyObject *obj;
     int src;
@@ -230,21 +324,15 @@ static PyObject *Model_set_tensor(ModelObject *self, PyObject *args) {
     for (int i = 0; i < ndim; i++) shape[i] = PyArray_DIM(a, i);
     RUN(self, rc, tg_model_set_tensor(self->m, name, PyArray_DATA(a), src, ndim, shape));
     Py_DECREF(a);
-    if (rc) {
-        PyErr_SetString(self->be->err[0] ? TgErr_Device : TgErr_Checkpoint, tg_model_error(self->m));
-        self->be->err[0] = 0;
-        return NULL;
-    }
+    if (rc) return raise_failure(TgErr_Checkpoint);
     Py_RETURN_NONE;
 }
 
 static PyObject *Model_finish(ModelObject *self, PyObject *noargs) {
+    if (model_ready(self)) return NULL;
     int rc;
     RUN(self, rc, tg_model_finish(self->m));
-    if (rc) {
-        PyErr_SetString(TgErr_Checkpoint, tg_model_error(self->m));
-        return NULL;
-    }
+    if (rc) return raise_failure(TgErr_Checkpoint);
     Py_RETURN_NONE;
 }
 
@@ -253,6 +341,7 @@ static PyArrayObject *new_f32(int nd, const npy_intp *dims) {
 }
 
 static PyObject *Model_vision_features(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *o;
     if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
     const tg_config *c = tg_model_config(self->m);
@@ -275,6 +364,7 @@ static PyObject *Model_vision_features(ModelObject *self, PyObject *args) {
 }
 
 static PyObject *Model_text_tower(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *o;
     if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
     const tg_config *c = tg_model_config(self->m);
@@ -304,6 +394,7 @@ static PyObject *Model_text_tower(ModelObject *self, PyObject *args) {
 }
 
 static PyObject *Model_fom(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *o;
     if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
     const tg_config *c = tg_model_config(self->m);
@@ -347,6 +438,7 @@ static int opt_lengths(PyObject *o, int B, int T, PyArrayObject **out) {
 }
 
 static PyObject *Model_dp(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *fo, *to, *lo = Py_None;
     if (!PyArg_ParseTuple(args, "OO|O", &fo, &to, &lo)) return NULL;
     const tg_config *c = tg_model_config(self->m);
@@ -376,6 +468,7 @@ fail:
 }
 
 static PyObject *Model_visual_tokens(ModelObject *self, PyObject *args, PyObject *kw) {
+    if (model_ready(self)) return NULL;
     static char *kwlist[] = {"pixels", "text_ids", "text_len", "use_fom", "use_dp", "n_latents", NULL};
     PyObject *po, *io = Py_None, *lo = Py_None;
     int use_fom = 1, use_dp = 1, nlat = 0;
@@ -464,6 +557,7 @@ static void drop_refs(PyArrayObject **refs, int n) {
 }
 
 static PyObject *Model_logits(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *d;
     int all = 1, rc, n_rows = 0;
     if (!PyArg_ParseTuple(args, "O|p", &d, &all)) return NULL;
@@ -487,6 +581,7 @@ static PyObject *Model_logits(ModelObject *self, PyObject *args) {
 }
 
 static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *d;
     if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
     tg_sequence s;
@@ -499,12 +594,14 @@ static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
 }
 
 static PyObject *Model_visual_token_count(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     int use_dp = 1, nl = 0;
     if (!PyArg_ParseTuple(args, "|pi", &use_dp, &nl)) return NULL;
     return PyLong_FromLong(tg_visual_token_count(self->m, use_dp, nl));
 }
 
 static PyObject *Model_llm_attention(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *d;
     int q0, q1, k0, k1, rc;
     if (!PyArg_ParseTuple(args, "Oiiii", &d, &q0, &q1, &k0, &k1)) return NULL;
@@ -531,6 +628,7 @@ static PyObject *Model_llm_attention(ModelObject *self, PyObject *args) {
 }
 
 static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
+    if (model_ready(self)) return NULL;
     PyObject *d;
     int rc;
     if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
@@ -564,6 +662,29 @@ typedef struct {
     int failed;
 } callback_state;
 
+/* Ctrl-C during generate: the decode loop polls this every step; at most every 20 ms it takes the GIL
+ * and runs pending signal handlers (SIGINT raises KeyboardInterrupt, which stops generation). */
+typedef struct {
+    double next;
+} poll_state;
+
+static double monotonic_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int poll_signals(void *user) {
+    poll_state *ps = user;
+    double now = monotonic_seconds();
+    if (now < ps->next) return 0;
+    ps->next = now + 0.02;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int interrupted = PyErr_CheckSignals() != 0; /* the handler's exception stays set for generate to raise */
+    PyGILState_Release(g);
+    return interrupted;
+}
+
 static int call_python(void *user, int seq, int32_t token) {
     callback_state *st = user;
     if (st->failed) return 1;
@@ -583,23 +704,45 @@ static int call_python(void *user, int seq, int32_t token) {
 }
 
 static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw) {
+    if (model_ready(self)) return NULL;
     static char *kwlist[] = {"sequences", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
                              "eos_ids", "callback", "last_logits", NULL};
     PyObject *seqs, *eos = Py_None, *cb = Py_None;
-    int maxnew = 256, top_k = 0, want_last = 0;
-    float temp = 0.0f, top_p = 1.0f, rep = 1.0f;
+    long long maxnew_ll = 256, top_k_ll = 0;
+    int want_last = 0;
+    double temp_d = 0.0, top_p_d = 1.0, rep_d = 1.0;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|iffifKOOp", kwlist, &seqs, &maxnew, &temp, &top_p, &top_k, &rep, &seed,
-                                     &eos, &cb, &want_last))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|LddLdKOOp", kwlist, &seqs, &maxnew_ll, &temp_d, &top_p_d, &top_k_ll,
+                                     &rep_d, &seed, &eos, &cb, &want_last)) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) { /* 2**63 and beyond: a bad value, not a crash */
+            PyErr_Clear();
+            PyErr_SetString(TgErr_Shape, "max_new_tokens and top_k must fit in 64 bits");
+        }
         return NULL;
+    }
     if (!PyList_Check(seqs) || PyList_GET_SIZE(seqs) == 0) {
         PyErr_SetString(TgErr_Shape, "sequences must be a non-empty list of dicts");
         return NULL;
     }
-    if (maxnew < 0 || temp < 0 || top_p <= 0 || top_p > 1 || top_k < 0 || rep <= 0) {
-        PyErr_SetString(TgErr_Shape, "invalid sampling parameters: need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0");
+    const tg_config *cfg = tg_model_config(self->m);
+    if (maxnew_ll < 0 || maxnew_ll > cfg->max_len) {
+        PyErr_Format(TgErr_Shape, "max_new_tokens %lld is outside [0, %d] (the model's context length)", maxnew_ll,
+                     cfg->max_len);
         return NULL;
     }
+    if (!isfinite(temp_d) || temp_d < 0 || !isfinite(top_p_d) || !(top_p_d > 0) || top_p_d > 1 || top_k_ll < 0 ||
+        !isfinite(rep_d) || !(rep_d > 0) || rep_d > 3.0e38) {
+        char msg[384];
+        snprintf(msg, sizeof msg,
+                 "invalid sampling parameters (temperature %g, top_p %g, top_k %lld, repetition_penalty %g): need "
+                 "finite values, temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0",
+                 temp_d, top_p_d, top_k_ll, rep_d);
+        PyErr_SetString(TgErr_Shape, msg);
+        return NULL;
+    }
+    const int maxnew = (int)maxnew_ll, top_k = top_k_ll > cfg->vocab ? cfg->vocab : (int)top_k_ll;
+    /* below TG_MIN_TEMPERATURE sampling is greedy (in C too); 1e-39 must not become a huge 1/T */
+    const float temp = temp_d < TG_MIN_TEMPERATURE ? 0.0f : (float)temp_d, top_p = (float)top_p_d, rep = (float)rep_d;
     if (cb != Py_None && !PyCallable_Check(cb)) {
         PyErr_SetString(PyExc_TypeError, "callback must be callable");
         return NULL;
@@ -637,7 +780,8 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
         last = (PyArrayObject *)PyArray_ZEROS(2, ld, NPY_FLOAT32, 0);
         if (!last) goto done;
     }
-    tg_sampling sp = {maxnew, temp, top_p, top_k, rep, (uint64_t)seed, eos_ids, n_eos};
+    poll_state ps = {0.0};
+    tg_sampling sp = {maxnew, temp, top_p, top_k, rep, (uint64_t)seed, eos_ids, n_eos, poll_signals, &ps};
     callback_state st = {cb, 0};
     RUN(self, rc, tg_generate(self->m, sq, B, &sp, cb != Py_None ? call_python : NULL, &st, tokens, n_out,
                               last ? PyArray_DATA(last) : NULL));
@@ -669,6 +813,7 @@ done:
 }
 
 static PyObject *Model_get_config(ModelObject *self, void *closure) {
+    if (model_ready(self)) return NULL;
     const tg_config *c = tg_model_config(self->m);
     return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "hidden", c->hidden, "vocab", c->vocab,
                          "v_hidden", c->v_hidden, "t_hidden", c->t_hidden, "v_image", c->v_image, "v_patch", c->v_patch,
@@ -677,6 +822,7 @@ static PyObject *Model_get_config(ModelObject *self, void *closure) {
 }
 
 static PyObject *Model_get_device(ModelObject *self, void *closure) {
+    if (model_ready(self)) return NULL;
     if (strcmp(self->be->name, "cpu") == 0) return PyUnicode_FromString("cpu");
     return PyUnicode_FromFormat("%s:%d", self->be->name, self->be->device);
 }
@@ -781,8 +927,9 @@ PyMODINIT_FUNC PyInit__C(void) {
     TgErr_Checkpoint = PyObject_GetAttrString(errors, "CheckpointError");
     TgErr_Shape = PyObject_GetAttrString(errors, "ShapeError");
     TgErr_Device = PyObject_GetAttrString(errors, "DeviceError");
+    TgErr_Memory = PyObject_GetAttrString(errors, "OutOfMemoryError");
     Py_DECREF(errors);
-    if (!TgErr_Base || !TgErr_Checkpoint || !TgErr_Shape || !TgErr_Device) return NULL;
+    if (!TgErr_Base || !TgErr_Checkpoint || !TgErr_Shape || !TgErr_Device || !TgErr_Memory) return NULL;
     if (PyType_Ready(&ModelType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

@@ -1,0 +1,224 @@
+"""The model under hostile or careless calls (issue 13): re-entrant callbacks, Ctrl-C during
+generate(), an uninitialised _C.Model, host out-of-memory inside the model, absurd sampling
+values and token budgets, (B, T) ids given to generate().  Calls that used to hang or crash
+run in a subprocess, so a regression fails the test instead of killing the test run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import tgllava
+from golden_util import GOLDEN, checkpoint, model
+
+sys.path.insert(0, GOLDEN)
+from weights import save_safetensors  # noqa: E402
+
+PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tgllava.__file__)))
+
+
+def _child(code, timeout=120, **fmt):
+    """Run `code` in a fresh interpreter importing the tested tgllava; (returncode, stdout, stderr)."""
+    src = f"import sys; sys.path.insert(0, {PKG_ROOT!r})\n" + textwrap.dedent(code).format(**fmt)
+    p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_reentrant_call_from_a_callback_raises_instead_of_deadlocking():
+    llm, clip = checkpoint("llava15-tiny")
+    try:
+        rc, out, err = _child("""
+            import tgllava
+            m = tgllava.load({llm!r}, {clip!r})
+            ids = [1, 5, 9]
+            try:
+                m.generate(ids, max_new_tokens=3, eos_token_id=[], callback=lambda t: m.logits(ids))
+                print("no error")
+            except tgllava.TgError as e:
+                print("raised", type(e).__name__, e)
+            print("after", len(m.generate(ids, max_new_tokens=2, eos_token_id=[])))
+            """, timeout=60, llm=llm, clip=clip)
+    except subprocess.TimeoutExpired:
+        pytest.fail("generate with a callback calling the same model deadlocked")
+    assert rc == 0, err
+    assert "raised TgError re-entrant call" in out and "after 2" in out, out
+
+
+INTERRUPTED_CHILD = """
+import json, time
+import tgllava
+m = tgllava.load({llm!r}, {clip!r})
+ids = [1, 5, 9]
+ref = m.generate(ids, max_new_tokens=3, eos_token_id=[])
+print("start", flush=True)
+t0 = time.monotonic()
+try:
+    m.generate(ids, max_new_tokens=2000, eos_token_id=[])
+    result = {{"interrupted": False}}
+except KeyboardInterrupt:
+    result = {{"interrupted": True}}
+result["seconds"] = time.monotonic() - t0
+result["usable"] = m.generate(ids, max_new_tokens=3, eos_token_id=[]) == ref
+print(json.dumps(result), flush=True)
+"""
+
+
+def test_ctrl_c_stops_generate_without_callback_and_the_model_stays_usable():
+    """2,000 tokens of the tiny model take several seconds; SIGINT 0.5 s in must stop it at once."""
+    llm, clip = checkpoint("llava15-tiny")
+    src = f"import sys; sys.path.insert(0, {PKG_ROOT!r})\n" + INTERRUPTED_CHILD.format(llm=llm, clip=clip)
+    p = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "start", p.stderr.read()
+        time.sleep(0.5)
+        sent = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        line = p.stdout.readline()
+        latency = time.monotonic() - sent
+        p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, p.stderr.read()
+    res = json.loads(line)
+    assert res["interrupted"] and res["usable"], res
+    assert res["seconds"] < 3.0 and latency < 3.0, (res, latency)
+
+
+def test_uninitialised_core_model_raises_instead_of_crashing():
+    rc, out, err = _child("""
+        import tgllava._C as C
+        from tgllava.errors import TgError
+        m = C.Model.__new__(C.Model)
+        calls = {{"config": lambda: m.config, "device": lambda: m.device, "required": m.required,
+                 "generate": lambda: m.generate([{{"ids": None}}]), "logits": lambda: m.logits({{}}),
+                 "set_tensor": lambda: m.set_tensor("x", None, 0), "finish": m.finish,
+                 "vision_features": lambda: m.vision_features(None), "visual_token_count": m.visual_token_count}}
+        for name, call in calls.items():
+            try:
+                call()
+                print(name, "no error")
+            except TgError as e:
+                print(name, "TgError", "not initialised" in str(e))
+        """, timeout=60)
+    assert rc == 0, f"the child died (rc {rc}): {err}"
+    lines = out.split("\n")
+    assert len([x for x in lines if x.endswith("TgError True")]) == 9, out
+
+
+@pytest.fixture(scope="module")
+def big_vocab_dir(tmp_path_factory):
+    """A 1-layer Llama with a 131072-token vocabulary (so one generate call's logits take 64 MB)."""
+    d = tmp_path_factory.mktemp("bigvocab")
+    rng = np.random.default_rng(1)
+    H, V, F = 16, 1 << 17, 32
+    t = {"model.embed_tokens.weight": rng.normal(0, 1, (V, H)), "model.norm.weight": np.ones(H),
+         "lm_head.weight": rng.normal(0, 1, (V, H)),
+         "model.mm_projector.0.weight": rng.normal(0, 0.02, (H, 1024)), "model.mm_projector.0.bias": np.zeros(H),
+         "model.mm_projector.2.weight": rng.normal(0, 0.1, (H, H)), "model.mm_projector.2.bias": np.zeros(H)}
+    p = "model.layers.0."
+    for k in ("q", "k", "v", "o"):
+        t[p + f"self_attn.{k}_proj.weight"] = rng.normal(0, 0.3, (H, H))
+    t[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.3, (F, H))
+    t[p + "mlp.up_proj.weight"] = rng.normal(0, 0.3, (F, H))
+    t[p + "mlp.down_proj.weight"] = rng.normal(0, 0.3, (H, F))
+    t[p + "input_layernorm.weight"] = np.ones(H)
+    t[p + "post_attention_layernorm.weight"] = np.ones(H)
+    save_safetensors(str(d / "model.safetensors"), {k: v.astype(np.float32) for k, v in t.items()})
+    cfg = dict(hidden_size=H, num_attention_heads=2, num_hidden_layers=1, intermediate_size=F, vocab_size=V,
+               rms_norm_eps=1e-5, model_type="llava_llama", mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+               mm_hidden_size=1024, eos_token_id=None)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return str(d)
+
+
+def test_host_out_of_memory_inside_the_model_is_a_memory_error(big_vocab_dir):
+    _, clip = checkpoint("llava15-tiny")
+    rc, out, err = _child("""
+        import resource
+        import tgllava
+        m = tgllava.load({llm!r}, {clip!r})
+        reqs = [dict(input_ids=[1, 2])] * 128   # 128 x 131072 float32 logits: 64 MB on the host
+        m.generate_batch(reqs[:1], max_new_tokens=2, eos_token_id=[])  # threads, arena, caches warmed up
+        vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), hard))
+        try:
+            m.generate_batch(reqs, max_new_tokens=1, eos_token_id=[])
+            print("no error")
+        except Exception as e:
+            print("raised", type(e).__name__, isinstance(e, MemoryError), isinstance(e, tgllava.TgError), e)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        print("after", len(m.generate_batch(reqs[:2], max_new_tokens=2, eos_token_id=[])))
+        """, timeout=120, llm=big_vocab_dir, clip=clip)
+    assert rc == 0, err
+    assert "raised OutOfMemoryError True True out of memory" in out and "after 2" in out, out
+
+
+# ---- sampling values, token budgets and id shapes
+
+def test_non_finite_sampling_values_are_refused():
+    m = model("llava15-tiny")
+    nan, inf = float("nan"), float("inf")
+    for kw in (dict(temperature=nan), dict(temperature=inf), dict(temperature=-1.0), dict(top_p=nan),
+               dict(top_p=1.5), dict(repetition_penalty=nan), dict(repetition_penalty=inf), dict(repetition_penalty=0.0),
+               dict(top_k=-1), dict(max_new_tokens=nan), dict(temperature="hot")):
+        with pytest.raises(tgllava.ShapeError):
+            m.generate([1, 2], **{"max_new_tokens": 2, **kw})
+    seq = [{"ids": np.array([1, 2], np.int32)}]
+    for kw in (dict(temperature=nan), dict(top_p=nan), dict(repetition_penalty=nan), dict(temperature=inf)):
+        with pytest.raises(tgllava.ShapeError, match="finite"):
+            m._core.generate(seq, max_new_tokens=2, **kw)
+
+
+def test_tiny_temperatures_are_greedy():
+    m = model("llava15-tiny")
+    greedy = m.generate([1, 5, 9], max_new_tokens=6, eos_token_id=[])
+    for t in (1e-39, 1e-30, 1e-7):
+        assert m.generate([1, 5, 9], max_new_tokens=6, eos_token_id=[], temperature=t, seed=3) == greedy, t
+        seq = [{"ids": np.array([1, 5, 9], np.int32)}]
+        assert m._core.generate(seq, max_new_tokens=6, temperature=t, seed=3)[0][0] == greedy, t
+
+
+def test_huge_max_new_tokens_is_refused_at_once():
+    m = model("llava15-tiny")
+    n = m.sizes["max_len"]
+    assert len(m.generate([1, 2], max_new_tokens=0)) == 0
+    for big in (2 ** 31 - 1, 2 ** 31, 2 ** 70, n + 1):
+        t0 = time.monotonic()
+        with pytest.raises(tgllava.ShapeError, match="max_new_tokens"):
+            m.generate([1, 2], max_new_tokens=big, eos_token_id=[])
+        assert time.monotonic() - t0 < 2.0
+    seq = [{"ids": np.array([1, 2], np.int32)}]
+    for big in (2 ** 31 - 1, 2 ** 31, n + 1, -1):
+        with pytest.raises(tgllava.ShapeError, match="max_new_tokens"):
+            m._core.generate(seq, max_new_tokens=big)
+    with pytest.raises(tgllava.ShapeError):
+        m._core.generate(seq, max_new_tokens=2 ** 70)
+
+
+def test_generate_refuses_a_batch_of_ids():
+    m = model("llava15-tiny")
+    with pytest.raises(tgllava.ShapeError, match="generate_batch"):
+        m.generate(np.array([[1, 2, 3], [4, 5, 6]]), max_new_tokens=2)
+    with pytest.raises(tgllava.ShapeError, match="one sequence"):
+        m.logits(np.ones((2, 2, 2), np.int64))
+    one = m.generate([1, 2, 3], max_new_tokens=3, eos_token_id=[])
+    assert m.generate(np.array([[1, 2, 3]]), max_new_tokens=3, eos_token_id=[]) == one
+
+
+def test_cli_refuses_non_finite_sampling_before_loading(tmp_path, capsys):
+    from tgllava import cli
+    (tmp_path / "ckpt").mkdir()  # not a checkpoint: loading it would fail with another message
+    (tmp_path / "x.png").write_bytes(b"not read either")
+    for opt in (["--temperature", "nan"], ["--temperature", "inf"], ["--top-p", "nan"], ["--temperature", "-2"]):
+        rc = cli.main(["generate", "--model", str(tmp_path / "ckpt"), "--image", str(tmp_path / "x.png"),
+                       "--question", "hi"] + opt)
+        err = capsys.readouterr().err
+        assert rc != 0 and ("temperature" in err or "top_p" in err), err
