@@ -435,3 +435,44 @@ def test_storages_are_memory_mapped_and_bf16_stays_raw_for_the_loader():
     assert np.array_equal(c.float32(), torchbin.load_bin(FIXTURES / "small.bin")["model.c.weight"])
     assert refs["model.a.weight"].dtype == "F32" and refs["model.b.weight"].dtype == "F16"
     assert refs["model.d.position_ids"].dtype == "I64"
+
+
+def test_bfloat16_bin_checkpoint_loads_without_widening_in_python(tmp_path):
+    """A bfloat16 .bin reaches the C core as raw bf16 bits: same logits as float32 weights holding the
+    bf16-rounded values (bf16 -> f32 is exact)."""
+    import os
+    import shutil
+    import sys
+
+    import tgllava
+    from tgllava.checkpoint import folder_refs
+    sys.path.insert(0, golden_util.GOLDEN)
+    from weights import load_safetensors, save_safetensors
+
+    llm, clip = golden_util.checkpoint("llava15-tiny")
+    tensors = load_safetensors(os.path.join(llm, "model.safetensors"))
+    bits = {k: (np.ascontiguousarray(v, np.float32).view(np.uint32) >> 16).astype(np.uint16) for k, v in tensors.items()}
+    pkl = b"\x80\x02}"
+    storages = {}
+    for i, (name, b) in enumerate(bits.items()):
+        shape = b.shape
+        stride = tuple(int(np.prod(shape[j + 1:])) for j in range(len(shape)))
+        pkl += _u(name) + _tensor(str(i), "BFloat16Storage", b.size, 0, shape, stride) + b"s"
+        storages[str(i)] = b.tobytes()
+    binary = tmp_path / "bin"
+    shutil.copytree(llm, binary, ignore=shutil.ignore_patterns("*.safetensors*"))
+    with zipfile.ZipFile(binary / "pytorch_model.bin", "w") as z:  # stored, like torch.save
+        z.writestr("archive/data.pkl", pkl + b".")
+        for key, data in storages.items():
+            z.writestr(f"archive/data/{key}", data)
+    refs = folder_refs(str(binary))
+    assert {r.dtype for r in refs.values()} == {"BF16"}
+    assert all(r.raw().dtype == np.uint16 for r in refs.values())
+    rounded = tmp_path / "f32"
+    shutil.copytree(llm, rounded, ignore=shutil.ignore_patterns("*.safetensors*"))
+    save_safetensors(str(rounded / "model.safetensors"),
+                     {k: (b.astype(np.uint32) << 16).view(np.float32) for k, b in bits.items()})
+    ids = [1, 8, 9, 10]
+    a = tgllava.load(str(binary), clip).logits(ids)
+    b = tgllava.load(str(rounded), clip).logits(ids)
+    assert np.array_equal(a, b)
