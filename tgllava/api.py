@@ -15,6 +15,7 @@ import threading
 import numpy as np
 
 from . import _C
+from . import devarray
 from .checkpoint import folder_refs, read_json
 from .errors import CheckpointError, ShapeError
 
@@ -243,21 +244,14 @@ def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repe
     return max_new_tokens, temperature, top_p, min(top_k, 1 << 30), repetition_penalty
 
 
-def _float_array(x, what):
-    try:
-        a = np.asarray(x)
-    except Exception as e:  # noqa: BLE001
-        raise ShapeError(f"{what}: cannot convert to an array ({e})") from None
-    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
-        raise ShapeError(f"{what} must hold numbers, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.all(np.isfinite(a)):
-        raise ShapeError(f"{what} holds NaN or infinite values")
-    return a
+def _float_array(x, what, device="cpu"):
+    """NumPy, DLPack (PyTorch/JAX CPU tensors, capsules) or array-like -> C-contiguous float32, zero-copy when
+    it already is one in host memory; GPU memory is a DeviceError (devarray.py)."""
+    return devarray.float32_array(x, what, device)
 
 
 def _id_array(x, what, low, high):
-    a = np.asarray(x)
+    a = devarray.host_array(x, what)
     if a.dtype.kind not in "iu":
         if a.dtype.kind == "f" and a.size and np.all(a == np.round(a)):
             a = a.astype(np.int64)
@@ -271,7 +265,8 @@ def _id_array(x, what, low, high):
 
 
 class Model:
-    """A loaded model.  Stages take NumPy arrays (or anything np.asarray accepts) and return NumPy."""
+    """A loaded model.  Stages take NumPy arrays, DLPack tensors in host memory (PyTorch/JAX CPU, zero-copy)
+    or anything np.asarray accepts, and return NumPy."""
 
     def __init__(self, core, llm_config, clip_config, llm_dir, clip_dir, dtype):
         self._core = core
@@ -294,12 +289,12 @@ class Model:
 
     # ---- input helpers
     def _pixels(self, pixels, batch=True):
-        p = _float_array(pixels, "pixels")
-        S = self.image_size
+        p = _float_array(pixels, "pixels", self.device)
+        S, shape = self.image_size, p.shape
         if p.ndim == 3:
             p = p[None]
         if p.ndim != 4 or p.shape[1:] != (3, S, S):
-            raise ShapeError(f"pixels must be (B, 3, {S}, {S}) or (3, {S}, {S}), got shape {np.asarray(pixels).shape}")
+            raise ShapeError(f"pixels must be (B, 3, {S}, {S}) or (3, {S}, {S}), got shape {shape}")
         return p
 
     def _text_batch(self, text_ids, B):
@@ -309,7 +304,7 @@ class Model:
         if isinstance(text_ids, (list, tuple)) and text_ids and not np.isscalar(text_ids[0]):
             rows = [_id_array(t, "text_ids", 0, 1 << 30).reshape(-1) for t in text_ids]
         else:
-            a = np.asarray(text_ids)
+            a = devarray.host_array(text_ids, "text_ids")
             rows = [_id_array(a, "text_ids", 0, 1 << 30).reshape(-1)] if a.ndim <= 1 else \
                 [_id_array(r, "text_ids", 0, 1 << 30) for r in a]
         if len(rows) == 1 and B > 1:
@@ -333,7 +328,7 @@ class Model:
         """CLIP text ids (T,) or (B,T) -> (hidden (B,T,Dt), pooled (B,Dt))."""
         if not self.has_tg:
             raise ShapeError("this checkpoint has no TG modules and no text tower")
-        a = np.asarray(ids)
+        a = devarray.host_array(ids, "ids", self.device)
         if a.ndim == 1:
             a = a[None]
         if a.ndim != 2 or a.shape[1] == 0:
@@ -342,15 +337,15 @@ class Model:
 
     def fom(self, pooled):
         """Pooled text embeddings (B, Dt) -> FOM mask (B, Nq, Dv)."""
-        p = _float_array(pooled, "pooled")
+        p = _float_array(pooled, "pooled", self.device)
         return self._core.fom(p[None] if p.ndim == 1 else p)
 
     def dp(self, tile_features, text_hidden, text_len=None):
         """Tile features (B, 4*Np, Dv) and text hidden states (B, T, Dt) -> DP tokens (B, latents, H)."""
-        f, t = _float_array(tile_features, "tile_features"), _float_array(text_hidden, "text_hidden")
+        f, t = _float_array(tile_features, "tile_features", self.device), _float_array(text_hidden, "text_hidden", self.device)
         if f.ndim == 2:
             f, t = f[None], t[None] if t.ndim == 2 else t
-        lens = None if text_len is None else np.ascontiguousarray(text_len, dtype=np.int32)
+        lens = None if text_len is None else np.ascontiguousarray(devarray.host_array(text_len, "text_len"), dtype=np.int32)
         return self._core.dp(f, t, lens)
 
     def visual_tokens(self, pixels, text_ids=None, use_fom=True, use_dp=True, n_latents=None):
@@ -373,7 +368,7 @@ class Model:
         return self._core.vision_features(p)
 
     def _sequence(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, features=None):
-        a = np.asarray(input_ids)
+        a = devarray.host_array(input_ids, "input_ids", self.device)
         if a.ndim > 2 or (a.ndim == 2 and a.shape[0] != 1):
             raise ShapeError(f"input_ids must be one sequence (T,) or (1, T), got shape {a.shape}; "
                              "use generate_batch for several sequences")
@@ -388,7 +383,7 @@ class Model:
                 raise ShapeError("one sequence takes one image (3, S, S)")
             seq["pixels"] = np.ascontiguousarray(p[0])
             if features is not None:
-                seq["features"] = np.ascontiguousarray(features, dtype=np.float32)
+                seq["features"] = _float_array(features, "features", self.device)
             if self.has_tg and (use_fom or use_dp):
                 if text_ids is None:
                     raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question)")
