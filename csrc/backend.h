@@ -7,8 +7,9 @@
  *
  * Activations are float32 everywhere.  Large matrices (Linear weights and
  * embedding tables) are tg_weight: rows x cols in PyTorch's (out, in) layout,
- * stored in the backend's storage dtype (CPU: float32; CUDA: bf16/fp16/f32),
- * so products accumulate in float32 whatever the storage.
+ * stored in the backend's storage dtype (CPU: f32, f16, bf16, int8 or int4
+ * blocks; CUDA: f32, f16, bf16), widened to float32 in registers, so products
+ * accumulate in float32 whatever the storage.
  *
  * Every op returns 0 on success, or -1 after writing a message into be->err
  * (ops never exit the process).  Ops run in order on the backend's single
@@ -24,7 +25,13 @@
 extern "C" {
 #endif
 
-enum tg_dtype { TG_F32 = 0, TG_F16 = 1, TG_BF16 = 2 };
+/* Storage of a tg_weight.  The block formats quantise each row in blocks of
+ * TG_QBLOCK consecutive input features with one float16 scale d per block:
+ *   TG_Q8: 32 int8 q, value = d * q (symmetric, d = max|w| / 127): 8.5 bits per weight;
+ *   TG_Q4: 32 4-bit q, value = d * (q - 8) (d = w of largest |w| / -8): 4.5 bits per weight.
+ * They need cols % TG_QBLOCK == 0 (the model falls back to TG_F16 otherwise). */
+enum tg_dtype { TG_F32 = 0, TG_F16 = 1, TG_BF16 = 2, TG_Q8 = 3, TG_Q4 = 4, TG_DTYPE_COUNT = 5 };
+#define TG_QBLOCK 32
 
 enum tg_act {
     TG_ACT_NONE = 0,
@@ -83,9 +90,12 @@ struct tg_backend {
     int (*copy)(tg_backend *be, void *dst, const void *src, size_t bytes);
     int (*sync)(tg_backend *be);
 
-    /* Allocate w->data and fill it from host float32 (rows, cols) in `dtype`
-     * (the backend may refuse a dtype it cannot store). */
-    int (*weight_upload)(tg_backend *be, tg_weight *w, const float *host, int64_t rows, int64_t cols, int dtype);
+    /* Weights are filled in slices so that a checkpoint is never expanded to float32 as a whole:
+     * weight_alloc gives w (rows, cols) storage in `dtype` (a backend refuses a dtype it cannot store,
+     * and the block formats need cols % TG_QBLOCK == 0); weight_write converts rows [row0, row0 + n)
+     * from host float32 (n, cols) into it (the caller may free `host` on return). */
+    int (*weight_alloc)(tg_backend *be, tg_weight *w, int64_t rows, int64_t cols, int dtype);
+    int (*weight_write)(tg_backend *be, tg_weight *w, int64_t row0, int64_t n, const float *host);
     void (*weight_release)(tg_backend *be, tg_weight *w);
 
     /* y(M, w->rows) = act(x(M, w->cols) @ w^T + bias) + residual.
@@ -128,10 +138,26 @@ struct tg_backend {
     int (*argmax)(tg_backend *be, const float *x, int64_t rows, int64_t cols, int32_t *out);
 };
 
+/* alloc + write of a whole matrix (tests and the op checks) */
+static inline int tg_weight_upload(tg_backend *be, tg_weight *w, const float *host, int64_t rows, int64_t cols,
+                                   int dtype) {
+    if (be->weight_alloc(be, w, rows, cols, dtype)) return -1;
+    if (rows > 0 && be->weight_write(be, w, 0, rows, host)) {
+        be->weight_release(be, w);
+        return -1;
+    }
+    return 0;
+}
+
 /* Backends.  Each returns NULL and writes err (size errlen) on failure. */
 tg_backend *tg_cpu_backend_create(char *err, size_t errlen);
 /* seconds the CPU backend spent in matrix products since the last reset (process-wide) */
 double tg_cpu_gemm_seconds(int reset);
+/* bytes of one stored row of `cols` features in `dtype` (0 for an unknown dtype) */
+size_t tg_cpu_row_bytes(int dtype, int64_t cols);
+/* the CPU kernels in use: "avx2" (AVX2 + FMA + F16C, detected at run time) or "portable";
+ * TGLLAVA_CPU_KERNELS=portable in the environment forces the portable C path */
+const char *tg_cpu_kernels(void);
 #ifdef TG_WITH_CUDA
 tg_backend *tg_cuda_backend_create(int device, char *err, size_t errlen);
 #endif

@@ -42,7 +42,8 @@ typedef struct tg_config {
     /* LLM decoder */
     int hidden, heads, kv_heads, head_dim, layers, ffn, vocab, qkv_bias, tie_embeddings, max_len;
     float rms_eps, rope_theta;
-    /* storage dtype of large matrices (enum tg_dtype) */
+    /* storage of large matrices (enum tg_dtype: f32, f16, bf16, int8 or int4 blocks; a matrix whose
+     * input features are not a multiple of TG_QBLOCK falls back from int8/int4 to f16) */
     int dtype;
 } tg_config;
 
@@ -112,6 +113,12 @@ const tg_config *tg_model_config(const tg_model *m);
 /* Tensors the model needs: count, then name/shape of entry i (shape has ndim entries). */
 int tg_model_required_count(const tg_model *m);
 const char *tg_model_required(const tg_model *m, int i, int *ndim, const int64_t **shape, int *loaded);
+/* Storage dtype of the param behind entry i (float32 for vectors) and, when bytes is not NULL, its stored
+ * size (0 for the second part of a stacked param); -1 for a bad index. */
+int tg_model_storage(const tg_model *m, int i, size_t *bytes);
+/* the storage rule: cfg->dtype; f16 for a matrix of `cols` input features that int8/int4 cannot block;
+ * int8 for the output head of an int4 model */
+int tg_weight_storage(const tg_config *cfg, int64_t cols, int is_head);
 int tg_model_set_tensor(tg_model *m, const char *name, const void *data, int src_dtype, int ndim, const int64_t *shape);
 int tg_model_finish(tg_model *m);
 

@@ -62,6 +62,11 @@ class TensorRef:
         return np.memmap(self.path, dtype=npdt, mode="r", offset=self.start, shape=self.shape)
 
     @property
+    def itemsize(self):
+        """Bytes per stored element."""
+        return np.dtype(_ST_DTYPES[self.dtype][0]).itemsize if self.dtype in _ST_DTYPES else 4
+
+    @property
     def src_code(self):
         return _ST_DTYPES.get(self.dtype, (None, None))[1]
 

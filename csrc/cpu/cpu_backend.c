@@ -2,13 +2,17 @@
  *
  * Matrix products go through OpenBLAS cblas_sgemm (from the scipy-openblas32
  * wheel, symbols prefixed scipy_); everything else is C11 loops parallelised
- * with OpenMP.  Memory is ordinary host memory, so to_device/to_host are
+ * with OpenMP.  Weights may be stored compact (float16, bfloat16, int8/int4
+ * blocks: quant.c): products of few rows (decoding) stream them through the
+ * GEMV of quant.c; larger products dequantise panels of rows into float32 and
+ * hand them to sgemm.  Memory is ordinary host memory, so to_device/to_host are
  * memcpy.  Attention is computed per (batch, head) in blocks of query rows:
  * a (block x Tk) score slab, never the whole (Tq x Tk) matrix, plus a direct
  * path for the few-query case of decoding.  This backend is also the
  * reference the CUDA backend is tested against.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +21,7 @@
 #include <cblas.h>
 
 #include "backend.h"
+#include "quant.h"
 
 #ifdef BLAS_SYMBOL_PREFIX
 #define SGEMM scipy_cblas_sgemm
@@ -38,6 +43,8 @@ double tg_cpu_gemm_seconds(int reset) {
 typedef struct {
     float *scratch; /* score slabs, grows on demand */
     size_t scratch_len;
+    float *panel; /* float32 rows of a compact weight for sgemm */
+    size_t panel_len;
 } cpu_impl;
 
 static int fail(tg_backend *be, const char *msg) {
@@ -45,15 +52,18 @@ static int fail(tg_backend *be, const char *msg) {
     return -1;
 }
 
+static float *grow(float **buf, size_t *len, size_t n) {
+    if (*len < n) {
+        float *p = realloc(*buf, n * sizeof(float));
+        if (!p) return NULL;
+        *buf = p;
+        *len = n;
+    }
+    return *buf;
+}
 static float *scratch(tg_backend *be, size_t n) {
     cpu_impl *im = be->impl;
-    if (im->scratch_len < n) {
-        float *p = realloc(im->scratch, n * sizeof(float));
-        if (!p) return NULL;
-        im->scratch = p;
-        im->scratch_len = n;
-    }
-    return im->scratch;
+    return grow(&im->scratch, &im->scratch_len, n);
 }
 
 /* ---- memory ---- */
@@ -72,16 +82,33 @@ static int cpu_memcpy(tg_backend *be, void *dst, const void *src, size_t n) {
 }
 static int cpu_sync(tg_backend *be) { (void)be; return 0; }
 
-static int cpu_weight_upload(tg_backend *be, tg_weight *w, const float *host, int64_t rows, int64_t cols, int dtype) {
-    if (dtype != TG_F32) return fail(be, "stores weights in float32 only (use dtype='float32' on the CPU)");
-    w->data = cpu_alloc(be, (size_t)(rows * cols) * sizeof(float));
+static int cpu_weight_alloc(tg_backend *be, tg_weight *w, int64_t rows, int64_t cols, int dtype) {
+    w->data = NULL;
+    if (dtype < 0 || dtype >= TG_DTYPE_COUNT) return fail(be, "weight_alloc: unknown dtype");
+    if (rows < 0 || cols <= 0) return fail(be, "weight_alloc: bad shape");
+    if ((dtype == TG_Q8 || dtype == TG_Q4) && cols % TG_QBLOCK)
+        return fail(be, "weight_alloc: int8/int4 blocks need the input features to be a multiple of 32");
+    const size_t rb = tg_cpu_row_bytes(dtype, cols);
+    if (rows && rb > SIZE_MAX / (size_t)rows) return fail(be, "weight_alloc: size overflows");
+    w->data = cpu_alloc(be, rb * (size_t)rows);
     if (!w->data) return -1;
-    memcpy(w->data, host, (size_t)(rows * cols) * sizeof(float));
-    w->dtype = TG_F32;
+    w->dtype = dtype;
     w->rows = rows;
     w->cols = cols;
     return 0;
 }
+
+static int cpu_weight_write(tg_backend *be, tg_weight *w, int64_t row0, int64_t n, const float *host) {
+    if (!w->data || row0 < 0 || n < 0 || row0 + n > w->rows) return fail(be, "weight_write: rows out of range");
+    const size_t rb = tg_cpu_row_bytes(w->dtype, w->cols);
+    int64_t out_of_range = 0;
+#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (n * w->cols > PAR_MIN)
+    for (int64_t r = 0; r < n; r++)
+        out_of_range += tg_quantize_row(w->dtype, host + r * w->cols, (char *)w->data + (size_t)(row0 + r) * rb, w->cols);
+    if (out_of_range) return fail(be, "weight_write: values beyond the float16 range (+-65504): use bfloat16");
+    return 0;
+}
+
 static void cpu_weight_release(tg_backend *be, tg_weight *w) {
     (void)be;
     free(w->data);
@@ -127,42 +154,43 @@ static int cpu_add_bcast(tg_backend *be, float *y, const float *x, int64_t outer
 
 /* ---- linear ---- */
 
-/* dot product with 16 independent partial sums so the compiler vectorises it without -ffast-math */
-static inline float dot(const float *a, const float *b, int64_t n) {
-    float acc[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (; i < n; i++) s += a[i] * b[i];
-    for (int j = 0; j < 16; j++) s += acc[j];
-    return s;
-}
+#define PANEL_FLOATS (1 << 20) /* float32 panel of a compact weight handed to sgemm: 4 MiB */
 
-/* Few rows (decoding): weight-streaming GEMV, each weight row read once for all M inputs. */
-static void gemv_rows(const float *x, const float *w, float *y, int64_t M, int64_t N, int64_t K, float beta) {
-#pragma omp parallel for schedule(static) if (N * K > PAR_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        const float *wn = w + n * K;
-        for (int64_t m = 0; m < M; m++) {
-            float v = dot(x + m * K, wn, K);
-            y[m * N + n] = beta != 0.0f ? v + y[m * N + n] : v;
-        }
+/* y (M, N) = x @ w^T (+ y when beta is 1) through sgemm, for a weight in any storage format */
+static int sgemm_weight(tg_backend *be, const float *x, const tg_weight *w, float *y, int64_t M, float beta) {
+    const int64_t N = w->rows, K = w->cols;
+    if (w->dtype == TG_F32) {
+        SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, (const float *)w->data,
+              (int)K, beta, y, (int)N);
+        return 0;
     }
+    int64_t nb = PANEL_FLOATS / K;
+    nb = nb < 16 ? 16 : nb / 16 * 16;
+    if (nb > N) nb = N;
+    cpu_impl *im = be->impl;
+    float *panel = grow(&im->panel, &im->panel_len, (size_t)(nb * K));
+    if (!panel) return fail(be, "linear: out of memory for a weight panel");
+    for (int64_t n0 = 0; n0 < N; n0 += nb) {
+        const int64_t rows = N - n0 < nb ? N - n0 : nb;
+        tg_dequant_rows(w->dtype, w->data, n0, rows, K, panel);
+        SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)rows, (int)K, 1.0f, x, (int)K, panel, (int)K, beta,
+              y + n0, (int)N);
+    }
+    return 0;
 }
 
 static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const float *bias, const float *residual,
                       float *y, int64_t M, int act) {
     const int64_t N = w->rows, K = w->cols;
-    if (w->dtype != TG_F32) return fail(be, "linear: weight is not float32");
     if (M <= 0) return 0;
     if (residual == y && act != TG_ACT_NONE) return fail(be, "linear: residual may alias y only without activation");
     float beta = (residual == y) ? 1.0f : 0.0f;
     double t0 = omp_get_wtime();
-    if (M <= 8) gemv_rows(x, (const float *)w->data, y, M, N, K, beta);
-    else SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, (const float *)w->data, (int)K,
-          beta, y, (int)N);
+    int rc = 0;
+    if (M <= 8) tg_gemv(w->dtype, w->data, x, y, M, N, K, beta != 0.0f);
+    else rc = sgemm_weight(be, x, w, y, M, beta);
     gemm_seconds += omp_get_wtime() - t0;
+    if (rc) return rc;
     if (!bias && act == TG_ACT_NONE && (!residual || residual == y)) return 0;
 #pragma omp parallel for schedule(static) if (M * N > PAR_MIN)
     for (int64_t r = 0; r < M; r++) {
@@ -348,12 +376,9 @@ static int cpu_attention(tg_backend *be, const tg_attention *a) {
 /* ---- gathers ---- */
 
 static int cpu_embedding(tg_backend *be, const tg_weight *t, const int32_t *ids, float *out, int64_t n) {
-    if (t->dtype != TG_F32) return fail(be, "embedding: table is not float32");
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= t->rows) return fail(be, "embedding: id out of range");
-#pragma omp parallel for schedule(static) if (n * t->cols > PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
-        memcpy(out + i * t->cols, (const float *)t->data + (int64_t)ids[i] * t->cols, (size_t)t->cols * sizeof(float));
+    for (int64_t i = 0; i < n; i++) tg_dequant_rows(t->dtype, t->data, ids[i], 1, t->cols, out + i * t->cols);
     return 0;
 }
 
@@ -457,7 +482,10 @@ static int cpu_argmax(tg_backend *be, const float *x, int64_t rows, int64_t cols
 static void cpu_destroy(tg_backend *be) {
     if (!be) return;
     cpu_impl *im = be->impl;
-    if (im) free(im->scratch);
+    if (im) {
+        free(im->scratch);
+        free(im->panel);
+    }
     free(im);
     free(be);
 }
@@ -480,7 +508,8 @@ tg_backend *tg_cpu_backend_create(char *err, size_t errlen) {
     be->to_host = cpu_memcpy;
     be->copy = cpu_memcpy;
     be->sync = cpu_sync;
-    be->weight_upload = cpu_weight_upload;
+    be->weight_alloc = cpu_weight_alloc;
+    be->weight_write = cpu_weight_write;
     be->weight_release = cpu_weight_release;
     be->linear = cpu_linear;
     be->layernorm = cpu_layernorm;

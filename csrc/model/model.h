@@ -22,6 +22,7 @@ typedef struct param {
     tg_weight w;        /* w.data == NULL until uploaded */
     int64_t rows, cols; /* logical 2-D shape of the whole buffer */
     int is_matrix;      /* stored in the model dtype (else float32) */
+    int is_head;        /* the output head (lm_head, or the tied embedding): int4 models keep it int8 */
     int nparts, got;    /* checkpoint tensors stacked by rows, and how many arrived */
     float *stash;       /* host staging while parts arrive */
 } param;

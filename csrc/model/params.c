@@ -5,8 +5,11 @@
  * the param it fills.  Tensors a checkpoint has but the model does not use
  * (Q-former word/position embeddings and text FFN, cls.*, CLIP projections,
  * post_layernorm, vision layers past the selected one) are simply never asked
- * for.  tg_model_set_tensor() converts float32/float16/bfloat16 to float32 on
- * the host once, stacks parts, and uploads to the backend in the model dtype.
+ * for.  tg_model_set_tensor() streams a checkpoint tensor (float32, float16 or
+ * bfloat16 bytes) into its param: matrices are converted a slice of rows at a
+ * time (a few MiB of float32, checked for NaN/Inf) straight into their storage
+ * format on the backend, so the host never holds the model in float32; the
+ * small float32 params (norms, biases, position tables) are staged whole.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -14,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "model.h"
 
 int model_fail(tg_model *m, const char *fmt, ...) {
@@ -226,6 +230,7 @@ int model_register(tg_model *m) {
     R(mat(m, &m->embed, "model.embed_tokens.weight", c->vocab, H));
     R(vec(m, &m->norm, "model.norm.weight", H));
     if (!c->tie_embeddings) R(mat(m, &m->lm_head, "lm_head.weight", c->vocab, H));
+    (c->tie_embeddings ? &m->embed : &m->lm_head)->is_head = 1;
     m->l_layers = calloc((size_t)c->layers, sizeof(llm_layer));
     if (!m->l_layers) return model_fail(m, "out of memory");
     for (int i = 0; i < c->layers; i++) {
@@ -282,7 +287,7 @@ static int check_config(const tg_config *c, char *err, size_t errlen) {
         int np = (c->v_image / c->v_patch) * (c->v_image / c->v_patch);
         NEED(c->p_positions >= 4 * np, "perceiver positions must cover 4 tiles of patches");
     }
-    NEED(c->dtype == TG_F32 || c->dtype == TG_F16 || c->dtype == TG_BF16, "unknown dtype");
+    NEED(c->dtype >= 0 && c->dtype < TG_DTYPE_COUNT, "unknown dtype");
 #undef NEED
     return 0;
 }
@@ -358,40 +363,90 @@ const char *tg_model_required(const tg_model *m, int i, int *ndim, const int64_t
 
 /* ---- loading ---- */
 
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) bits = sign;
-        else { /* subnormal */
-            float f = ldexpf((float)man, -24);
-            return sign ? -f : f;
-        }
-    } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
-    else bits = sign | ((exp + 112) << 23) | (man << 13);
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static void convert(float *dst, const void *src, int src_dtype, int64_t n) {
+/* dst (n) float32 = src (n) in the checkpoint dtype; returns the index of the first non-finite value or -1 */
+static int64_t convert(float *dst, const void *src, int src_dtype, int64_t n) {
     if (src_dtype == TG_SRC_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
     } else if (src_dtype == TG_SRC_F16) {
         const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = half_to_float(s[i]);
+        for (int64_t i = 0; i < n; i++) dst[i] = tg_half_to_float(s[i]);
     } else {
         const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t bits = (uint32_t)s[i] << 16;
-            memcpy(&dst[i], &bits, 4);
-        }
+        for (int64_t i = 0; i < n; i++) dst[i] = tg_bf16_to_float(s[i]);
     }
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(dst[i])) return i;
+    return -1;
+}
+
+static size_t src_size(int src_dtype) { return src_dtype == TG_SRC_F32 ? 4 : 2; }
+
+int tg_weight_storage(const tg_config *c, int64_t cols, int is_head) {
+    if ((c->dtype == TG_Q8 || c->dtype == TG_Q4) && cols % TG_QBLOCK) return TG_F16; /* cannot be blocked */
+    /* 4-bit logits carry ~10% noise straight into the answer (golden sets: logits cosine 0.987 with an int4
+     * head, 0.99x with an int8 one), so the head stays int8, as llama.cpp keeps its 4-bit models' output at 6 bits */
+    if (c->dtype == TG_Q4 && is_head) return TG_Q8;
+    return c->dtype;
+}
+
+int tg_model_storage(const tg_model *m, int i, size_t *bytes) {
+    if (i < 0 || i >= m->n_reg) return -1;
+    const param *p = m->reg[i].p;
+    const int dt = p->is_matrix ? tg_weight_storage(&m->c, p->cols, p->is_head) : TG_F32;
+    if (bytes) {
+        size_t rb = tg_cpu_row_bytes(dt, p->cols); /* the same sizes on every backend that stores dt */
+        *bytes = m->reg[i].part == 0 ? rb * (size_t)p->rows : 0; /* a stacked param counts once */
+    }
+    return dt;
 }
 
 static void shape_str(char *buf, size_t len, int ndim, const int64_t *shape) {
     size_t o = (size_t)snprintf(buf, len, "(");
     for (int i = 0; i < ndim && o < len; i++) o += (size_t)snprintf(buf + o, len - o, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (o < len) snprintf(buf + o, len - o, ndim == 1 ? ",)" : ")");
+}
+
+#define SLICE_FLOATS (1 << 20) /* float32 staging of a matrix load: 4 MiB */
+
+/* rows [part * part_rows, (part + 1) * part_rows) of a matrix param from checkpoint bytes, a slice at a time */
+static int load_matrix_part(tg_model *m, registry_entry *e, const void *data, int src_dtype, int64_t part_rows) {
+    param *p = e->p;
+    if (!p->w.data && m->be->weight_alloc(m->be, &p->w, p->rows, p->cols, tg_weight_storage(&m->c, p->cols, p->is_head)))
+        return be_fail(m, e->name);
+    int64_t slice = SLICE_FLOATS / p->cols;
+    if (slice < 1) slice = 1;
+    if (slice > part_rows) slice = part_rows;
+    float *buf = malloc((size_t)(slice * p->cols) * sizeof(float));
+    if (!buf) return model_fail(m, "out of host memory converting %s", e->name);
+    for (int64_t r = 0; r < part_rows; r += slice) {
+        const int64_t rows = part_rows - r < slice ? part_rows - r : slice;
+        const char *src = (const char *)data + (size_t)(r * p->cols) * src_size(src_dtype);
+        int64_t bad = convert(buf, src, src_dtype, rows * p->cols);
+        if (bad >= 0) {
+            free(buf);
+            return model_fail(m, "tensor %s holds a non-finite value (NaN or Inf) at flat index %lld", e->name,
+                              (long long)(r * p->cols + bad));
+        }
+        if (m->be->weight_write(m->be, &p->w, (int64_t)e->part * part_rows + r, rows, buf)) {
+            free(buf);
+            return be_fail(m, e->name);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* a float32 param (norm, bias, position table): staged on the host until all its parts arrived */
+static int load_small(tg_model *m, registry_entry *e, const void *data, int src_dtype) {
+    param *p = e->p;
+    const int64_t part_n = p->rows * p->cols / p->nparts;
+    if (!p->stash) {
+        p->stash = malloc((size_t)(p->rows * p->cols) * sizeof(float));
+        if (!p->stash) return model_fail(m, "out of host memory converting %s", e->name);
+    }
+    int64_t bad = convert(p->stash + (int64_t)e->part * part_n, data, src_dtype, part_n);
+    if (bad >= 0) return model_fail(m, "tensor %s holds a non-finite value (NaN or Inf) at flat index %lld", e->name, (long long)bad);
+    return 0;
 }
 
 int tg_model_set_tensor(tg_model *m, const char *name, const void *data, int src_dtype, int ndim, const int64_t *shape) {
@@ -413,28 +468,16 @@ int tg_model_set_tensor(tg_model *m, const char *name, const void *data, int src
         return model_fail(m, "tensor %s has shape %s, expected %s", name, got, want);
     }
     param *p = e->p;
-    const int64_t n = p->rows * p->cols, part_n = n / p->nparts;
-    if (!p->stash) {
-        p->stash = malloc((size_t)n * sizeof(float));
-        if (!p->stash) return model_fail(m, "out of host memory converting %s", name);
-    }
-    convert(p->stash + (int64_t)e->part * part_n, data, src_dtype, part_n);
-    for (int64_t i = 0; i < part_n; i++) {
-        float v = p->stash[(int64_t)e->part * part_n + i];
-        if (!isfinite(v)) return model_fail(m, "tensor %s holds a non-finite value (NaN or Inf) at flat index %lld", name, (long long)i);
-    }
+    const int64_t n = p->rows * p->cols, part_rows = p->rows / p->nparts;
+    int rc = p->is_matrix ? load_matrix_part(m, e, data, src_dtype, part_rows) : load_small(m, e, data, src_dtype);
+    if (rc) return rc;
     e->loaded = 1;
-    if (++p->got < p->nparts) return 0;
-    int rc;
-    if (p->is_matrix) {
-        rc = m->be->weight_upload(m->be, &p->w, p->stash, p->rows, p->cols, m->c.dtype);
-    } else {
-        p->w.rows = p->rows;
-        p->w.cols = p->cols;
-        p->w.dtype = TG_F32;
-        p->w.data = m->be->alloc(m->be, (size_t)n * sizeof(float));
-        rc = p->w.data ? m->be->to_device(m->be, p->w.data, p->stash, (size_t)n * sizeof(float)) : -1;
-    }
+    if (++p->got < p->nparts || p->is_matrix) return 0;
+    p->w.rows = p->rows;
+    p->w.cols = p->cols;
+    p->w.dtype = TG_F32;
+    p->w.data = m->be->alloc(m->be, (size_t)n * sizeof(float));
+    rc = p->w.data ? m->be->to_device(m->be, p->w.data, p->stash, (size_t)n * sizeof(float)) : -1;
     free(p->stash);
     p->stash = NULL;
     if (rc) return be_fail(m, name);

@@ -304,6 +304,31 @@ static PyObject *Model_required(ModelObject *self, PyObject *noargs) {
     return out;
 }
 
+/* storage() -> [(name, dtype name, stored bytes)]: how each checkpoint tensor is (or will be) stored;
+ * a stacked tensor's second part shows 0 bytes */
+static PyObject *Model_storage(ModelObject *self, PyObject *noargs) {
+    if (model_ready(self)) return NULL;
+    static const char *names[TG_DTYPE_COUNT] = {"float32", "float16", "bfloat16", "int8", "int4"};
+    int n = tg_model_required_count(self->m);
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    for (int i = 0; i < n; i++) {
+        int ndim, loaded;
+        const int64_t *shape;
+        size_t bytes = 0;
+        const char *name = tg_model_required(self->m, i, &ndim, &shape, &loaded);
+        int dt = tg_model_storage(self->m, i, &bytes);
+        PyObject *item = Py_BuildValue("(ssK)", name, dt >= 0 && dt < TG_DTYPE_COUNT ? names[dt] : "?",
+                                       (unsigned long long)bytes);
+        if (!item) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
 /* set_tensor(name, array, src_dtype): array float32, float16, or uint16 holding bfloat16 bits (src_dtype 2) */
 static PyObject *Model_set_tensor(ModelObject *self, PyObject *args) {
     if (model_ready(self)) return NULL;
@@ -829,6 +854,7 @@ static PyObject *Model_get_device(ModelObject *self, void *closure) {
 
 static PyMethodDef Model_methods[] = {
     {"required", (PyCFunction)Model_required, METH_NOARGS, "required() -> [(name, shape, loaded)] of checkpoint tensors"},
+    {"storage", (PyCFunction)Model_storage, METH_NOARGS, "storage() -> [(name, dtype, bytes)] of checkpoint tensors"},
     {"set_tensor", (PyCFunction)Model_set_tensor, METH_VARARGS, "set_tensor(name, array, src_dtype)"},
     {"finish", (PyCFunction)Model_finish, METH_NOARGS, "finish(): check every tensor arrived"},
     {"vision_features", (PyCFunction)Model_vision_features, METH_VARARGS, "(B,3,S,S) float32 -> (B,Np,Dv)"},
@@ -911,7 +937,10 @@ static PyObject *py_gemm_seconds(PyObject *mod, PyObject *args) {
     return PyFloat_FromDouble(tg_cpu_gemm_seconds(reset));
 }
 
+static PyObject *py_cpu_kernels(PyObject *mod, PyObject *noargs) { return PyUnicode_FromString(tg_cpu_kernels()); }
+
 static PyMethodDef module_methods[] = {
+    {"cpu_kernels", py_cpu_kernels, METH_NOARGS, "CPU kernels in use: 'avx2' or 'portable' (TGLLAVA_CPU_KERNELS=portable forces it)"},
     {"cpu_gemm_seconds", py_gemm_seconds, METH_VARARGS, "cpu_gemm_seconds(reset=False): time the CPU backend spent in matrix products"},
     {"tile", py_tile, METH_VARARGS, "tile(pixels (B,C,S,S)) -> (B,4,C,S,S): bilinear 2x upscale and 4 crops"},
     {"built_with_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA backend was compiled in"},

@@ -101,7 +101,7 @@ static PyObject *op_linear(PyObject *mod, PyObject *args) {
         PyErr_SetString(TgErr_Shape, "linear: inconsistent shapes");
         goto done;
     }
-    if (be->weight_upload(be, &wt, PyArray_DATA(w), N, K, dtype)) {
+    if (tg_weight_upload(be, &wt, PyArray_DATA(w), N, K, dtype)) {
         op_failed(&b);
         goto done;
     }
@@ -339,7 +339,7 @@ static PyObject *op_elementwise(PyObject *mod, PyObject *args) {
                 goto done;
             }
         tg_weight t = {0};
-        if (be->weight_upload(be, &t, PyArray_DATA(x), V, D, iarg)) {
+        if (tg_weight_upload(be, &t, PyArray_DATA(x), V, D, iarg)) {
             op_failed(&b);
             goto done;
         }
