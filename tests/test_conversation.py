@@ -55,9 +55,39 @@ def test_without_image(mode):
 
 
 def test_image_marker_already_in_question():
-    assert conv.build_prompt("<image>\n" + Q, "vicuna_v1") == EXPECTED["vicuna_v1"]
+    """Both reference rules put "<image>\\n" in front of a question that already holds <image>."""
+    two = EXPECTED["vicuna_v1"].replace("USER: <image>\n", "USER: <image>\n<image>\n")
+    assert conv.build_prompt("<image>\n" + Q, "vicuna_v1") == two
+    assert conv.build_prompt("<image>\n" + Q, "vicuna_v1", placeholders=False) == two
     p = conv.build_prompt("Compare <image> with the text.", "llava_v0")
-    assert p.count("<image>") == 1 and "Human: Compare <image> with the text.###" in p
+    assert p.count("<image>") == 2 and "Human: <image>\nCompare <image> with the text.###" in p
+
+
+def test_image_placeholder_rules():
+    # TG-LLaVA's runner (the default): every placeholder becomes <image>, nothing is added
+    p = conv.build_prompt("Compare <image-placeholder> with the text.", "llava_v0")
+    assert "###Human: Compare <image> with the text.###" in p and p.count("<image>") == 1
+    assert conv.user_message("a <image-placeholder> b <image-placeholder>") == "a <image> b <image>"
+    assert conv.user_message("<image-placeholder>", n_images=3) == "<image>"
+    # LLaVA's model_vqa_loader: always "<image>\\n" in front, the text as it is
+    assert conv.user_message("a <image-placeholder>", placeholders=False) == "<image>\na <image-placeholder>"
+    # several pictures are asked for explicitly
+    assert conv.user_message(Q, n_images=3) == "<image>\n<image>\n<image>\n" + Q
+    assert conv.build_prompt(Q, "plain", n_images=2) == "<image>\n<image>\n" + Q + "\n"
+    assert conv.user_message("x <image-placeholder>", n_images=0) == "x <image-placeholder>"
+    assert conv.build_prompt("x <image-placeholder>", "plain", with_image=False) == "x <image-placeholder>\n"
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_images"):
+            conv.user_message(Q, n_images=bad)
+
+
+def test_text_guide_is_the_runners():
+    assert conv.text_guide("<image>\nWhat is this? ") == "What is this?"
+    assert conv.text_guide("Describe <image-placeholder> briefly.") == "Describe  briefly."
+    assert conv.text_guide("<image-placeholder>\n  Is there a ball?  ") == "Is there a ball?"
+    # the runner replaces the placeholder by <image>, then removes <image> once over the text
+    assert conv.text_guide("<<image-placeholder>image>>") == "<image>>"
+    assert conv.text_guide("a <image-placeholder", placeholders=False) == "a <image-placeholder"
 
 
 def test_templates_table():

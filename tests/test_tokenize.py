@@ -313,6 +313,40 @@ def test_stream_decoder(sp_tok, llama3):
         assert "" in pieces[:-1]
 
 
+def test_clean_up_tokenization_rule():
+    """transformers' clean_up_tokenization, rules applied in its order (outputs of transformers 4.37.2)."""
+    cases = {"a . b ? c ! d , e": "a. b? c! d, e", "do n't": "don't", "don 't": "don 't",
+             "I 'm it 's we 've they 're": "I'm it's we've they're", "a ' b": "a'b", "  ' s": "'s",
+             " n ' t": "n't", "x ' 's": "x''s", "  ' ve": "'ve", ". . .": "...", "end .": "end.",
+             "a ; b : c 'll": "a ; b : c 'll"}
+    for text, want in cases.items():
+        assert T.clean_up_tokenization(text) == want, text
+
+
+def test_clean_up_setting():
+    s = T._clean_up_setting
+    assert s({}, "tokenizers") is True  # PreTrainedTokenizerFast's default
+    assert s({"tokenizer_class": "PreTrainedTokenizerFast"}, "tokenizers") is True
+    for cls in ("LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "Qwen2Tokenizer", "Qwen2TokenizerFast"):
+        assert s({"tokenizer_class": cls}, "tokenizers") is False, cls
+    assert s({}, "sentencepiece") is False
+    assert s({"tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": True}, "sentencepiece") is True
+    assert s({"clean_up_tokenization_spaces": False}, "tokenizers") is False
+
+
+def test_stream_decoder_with_a_plain_tokenizer_object():
+    """Any object with decode(ids, skip_special_tokens=...) works; byte runs are then judged by U+FFFD."""
+    class Bytes:
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    data = "Hé 😀!".encode("utf-8") + b"\xe4\xb8" + b"x\x80"
+    sd = T.StreamDecoder(Bytes())
+    pieces = [sd.push(b) for b in data] + [sd.flush()]
+    assert "".join(pieces) == data.decode("utf-8", errors="replace")
+    assert pieces[:2] == ["H", ""] and pieces[2] == "é"
+
+
 def test_from_folder_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no tokenizer.json, tokenizer.model or vocab.json"):
         T.LlmTokenizer.from_folder(tmp_path)

@@ -4,7 +4,7 @@
 `tgllava.Model`: the chat template (conversation.build_prompt, with the
 model's own conv mode by default), the LLM tokens with one image slot
 (tokenize.tokenizer_image_token), for TG-LLaVA the CLIP text guide (the
-question without "<image>", stripped; SPEC section 1), the CLIP pixels
+user turn without its image marker, stripped; SPEC section 1), the CLIP pixels
 (image.preprocess in the mode the config asks for), generation until EOS, a
 stop string of the template or `max_new_tokens`, and detokenization with the
 stop string trimmed (LLaVA's KeywordsStoppingCriteria rule: generation stops
@@ -96,8 +96,11 @@ def default_conv_mode(model):
 
 
 def text_guide(question):
-    """The text the CLIP text guide is made of: the question without "<image>", stripped."""
-    return question.replace(conversation.IMAGE_TOKEN, "").strip()
+    """The text the CLIP text guide is made of (TG-LLaVA's runner): the user turn without "<image>", stripped.
+
+    "<image-placeholder>" counts as an image marker and disappears too (conversation.text_guide).
+    """
+    return conversation.text_guide(question)
 
 
 def _pixels(model, img):
@@ -120,6 +123,13 @@ def _prepare(model, img, question, conv_mode, use_fom, use_dp, timings):
     llm_tok, clip_tok = tokenizers(model)
     prompt = conversation.build_prompt(question, conv_mode)
     input_ids = tokenize.tokenizer_image_token(prompt, llm_tok)
+    slots = input_ids.count(tokenize.IMAGE_TOKEN_INDEX)
+    if slots != 1:
+        raise ShapeError(
+            f"the prompt has {slots} image slots for one image: like the reference runner, chat puts "
+            f"'<image>\\n' before the question unless it holds '{conversation.IMAGE_PLACEHOLDER}' (each one "
+            f"becomes the image), and a literal '<image>' in the question is one more slot; write the "
+            f"question without '<image>', or with exactly one '{conversation.IMAGE_PLACEHOLDER}'")
     req = {"input_ids": input_ids, "pixels": pixels, "use_fom": use_fom, "use_dp": use_dp}
     if model.has_tg and (use_fom or use_dp):
         req["text_ids"] = clip_tok.encode(text_guide(question))

@@ -14,8 +14,17 @@ entries are identical to haotian-liu/LLaVA `llava/conversation.py`):
              after <|im_end|>
   plain      "<msg>\\n" (pre-training format)
 
-`build_prompt` renders one user turn (with `<image>\\n` in front of the
-question, as LLaVA's evaluation does) and stops where the answer begins.
+`build_prompt` renders one user turn and stops where the answer begins.
+The image markers follow the reference scripts (`user_message`): by default
+TG-LLaVA's runner (tg_llava/deploy/runner.py, the same rule as LLaVA's
+run_llava.py): every `<image-placeholder>` in the question becomes
+`<image>`, and a question without one gets `<image>\\n` in front, even if
+it already holds a literal `<image>` (that one becomes an image slot too,
+as in the reference); with placeholders=False LLaVA's evaluation scripts
+(model_vqa_loader.py): `<image>\\n` in front of every question, the text
+left as it is.  Several pictures in one prompt are asked for with
+`n_images`, never by writing `<image>` into the text.  `text_guide` is the
+runner's CLIP text guide: the user turn without `<image>`, stripped.
 `guess_conv_mode` picks a template from a model config; `stop_strings`
 gives the text that ends an answer (LLaVA: sep2 for two-separator
 templates, else sep).
@@ -25,6 +34,7 @@ import dataclasses
 import os
 
 IMAGE_TOKEN = "<image>"
+IMAGE_PLACEHOLDER = "<image-placeholder>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,19 +114,48 @@ def get_template(name):
         ) from None
 
 
-def build_prompt(question, conv_mode, with_image=True):
-    """The full prompt for one user turn, ending where the assistant's answer starts.
+def user_message(question, n_images=1, placeholders=True):
+    """The user turn of `question` shown with `n_images` pictures, with its image markers.
 
-    With `with_image`, "<image>\\n" is put in front of the question (LLaVA's
-    `DEFAULT_IMAGE_TOKEN + "\\n" + qs`) unless the question already contains
-    "<image>", in which case the user placed it and it is left alone.
+    placeholders=True (TG-LLaVA's runner, LLaVA's run_llava.py): if the
+    question holds "<image-placeholder>", each one becomes "<image>" and
+    nothing is added; otherwise "<image>\\n" per picture goes in front.
+    placeholders=False (LLaVA's model_vqa_loader.py): "<image>\\n" per
+    picture always goes in front and the text is left as it is.
+    A literal "<image>" already in the question is kept in both rules, so
+    it becomes one more image slot, exactly as in the reference.
+    n_images=0 returns the question unchanged.
     """
-    template = get_template(conv_mode)
     if not isinstance(question, str):
         raise TypeError(f"question must be a str, got {type(question).__name__}")
-    if with_image and IMAGE_TOKEN not in question:
-        question = IMAGE_TOKEN + "\n" + question
-    return template.render([question, None])
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 0:
+        raise ValueError(f"n_images must be a whole number >= 0, got {n_images!r}")
+    if n_images == 0:
+        return question
+    if placeholders and IMAGE_PLACEHOLDER in question:
+        return question.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN)
+    return (IMAGE_TOKEN + "\n") * n_images + question
+
+
+def build_prompt(question, conv_mode, with_image=True, n_images=1, placeholders=True):
+    """The full prompt for one user turn, ending where the assistant's answer starts.
+
+    The user turn is `user_message(question, n_images, placeholders)`;
+    with_image=False leaves the question without any image marker.
+    """
+    template = get_template(conv_mode)
+    message = user_message(question, n_images if with_image else 0, placeholders)
+    return template.render([message, None])
+
+
+def text_guide(question, placeholders=True):
+    """The CLIP text guide of TG-LLaVA's runner: the user turn without "<image>", stripped.
+
+    The runner builds it from the question after its image markers were
+    put in (so "<image-placeholder>" disappears too); `placeholders` is the
+    same rule as in user_message.
+    """
+    return user_message(question, 1, placeholders).replace(IMAGE_TOKEN, "").strip()
 
 
 def stop_strings(conv_mode):

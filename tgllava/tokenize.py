@@ -135,6 +135,37 @@ def _without_dummy_prefix(model_proto):
     return bytes(out)
 
 
+# --- the clean-up of spaces in decoded text --------------------------------------
+
+# transformers' `clean_up_tokenization`, applied in this order to the whole text.
+_CLEAN_UP_RULES = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+    (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)
+
+
+def clean_up_tokenization(text):
+    """transformers' clean-up of decoded text: drop the space before . ? ! , 'm 's 've 're n't, and around ' ."""
+    for old, new in _CLEAN_UP_RULES:
+        text = text.replace(old, new)
+    return text
+
+
+def _clean_up_setting(config, kind):
+    """Whether decode cleans up spaces, decided as transformers 4.37 does.
+
+    `clean_up_tokenization_spaces` in tokenizer_config.json wins (Meta's
+    Llama-3 files say true); without it the Llama and Qwen2 tokenizer
+    classes default to false and every other class (e.g. the plain
+    PreTrainedTokenizerFast of Llama-3) to true.
+    """
+    value = config.get("clean_up_tokenization_spaces")
+    if value is not None:
+        return bool(value)
+    cls_name = str(config.get("tokenizer_class") or "")
+    return not (kind == "sentencepiece" or cls_name.startswith(("Llama", "CodeLlama", "Qwen2")))
+
+
 # --- the LLM tokenizer -----------------------------------------------------------
 
 class LlmTokenizer:
@@ -223,6 +254,7 @@ class LlmTokenizer:
         extra = self.config.get("additional_special_tokens") or stm.get("additional_special_tokens") or []
         named += [self.token_to_id(_token_text(t)) for t in extra]
         self._skip_ids = {i for i in named if i is not None}
+        self.clean_up_tokenization_spaces = _clean_up_setting(self.config, kind)
 
     # -- construction ---------------------------------------------------------
 
@@ -356,8 +388,28 @@ class LlmTokenizer:
             ids = ids[1:]
         return ids
 
-    def decode(self, ids, skip_special_tokens=True):
-        """Text of `ids`; negative ids (image placeholders) are ignored."""
+    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=None):
+        """Text of `ids`; negative ids (image placeholders) are ignored.
+
+        clean_up_tokenization_spaces=None follows the tokenizer's setting
+        (`self.clean_up_tokenization_spaces`, from tokenizer_config.json);
+        True/False force transformers' clean-up rule on or off.
+        """
+        text = self._decode_raw(ids, skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+
+    def is_byte_token(self, idx):
+        """Whether id `idx` is a byte-fallback piece such as <0xE4> (decoded in runs with its neighbours)."""
+        idx = int(idx)
+        if self.kind == "sentencepiece":
+            sp = self._backend
+            return idx not in self._added and 0 <= idx < sp.get_piece_size() and sp.is_byte(idx)
+        token = self.id_to_token(idx)
+        return token is not None and len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+
+    def _decode_raw(self, ids, skip_special_tokens):
         ids = [int(i) for i in ids if int(i) >= 0]
         if self.kind == "tokenizers":
             return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -386,16 +438,30 @@ _QWEN2_PRETOKENIZE = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|
                       r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
-def _read_merges(path):
+def _read_qwen2_merges(path):
+    """The merges of a Qwen2 merges.txt, read the way transformers 4.37.2 reads them.
+
+    Qwen2Tokenizer (and the fast tokenizer transformers converts from it)
+    drops every line that starts with "#", not only the "#version" header:
+    the 96 real merges beginning with "#" ("# #", "## #", "# include", ...)
+    are lost, so "###" becomes three "#" tokens.  This is a quirk, but the
+    TG-LLaVA Qwen2 weights were trained (transformers 4.37.2) and are run on
+    ids made this way, so it is reproduced on purpose.
+    """
     merges = []
-    with open(path, encoding="utf-8") as f:
-        for line in f.read().split("\n"):
-            if not line or line.startswith("#version"):
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2:
-                raise CheckpointError(f"{path}: bad merge line {line!r}")
-            merges.append((parts[0], parts[1]))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read merges ({e})") from None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise CheckpointError(f"{path}: bad merge line {line!r}")
+        merges.append((parts[0], parts[1]))
     return merges
 
 
@@ -420,7 +486,7 @@ def _qwen2_from_vocab_merges(folder, config):
         raise TgError("reading a Qwen2 tokenizer needs the 'tokenizers' package") from None
     vocab_path = os.path.join(folder, "vocab.json")
     vocab = dict(_read_json(vocab_path) or {})
-    merges = _read_merges(os.path.join(folder, "merges.txt"))
+    merges = _read_qwen2_merges(os.path.join(folder, "merges.txt"))
     added = []
     for key, info in (config.get("added_tokens_decoder") or {}).items():
         content = _token_text(info)
@@ -494,43 +560,100 @@ def tokenizer_image_token(prompt, tok, image_token_index=IMAGE_TOKEN_INDEX):
 class StreamDecoder:
     """Incremental detokenizer for streaming generation.
 
-    `push(token_id)` returns the text completed by that token ("" while a
-    multi-byte character is still partial).  Text is decoded over a short
-    window of recent ids and the new suffix emitted, so SentencePiece's
-    leading-space rule and byte-level UTF-8 fragments come out right; a
-    trailing U+FFFD (incomplete character) is held back.  `flush()` returns
-    what is still held back at the end.
+    `push(token_id)` returns the text that token makes final (often "");
+    `flush()` returns the rest at the end.  The pieces always join to
+    exactly `tok.decode(all ids)`, including ids with broken UTF-8:
+
+    - A token boundary is a *cut* once its text can no longer change: the
+      last id is not a byte-fallback piece (<0xNN>, decoded in runs: a run
+      that is not valid UTF-8 becomes one U+FFFD per byte, so a whole run
+      stays open until a normal token ends it), its text alone is not empty
+      (skipped special tokens are transparent: byte runs go on across them)
+      and the text does not end in U+FFFD (byte-level BPE: an incomplete
+      character may still be completed).  Text up to the last cut is final.
+    - New text is decoded from an earlier cut (`_anchor`) whose ids give
+      non-empty text, and the anchor's own text is cut off: this keeps the
+      leading-space rule of SentencePiece / Llama decoders (only the first
+      space of the whole text is dropped) out of the new text, and each
+      push costs a few ids, not the whole answer.
+    - With transformers' clean-up of spaces on (`tok.clean_up_tokenization_spaces`),
+      the rule runs on the raw text in pieces split where it cannot match
+      across the split (no space among the last 3 characters before it),
+      so cleaning the pieces equals cleaning the whole; the unsplittable tail
+      waits.
     """
 
     def __init__(self, tok, skip_special_tokens=True):
         self.tok = tok
         self.skip_special_tokens = skip_special_tokens
         self.ids = []
-        self._prefix = 0  # start of the decode window
-        self._read = 0    # ids up to here have been emitted
-        self.text = ""
+        self.text = ""                # everything returned so far
+        self._clean = bool(getattr(tok, "clean_up_tokenization_spaces", False))
+        self._is_byte = getattr(tok, "is_byte_token", None)
+        self._cut = 0                 # text of ids[:_cut] is final
+        self._anchor = 0              # a cut <= _cut; ids[_anchor:_cut] have non-empty text (or _anchor == 0)
+        self._anchor_text = ""        # text of ids[_anchor:_cut] decoded on their own
+        self._raw = ""                # raw (not cleaned-up) text of ids[:_cut]
+        self._done = 0                # self._raw[:_done] has been returned (cleaned)
 
     def _decode(self, ids):
+        if self._clean:
+            return self.tok.decode(ids, skip_special_tokens=self.skip_special_tokens,
+                                   clean_up_tokenization_spaces=False)
         return self.tok.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
+    def _new_text(self):
+        """Raw text of ids[_cut:] in the context of the ids before them (None if the anchor rule fails)."""
+        window = self._decode(self.ids[self._anchor:])
+        if not window.startswith(self._anchor_text):
+            return None, window
+        return window[len(self._anchor_text):], window
+
     def push(self, token_id):
-        self.ids.append(int(token_id))
-        prefix_text = self._decode(self.ids[self._prefix:self._read])
-        new_text = self._decode(self.ids[self._prefix:])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            delta = new_text[len(prefix_text):]
-            self._prefix, self._read = self._read, len(self.ids)
-            self.text += delta
-            return delta
-        return ""
+        token_id = int(token_id)
+        self.ids.append(token_id)
+        if self._is_byte is not None and self._is_byte(token_id):
+            return ""
+        if not self._decode([token_id]):
+            return ""
+        new, window = self._new_text()
+        if new is None or window.endswith("\ufffd"):
+            return ""
+        own = self._decode(self.ids[self._cut:])
+        if own:
+            self._anchor, self._anchor_text = self._cut, own
+        else:
+            self._anchor_text = window
+        self._cut = len(self.ids)
+        self._raw += new
+        return self._emit(final=False)
 
     def flush(self):
-        prefix_text = self._decode(self.ids[self._prefix:self._read])
-        new_text = self._decode(self.ids[self._prefix:])
-        delta = new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
-        self._prefix = self._read = len(self.ids)
-        self.text += delta
-        return delta
+        """The text still held back; afterwards self.text == tok.decode(self.ids)."""
+        if self._cut < len(self.ids):
+            new, window = self._new_text()
+            if new is None:  # cannot happen with the supported decoders; fall back to the whole text
+                self._anchor, self._anchor_text = 0, ""
+                new, window = self._new_text()
+                new = new[len(self._raw):]
+            self._raw += new
+            self._cut = len(self.ids)
+            self._anchor, self._anchor_text = self._cut, ""
+        return self._emit(final=True)
+
+    def _emit(self, final):
+        raw = self._raw
+        stop = len(raw)
+        if self._clean and not final:
+            # the last split point at or after _done with no space among the 3 characters before it
+            while stop > self._done and " " in raw[max(0, stop - 3):stop]:
+                stop -= 1
+        piece = raw[self._done:stop]
+        if self._clean:
+            piece = clean_up_tokenization(piece)
+        self._done = stop
+        self.text += piece
+        return piece
 
 
 # --- CLIP ---------------------------------------------------------------------
