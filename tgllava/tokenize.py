@@ -9,7 +9,8 @@ gives for the model folders LLaVA/TG-LLaVA use:
   post-processor adds (Llama-3 adds <|begin_of_text|>, Qwen2 adds nothing).
 - a slow Qwen2Tokenizer folder (vocab.json + merges.txt, as TG-LLaVA saves
   Qwen2 checkpoints) is rebuilt as a `tokenizers` object the way
-  transformers converts it.
+  transformers 4.37.2 converts it, including its quirk of dropping every
+  merges.txt line that starts with "#" (the weights were trained so).
 - `tokenizer.model` is run by `sentencepiece` the way the slow
   `LlamaTokenizer` (used by LLaVA with use_fast=False) does: special and
   added tokens written in the text are split out first; `legacy` (default
@@ -18,8 +19,11 @@ gives for the model folders LLaVA/TG-LLaVA use:
 
 `tokenizer_image_token` is LLaVA's rule for prompts containing "<image>":
 tokenize each chunk, keep a single leading BOS, and put IMAGE_TOKEN_INDEX
-(-200) between chunks.  `StreamDecoder` turns generated ids into text
-incrementally.  `ClipTokenizer` produces the TG-LLaVA text-guide ids:
+(-200) between chunks.  `decode` applies transformers' clean-up of spaces
+(" ," -> ",", ...) when tokenizer_config.json's
+`clean_up_tokenization_spaces` (or the class default) asks for it, as
+Llama-3's does.  `StreamDecoder` turns generated ids into text
+incrementally; its pieces join to exactly the one-shot decode.  `ClipTokenizer` produces the TG-LLaVA text-guide ids:
 <|startoftext|> + CLIP BPE + <|endoftext|>, then cut to 77 positions (so a
 long question loses its EOS, a reference quirk).  It uses tokenizer.json
 when present, else a pure-Python CLIP BPE over vocab.json + merges.txt that
@@ -469,7 +473,8 @@ def _qwen2_from_vocab_merges(folder, config):
     """A slow Qwen2Tokenizer folder (vocab.json + merges.txt) as a `tokenizers` object.
 
     Built the way transformers converts Qwen2Tokenizer to its fast twin: NFC,
-    Qwen2's split pattern, byte-level BPE, added tokens from
+    Qwen2's split pattern, byte-level BPE over the merges that
+    `_read_qwen2_merges` keeps (no "#" lines), added tokens from
     tokenizer_config.json's added_tokens_decoder (or added_tokens.json).
     TG-LLaVA saves its Qwen2 checkpoints with the slow tokenizer, so their
     folders have no tokenizer.json.
