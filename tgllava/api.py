@@ -7,10 +7,7 @@ the chosen backend and streams the tensors into it.  Model methods convert
 friendly inputs (lists, other float dtypes, single samples without a batch
 axis) into the exact NumPy arrays the extension checks, and return NumPy.
 """
-import collections
 import os
-import queue
-import threading
 
 import numpy as np
 
@@ -18,6 +15,7 @@ from . import _C
 from . import devarray
 from .checkpoint import folder_refs, read_json
 from .errors import CheckpointError, ShapeError
+from .streaming import CountedCore, TokenStream
 
 IMAGE_TOKEN_INDEX = -200
 _ACTS = {"gelu": 1, "quick_gelu": 2, "silu": 3}
@@ -37,11 +35,8 @@ def _resolve_clip_dir(cfg, llm_dir, clip_dir):
         for cand in (name, os.path.join(llm_dir, name)):
             if os.path.isdir(cand):
                 return cand
-        try:
-            from .layout import resolve_tower
-            found = resolve_tower(name)
-        except ImportError:
-            found = None
+        from .layout import resolve_tower
+        found = resolve_tower(name)
         if found:
             return found
     raise CheckpointError(
@@ -123,7 +118,11 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None):
 
 
 def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_overrides=None):
-    """Load a TG-LLaVA or LLaVA-1.5 checkpoint (LLM folder + CLIP folder) onto `device`.
+    """Load a TG-LLaVA or LLaVA-1.5 checkpoint onto `device`; every layout goes through here.
+
+    llm_dir is an official LLM folder (TG-LLaVA or LLaVA-1.5; the CLIP folder is clip_dir, or
+    found from mm_vision_tower) or a llava-hf folder (LlavaForConditionalGeneration, the vision
+    tower inside it: clip_dir is not used).
 
     dtype: storage of large matrices: "float32" (default on the CPU, the only
     CPU choice), "bfloat16" (default on CUDA) or "float16".
@@ -138,7 +137,7 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
     if llm_cfg is None:
         raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
     from .layout import is_llava_hf
-    if is_llava_hf(llm_cfg) and clip_dir is None:
+    if is_llava_hf(llm_cfg):
         from .hf_load import load_llava_hf
         return load_llava_hf(llm_dir, device=device, dtype=dtype, progress=progress)
     llm_refs = folder_refs(llm_dir)
@@ -269,7 +268,7 @@ class Model:
     or anything np.asarray accepts, and return NumPy."""
 
     def __init__(self, core, llm_config, clip_config, llm_dir, clip_dir, dtype):
-        self._core = core
+        self._core = CountedCore(core)  # counts calls in flight, so an unread stream yields (streaming.py)
         self.config = llm_config
         self.clip_config = clip_config
         self.llm_dir, self.clip_dir, self.dtype = llm_dir, clip_dir, dtype
@@ -280,8 +279,6 @@ class Model:
         self.device = core.device
         self.image_size = self.sizes["v_image"]
         self.num_patches = (self.sizes["v_image"] // self.sizes["v_patch"]) ** 2
-        self._feature_cache = collections.OrderedDict()  # image_key -> vision-tower output (eval reuse)
-        self.feature_cache_size = 64
 
     def __repr__(self):
         kind = "TG-LLaVA" if self.has_tg else "LLaVA-1.5"
@@ -432,39 +429,44 @@ class Model:
         from .chat import chat
         return chat(self, image, question, **kw)
 
-    def chat_batch(self, items, max_new_tokens=512, temperature=0.0, use_fom=True, use_dp=True, **kw):
-        """Many answers at once.  `items` is either (image, question) pairs -> list of Answer
-        (tgllava.chat.chat_batch), or evaluation dicts {"image", "prompt" (full prompt with one <image>),
-        "text_guide", "image_key"} -> list of answer strings (the tgllava.eval protocol)."""
+    def chat_batch(self, pairs, max_new_tokens=512, temperature=0.0, use_fom=True, use_dp=True, **kw):
+        """Answers for many (image, question) pairs generated together: a list of Answer
+        (tgllava.chat.chat_batch).  Benchmark items go through tgllava.eval (eval/adapter.py)."""
         from . import chat as chat_mod
-        from .tokenize import tokenizer_image_token
-        items = list(items)
-        if not items or not isinstance(items[0], dict):
-            return chat_mod.chat_batch(self, items, max_new_tokens=max_new_tokens, temperature=temperature,
-                                       use_fom=use_fom, use_dp=use_dp, **kw)
-        llm_tok, clip_tok = chat_mod.tokenizers(self)
-        reqs = []
-        for it in items:
-            img = it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"]
-            pixels = chat_mod._pixels(self, img)
-            req = {"input_ids": tokenizer_image_token(it["prompt"], llm_tok), "pixels": pixels,
-                   "use_fom": use_fom, "use_dp": use_dp}
-            key = it.get("image_key")
-            if key is not None:  # the same picture again (MMBench rotations, MME pairs): reuse the tower output
-                cache_key = (key, bool(use_dp and self.has_dp))
-                feats = self._feature_cache.pop(cache_key, None)
-                if feats is None:
-                    feats = self.cacheable_features(pixels, use_dp)
-                self._feature_cache[cache_key] = feats
-                while len(self._feature_cache) > self.feature_cache_size:
-                    self._feature_cache.popitem(last=False)
-                req["features"] = feats
-            if self.has_tg and (use_fom or use_dp):
-                req["text_ids"] = clip_tok.encode(it.get("text_guide") or "")
-            reqs.append(req)
-        outs = self.generate_batch(reqs, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   eos_token_id=list(llm_tok.eos_ids) or None, seed=kw.get("seed", 0))
-        return [llm_tok.decode(t).strip() for t in outs]
+        pairs = list(pairs)
+        if pairs and isinstance(pairs[0], dict):
+            raise TypeError("Model.chat_batch takes (image, question) pairs; evaluation items (dicts) go through "
+                            "tgllava.eval.run, or tgllava.eval.adapter.ModelAdapter(model).chat_batch")
+        return chat_mod.chat_batch(self, pairs, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   use_fom=use_fom, use_dp=use_dp, **kw)
+
+    # ---- attention (what tgllava.attention builds its maps from)
+    def visual_token_count(self, use_dp=True, n_latents=None):
+        """Positions the visual tokens of one image take in the spliced LLM sequence
+        (Np, plus the DP latents when DP is on: all of them, or n_latents)."""
+        return int(self._core.visual_token_count(bool(use_dp and self.has_dp), int(n_latents or 0)))
+
+    def llm_attention(self, input_ids, pixels=None, text_ids=None, queries=None, keys=None, use_fom=True, use_dp=True,
+                      n_latents=None):
+        """LLM softmax attention probabilities of one spliced sequence, summed over heads and layers:
+        rows are the query positions queries=(q0, q1), columns the key positions keys=(k0, k1), both
+        half-open ranges of spliced positions; returns (q1 - q0, k1 - k0) float32."""
+        try:
+            (q0, q1), (k0, k1) = queries, keys
+        except (TypeError, ValueError):
+            raise ShapeError(f"queries and keys must be (start, stop) ranges, got {queries!r} and {keys!r}") from None
+        seq = self._sequence(input_ids, pixels, text_ids, use_fom, use_dp, n_latents)
+        return self._core.llm_attention(seq, int(q0), int(q1), int(k0), int(k1))
+
+    def dp_attention(self, pixels, text_ids):
+        """TG-DP perceiver attention in its image layer, summed over heads: (latents, 4*Np + latents),
+        from every latent to the patches of the four 2x tiles (tile order TL, TR, BL, BR), then the latents."""
+        if not self.has_dp:
+            raise ShapeError("this checkpoint has no TG-DP module")
+        if text_ids is None:
+            raise ShapeError("dp_attention needs text_ids (the CLIP tokens of the question)")
+        seq = self._sequence([IMAGE_TOKEN_INDEX], pixels, text_ids, use_fom=True, use_dp=True)
+        return self._core.dp_attention(seq)
 
     def attention_map(self, *args, **kw):
         """Where the model looks: LLM, DP and FOM maps (see tgllava.attention.attention_map)."""
@@ -472,31 +474,10 @@ class Model:
         return attention_map(self, *args, **kw)
 
     def generate_stream(self, input_ids, **kw):
-        """Iterator over new token ids as they are generated (runs generate in a worker thread)."""
-        q, stop = queue.Queue(), threading.Event()
-        done = object()
-
-        def on_token(tok):
-            q.put(tok)
-            return stop.is_set()
-
-        def work():
-            try:
-                self.generate(input_ids, callback=on_token, **kw)
-                q.put(done)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                q.put(e)
-
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            t.join()
+        """Iterator over new token ids as they are generated: generate(input_ids, **kw) in a worker
+        thread (tgllava.streaming.TokenStream).  It runs a few tokens ahead of the reader at most; one
+        left unread gives the model up to the next call on it (and then raises StreamCancelled);
+        close() or leaving a for loop early stops the generation."""
+        if "callback" in kw:
+            raise TypeError("generate_stream takes no callback (iterate over it instead)")
+        return TokenStream(self, lambda callback: self.generate(input_ids, callback=callback, **kw))

@@ -28,7 +28,9 @@ Inputs are either a picture and a question (tokenizers are read from
 m.llm_dir / m.clip_dir unless given, the chat template is guessed from the
 config unless `conv_mode` is given), or explicit `input_ids` / `pixels` /
 `text_ids`, which is how the tests drive golden checkpoints that ship no
-tokenizer files.  The integrator attaches the function as Model.attention_map.
+tokenizer files.  Model.attention_map calls this function; it uses only the
+Model's public methods (visual_token_count, llm_attention, dp_attention,
+text_tower, fom).
 """
 
 import math
@@ -127,22 +129,22 @@ def attention_map(m, image=None, question=None, conv_mode=None, use_fom=True, us
                                                  clip_tokenizer, input_ids, text_ids, pixels)
     g = grid_size(m)
     Np = g * g
-    seq = m._sequence(input_ids, pixels, text_ids, use_fom, use_dp, n_latents)
-    count = m._core.visual_token_count(bool(use_dp and m.has_dp), int(n_latents or 0))
+    count = m.visual_token_count(use_dp, n_latents)
     pos = int(np.flatnonzero(input_ids == IMAGE_TOKEN_INDEX)[0])
     n = min(len(input_ids) - 1 + count, int(m.sizes.get("max_len") or 1 << 30))
     q0, q1 = pos + count, n
     if q0 >= q1:
         raise ShapeError("the prompt has no instruction tokens after the image (put the question after <image>)")
 
-    per_token = np.asarray(m._core.llm_attention(seq, q0, q1, pos, pos + Np), dtype=np.float32)
+    per_token = np.asarray(m.llm_attention(input_ids, pixels, text_ids, queries=(q0, q1), keys=(pos, pos + Np),
+                                           use_fom=use_fom, use_dp=use_dp, n_latents=n_latents), dtype=np.float32)
     llm = per_token.sum(axis=0).reshape(g, g)
     total = float(llm.sum())
     llm_norm = llm / total if total > 0 else np.zeros_like(llm)
 
     dp = None
     if m.has_dp and use_dp:
-        probs = np.asarray(m._core.dp_attention(seq))
+        probs = np.asarray(m.dp_attention(pixels, text_ids))
         dp = tile_mosaic(probs[:, :4 * Np].sum(axis=0), g).astype(np.float32)
 
     fom = None

@@ -24,8 +24,6 @@ methods: `Model.chat = chat.chat`, `Model.chat_batch = chat.chat_batch`.
 """
 
 import dataclasses
-import queue
-import threading
 import time
 import weakref
 
@@ -34,6 +32,7 @@ import numpy as np
 from . import conversation, tokenize
 from . import image as image_mod
 from .errors import CheckpointError, ShapeError
+from .streaming import TokenStream
 
 _TOKENIZERS = weakref.WeakKeyDictionary()
 
@@ -240,7 +239,9 @@ class AnswerStream:
 
     "".join(pieces) equals the text of the non-streaming answer; after the
     iteration ends, `.answer` holds the full Answer.  Closing the iterator
-    early (break) stops the generation.
+    early (break) stops the generation.  The tokens come from a
+    streaming.TokenStream: an answer left unread gives the model up to the
+    next call on it and then raises streaming.StreamCancelled.
     """
 
     def __init__(self, model, req, kw, tok, stops, timings, t_start, conv_mode):
@@ -259,45 +260,24 @@ class AnswerStream:
         self._iter.close()
 
     def _run(self):
-        q, stop_flag = queue.Queue(), threading.Event()
-        done = object()
         tracker = _Tracker(self._tok, self._stops)
-        result = {}
-
-        def on_token(seq, tok):
-            hit = tracker.push(tok)
-            q.put(tok)
-            return hit or stop_flag.is_set()
-
-        def work():
-            try:
-                result["tokens"] = self._model.generate_batch([self._req], callback=on_token, **self._kw)[0]
-                q.put(done)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                q.put(e)
-
+        model, req, kw = self._model, self._req, self._kw
+        tokens = TokenStream(model, lambda cb: model.generate_batch([req], callback=lambda seq, tok: cb(tok), **kw)[0],
+                             on_token=tracker.push)  # the tracker sees each token in the worker: stop strings stop it
         t0 = time.perf_counter()
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
         emitted = ""
         try:
-            while True:
-                item = q.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            for _ in tokens:
                 safe = _safe_text(tracker.decoder.text, self._stops)
                 if len(safe) > len(emitted) and safe.startswith(emitted):
                     piece, emitted = safe[len(emitted):], safe
                     yield piece
         finally:
-            stop_flag.set()
-            worker.join()
+            tokens.close()
         timings = self._timings
         timings["generate"] = time.perf_counter() - t0 - tracker.decode_time
         timings["decode"] = tracker.decode_time
-        self.answer = _answer(self._tok, result["tokens"], self._stops, tracker.hit_stop,
+        self.answer = _answer(self._tok, tokens.tokens, self._stops, tracker.hit_stop,
                               self._kw["max_new_tokens"], timings, self._conv_mode)
         timings["total"] = time.perf_counter() - self._t_start
         rest = self.answer.text

@@ -118,9 +118,7 @@ def _version():
 
 
 def load_model(model_dir, clip_dir=None, device="cpu", dtype=None):
-    """tgllava.load, or hf_load.load_llava_hf for a llava-hf folder."""
-    from . import layout
-    from .checkpoint import read_json
+    """tgllava.load (it recognises every layout), after checking the folders in command-line terms."""
     from .errors import CheckpointError
 
     if not os.path.isdir(model_dir):
@@ -129,9 +127,6 @@ def load_model(model_dir, clip_dir=None, device="cpu", dtype=None):
         raise CheckpointError(f"--model {model_dir}: no config.json (not a checkpoint folder)")
     if clip_dir is not None and not os.path.isdir(clip_dir):
         raise CheckpointError(f"--clip {clip_dir}: no such folder")
-    if layout.is_llava_hf(read_json(os.path.join(model_dir, "config.json"))):
-        from .hf_load import load_llava_hf
-        return load_llava_hf(model_dir, device=device, dtype=dtype)
     import tgllava
     try:
         return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)

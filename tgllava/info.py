@@ -30,8 +30,14 @@ def tensor_shapes(folder):
     files = None
     for idx in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if idx in names:
-            wm = read_json(os.path.join(folder, idx)).get("weight_map") or {}
-            files = sorted(set(wm.values()))
+            index = read_json(os.path.join(folder, idx))
+            wm = (index.get("weight_map") if isinstance(index, dict) else None) or {}
+            if not isinstance(wm, dict):
+                raise CheckpointError(f"{os.path.join(folder, idx)}: weight_map is not a JSON object")
+            from .torchbin import shard_path
+            for shard in set(wm.values()):
+                shard_path(os.path.join(folder, idx), shard)  # refuses names that leave the folder
+            files = sorted(set(wm.values()), key=str)
             break
     if files is None:
         files = [n for n in names if n.endswith(".safetensors")]
@@ -74,8 +80,31 @@ def _find_tower(name, folder):
     return layout.find_in_hf_cache(name)
 
 
-def describe(folder):
-    """A dict describing the checkpoint in `folder` (see the module docstring)."""
+def storage_plan(shapes, dtype, tied=False):
+    """How load(dtype=...) stores these tensors (the C core's rule): bytes per stored dtype and the matrices
+    that fall back to float16 because int8/int4 cannot block their input features."""
+    from . import _C
+    from .api import _DTYPES
+    names = {v: k for k, v in _DTYPES.items()}
+    total, fallback = collections.Counter(), []
+    for name, (_, shape) in shapes.items():
+        shape = tuple(int(d) for d in shape)
+        matrix = len(shape) >= 2 and name.endswith(".weight") and "position_embedding" not in name
+        if not matrix:
+            total["float32"] += 4 * int(np.prod(shape)) if shape else 4
+            continue
+        cols = int(np.prod(shape[1:]))
+        head = name.endswith("lm_head.weight") or (tied and name.endswith("embed_tokens.weight"))
+        dt, row_bytes = _C.weight_storage(_DTYPES[dtype], cols, head)
+        total[names[dt]] += row_bytes * shape[0]
+        if dtype in ("int8", "int4") and cols % 32:
+            fallback.append(name)
+    return {"dtype": dtype, "bytes": dict(total), "float16_fallback": fallback}
+
+
+def describe(folder, dtype=None):
+    """A dict describing the checkpoint in `folder` (see the module docstring); with dtype, also how
+    loading in that storage format would store it (storage_plan)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such checkpoint folder")
@@ -88,7 +117,10 @@ def describe(folder):
     model_type = str(config.get("model_type") or "")
     archs = [str(a) for a in info["architectures"]] if isinstance(info["architectures"], list) else []
     if model_type in ("clip", "clip_vision_model", "clip_text_model") or any(a.startswith("CLIP") for a in archs):
-        return _describe_clip(info, config, shapes, folder)
+        info = _describe_clip(info, config, shapes, folder)
+        if dtype:
+            info["storage"] = storage_plan(shapes, dtype)
+        return info
 
     hf = layout.is_llava_hf(config, list(shapes))
     hf = layout.is_llava_hf(config)
@@ -175,6 +207,8 @@ def describe(folder):
     tok_files = [n for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
                  if os.path.isfile(os.path.join(folder, n))]
     info["tokenizer_files"] = tok_files
+    if dtype:
+        info["storage"] = storage_plan(shapes, dtype, bool(llm_cfg.get("tie_word_embeddings")))
     return info
 
 
@@ -220,6 +254,12 @@ def format_info(info):
              f"  architecture: {', '.join(info['architectures']) or '?'} (model_type {info['model_type']})",
              f"  weights: {', '.join(info['files']) or 'none'} ({info['n_tensors']} tensors; "
              + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())) + ")"]
+    st = info.get("storage")
+    if st:
+        parts = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in sorted(st["bytes"].items()) if v)
+        lines.append(f"  stored as {st['dtype']}: {sum(st['bytes'].values()) / 1e9:.2f} GB ({parts})")
+        if st["float16_fallback"]:
+            lines.append(f"  float16 fallback (input features not a multiple of 32): {', '.join(st['float16_fallback'])}")
     if info["kind"] == "CLIP":
         label = info.get("clip_layout", "?")
         note = layout.CLIP_LAYOUT_NOTES.get(label)

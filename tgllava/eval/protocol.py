@@ -1,7 +1,8 @@
 """What the evaluation loop asks of a model: one method, `chat_batch`.
 
-`tgllava.load(...)` returns an object that satisfies `EvalModel`; tests
-use small fakes.  Besides `chat_batch` the loop only reads two optional
+A `tgllava.Model` (what `tgllava.load(...)` returns) is wrapped by the
+runner in `tgllava.eval.adapter.ModelAdapter`, which satisfies `EvalModel`;
+tests use small fakes.  Besides `chat_batch` the loop only reads two optional
 attributes: `config` (a dict; `conv_mode`, `model_type` and
 `_name_or_path` pick the chat template and the default model name) and
 `name`.

@@ -7,8 +7,9 @@
 2. read the checkpoints already written for this model and dataset -
    append-only JSON-lines files ``<model>_<dataset>_infer[_shard<i>of<n>].jsonl``
    in ``work_dir/<model>/`` - and skip every row they hold;
-3. run the rest through ``model.chat_batch`` in batches, rows that share a
-   picture next to each other (so the model's vision cache, keyed by
+3. run the rest through ``chat_batch`` in batches - the model's own, or for
+   a tgllava.Model that of its eval adapter (adapter.py) - rows that share a
+   picture next to each other (so the adapter's vision cache, keyed by
    ``image_key``, sees repeats at once), the next batch's images decoded on
    a helper thread meanwhile; after each batch its answers are appended to
    the checkpoint and fsync'ed, so a killed run loses at most one batch;
@@ -35,6 +36,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .adapter import as_eval_model
 from .data import MCQ, YORN, _LONG_ANSWER_SCORERS, load_dataset
 from .errors import DatasetError, EvalError, ShardError
 from .prompts import PROMPT_STYLES, build_item_prompt, default_conv_mode
@@ -320,7 +322,7 @@ def run(model, data, work_dir="./work_dir", model_name=None, batch_size=8, limit
         ckpt.open()
         bar = _progress(len(mine), len(mine) - len(todo), desc, progress)
         try:
-            _infer(model, dataset, todo, ckpt, batch_size, prompt_style, conv_mode, gen, bar)
+            _infer(as_eval_model(model), dataset, todo, ckpt, batch_size, prompt_style, conv_mode, gen, bar)
         finally:
             bar.close()
             ckpt.close()
