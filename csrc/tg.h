@@ -142,6 +142,31 @@ int tg_spliced_length(const tg_model *m, const tg_sequence *seq);
 int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *sp, tg_token_callback cb, void *user,
                 int32_t *out_tokens, int *n_out, float *last_logits /* (B,V) or NULL */);
 
+/* Continuous batching (sched.c): a persistent generation state of `slots` KV-cache slots of `ctx`
+ * positions (0: the context length) with its own cache.  admit() computes one sequence's visual
+ * tokens and prefills it into a free slot, with its own sampling settings (interrupt not used);
+ * step() gives every running sequence one event -- a new token and/or its end -- and advances the
+ * running ones by one position in one batched forward, cut into chunks of at most decode_rows rows
+ * (0 = no limit; on the CPU <= 8 keeps every sequence bitwise equal to its own tg_generate); a
+ * sequence ends at a stop token (not reported as a token) or after max_new_tokens, and its slot is
+ * free at once.  cancel() ends a running sequence now (returns 1, or 0 for an unknown id).
+ * events must hold `slots` entries.  Calls on one model (and its schedulers) must not overlap. */
+typedef struct tg_sched tg_sched;
+enum tg_finish { TG_FINISH_NONE = 0, TG_FINISH_EOS = 1, TG_FINISH_LENGTH = 2 };
+typedef struct tg_sched_event {
+    int64_t id;    /* the sequence (from tg_sched_admit) */
+    int32_t token; /* its new token, -1 when it ended without one */
+    int finish;    /* enum tg_finish: nonzero when the sequence ended with this event */
+} tg_sched_event;
+int tg_sched_create(tg_model *m, int slots, int ctx, int decode_rows, tg_sched **out);
+void tg_sched_free(tg_sched *s);
+int tg_sched_admit(tg_sched *s, const tg_sequence *seq, const tg_sampling *sp, int64_t *id);
+int tg_sched_step(tg_sched *s, tg_sched_event *events, int *n_events);
+int tg_sched_cancel(tg_sched *s, int64_t id);
+int tg_sched_active(const tg_sched *s);
+int tg_sched_slots(const tg_sched *s);
+int tg_sched_context(const tg_sched *s);
+
 /* Attention map of the LLM: probabilities summed over heads and layers from
  * query rows [q0, q1) to key rows [k0, k1) of one spliced sequence -> (q1-q0, k1-k0). */
 int tg_llm_attention(tg_model *m, const tg_sequence *seq, int q0, int q1, int k0, int k1, float *out);

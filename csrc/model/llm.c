@@ -100,11 +100,19 @@ int llm_forward(tg_model *m, const float *x, int64_t T, int slot, int pos0, floa
     return 0;
 }
 
-int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_unused, const int32_t *pos_host, float *hidden_out) {
-    (void)slots_unused; /* sequence b lives in cache slot b */
+/* Row b's sequence lives in cache slot slots_host[b] (slots_host NULL: slot b).  Consecutive slots (the
+ * scheduler keeps its running sequences in slots 0..n-1) attend in one batched call, others row by row. */
+int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_host, const int32_t *pos_host, float *hidden_out) {
     const tg_config *c = &m->c;
     const int64_t H = c->hidden, hd = c->head_dim, Dq = (int64_t)c->heads * hd, Dk = (int64_t)c->kv_heads * hd;
-    if (B > m->cache_slots) return model_fail(m, "internal: KV cache has too few slots");
+    const int s0 = slots_host ? slots_host[0] : 0;
+    int consecutive = 1;
+    for (int b = 0; b < B; b++) {
+        const int sb = slots_host ? slots_host[b] : b;
+        if (sb < 0 || sb >= m->cache_slots) return model_fail(m, "internal: KV cache has too few slots");
+        if (sb != s0 + b) consecutive = 0;
+    }
+    const int64_t slot_floats = (int64_t)m->cache_len * Dk;
     float *res, *n, *q, *k, *v, *a, *gu, *f, *pos_dev, *len_dev;
     ALLOC(res, B * H);
     ALLOC(n, B * H);
@@ -132,28 +140,39 @@ int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_unu
         CHECK(BE->rmsnorm(BE, res, L->in_norm.w.data, n, B, H, c->rms_eps));
         CHECK(BE->linear(BE, n, &L->q_w.w, L->q_b.w.data, NULL, q, B, TG_ACT_NONE));
         /* one sequence: project straight into its cache row; several: project, then scatter rows */
-        float *kd = B == 1 ? m->cache_k[l] + (int64_t)pos_host[0] * Dk : k;
-        float *vd = B == 1 ? m->cache_v[l] + (int64_t)pos_host[0] * Dk : v;
+        float *kd = B == 1 ? m->cache_k[l] + s0 * slot_floats + (int64_t)pos_host[0] * Dk : k;
+        float *vd = B == 1 ? m->cache_v[l] + s0 * slot_floats + (int64_t)pos_host[0] * Dk : v;
         CHECK(BE->linear(BE, n, &L->k_w.w, L->k_b.w.data, NULL, kd, B, TG_ACT_NONE));
         CHECK(BE->linear(BE, n, &L->v_w.w, L->v_b.w.data, NULL, vd, B, TG_ACT_NONE));
         CHECK(BE->rope(BE, q, B, Dq, c->heads, (int)hd, (const int32_t *)pos_dev, c->rope_theta));
         CHECK(BE->rope(BE, kd, B, Dk, c->kv_heads, (int)hd, (const int32_t *)pos_dev, c->rope_theta));
         for (int b = 0; B > 1 && b < B; b++) {
-            int64_t off = ((int64_t)b * m->cache_len + pos_host[b]) * Dk;
+            int64_t off = (slots_host ? slots_host[b] : b) * slot_floats + (int64_t)pos_host[b] * Dk;
             CHECK(BE->copy(BE, m->cache_k[l] + off, k + b * Dk, (size_t)Dk * sizeof(float)));
             CHECK(BE->copy(BE, m->cache_v[l] + off, v + b * Dk, (size_t)Dk * sizeof(float)));
         }
         tg_attention at = {0};
-        at.q = q, at.k = m->cache_k[l], at.v = m->cache_v[l], at.out = a;
+        at.q = q, at.k = m->cache_k[l] + s0 * slot_floats, at.v = m->cache_v[l] + s0 * slot_floats, at.out = a;
         at.q_stride = at.o_stride = Dq;
         at.q_bstride = at.o_bstride = Dq;
         at.k_stride = at.v_stride = Dk;
-        at.k_bstride = at.v_bstride = (int64_t)m->cache_len * Dk;
+        at.k_bstride = at.v_bstride = slot_floats;
         at.B = B, at.Tq = 1, at.Tk = maxlen;
         at.n_heads = c->heads, at.n_kv_heads = c->kv_heads, at.head_dim = (int)hd;
         at.scale = 1.0f / sqrtf((float)hd);
         at.kv_len = (const int32_t *)len_dev;
-        CHECK(BE->attention(BE, &at));
+        if (consecutive) {
+            CHECK(BE->attention(BE, &at));
+        } else {
+            for (int b = 0; b < B; b++) { /* one row at a time, each against its own slot */
+                tg_attention r = at;
+                r.q = q + b * Dq, r.out = a + b * Dq;
+                r.k = m->cache_k[l] + slots_host[b] * slot_floats, r.v = m->cache_v[l] + slots_host[b] * slot_floats;
+                r.B = 1, r.Tk = lens[b];
+                r.kv_len = (const int32_t *)len_dev + b;
+                CHECK(BE->attention(BE, &r));
+            }
+        }
         CHECK(BE->linear(BE, a, &L->o_w.w, NULL, res, res, B, TG_ACT_NONE));
         if (llm_mlp(m, L, res, n, gu, f, B)) return -1;
     }

@@ -110,6 +110,19 @@ int llm_forward(tg_model *m, const float *x, int64_t T, int slot, int pos0, floa
 int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_host, const int32_t *pos_host,
                     float *hidden_out);
 int llm_head(tg_model *m, const float *hidden, int64_t rows, float *logits);
+/* tgllava.c helpers shared with sched.c: begin a call (weights loaded, arena reset), download, id checks,
+ * visual tokens of one sequence (vis NULL without pixels), splice, sampling checks and one sampled token
+ * (scratch of model_sample_scratch(V) bytes), stop tokens */
+int model_begin(tg_model *m);
+int model_download(tg_model *m, void *dst, const float *src, int64_t n);
+int model_check_ids(tg_model *m, const tg_sequence *s);
+int model_visuals(tg_model *m, const tg_sequence *seq, float **vis);
+int model_splice(tg_model *m, const tg_sequence *s, const float *vis, float **emb, int *n);
+int model_check_sampling(tg_model *m, const tg_sampling *sp);
+size_t model_sample_scratch(int V);
+int32_t model_sample(float *logits, int V, const tg_sampling *sp, const int32_t *prev, int n_prev, uint64_t *rng,
+                     void *scratch);
+int model_is_eos(const tg_sampling *sp, int32_t token);
 
 /* shortcuts */
 #define BE (m->be)

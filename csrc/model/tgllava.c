@@ -584,3 +584,42 @@ int tg_tile(const float *pix, int B, int C, int S, float *out, char *err, size_t
     be->destroy(be);
     return rc;
 }
+
+/* ---- shared with the continuous-batching scheduler (sched.c) ---- */
+
+int model_begin(tg_model *m) { return ready(m); }
+
+int model_download(tg_model *m, void *dst, const float *src, int64_t n) { return download(m, dst, src, n); }
+
+int model_check_ids(tg_model *m, const tg_sequence *s) {
+    int img;
+    return check_ids(m, s, &img);
+}
+
+int model_visuals(tg_model *m, const tg_sequence *seq, float **vis) { return batch_visuals(m, seq, 1, vis); }
+
+int model_splice(tg_model *m, const tg_sequence *s, const float *vis, float **emb, int *n) {
+    return splice(m, s, vis, emb, n);
+}
+
+int model_check_sampling(tg_model *m, const tg_sampling *sp) {
+    if (sp->max_new_tokens < 0 || sp->max_new_tokens > m->c.max_len)
+        return model_fail_code(m, TG_ERR_INPUT, "max_new_tokens %d is outside [0, %d] (the context length)",
+                               sp->max_new_tokens, m->c.max_len);
+    if (!isfinite(sp->temperature) || sp->temperature < 0 || !isfinite(sp->top_p) || !(sp->top_p > 0) || sp->top_p > 1 ||
+        sp->top_k < 0 || !isfinite(sp->repetition_penalty) || !(sp->repetition_penalty > 0))
+        return model_fail_code(m, TG_ERR_INPUT,
+                               "invalid sampling parameters (temperature %g, top_p %g, top_k %d, repetition_penalty %g): "
+                               "need finite values, temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0",
+                               sp->temperature, sp->top_p, sp->top_k, sp->repetition_penalty);
+    return 0;
+}
+
+size_t model_sample_scratch(int V) { return (size_t)V * sizeof(scored); }
+
+int32_t model_sample(float *logits, int V, const tg_sampling *sp, const int32_t *prev, int n_prev, uint64_t *rng,
+                     void *scratch) {
+    return sample(logits, V, sp, prev, n_prev, rng, (scored *)scratch);
+}
+
+int model_is_eos(const tg_sampling *sp, int32_t token) { return is_eos(sp, token); }

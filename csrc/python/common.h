@@ -23,4 +23,15 @@ int tg_py_check_dims(PyArrayObject *a, const npy_intp *want, int ndim, const cha
 tg_backend *tg_py_backend(const char *device);
 
 int tg_py_ops_init(PyObject *module);
+
+/* module.c's Model for sched.c: the tg_model of a _C.Model (NULL with an exception set), the call
+ * protocol of its methods (enter with the GIL; lock and unlock without it, unlock capturing the
+ * failure of rc != 0), the exception of a captured failure, and its sequence-dict parser (5 refs). */
+tg_model *tg_py_model(PyObject *o);
+int tg_py_model_enter(PyObject *o);
+int tg_py_model_lock(PyObject *o);
+void tg_py_model_unlock(PyObject *o, int rc);
+PyObject *tg_py_raise_failure(PyObject *fallback);
+int tg_py_parse_sequence(PyObject *model, PyObject *d, tg_sequence *s, PyArrayObject **refs);
+int tg_py_sched_init(PyObject *module);
 #endif
