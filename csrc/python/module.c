@@ -887,6 +887,25 @@ static PyTypeObject ModelType = {
     .tp_getset = Model_getset,
 };
 
+/* ------------------------------------------------------------------ for the other binding files (sched.c) */
+
+tg_model *tg_py_model(PyObject *o) {
+    if (!PyObject_TypeCheck(o, &ModelType)) {
+        PyErr_Format(PyExc_TypeError, "expected a tgllava._C.Model, got %s", Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    return model_ready((ModelObject *)o) ? NULL : ((ModelObject *)o)->m;
+}
+
+int tg_py_model_enter(PyObject *o) { return model_enter((ModelObject *)o); }
+int tg_py_model_lock(PyObject *o) { return model_lock((ModelObject *)o); }
+void tg_py_model_unlock(PyObject *o, int rc) { model_unlock((ModelObject *)o, rc); }
+PyObject *tg_py_raise_failure(PyObject *fallback) { return raise_failure(fallback); }
+
+int tg_py_parse_sequence(PyObject *model, PyObject *d, tg_sequence *s, PyArrayObject **refs) {
+    return parse_sequence((ModelObject *)model, d, s, refs);
+}
+
 /* ------------------------------------------------------------------ module functions */
 
 static PyObject *py_tile(PyObject *mod, PyObject *args) {
@@ -963,7 +982,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&ModelType);
-    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0) {
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0 || tg_py_sched_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
