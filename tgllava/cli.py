@@ -5,6 +5,7 @@
     tgllava demo
     tgllava eval ...     (tgllava.eval.cli: run or score VLMEvalKit benchmarks)
     tgllava viz ...      (tgllava.viz: attention-map figures)
+    tgllava serve --model DIR [...]   (tgllava.serve: OpenAI-compatible server, continuous batching)
 
 `generate` answers one question about one image and prints the answer on
 stdout (`--stream` prints it as it is decoded, `--timings` adds per-stage
@@ -96,6 +97,12 @@ def _add_viz(sub):
     _debug_flag(viz.add_subparser(sub))
 
 
+def _add_serve(sub):
+    from . import serve
+
+    _debug_flag(serve.add_subparser(sub))
+
+
 def build_parser():
     parser = _Parser(prog="tgllava", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -106,6 +113,7 @@ def build_parser():
     _add_demo(sub)
     _add_eval(sub)
     _add_viz(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -1,0 +1,453 @@
+"""The OpenAI-compatible HTTP face of `tgllava serve` (Starlette app, served by uvicorn).
+
+Endpoints:
+
+    POST /v1/chat/completions   chat completions, plain or streamed as server-sent events
+    GET  /v1/models             the one model served
+    GET  /health                {"status": "ok", running / waiting counts}; never needs the key
+
+A chat request holds `messages` (system / user / assistant turns; content a string or a list of
+`text` and `image_url` parts, at most one image in all, as a `data:image/...;base64,` URL, or a
+local path / file:// URL when the server runs with allow_local_files; http(s) URLs are refused:
+the server never reaches the network), `max_tokens` or `max_completion_tokens`, `temperature`,
+`top_p`, `seed`, `stop` (a string or up to 4), `stream` (+ `stream_options.include_usage`), and the
+TG switches `use_fom` / `use_dp` as extra fields; `n` other than 1 is refused.  The prompt is
+built exactly as tgllava.chat builds it (the model's chat template, "<image>\\n" in front of the
+turn holding the picture, the CLIP text guide from that turn), so a greedy answer equals
+Model.chat's.  Failures come back in OpenAI's error body {"error": {"message", "type", "param",
+"code"}} with status 400 (malformed request, bad image, prompt too long), 401 (missing or wrong
+key when an API key is set), 404/405 (no such route), 413 (body or image too large), 503 (the
+waiting line is full) or 500 (an internal error, with its message).  A client that goes away
+(mid-stream or while waiting for a plain answer) has its job cancelled: the slot is free before
+the next decode step.
+"""
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import hmac
+import io
+import json
+import os
+import time
+import uuid
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from .. import conversation, tokenize
+from .. import chat as chat_mod
+from .. import image as image_mod
+from ..errors import ShapeError, TgError
+from .engine import Job, QueueFull
+
+MAX_BODY_BYTES = 32 << 20    # a request body (JSON with a base64 picture)
+MAX_IMAGE_BYTES = 20 << 20   # one encoded picture
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_STOPS = 4
+DEFAULT_MAX_TOKENS = 512     # Model.chat's default
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's format."""
+
+    def __init__(self, status, message, param=None, code=None, kind=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                             405: "invalid_request_error", 413: "invalid_request_error",
+                             503: "server_overloaded"}.get(status, "server_error")
+
+
+def error_response(status, message, param=None, code=None, kind=None):
+    e = ApiError(status, message, param, code, kind)
+    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}},
+                        status_code=status)
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """What the app needs besides the engine."""
+
+    model_name: str
+    api_key: str = None
+    allow_local_files: bool = False
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    conv_mode: str = None
+
+
+# ---- request parsing (runs in a worker thread: image decoding is CPU work)
+
+def _bad(message, param=None, code=None):
+    return ApiError(400, message, param, code)
+
+
+def _number(body, key, low, high, default, integer=False):
+    v = body.get(key, default)
+    if v is None:
+        return default
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or (not integer and v != v):
+        raise _bad(f"'{key}' must be {'an integer' if integer else 'a number'}, got {v!r}", key)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise _bad(f"'{key}' must be in [{low}, {high}], got {v!r}", key)
+    return v
+
+
+def _image_bytes(url, cfg):
+    """The encoded bytes behind an image_url."""
+    if not isinstance(url, str) or not url:
+        raise _bad("image_url.url must be a non-empty string", "messages")
+    low = url[:16].lower()
+    if low.startswith("data:"):
+        head, sep, data = url.partition(",")
+        if not sep or ";base64" not in head.lower() or not head.lower().startswith("data:image/"):
+            raise _bad("an image data URL must look like data:image/<type>;base64,<data>", "messages")
+        if len(data) > cfg.max_image_bytes * 4 // 3 + 4:
+            raise ApiError(413, f"the image is larger than {cfg.max_image_bytes} bytes", "messages")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad("the image data URL is not valid base64", "messages") from None
+    elif low.startswith(("http://", "https://")):
+        raise _bad("remote image URLs are not fetched (the server has no network access): send the picture as a "
+                   "data:image/...;base64, URL", "messages", "image_url_not_supported")
+    else:
+        if not cfg.allow_local_files:
+            raise _bad("image_url must be a data:image/...;base64, URL (local paths need the server started with "
+                       "--allow-local-files)", "messages")
+        path = url[7:] if low.startswith("file://") else url
+        if not os.path.isfile(path):
+            raise _bad(f"image file {path!r} does not exist on the server", "messages")
+        if os.path.getsize(path) > cfg.max_image_bytes:
+            raise ApiError(413, f"the image is larger than {cfg.max_image_bytes} bytes", "messages")
+        with open(path, "rb") as f:
+            raw = f.read()
+    if len(raw) > cfg.max_image_bytes:
+        raise ApiError(413, f"the image is larger than {cfg.max_image_bytes} bytes", "messages")
+    if not raw:
+        raise _bad("the image is empty", "messages")
+    return raw
+
+
+def _pixels(model, raw, cfg):
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            w, h = im.size
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image
+        raise _bad(f"the image cannot be decoded ({type(e).__name__}: {e})", "messages", "invalid_image") from None
+    if w * h > cfg.max_image_pixels:
+        raise ApiError(413, f"the image has {w}x{h} pixels, more than the limit of {cfg.max_image_pixels}",
+                       "messages")
+    try:
+        return image_mod.preprocess(raw, mode=image_mod.mode_from_config(model.config), size=model.image_size)
+    except (TgError, ValueError) as e:
+        raise _bad(f"bad image: {e}", "messages", "invalid_image") from None
+
+
+def _with_system(template, text):
+    """The template with its system prompt replaced by `text` (its role markers kept)."""
+    if template.style in ("single", "two"):
+        return dataclasses.replace(template, system=text)
+    if template.style == "header":
+        s = template.system
+        head = s.split("\n\n", 1)[0] + "\n\n" if "\n\n" in s else s.split("\n", 1)[0] + "\n"
+        return dataclasses.replace(template, system=head + text)
+    return template  # plain: no system prompt
+
+
+def _content(message, i):
+    """(text, image_url or None) of one message's content."""
+    c = message.get("content")
+    if isinstance(c, str):
+        return c, None
+    if c is None:
+        return "", None
+    if not isinstance(c, list):
+        raise _bad(f"messages[{i}].content must be a string or a list of parts", "messages")
+    texts, image = [], None
+    for j, part in enumerate(c):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"messages[{i}].content[{j}] must be an object with a 'type'", "messages")
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"messages[{i}].content[{j}].text must be a string", "messages")
+            texts.append(part["text"])
+        elif part["type"] == "image_url":
+            iu = part.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if image is not None:
+                raise _bad("at most one image per request is supported", "messages")
+            image = url
+        else:
+            raise _bad(f"messages[{i}].content[{j}]: unsupported part type {part['type']!r} (text or image_url)",
+                       "messages")
+    return "\n".join(texts), image
+
+
+def parse_request(body, engine, cfg):
+    """A Job (without its sink) and the request's stream settings, or ApiError."""
+    model = engine.model
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object")
+    n = body.get("n", 1)
+    if n is not None and n != 1:
+        raise _bad(f"'n' = {n!r} is not supported: tgllava serve answers one choice per request (n = 1)", "n")
+    for key in ("tools", "functions"):
+        if body.get(key):
+            raise _bad(f"'{key}' is not supported", key)
+    if body.get("logprobs"):
+        raise _bad("'logprobs' is not supported", "logprobs")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list", "messages")
+    template = conversation.get_template(cfg.conv_mode or chat_mod.default_conv_mode(model))
+    turns, image_turn, image_url = [], None, None
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise _bad(f"messages[{i}] must be an object", "messages")
+        role = m.get("role")
+        text, url = _content(m, i)
+        if role in ("system", "developer"):
+            if turns or url is not None:
+                raise _bad("a system message must come first and hold text only", "messages")
+            template = _with_system(template, text)
+            continue
+        if role not in ("user", "assistant"):
+            raise _bad(f"messages[{i}].role {role!r} is not supported (system, user, assistant)", "messages")
+        if role != ("user" if len(turns) % 2 == 0 else "assistant"):
+            raise _bad("messages must alternate user and assistant turns, starting with user", "messages")
+        if url is not None:
+            if role != "user" or image_url is not None:
+                raise _bad("at most one image per request is supported, in a user message", "messages")
+            image_turn, image_url = len(turns), url
+        turns.append(text)
+    if len(turns) % 2 == 0:
+        raise _bad("the last message must be a user message", "messages")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
+        raise _bad(f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
+    temperature = float(_number(body, "temperature", 0, 2, 0.0))
+    top_p = float(_number(body, "top_p", 0, 1, 1.0))
+    if top_p <= 0:
+        raise _bad("'top_p' must be > 0", "top_p")
+    seed = _number(body, "seed", None, None, None, integer=True)
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _number(body, key, 1, None, None, integer=True)
+    flags = {}
+    for key in ("use_fom", "use_dp", "stream"):
+        v = body.get(key, key != "stream")
+        if not isinstance(v, bool):
+            raise _bad(f"'{key}' must be true or false", key)
+        flags[key] = v
+    so = body.get("stream_options") or {}
+    if not isinstance(so, dict):
+        raise _bad("'stream_options' must be an object", "stream_options")
+    include_usage = bool(so.get("include_usage", False))
+
+    # the prompt, as tgllava.chat builds it
+    llm_tok, clip_tok = chat_mod.tokenizers(model)
+    rendered = [conversation.user_message(t, 1) if i == image_turn else t for i, t in enumerate(turns)]
+    prompt = template.render(rendered + [None])
+    input_ids = tokenize.tokenizer_image_token(prompt, llm_tok)
+    slots = input_ids.count(tokenize.IMAGE_TOKEN_INDEX)
+    if slots != (1 if image_url is not None else 0):
+        raise _bad(f"the prompt has {slots} image slots for {1 if image_url is not None else 0} images: write the "
+                   "text without a literal '<image>'", "messages")
+    pixels = text_ids = None
+    if image_url is not None:
+        pixels = _pixels(model, _image_bytes(image_url, cfg), cfg)
+        if model.has_tg and (flags["use_fom"] or flags["use_dp"]):
+            text_ids = clip_tok.encode(chat_mod.text_guide(turns[image_turn]))
+    try:
+        seq = model._sequence(input_ids, pixels, text_ids, flags["use_fom"], flags["use_dp"])
+    except ShapeError as e:
+        raise _bad(str(e), "messages") from None
+    n_prompt = len(input_ids)
+    if pixels is not None:
+        n_prompt += model.visual_token_count(flags["use_dp"]) - 1
+    room = engine.context - n_prompt
+    if max_tokens is None:
+        max_tokens = min(DEFAULT_MAX_TOKENS, room)
+    if room < 1 or max_tokens > room:
+        raise _bad(f"the prompt takes {n_prompt} positions (with the picture's visual tokens) and max_tokens asks "
+                   f"for {max_tokens}: more than the {engine.context} positions a request may use", "messages",
+                   "context_length_exceeded")
+    job = Job(seq, None, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+              stops=conversation.stop_strings(template.name) + stops, stream=flags["stream"], prompt_tokens=n_prompt)
+    return job, include_usage
+
+
+# ---- the app
+
+def create_app(engine, cfg):
+    """The Starlette app serving `engine` (an Engine) with settings `cfg` (a ServeConfig)."""
+
+    def authorised(request):
+        if not cfg.api_key:
+            return True
+        got = request.headers.get("authorization", "")
+        scheme, _, token = got.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), cfg.api_key.encode())
+
+    def unauthorised():
+        return error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
+                              "invalid_api_key")
+
+    async def read_body(request):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cfg.max_body_bytes:
+                raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _bad(f"the request body is not valid JSON ({e})") from None
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "model": cfg.model_name, "running": engine.running,
+                             "waiting": engine.waiting, "slots": engine.max_batch})
+
+    async def models(request):
+        if not authorised(request):
+            return unauthorised()
+        return JSONResponse({"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
+                                                         "owned_by": "tgllava"}]})
+
+    async def completions(request):
+        if not authorised(request):
+            return unauthorised()
+        try:
+            body = await read_body(request)
+            job, include_usage = await run_in_threadpool(parse_request, body, engine, cfg)
+        except ApiError as e:
+            return error_response(e.status, e.message, e.param, e.code, e.kind)
+        loop = asyncio.get_running_loop()
+        events = asyncio.Queue()
+        job.sink = lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        try:
+            engine.submit(job)
+        except QueueFull as e:
+            return error_response(503, str(e), None, "queue_full")
+        rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+        disconnected = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            kind, value = await _next_event(events, disconnected)
+        except _Gone:
+            engine.cancel(job)
+            return error_response(400, "the client went away")
+        if kind == "error":
+            disconnected.cancel()
+            return _job_error(value)
+        if not job.stream:
+            try:
+                while kind != "done":
+                    kind, value = await _next_event(events, disconnected)
+                    if kind == "error":
+                        return _job_error(value)
+            except _Gone:
+                engine.cancel(job)
+                return error_response(400, "the client went away")
+            finally:
+                disconnected.cancel()
+            return JSONResponse({
+                "id": rid, "object": "chat.completion", "created": created, "model": cfg.model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": value.text},
+                             "finish_reason": _reason(value.finish_reason), "logprobs": None}],
+                "usage": _usage(value)})
+        disconnected.cancel()  # from here Starlette's StreamingResponse watches the connection
+
+        def chunk(delta, finish=None, usage=None, choices=True):
+            out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []}
+            if usage is not None:
+                out["usage"] = usage
+            return "data: " + json.dumps(out) + "\n\n"
+
+        async def sse():
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while True:
+                    kind, value = await events.get()
+                    if kind == "piece":
+                        yield chunk({"content": value})
+                    elif kind == "done":
+                        yield chunk({}, _reason(value.finish_reason))
+                        if include_usage:
+                            yield chunk(None, usage=_usage(value), choices=False)
+                        break
+                    elif kind == "error":
+                        yield "data: " + json.dumps(_error_body(value)) + "\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                engine.cancel(job)  # nothing when it finished; a client gone mid-stream frees its slot
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def not_found(request, exc):
+        status = getattr(exc, "status_code", 404)
+        return error_response(status, f"{request.method} {request.url.path}: "
+                                      f"{'no such endpoint' if status == 404 else exc.detail}")
+
+    async def internal(request, exc):
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    routes = [Route("/v1/chat/completions", completions, methods=["POST"]),
+              Route("/v1/models", models, methods=["GET"]),
+              Route("/health", health, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: internal})
+
+
+class _Gone(Exception):
+    pass
+
+
+async def _wait_disconnect(request):
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _next_event(events, disconnected):
+    get = asyncio.ensure_future(events.get())
+    done, _ = await asyncio.wait({get, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    if get in done:
+        return get.result()
+    get.cancel()
+    raise _Gone()
+
+
+def _reason(finish):
+    return "length" if finish == "length" else "stop"
+
+
+def _usage(c):
+    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+
+def _error_body(exc):
+    status = 400 if isinstance(exc, ShapeError) else 500
+    kind = "invalid_request_error" if status == 400 else "server_error"
+    return {"error": {"message": str(exc) or type(exc).__name__, "type": kind, "param": None, "code": None}}
+
+
+def _job_error(exc):
+    body = _error_body(exc)
+    return JSONResponse(body, status_code=400 if body["error"]["type"] == "invalid_request_error" else 500)
