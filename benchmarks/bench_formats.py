@@ -49,6 +49,8 @@ def required_tensors(llm_cfg):
     from tgllava import _C
     from tgllava.api import build_config
     refs = {"model.mm_projector.0.weight": _Shape((llm_cfg["hidden_size"], 1024))}
+    refs.update({f"vision_model.encoder.layers.{i}.x": _Shape((1,)) for i in range(24)})  # layer counts
+    refs.update({f"model.layers.{i}.x": _Shape((1,)) for i in range(llm_cfg["num_hidden_layers"])})
     core = _C.Model(build_config(llm_cfg, CLIP_L336, refs, "bfloat16"), "cpu")
     return [(n, s) for n, s, _ in core.required()]
 
@@ -91,6 +93,9 @@ def build(folder, llm_cfg, with_clip=True):
     req = required_tensors(llm_cfg)
     kind = lambda n, s: "ones" if len(s) == 1 and ("norm" in n or "layrnorm" in n) else "rand"  # noqa: E731
     vis = [(n, s, kind(n, s)) for n, s in req if n.startswith("vision_model.")]
+    n_layers = CLIP_L336["vision_config"]["num_hidden_layers"]  # the tower's last layer is unused but present
+    used, unused = f".layers.{n_layers - 2}.", f".layers.{n_layers - 1}."
+    vis += [(n.replace(used, unused), s, k) for n, s, k in vis if used in n]
     rest = [(n, s, kind(n, s)) for n, s in req if not n.startswith("vision_model.")]
     if with_clip:
         write_safetensors(os.path.join(clip, "model.safetensors"), vis, pool)

@@ -82,6 +82,9 @@ const char *tg_cpu_kernels(void) { return avx2() ? "avx2" : "portable"; }
 
 /* ---- quantisation (load time) ---- */
 
+/* round to nearest even for |x| < 2^22 without a libm call (the adds are not reassociated: no -ffast-math) */
+static inline int32_t round_even(float x) { return (int32_t)((x + 12582912.0f) - 12582912.0f); }
+
 /* Store one row of cols floats; returns the number of values out of float16 range (F16 only). */
 int64_t tg_quantize_row(int dtype, const float *x, void *dst, int64_t cols) {
     int64_t bad = 0;
@@ -105,11 +108,11 @@ int64_t tg_quantize_row(int dtype, const float *x, void *dst, int64_t cols) {
         for (int64_t k = 0; k < cols / TG_QBLOCK; k++) {
             const float *v = x + k * TG_QBLOCK;
             float amax = 0.0f;
-            for (int j = 0; j < TG_QBLOCK; j++) amax = fmaxf(amax, fabsf(v[j]));
+            for (int j = 0; j < TG_QBLOCK; j++) amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax;
             b[k].d = tg_float_to_half(amax / 127.0f);
             float d = tg_half_to_float(b[k].d), id = d > 0.0f ? 1.0f / d : 0.0f;
             for (int j = 0; j < TG_QBLOCK; j++) {
-                long q = lrintf(v[j] * id);
+                int32_t q = round_even(v[j] * id); /* |v * id| <= 127 + rounding */
                 b[k].q[j] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
             }
         }
@@ -119,14 +122,18 @@ int64_t tg_quantize_row(int dtype, const float *x, void *dst, int64_t cols) {
         q4_block *b = dst;
         for (int64_t k = 0; k < cols / TG_QBLOCK; k++) {
             const float *v = x + k * TG_QBLOCK;
-            float mx = 0.0f; /* the value of largest magnitude, with its sign: it maps to q = 0 */
+            float amax = 0.0f, mx = 0.0f; /* mx: the (first) value of largest magnitude, with its sign: q = 0 */
+            for (int j = 0; j < TG_QBLOCK; j++) amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax; /* vectorises */
             for (int j = 0; j < TG_QBLOCK; j++)
-                if (fabsf(v[j]) > fabsf(mx)) mx = v[j];
+                if (fabsf(v[j]) == amax) {
+                    mx = v[j];
+                    break;
+                }
             b[k].d = tg_float_to_half(mx / -8.0f);
             float d = tg_half_to_float(b[k].d), id = d != 0.0f ? 1.0f / d : 0.0f;
             uint8_t q[TG_QBLOCK];
             for (int j = 0; j < TG_QBLOCK; j++) {
-                long t = lrintf(v[j] * id) + 8;
+                int32_t t = round_even(v[j] * id) + 8; /* |v * id| <= 8 + rounding */
                 q[j] = (uint8_t)(t > 15 ? 15 : t < 0 ? 0 : t);
             }
             for (int j = 0; j < TG_QBLOCK / 2; j++) b[k].q[j] = (uint8_t)(q[j] | (q[j + TG_QBLOCK / 2] << 4));
@@ -262,26 +269,42 @@ AVX2_FN float avx2_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* rows [n0, n1) for a compile-time M (the m loops unroll, the accumulators stay in registers) */
+/* acc[m] += d * <block, x_m block> for the 32 weights of one block */
+AVX2_FN void avx2_block_dot(const __m256 *wv, __m256 d, const float *x, int64_t K, int64_t k, const int M, __m256 *acc) {
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (int64_t)m * K + k * TG_QBLOCK;
+        __m256 t0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xm));
+        __m256 t1 = _mm256_mul_ps(wv[2], _mm256_loadu_ps(xm + 16));
+        t0 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xm + 8), t0);
+        t1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xm + 24), t1);
+        acc[m] = _mm256_fmadd_ps(d, _mm256_add_ps(t0, t1), acc[m]);
+    }
+}
+
+/* rows [n0, n1) for a compile-time M (the m loops unroll).  Even and odd blocks go to two accumulators, so
+ * the sum's latency does not set the pace of a single row; every M sums in the same order, so a row of a
+ * batch gets bitwise the result it gets alone */
 AVX2_FN void avx2_gemv_m(int dtype, const char *w, size_t rb, const float *x, float *y, const int M, int64_t N,
                          int64_t K, int64_t n0, int64_t n1, int accumulate) {
     const int64_t nb = K / TG_QBLOCK;
     for (int64_t n = n0; n < n1; n++) {
         const char *row = w + (size_t)n * rb;
-        __m256 acc[8];
-        for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-        for (int64_t k = 0; k < nb; k++) {
+        __m256 acc[8], acc2[8];
+        for (int m = 0; m < M; m++) acc[m] = acc2[m] = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 2 <= nb; k += 2) {
+            __m256 wv[4];
+            __m256 d = _mm256_set1_ps(avx2_block(dtype, row, k, wv));
+            avx2_block_dot(wv, d, x, K, k, M, acc);
+            d = _mm256_set1_ps(avx2_block(dtype, row, k + 1, wv));
+            avx2_block_dot(wv, d, x, K, k + 1, M, acc2);
+        }
+        if (k < nb) {
             __m256 wv[4];
             const __m256 d = _mm256_set1_ps(avx2_block(dtype, row, k, wv));
-            for (int m = 0; m < M; m++) {
-                const float *xm = x + (int64_t)m * K + k * TG_QBLOCK;
-                __m256 t0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xm));
-                __m256 t1 = _mm256_mul_ps(wv[2], _mm256_loadu_ps(xm + 16));
-                t0 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xm + 8), t0);
-                t1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xm + 24), t1);
-                acc[m] = _mm256_fmadd_ps(d, _mm256_add_ps(t0, t1), acc[m]);
-            }
+            avx2_block_dot(wv, d, x, K, k, M, acc);
         }
+        for (int m = 0; m < M; m++) acc[m] = _mm256_add_ps(acc[m], acc2[m]);
         for (int m = 0; m < M; m++) {
             float s = avx2_hsum(acc[m]);
             for (int64_t i = nb * TG_QBLOCK; i < K; i++) s += row_elem(dtype, row, i) * x[(int64_t)m * K + i];

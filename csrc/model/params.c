@@ -363,17 +363,31 @@ const char *tg_model_required(const tg_model *m, int i, int *ndim, const int64_t
 
 /* ---- loading ---- */
 
-/* dst (n) float32 = src (n) in the checkpoint dtype; returns the index of the first non-finite value or -1 */
+/* dst (n) float32 = src (n) in the checkpoint dtype; returns the index of the first non-finite value or -1.
+ * Runs on all threads and checks the exponent bits, so it keeps up with the quantisation that follows. */
 static int64_t convert(float *dst, const void *src, int src_dtype, int64_t n) {
+    uint32_t *out = (uint32_t *)dst, all_ones = 0;
+    const uint32_t EXP = 0x7f800000u;
     if (src_dtype == TG_SRC_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
-    } else if (src_dtype == TG_SRC_F16) {
+#pragma omp parallel for schedule(static) reduction(| : all_ones) if (n > (1 << 16))
+        for (int64_t i = 0; i < n; i++) all_ones |= (out[i] & EXP) == EXP;
+    } else if (src_dtype == TG_SRC_BF16) {
         const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = tg_half_to_float(s[i]);
+#pragma omp parallel for schedule(static) reduction(| : all_ones) if (n > (1 << 16))
+        for (int64_t i = 0; i < n; i++) {
+            out[i] = (uint32_t)s[i] << 16;
+            all_ones |= (out[i] & EXP) == EXP;
+        }
     } else {
         const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = tg_bf16_to_float(s[i]);
+#pragma omp parallel for schedule(static) reduction(| : all_ones) if (n > (1 << 16))
+        for (int64_t i = 0; i < n; i++) {
+            dst[i] = tg_half_to_float(s[i]);
+            all_ones |= (s[i] & 0x7c00u) == 0x7c00u;
+        }
     }
+    if (!all_ones) return -1;
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(dst[i])) return i;
     return -1;
@@ -406,7 +420,7 @@ static void shape_str(char *buf, size_t len, int ndim, const int64_t *shape) {
     if (o < len) snprintf(buf + o, len - o, ndim == 1 ? ",)" : ")");
 }
 
-#define SLICE_FLOATS (1 << 20) /* float32 staging of a matrix load: 4 MiB */
+#define SLICE_FLOATS (1 << 18) /* float32 staging of a matrix load: 1 MiB, so it stays in cache for the quantiser */
 
 /* rows [part * part_rows, (part + 1) * part_rows) of a matrix param from checkpoint bytes, a slice at a time */
 static int load_matrix_part(tg_model *m, registry_entry *e, const void *data, int src_dtype, int64_t part_rows) {

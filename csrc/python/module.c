@@ -958,7 +958,24 @@ static PyObject *py_gemm_seconds(PyObject *mod, PyObject *args) {
 
 static PyObject *py_cpu_kernels(PyObject *mod, PyObject *noargs) { return PyUnicode_FromString(tg_cpu_kernels()); }
 
+/* weight_storage(dtype, cols, is_head) -> (stored dtype, bytes per row): the loader's storage rule */
+static PyObject *py_weight_storage(PyObject *mod, PyObject *args) {
+    int dtype, is_head;
+    long long cols;
+    if (!PyArg_ParseTuple(args, "iLp", &dtype, &cols, &is_head)) return NULL;
+    if (dtype < 0 || dtype >= TG_DTYPE_COUNT || cols <= 0) {
+        PyErr_SetString(PyExc_ValueError, "weight_storage: bad dtype or cols");
+        return NULL;
+    }
+    tg_config c;
+    memset(&c, 0, sizeof c);
+    c.dtype = dtype;
+    int dt = tg_weight_storage(&c, cols, is_head);
+    return Py_BuildValue("(iK)", dt, (unsigned long long)tg_cpu_row_bytes(dt, cols));
+}
+
 static PyMethodDef module_methods[] = {
+    {"weight_storage", py_weight_storage, METH_VARARGS, "weight_storage(dtype, cols, is_head) -> (stored dtype, row bytes)"},
     {"cpu_kernels", py_cpu_kernels, METH_NOARGS, "CPU kernels in use: 'avx2' or 'portable' (TGLLAVA_CPU_KERNELS=portable forces it)"},
     {"cpu_gemm_seconds", py_gemm_seconds, METH_VARARGS, "cpu_gemm_seconds(reset=False): time the CPU backend spent in matrix products"},
     {"tile", py_tile, METH_VARARGS, "tile(pixels (B,C,S,S)) -> (B,4,C,S,S): bilinear 2x upscale and 4 crops"},

@@ -42,7 +42,8 @@ def add_arguments(p):
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="llava")
     p.add_argument("--conv-mode", default=None, help="chat template for --prompt-style llava")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+                   help="weight storage (int8/int4: cpu only; default: the rule of tgllava.load)")
     p.add_argument("--shard", default=None, metavar="I/N", help="run part I (from 0) of N")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--no-fom", action="store_true", help="switch TG-FOM off")
