@@ -19,24 +19,37 @@ from .streaming import CountedCore, TokenStream
 
 IMAGE_TOKEN_INDEX = -200
 _ACTS = {"gelu": 1, "quick_gelu": 2, "silu": 3}
-_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int4": 4}
+GPU_DTYPES = ("float32", "float16", "bfloat16")
+# the CPU's default storage (README): exact float32 for small models, the checkpoint's own 16-bit dtype up to
+# 4 B parameters, int8 above (a 7B model then needs ~8 GB and loads on a 16 GB machine)
+FLOAT32_MAX_PARAMS = 1.5e9
+SIXTEEN_BIT_MAX_PARAMS = 4e9
 
 # TG module sizes fixed by the reference code (SPEC 4), used where shapes are silent
 TG_DEFAULTS = {"q_heads": 16, "q_eps": 1e-12, "q_cross_freq": 2, "p_heads": 16, "p_eps": 1e-5}
 
 
+def _find_tower(name, llm_dir):
+    """The folder a tower name in an LLM config points to (local path, relative to the LLM folder,
+    Hugging Face cache or download via layout.resolve_tower), or None."""
+    if not isinstance(name, str) or not name:
+        return None
+    for cand in (name, os.path.join(llm_dir, name)):
+        if os.path.isdir(cand):
+            return cand
+    from .layout import resolve_tower
+    return resolve_tower(name)
+
+
 def _resolve_clip_dir(cfg, llm_dir, clip_dir):
+    """The CLIP vision tower folder: clip_dir when given, else what mm_vision_tower (or mm_text_tower) names."""
     if clip_dir is not None:
-        return clip_dir
+        if not os.path.isdir(clip_dir):
+            raise CheckpointError(f"{clip_dir}: no such CLIP tower folder")
+        return os.fspath(clip_dir)
     for key in ("mm_vision_tower", "mm_text_tower"):
-        name = cfg.get(key)
-        if not name:
-            continue
-        for cand in (name, os.path.join(llm_dir, name)):
-            if os.path.isdir(cand):
-                return cand
-        from .layout import resolve_tower
-        found = resolve_tower(name)
+        found = _find_tower(cfg.get(key), llm_dir)
         if found:
             return found
     raise CheckpointError(
@@ -45,42 +58,53 @@ def _resolve_clip_dir(cfg, llm_dir, clip_dir):
 
 
 def _count_layers(names, prefix):
-    idx = set()
-    for n in names:
-        if n.startswith(prefix):
-            rest = n[len(prefix):].split(".", 1)[0]
-            if rest.isdigit():
-                idx.add(int(rest))
-    return max(idx) + 1 if idx else 0
+    from .layout import count_layers
+    return count_layers(names, prefix)
 
 
-def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None):
-    """The flat size dictionary of the C core (tg_config) from configs and tensor shapes."""
+def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_path="config.json",
+                 clip_path="config.json"):
+    """The flat size dictionary of the C core (tg_config) from configs and tensor shapes.
+
+    llm_cfg is an official-layout LLM config, clip_cfg any CLIP tower config
+    (read with layout.clip_configs: legacy *_config_dict keys, transformers'
+    defaults for missing keys).  Every value is checked: a size that is not
+    an integer in range, a non-finite or non-positive epsilon or rotary
+    base, an unknown activation, rotary scaling, layer counts that disagree
+    with the tensors, raise CheckpointError naming the config file
+    (llm_path / clip_path; clip_path may be a (vision, text) pair when the
+    towers come from two folders) and the key.  Only names and shapes of
+    `refs` are used.
+    """
+    from . import layout
+
     def shape(name):
         if name not in refs:
             raise CheckpointError(f"missing tensor {name}")
         return refs[name].shape
 
-    vc = clip_cfg.get("vision_config", clip_cfg)
-    tc = clip_cfg.get("text_config", {})
+    vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
+    towers = layout.clip_configs(clip_cfg, vision_path)
+    vc, tc = towers["vision_config"], towers["text_config"]
     names = list(refs)
-    c = {}
-    nv = int(vc.get("num_hidden_layers", 24))
-    sel = int(llm_cfg.get("mm_vision_select_layer", -2))
-    c.update(v_hidden=int(vc.get("hidden_size", 1024)), v_heads=int(vc.get("num_attention_heads", 16)), v_layers=nv,
-             v_ffn=int(vc.get("intermediate_size", 4096)), v_image=int(vc.get("image_size", 336)),
-             v_patch=int(vc.get("patch_size", 14)), v_act=_ACTS.get(vc.get("hidden_act", "quick_gelu"), 2),
-             v_select=sel + nv + 1 if sel < 0 else sel, v_eps=float(vc.get("layer_norm_eps", 1e-5)))
+    if vc is None:
+        raise CheckpointError(f"{vision_path}: has no vision tower config (needed for the vision tower)")
+    c = layout.vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
+    layout.check_layer_count(names, "vision_model.encoder.layers.", c["v_layers"], vision_path,
+                             "vision_config.num_hidden_layers")
     if llm_cfg.get("mm_vision_select_feature", "patch") != "patch":
-        raise CheckpointError("only mm_vision_select_feature='patch' is supported")
+        raise CheckpointError(f"{llm_path}: mm_vision_select_feature {llm_cfg.get('mm_vision_select_feature')!r} "
+                              "is not supported (only 'patch')")
     has_fom = any(n.startswith("model.mm_cross_attn.") for n in names)
     has_dp = any(n.startswith("model.mm_patch_encoder.") for n in names)
     c.update(has_fom=int(has_fom), has_dp=int(has_dp))
     if has_fom or has_dp:
-        c.update(t_hidden=int(tc.get("hidden_size", 768)), t_heads=int(tc.get("num_attention_heads", 12)),
-                 t_layers=int(tc.get("num_hidden_layers", 12)), t_ffn=int(tc.get("intermediate_size", 3072)),
-                 t_vocab=int(tc.get("vocab_size", 49408)), t_positions=int(tc.get("max_position_embeddings", 77)),
-                 t_act=_ACTS.get(tc.get("hidden_act", "quick_gelu"), 2), t_eps=float(tc.get("layer_norm_eps", 1e-5)))
+        if tc is None:
+            raise CheckpointError(f"{text_path}: has no text tower config, and this TG-LLaVA checkpoint needs the "
+                                  "CLIP text tower")
+        c.update(layout.text_sizes(tc, text_path))
+        layout.check_layer_count(names, "text_model.encoder.layers.", c["t_layers"], text_path,
+                                 "text_config.num_hidden_layers")
     d = dict(TG_DEFAULTS)
     d.update(overrides or {})
     if has_fom:
@@ -93,6 +117,9 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None):
         heads = d["p_heads"]
         qrows = shape(pf + "0.self_attn.q_proj.weight")[0]
         hd = qrows // heads
+        if hd <= 0:
+            raise CheckpointError(f"{pf}0.self_attn.q_proj.weight has {qrows} rows, fewer than the {heads} "
+                                  "perceiver heads")
         c.update(p_layers=_count_layers(names, pf), p_heads=heads, p_head_dim=hd,
                  p_kv_heads=shape(pf + "0.self_attn.k_proj.weight")[0] // hd,
                  p_latents=shape("model.mm_patch_encoder.perceiver.latents")[0],
@@ -100,21 +127,40 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None):
                  p_positions=shape("model.mm_patch_encoder.position_embedding.weight")[0], p_eps=d["p_eps"])
     ptype = llm_cfg.get("mm_projector_type", "mlp2x_gelu" if "model.mm_projector.0.weight" in refs else "linear")
     if ptype not in ("mlp2x_gelu", "linear"):
-        raise CheckpointError(f"mm_projector_type {ptype!r} is not supported (mlp2x_gelu or linear)")
+        raise CheckpointError(f"{llm_path}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu or linear)")
     c["proj_mlp"] = int(ptype == "mlp2x_gelu")
-    if llm_cfg.get("rope_scaling"):
-        raise CheckpointError(f"rope_scaling {llm_cfg['rope_scaling']} is not supported")
-    H = int(llm_cfg["hidden_size"])
-    heads = int(llm_cfg["num_attention_heads"])
-    c.update(hidden=H, heads=heads, kv_heads=int(llm_cfg.get("num_key_value_heads") or heads),
-             head_dim=int(llm_cfg.get("head_dim") or H // heads), layers=int(llm_cfg["num_hidden_layers"]),
-             ffn=int(llm_cfg["intermediate_size"]), vocab=int(llm_cfg["vocab_size"]),
+    m = layout.llm_sizes(llm_cfg, llm_path)
+    layout.check_layer_count(names, "model.layers.", m["layers"], llm_path, "num_hidden_layers")
+    c.update(hidden=m["hidden"], heads=m["heads"], kv_heads=m["kv_heads"], head_dim=m["head_dim"],
+             layers=m["layers"], ffn=m["ffn"], vocab=m["vocab"],
              qkv_bias=int("model.layers.0.self_attn.q_proj.bias" in refs),
-             tie_embeddings=int(bool(llm_cfg.get("tie_word_embeddings", False)) and "lm_head.weight" not in refs),
-             max_len=int(llm_cfg.get("tokenizer_model_max_length") or llm_cfg.get("max_position_embeddings", 2048)),
-             rms_eps=float(llm_cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(llm_cfg.get("rope_theta", 10000.0)),
+             tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs),
+             max_len=m["max_len"], rms_eps=m["rms_eps"], rope_theta=m["rope_theta"],
              dtype=_DTYPES[dtype])
     return c
+
+
+def check_device_dtype(device, dtype):
+    """Refuse an unknown device or a storage dtype the device cannot hold (None is resolved later)."""
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype is not None and device != "cpu" and dtype not in GPU_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is a CPU format; on {device} use one of {', '.join(GPU_DTYPES)}")
+
+
+def default_dtype(device, refs):
+    """The storage dtype load() picks when none is given (the rule is stated in the README)."""
+    if device != "cpu":
+        return "bfloat16"
+    params = sum(int(np.prod(r.shape)) for r in refs.values())
+    if params <= FLOAT32_MAX_PARAMS:
+        return "float32"
+    if params <= SIXTEEN_BIT_MAX_PARAMS:
+        f16 = sum(int(np.prod(r.shape)) for r in refs.values() if r.dtype == "F16")
+        return "float16" if 2 * f16 > params else "bfloat16"
+    return "int8"
 
 
 def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_overrides=None):
@@ -124,53 +170,147 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
     found from mm_vision_tower) or a llava-hf folder (LlavaForConditionalGeneration, the vision
     tower inside it: clip_dir is not used).
 
-    dtype: storage of large matrices: "float32" (default on the CPU, the only
-    CPU choice), "bfloat16" (default on CUDA) or "float16".
+    dtype: storage of the large matrices (Linear weights, embedding tables): "float32" (exact, the
+    conformance mode), "float16", "bfloat16", and on the CPU "int8" / "int4" (blocks of 32 input
+    features with a float16 scale).  None: on CUDA bfloat16; on the CPU float32 up to 1.5 B parameters,
+    the checkpoint's own 16-bit dtype up to 4 B, int8 above.  Weights go from the checkpoint's bytes
+    straight into that format, a slice at a time.  progress: a bar for loads over a second (None),
+    always (True) or never (False).
     """
-    if dtype is None:
-        dtype = "float32" if device == "cpu" else "bfloat16"
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    llm_cfg = read_json(os.path.join(llm_dir, "config.json")) if os.path.isdir(llm_dir) else None
-    if llm_cfg is None:
-        raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
-    from .layout import is_llava_hf
-    if is_llava_hf(llm_cfg):
+    check_device_dtype(device, dtype)
+    plan = resolve_folders(llm_dir, clip_dir)
+    if plan["kind"] == "llava-hf":
         from .hf_load import load_llava_hf
         return load_llava_hf(llm_dir, device=device, dtype=dtype, progress=progress)
-    llm_refs = folder_refs(llm_dir)
-    clip_dir = _resolve_clip_dir(llm_cfg, llm_dir, clip_dir)
-    clip_cfg = read_json(os.path.join(clip_dir, "config.json"))
-    clip_refs = folder_refs(clip_dir)
-    refs = dict(clip_refs)
-    refs.update(llm_refs)
-    cfg = build_config(llm_cfg, clip_cfg, refs, dtype, tg_overrides)
+    llm_cfg, refs = plan["llm_config"], plan["refs"]
+    if dtype is None:
+        dtype = default_dtype(device, refs)
+    cfg = build_config(llm_cfg, plan["clip_config"], refs, dtype, tg_overrides, plan["llm_config_path"],
+                       plan["clip_config_paths"])
 
     def missing(name):
-        return clip_dir if name.startswith(("vision_model.", "text_model.")) else llm_dir
+        if name.startswith("text_model."):
+            return plan["text_dir"]
+        return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
+    from .layout import check_tensors
+    check_tensors(cfg, refs, missing)  # names, dtypes and shapes, before any weight byte is read
     core = build_core(cfg, device, refs, missing, progress)
-    return Model(core, llm_cfg, clip_cfg, llm_dir, clip_dir, dtype)
+    return Model(core, llm_cfg, plan["clip_config"], llm_dir, plan["clip_dir"], dtype)
+
+
+def resolve_folders(llm_dir, clip_dir=None):
+    """Everything load() learns before reading a weight: configs, tower folders, tensor headers.
+
+    Returns a dict: kind ("llava-hf" or "official"); for an official folder
+    also llm_config (+ llm_config_path), vision_dir and text_dir (the
+    folders the two CLIP towers come from; text_dir None without TG
+    modules), clip_dir (the folder a Model reports: the text tower's when
+    TG-LLaVA needs it, for its CLIP tokenizer, else the vision tower's),
+    clip_config ({"model_type": "clip", "vision_config", "text_config"},
+    complete), clip_config_paths, tower_layouts ({"vision": label,
+    "text": label}) and refs (official name -> TensorRef from headers,
+    bytes unread).  A TG-LLaVA checkpoint whose vision folder has no text
+    tower takes it from the folder mm_text_tower names.
+    """
+    from . import layout
+
+    llm_dir = os.fspath(llm_dir)
+    if not os.path.isdir(llm_dir):
+        raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
+    llm_config_path = os.path.join(llm_dir, "config.json")
+    llm_cfg = read_json(llm_config_path)
+    if not isinstance(llm_cfg, dict):
+        raise CheckpointError(f"{llm_config_path}: not a JSON object")
+    llm_refs = folder_refs(llm_dir)
+    if layout.is_llava_hf(llm_cfg, list(llm_refs)):
+        return {"kind": "llava-hf", "llm_config": llm_cfg, "llm_config_path": llm_config_path}
+    has_tg = any(n.startswith(("model.mm_cross_attn.", "model.mm_patch_encoder.")) for n in llm_refs)
+    vision = layout.read_tower(_resolve_clip_dir(llm_cfg, llm_dir, clip_dir))
+    if not vision["has_vision"]:
+        raise CheckpointError(f"{vision['folder']}: no CLIP vision tower tensors (found: {vision['layout']}); "
+                              "expected vision_model.* or a CLIPVisionModel's embeddings.* / encoder.layers.*")
+    text = None
+    if has_tg:
+        text = vision
+        if not vision["has_text"]:
+            name = llm_cfg.get("mm_text_tower")
+            other = _find_tower(name, llm_dir)
+            if other and os.path.realpath(other) != os.path.realpath(vision["folder"]):
+                text = layout.read_tower(other)
+            if not text["has_text"]:
+                raise CheckpointError(
+                    f"{vision['folder']}: this TG-LLaVA checkpoint needs the CLIP text tower (text_model.*), but the "
+                    f"folder holds a {vision['layout']} and mm_text_tower {name!r} was not found with one")
+    refs = {n: r for n, r in vision["refs"].items() if n.startswith("vision_model.")}
+    if text is not None:
+        refs.update({n: r for n, r in text["refs"].items() if n.startswith("text_model.")})
+    refs.update(llm_refs)
+    clip_config = {"model_type": "clip", "vision_config": vision["configs"]["vision_config"],
+                   "text_config": (text or vision)["configs"]["text_config"]}
+    return {"kind": "official", "llm_config": llm_cfg, "llm_config_path": llm_config_path,
+            "vision_dir": vision["folder"], "text_dir": text["folder"] if text else None,
+            "clip_dir": text["folder"] if text else vision["folder"], "clip_config": clip_config,
+            "clip_config_paths": (vision["config_path"], (text or vision)["config_path"]),
+            "tower_layouts": {"vision": vision["layout"], "text": text["layout"] if text else None},
+            "has_tg": has_tg, "refs": refs}
+
+
+def preflight(llm_dir, clip_dir=None, tokenizers=True):
+    """Check what a load and a chat need that can be checked without reading a weight.
+
+    Configs (every value), tower folders, tensor names, dtypes and shapes
+    from the headers, and (tokenizers=True) the tokenizer files chat needs:
+    the LLM tokenizer in llm_dir and, for TG-LLaVA, the CLIP tokenizer in
+    the text tower's folder.  Raises CheckpointError on the first problem;
+    returns resolve_folders()'s dict.  `tgllava generate` calls this before
+    loading, so a folder without tokenizer files fails in a moment, not
+    after reading every weight.
+    """
+    from . import layout
+
+    plan = resolve_folders(llm_dir, clip_dir)
+    if plan["kind"] == "llava-hf":
+        from .hf_load import llava_hf_refs
+        llm_cfg, clip_cfg, refs = llava_hf_refs(llm_dir)
+        path = plan["llm_config_path"]
+        cfg = build_config(llm_cfg, clip_cfg, refs, "float32", llm_path=path, clip_path=path)
+        layout.check_tensors(cfg, refs, lambda name: f"{llm_dir} (llava-hf layout)")
+    else:
+        cfg = build_config(plan["llm_config"], plan["clip_config"], plan["refs"], "float32", None,
+                           plan["llm_config_path"], plan["clip_config_paths"])
+
+        def missing(name):
+            if name.startswith("text_model."):
+                return plan["text_dir"]
+            return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
+        layout.check_tensors(cfg, plan["refs"], missing)
+    if tokenizers:
+        layout.check_tokenizer_files(llm_dir, "llm", " (needed to turn the question into token ids)")
+        if plan.get("has_tg"):
+            layout.check_tokenizer_files(plan["text_dir"], "clip",
+                                         " (TG-LLaVA needs the CLIP tokenizer of its text tower for the text guide)")
+    return plan
 
 
 def build_core(cfg, device, refs, where_missing, progress=None):
     """The C model for size dict `cfg` on `device`, filled from `refs` (name -> TensorRef).
-    where_missing(name) names the folder blamed for an absent tensor.  A progress bar shows for
-    checkpoints over 512 MiB unless progress says otherwise."""
+    where_missing(name) names the folder blamed for an absent tensor.  Each tensor goes from its
+    checkpoint bytes (memory-mapped) into the stored format; a progress bar counts the bytes read
+    (shown after one second unless progress says always/never)."""
     core = _C.Model(cfg, device)
     required = core.required()
-    total = sum(int(np.prod(s)) for _, s, _ in required) * 4
-    show = progress if progress is not None else total > (512 << 20)
+    for name, _, _ in required:
+        if name not in refs:
+            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+    total = sum(int(np.prod(refs[name].shape)) * refs[name].itemsize for name, _, _ in required)
     bar = None
-    if show:
+    if progress is not False:
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights")
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", delay=0 if progress else 1.0,
+                   leave=False)
     try:
         for name, shape, _ in required:
-            ref = refs.get(name)
-            if ref is None:
-                raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+            ref = refs[name]
             if ref.src_code is None:
                 raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
             try:
@@ -178,7 +318,7 @@ def build_core(cfg, device, refs, where_missing, progress=None):
             except CheckpointError as e:
                 raise CheckpointError(f"{ref.path}: {e}") from None
             if bar:
-                bar.update(int(np.prod(shape)) * 4)
+                bar.update(int(np.prod(shape)) * ref.itemsize)
     finally:
         if bar:
             bar.close()
@@ -279,6 +419,19 @@ class Model:
         self.device = core.device
         self.image_size = self.sizes["v_image"]
         self.num_patches = (self.sizes["v_image"] // self.sizes["v_patch"]) ** 2
+
+    @property
+    def weight_bytes(self):
+        """Bytes the model's parameters take in their stored formats."""
+        return sum(b for _, _, b in self._core.storage())
+
+    def storage(self):
+        """{dtype: [checkpoint tensor names]}: how every tensor is stored.  With int8/int4, a matrix whose
+        input features are not a multiple of 32 (CLIP's patch embedding, 3*14*14) falls back to float16."""
+        out = {}
+        for name, dt, _ in self._core.storage():
+            out.setdefault(dt, []).append(name)
+        return out
 
     def __repr__(self):
         kind = "TG-LLaVA" if self.has_tg else "LLaVA-1.5"

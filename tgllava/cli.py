@@ -44,8 +44,9 @@ def _add_generate(sub):
     p.add_argument("--image", required=True, metavar="PATH", help="picture file")
     p.add_argument("--question", required=True, metavar="TEXT", help="the question (without <image>)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
-                   help="weight storage (default float32 on cpu, bfloat16 on cuda)")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+                   help="weight storage (int8/int4: cpu only; default: float32 on cpu up to 1.5 B parameters, "
+                        "the checkpoint's 16-bit dtype up to 4 B, int8 above; bfloat16 on cuda)")
     p.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="answer length limit (default 512)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
@@ -67,6 +68,8 @@ def _add_info(sub):
                                    "read from config.json and tensor headers only.")
     p.add_argument("folder", metavar="DIR", help="LLM, llava-hf or CLIP checkpoint folder")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+                   help="also show how loading with this weight storage would store the tensors")
     _debug_flag(p)
     p.set_defaults(func=_run_info)
 
@@ -125,8 +128,10 @@ def _version():
         return "?"
 
 
-def load_model(model_dir, clip_dir=None, device="cpu", dtype=None):
-    """tgllava.load (it recognises every layout), after checking the folders in command-line terms."""
+def load_model(model_dir, clip_dir=None, device="cpu", dtype=None, preflight=False):
+    """tgllava.load (it recognises every layout), after checking the folders in command-line terms.
+    preflight=True first checks, without reading weights, everything chat needs (configs, towers,
+    tensor shapes, tokenizer files)."""
     from .errors import CheckpointError
 
     if not os.path.isdir(model_dir):
@@ -137,6 +142,9 @@ def load_model(model_dir, clip_dir=None, device="cpu", dtype=None):
         raise CheckpointError(f"--clip {clip_dir}: no such folder")
     import tgllava
     try:
+        if preflight:
+            from .api import preflight as check
+            check(model_dir, clip_dir)
         return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
     except CheckpointError as e:
         if "clip_dir=" in str(e):  # say it in command-line terms
@@ -158,7 +166,7 @@ def _run_generate(args):
     check_sampling(args.max_new_tokens, args.temperature, args.top_p)  # NaN/inf/out of range: before loading
     if args.conv_mode is not None:
         conversation.get_template(args.conv_mode)
-    model = load_model(args.model, args.clip, args.device, args.dtype)
+    model = load_model(args.model, args.clip, args.device, args.dtype, preflight=True)
     kw = dict(conv_mode=args.conv_mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
               top_p=args.top_p, use_fom=not args.no_fom, use_dp=not args.no_dp, seed=args.seed)
     if args.stream:
@@ -180,7 +188,7 @@ def _run_generate(args):
 def _run_info(args):
     from .info import describe, format_info
 
-    info = describe(args.folder)
+    info = describe(args.folder, args.dtype)
     if args.json:
         import json
         print(json.dumps(info, indent=1, default=str))
