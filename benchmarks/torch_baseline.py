@@ -28,6 +28,7 @@ def llama(hidden, layers, ffn, heads, dtype, prompt, decode):
         model = LlamaForCausalLM(cfg).to(dtype).eval()
     build = time.perf_counter() - t
     ids = torch.randint(3, 32000, (1, prompt))
+    timed(lambda: model.generate(ids[:, :8], max_new_tokens=2, do_sample=False, pad_token_id=0))  # warm-up
     pre = timed(lambda: model(ids, use_cache=False, logits_to_keep=1))
     text = torch.randint(3, 32000, (1, 32))
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
