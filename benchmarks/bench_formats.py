@@ -121,6 +121,34 @@ def _timed(fn):
     return time.perf_counter() - t
 
 
+CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int4": 4}
+BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8.5, "int4": 4.5}
+
+
+def bench_ops(read_bw):
+    """Per format: the decode GEMV (M = 1 and 4, an 11008 x 4096 weight) in GB/s of stored weights and as a
+    share of the read bandwidth, and a prefill product (M = 700, 4096 x 4096) in GFLOP/s against float32."""
+    from tgllava import _C
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((11008, 4096), dtype=np.float32) * 0.02
+    rows = []
+    for fmt, code in CODES.items():
+        r = {"format": fmt}
+        for M in (1, 4):
+            x = rng.standard_normal((M, 4096), dtype=np.float32)
+            t = min(_C.op_linear("cpu", x, w, None, None, 0, code, 20)[1] for _ in range(3))
+            gbs = w.size * BITS[fmt] / 8 / t / 1e9
+            r[f"gemv_M{M}_GBps"] = gbs
+            r[f"gemv_M{M}_share_of_read_bw"] = gbs / read_bw
+        x = rng.standard_normal((700, 4096), dtype=np.float32)
+        t = min(_C.op_linear("cpu", x, w[:4096], None, None, 0, code, 2)[1] for _ in range(2))
+        r["prefill_GFLOPs"] = 2 * 700 * 4096 * 4096 / t / 1e9
+        rows.append(r)
+    for r in rows:
+        r["prefill_share_of_float32"] = r["prefill_GFLOPs"] / rows[0]["prefill_GFLOPs"]
+    return rows
+
+
 def run_format(llm, clip, fmt):
     """One format in this process (called in a child): the measurements as a dict."""
     import tgllava
@@ -162,17 +190,28 @@ def main():
     ap.add_argument("--formats", default="bfloat16,int8,int4")
     ap.add_argument("--torch", default=None, help="python with torch + transformers for the PyTorch baseline")
     ap.add_argument("--out", default="bench_formats.json")
+    ap.add_argument("--ops-only", action="store_true", help="only the per-format op table")
     ap.add_argument("--child", nargs=3, metavar=("LLM", "CLIP", "FMT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         llm, clip, fmt = a.child
         print(json.dumps(run_format(llm, clip, fmt)))
         return
+    if a.ops_only:
+        read_bw = read_bandwidth_GBps()
+        for r in bench_ops(read_bw):
+            print("ops | " + " | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+        print("read bandwidth %.1f GB/s" % read_bw)
+        return
     t = time.perf_counter()
     llm7, clip7 = build(os.path.join(a.dir, "7b"), VICUNA_7B)
     llm1, _ = build(os.path.join(a.dir, "1b"), LLAMA_1B, with_clip=False)
     build_s = time.perf_counter() - t
     read_bw = read_bandwidth_GBps()
+    op_rows = bench_ops(read_bw)
+    for r in op_rows:
+        print("ops | " + " | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()),
+              flush=True)
     rows = []
     jobs = [(llm7, clip7, f) for f in a.formats.split(",")] + [(llm1, clip7, "float32")]
     for llm, clip, fmt in jobs:
@@ -199,7 +238,7 @@ def main():
                 print("torch |", line, flush=True)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                "read_GBps": read_bw, "checkpoint_build_s": build_s}
-    json.dump({"machine": machine, "rows": rows, "torch": torch_rows}, open(a.out, "w"), indent=1)
+    json.dump({"machine": machine, "ops": op_rows, "rows": rows, "torch": torch_rows}, open(a.out, "w"), indent=1)
     print("read bandwidth %.1f GB/s; wrote %s" % (read_bw, a.out))
 
 

@@ -8,6 +8,7 @@ friendly inputs (lists, other float dtypes, single samples without a batch
 axis) into the exact NumPy arrays the extension checks, and return NumPy.
 """
 import os
+import sys
 
 import numpy as np
 
@@ -174,8 +175,8 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
     conformance mode), "float16", "bfloat16", and on the CPU "int8" / "int4" (blocks of 32 input
     features with a float16 scale).  None: on CUDA bfloat16; on the CPU float32 up to 1.5 B parameters,
     the checkpoint's own 16-bit dtype up to 4 B, int8 above.  Weights go from the checkpoint's bytes
-    straight into that format, a slice at a time.  progress: a bar for loads over a second (None),
-    always (True) or never (False).
+    straight into that format, a slice at a time.  progress: a bar on a terminal for loads over a
+    second (None), always (True) or never (False).
     """
     check_device_dtype(device, dtype)
     plan = resolve_folders(llm_dir, clip_dir)
@@ -292,11 +293,18 @@ def preflight(llm_dir, clip_dir=None, tokenizers=True):
     return plan
 
 
+def _stderr_is_terminal():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def build_core(cfg, device, refs, where_missing, progress=None):
     """The C model for size dict `cfg` on `device`, filled from `refs` (name -> TensorRef).
     where_missing(name) names the folder blamed for an absent tensor.  Each tensor goes from its
-    checkpoint bytes (memory-mapped) into the stored format; a progress bar counts the bytes read
-    (shown after one second unless progress says always/never)."""
+    checkpoint bytes (memory-mapped) into the stored format; a progress bar on a terminal counts the
+    bytes read when loading takes over a second (progress=True: always, False: never)."""
     core = _C.Model(cfg, device)
     required = core.required()
     for name, _, _ in required:
@@ -304,7 +312,7 @@ def build_core(cfg, device, refs, where_missing, progress=None):
             raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
     total = sum(int(np.prod(refs[name].shape)) * refs[name].itemsize for name, _, _ in required)
     bar = None
-    if progress is not False:
+    if progress or (progress is None and _stderr_is_terminal()):
         from tqdm import tqdm
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", delay=0 if progress else 1.0,
                    leave=False)

@@ -374,7 +374,9 @@ void tg_gemv(int dtype, const void *w, const float *x, float *y, int64_t M, int6
     const int fast = avx2();
     const int64_t chunk = 16; /* output rows per work item: contiguous weight streams per thread */
     const int64_t items = (N + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (N * K > PAR_MIN)
+    /* dynamic: a thread that loses its core to another process does not hold up the whole product (each row
+     * is still summed by one thread in one order, so results do not depend on the schedule) */
+#pragma omp parallel for schedule(dynamic, 4) if (N * K > PAR_MIN)
     for (int64_t it = 0; it < items; it++) {
         const int64_t n0 = it * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
 #ifdef TG_X86
