@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -136,7 +137,9 @@ def _run_kernels(env_value):
     env.pop("TGLLAVA_CPU_KERNELS", None)
     if env_value:
         env["TGLLAVA_CPU_KERNELS"] = env_value
-    r = subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT], env=env, capture_output=True, text=True, check=True)
+    # run outside the checkout, so the child imports the tested (installed) tgllava, not the source tree
+    r = subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT], env=env, capture_output=True, text=True, check=True,
+                       cwd=tempfile.gettempdir())
     return json.loads(r.stdout)
 
 

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -428,7 +429,7 @@ def test_cli_serve_starts_and_stops():
     llm_dir, clip_dir, _ = golden_set(L15)
     p = subprocess.Popen([sys.executable, "-m", "tgllava.cli", "serve", "--model", llm_dir, "--clip", clip_dir,
                           "--port", "0", "--api-key", "k", "--max-batch", "2", "--context", "800"],
-                         stderr=subprocess.PIPE, text=True, env=subprocess_env())
+                         stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=tempfile.gettempdir())
     try:
         line = ""
         deadline = time.monotonic() + 300
@@ -452,5 +453,5 @@ def test_cli_serve_starts_and_stops():
 def test_cli_serve_checks_arguments():
     llm_dir, clip_dir, _ = golden_set(L15)
     r = subprocess.run([sys.executable, "-m", "tgllava.cli", "serve", "--model", llm_dir, "--max-batch", "0"],
-                       capture_output=True, text=True, env=subprocess_env())
+                       capture_output=True, text=True, env=subprocess_env(), cwd=tempfile.gettempdir())
     assert r.returncode == 1 and "--max-batch" in r.stderr
