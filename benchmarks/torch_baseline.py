@@ -24,8 +24,10 @@ def llama(hidden, layers, ffn, heads, dtype, prompt, decode):
     cfg = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=ffn, num_attention_heads=heads,
                       num_key_value_heads=heads, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5)
     t = time.perf_counter()
+    torch.set_default_dtype(dtype)  # built in its dtype: a 7B model built in float32 first would not fit
     with torch.no_grad():
-        model = LlamaForCausalLM(cfg).to(dtype).eval()
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
     build = time.perf_counter() - t
     ids = torch.randint(3, 32000, (1, prompt))
     timed(lambda: model.generate(ids[:, :8], max_new_tokens=2, do_sample=False, pad_token_id=0))  # warm-up

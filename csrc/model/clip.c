@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fail.h"
 #include "model.h"
 
 typedef struct {
@@ -89,11 +90,11 @@ int clip_text_forward(tg_model *m, const int32_t *ids, int B, int T, float *hidd
     ALLOC(mask_dev, rows);
     ALLOC(idx_dev, B);
     int32_t *mask = malloc((size_t)rows * sizeof(int32_t)), idx[1024];
-    if (!mask) return model_fail(m, "out of memory");
+    if (!mask) return model_oom(m, "an attention mask");
     int32_t *pidx = B <= 1024 ? idx : malloc((size_t)B * sizeof(int32_t));
     if (!pidx) {
         free(mask);
-        return model_fail(m, "out of memory");
+        return model_oom(m, "an attention mask");
     }
     for (int64_t i = 0; i < rows; i++) mask[i] = ids[i] != 0;
     for (int b = 0; b < B; b++) {

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "fail.h"
 #include "model.h"
 
 int dp_forward(tg_model *m, const float *tile_feats, const float *text_hidden, const int32_t *text_len, int B, int T,
@@ -49,7 +50,7 @@ int dp_forward(tg_model *m, const float *tile_feats, const float *text_hidden, c
     if (padded) {
         int64_t n = (int64_t)B * (T + L);
         int32_t *mk = malloc((size_t)n * sizeof(int32_t));
-        if (!mk) return model_fail(m, "out of memory");
+        if (!mk) return model_oom(m, "a DP mask");
         for (int b = 0; b < B; b++)
             for (int64_t j = 0; j < T + L; j++) mk[b * (T + L) + j] = j >= T || j < text_len[b];
         ALLOC(mask_dev, n);

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "half.h"
+#include "fail.h"
 #include "model.h"
 
 int model_fail(tg_model *m, const char *fmt, ...) {
@@ -29,7 +30,10 @@ int model_fail(tg_model *m, const char *fmt, ...) {
 }
 
 int be_fail(tg_model *m, const char *what) {
-    return model_fail(m, "%s (in %s)", m->be->err[0] ? m->be->err : "backend failure", what);
+    /* host memory the CPU backend could not get is an out-of-memory error, not a device failure */
+    const int oom = strcmp(m->be->name, "cpu") == 0 && strstr(m->be->err, "out of memory") != NULL;
+    return model_fail_code(m, oom ? TG_ERR_MEMORY : TG_ERR_DEVICE, "%s (in %s)",
+                           m->be->err[0] ? m->be->err : "backend failure", what);
 }
 
 static void pinit(param *p, int64_t rows, int64_t cols, int is_matrix, int nparts) {
@@ -45,7 +49,7 @@ static int reg(tg_model *m, param *p, int part, const char *name, int ndim, int6
     if (m->n_reg == m->cap_reg) {
         int cap = m->cap_reg ? 2 * m->cap_reg : 256;
         registry_entry *r = realloc(m->reg, (size_t)cap * sizeof *r);
-        if (!r) return model_fail(m, "out of memory building the tensor table");
+        if (!r) return model_oom(m, "building the tensor table");
         m->reg = r;
         m->cap_reg = cap;
     }
@@ -133,7 +137,7 @@ int model_register(tg_model *m) {
     R(vec(m, &m->v_pre_w, "vision_model.pre_layrnorm.weight", Dv));
     R(vec(m, &m->v_pre_b, "vision_model.pre_layrnorm.bias", Dv));
     m->v_layers = calloc((size_t)(c->v_select > 0 ? c->v_select : 1), sizeof(clip_layer));
-    if (!m->v_layers) return model_fail(m, "out of memory");
+    if (!m->v_layers) return model_oom(m, "the layer tables");
     for (int i = 0; i < c->v_select; i++) R(reg_clip_layer(m, &m->v_layers[i], "vision_model", i, Dv, c->v_ffn));
 
     if (c->has_fom || c->has_dp) { /* text tower */
@@ -142,7 +146,7 @@ int model_register(tg_model *m) {
         R(vec(m, &m->t_fin_w, "text_model.final_layer_norm.weight", Dt));
         R(vec(m, &m->t_fin_b, "text_model.final_layer_norm.bias", Dt));
         m->t_layers = calloc((size_t)c->t_layers, sizeof(clip_layer));
-        if (!m->t_layers) return model_fail(m, "out of memory");
+        if (!m->t_layers) return model_oom(m, "the layer tables");
         for (int i = 0; i < c->t_layers; i++) R(reg_clip_layer(m, &m->t_layers[i], "text_model", i, Dt, c->t_ffn));
     }
 
@@ -157,7 +161,7 @@ int model_register(tg_model *m) {
         R(vec(m, &m->f_ln_w, NAME("%s.Qformer.bert.embeddings.LayerNorm.weight", pf), Dv));
         R(vec(m, &m->f_ln_b, NAME("%s.Qformer.bert.embeddings.LayerNorm.bias", pf), Dv));
         m->f_layers = calloc((size_t)c->q_layers, sizeof(qformer_layer));
-        if (!m->f_layers) return model_fail(m, "out of memory");
+        if (!m->f_layers) return model_oom(m, "the layer tables");
         for (int i = 0; i < c->q_layers; i++) {
             qformer_layer *L = &m->f_layers[i];
             char base[200];
@@ -196,7 +200,7 @@ int model_register(tg_model *m) {
         R(table(m, &m->d_latents, NAME("%s.perceiver.latents", pf), c->p_latents, Dv));
         R(vec(m, &m->d_norm, NAME("%s.perceiver.norm.weight", pf), Dv));
         m->d_layers = calloc((size_t)c->p_layers, sizeof(perceiver_layer));
-        if (!m->d_layers) return model_fail(m, "out of memory");
+        if (!m->d_layers) return model_oom(m, "the layer tables");
         for (int i = 0; i < c->p_layers; i++) {
             perceiver_layer *L = &m->d_layers[i];
             char base[160];
@@ -232,7 +236,7 @@ int model_register(tg_model *m) {
     if (!c->tie_embeddings) R(mat(m, &m->lm_head, "lm_head.weight", c->vocab, H));
     (c->tie_embeddings ? &m->embed : &m->lm_head)->is_head = 1;
     m->l_layers = calloc((size_t)c->layers, sizeof(llm_layer));
-    if (!m->l_layers) return model_fail(m, "out of memory");
+    if (!m->l_layers) return model_oom(m, "the layer tables");
     for (int i = 0; i < c->layers; i++) {
         llm_layer *L = &m->l_layers[i];
         char base[64];
@@ -431,7 +435,7 @@ static int load_matrix_part(tg_model *m, registry_entry *e, const void *data, in
     if (slice < 1) slice = 1;
     if (slice > part_rows) slice = part_rows;
     float *buf = malloc((size_t)(slice * p->cols) * sizeof(float));
-    if (!buf) return model_fail(m, "out of host memory converting %s", e->name);
+    if (!buf) return model_oom(m, e->name);
     for (int64_t r = 0; r < part_rows; r += slice) {
         const int64_t rows = part_rows - r < slice ? part_rows - r : slice;
         const char *src = (const char *)data + (size_t)(r * p->cols) * src_size(src_dtype);
@@ -456,7 +460,7 @@ static int load_small(tg_model *m, registry_entry *e, const void *data, int src_
     const int64_t part_n = p->rows * p->cols / p->nparts;
     if (!p->stash) {
         p->stash = malloc((size_t)(p->rows * p->cols) * sizeof(float));
-        if (!p->stash) return model_fail(m, "out of host memory converting %s", e->name);
+        if (!p->stash) return model_oom(m, e->name);
     }
     int64_t bad = convert(p->stash + (int64_t)e->part * part_n, data, src_dtype, part_n);
     if (bad >= 0) return model_fail(m, "tensor %s holds a non-finite value (NaN or Inf) at flat index %lld", e->name, (long long)bad);
