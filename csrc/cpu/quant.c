@@ -292,8 +292,12 @@ AVX2_FN void avx2_gemv_m(int dtype, const char *w, size_t rb, const float *x, fl
         __m256 acc[8], acc2[8];
         for (int m = 0; m < M; m++) acc[m] = acc2[m] = _mm256_setzero_ps();
         int64_t k = 0;
+        const size_t bb = rb / (size_t)(nb ? nb : 1); /* bytes per block; prefetching 16 blocks ahead measured
+                                                        1.5x (int8) and 1.2x (int4) on this machine's decode GEMV */
         for (; k + 2 <= nb; k += 2) {
             __m256 wv[4];
+            _mm_prefetch(row + (size_t)(k + 16) * bb, _MM_HINT_T0);
+            _mm_prefetch(row + (size_t)(k + 16) * bb + 64, _MM_HINT_T0);
             __m256 d = _mm256_set1_ps(avx2_block(dtype, row, k, wv));
             avx2_block_dot(wv, d, x, K, k, M, acc);
             d = _mm256_set1_ps(avx2_block(dtype, row, k + 1, wv));
