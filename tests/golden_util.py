@@ -6,6 +6,7 @@ When neither exists, importing this module raises GoldenSetsNotFound, which name
 looked: the tests that need the golden sets then fail (at collection), they never skip.
 """
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,44 @@ def model(name, device="cpu"):
     import tgllava
     llm, clip = checkpoint(name)
     return tgllava.load(llm, clip, device=device)
+
+
+def tiny_llama_folder(folder, vocab, seed=0, head_std=1.0):
+    """Write a 1-layer LLaVA-Llama LLM (hidden 16, random float32 weights, mlp2x_gelu projector for a 1024-wide
+    tower such as the golden CLIP) into `folder`; returns the folder as a string."""
+    sys.path.insert(0, GOLDEN)
+    from weights import save_safetensors
+    rng = np.random.default_rng(seed)
+    H, V, F = 16, vocab, 32
+    t = {"model.embed_tokens.weight": rng.normal(0, 1, (V, H)), "model.norm.weight": np.ones(H),
+         "lm_head.weight": rng.normal(0, head_std, (V, H)),
+         "model.mm_projector.0.weight": rng.normal(0, 0.02, (H, 1024)), "model.mm_projector.0.bias": np.zeros(H),
+         "model.mm_projector.2.weight": rng.normal(0, 0.1, (H, H)), "model.mm_projector.2.bias": np.zeros(H)}
+    p = "model.layers.0."
+    for k in ("q", "k", "v", "o"):
+        t[p + f"self_attn.{k}_proj.weight"] = rng.normal(0, 0.3, (H, H))
+    t[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.3, (F, H))
+    t[p + "mlp.up_proj.weight"] = rng.normal(0, 0.3, (F, H))
+    t[p + "mlp.down_proj.weight"] = rng.normal(0, 0.3, (H, F))
+    t[p + "input_layernorm.weight"] = np.ones(H)
+    t[p + "post_attention_layernorm.weight"] = np.ones(H)
+    folder = str(folder)
+    save_safetensors(os.path.join(folder, "model.safetensors"), {k: v.astype(np.float32) for k, v in t.items()})
+    cfg = dict(hidden_size=H, num_attention_heads=2, num_hidden_layers=1, intermediate_size=F, vocab_size=V,
+               rms_norm_eps=1e-5, model_type="llava_llama", mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+               mm_hidden_size=1024, eos_token_id=None)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return folder
+
+
+def peak_bytes(fn):
+    """Peak bytes Python-tracked allocations reached while fn() ran (tracemalloc)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak

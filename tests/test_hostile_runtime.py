@@ -14,10 +14,7 @@ import numpy as np
 import pytest
 
 import tgllava
-from golden_util import GOLDEN, checkpoint, model
-
-sys.path.insert(0, GOLDEN)
-from weights import save_safetensors  # noqa: E402
+from golden_util import checkpoint, model, tiny_llama_folder
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tgllava.__file__)))
 
@@ -119,25 +116,7 @@ def test_uninitialised_core_model_raises_instead_of_crashing():
 def big_vocab_dir(tmp_path_factory):
     """A 1-layer Llama with a 131072-token vocabulary (so one generate call's logits take 64 MB)."""
     d = tmp_path_factory.mktemp("bigvocab")
-    rng = np.random.default_rng(1)
-    H, V, F = 16, 1 << 17, 32
-    t = {"model.embed_tokens.weight": rng.normal(0, 1, (V, H)), "model.norm.weight": np.ones(H),
-         "lm_head.weight": rng.normal(0, 1, (V, H)),
-         "model.mm_projector.0.weight": rng.normal(0, 0.02, (H, 1024)), "model.mm_projector.0.bias": np.zeros(H),
-         "model.mm_projector.2.weight": rng.normal(0, 0.1, (H, H)), "model.mm_projector.2.bias": np.zeros(H)}
-    p = "model.layers.0."
-    for k in ("q", "k", "v", "o"):
-        t[p + f"self_attn.{k}_proj.weight"] = rng.normal(0, 0.3, (H, H))
-    t[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.3, (F, H))
-    t[p + "mlp.up_proj.weight"] = rng.normal(0, 0.3, (F, H))
-    t[p + "mlp.down_proj.weight"] = rng.normal(0, 0.3, (H, F))
-    t[p + "input_layernorm.weight"] = np.ones(H)
-    t[p + "post_attention_layernorm.weight"] = np.ones(H)
-    save_safetensors(str(d / "model.safetensors"), {k: v.astype(np.float32) for k, v in t.items()})
-    cfg = dict(hidden_size=H, num_attention_heads=2, num_hidden_layers=1, intermediate_size=F, vocab_size=V,
-               rms_norm_eps=1e-5, model_type="llava_llama", mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
-               mm_hidden_size=1024, eos_token_id=None)
-    (d / "config.json").write_text(json.dumps(cfg))
+    tiny_llama_folder(d, vocab=1 << 17, seed=1)
     return str(d)
 
 

@@ -223,17 +223,6 @@ def test_mode_from_config():
 
 # ---- preprocessing intermediates are bounded before they are allocated (issue 13)
 
-def _peak_bytes(fn):
-    import tracemalloc
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
-
 @pytest.mark.parametrize("mode", ["pad", "crop"])
 @pytest.mark.parametrize("w,h", [(1, 60000), (60000, 1)])
 def test_tiny_file_with_absurd_aspect_ratio_is_refused(tmp_path, mode, w, h):
@@ -244,7 +233,7 @@ def test_tiny_file_with_absurd_aspect_ratio_is_refused(tmp_path, mode, w, h):
     def run():
         with pytest.raises(image.ImageError, match=f"{w}x{h}"):
             image.preprocess(path, mode=mode)
-    assert _peak_bytes(run) < 64 << 20
+    assert golden_util.peak_bytes(run) < 64 << 20
     # "resize" squashes without an intermediate: fine
     assert image.preprocess(path, mode="resize").shape == (3, 336, 336)
 

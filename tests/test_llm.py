@@ -1,15 +1,11 @@
 """The language model beyond the golden numbers: KV cache vs recomputation, batching, sampling, errors."""
-import json
 import sys
 
 import numpy as np
 import pytest
 
 import tgllava
-from golden_util import GOLDEN, checkpoint, io, model
-
-sys.path.insert(0, GOLDEN)
-from weights import save_safetensors  # noqa: E402
+from golden_util import checkpoint, io, model, tiny_llama_folder
 
 
 def test_kv_cache_equals_recomputation():
@@ -74,25 +70,7 @@ def tiny_vocab_model(tmp_path_factory):
     """A 1-layer Llama with an 8-token vocabulary, random weights, sharing the golden CLIP tower."""
     _, clip = checkpoint("llava15-tiny")
     d = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    H, V, F = 16, 8, 32
-    t = {"model.embed_tokens.weight": rng.normal(0, 1, (V, H)), "model.norm.weight": np.ones(H),
-         "lm_head.weight": rng.normal(0, 1.5, (V, H)),
-         "model.mm_projector.0.weight": rng.normal(0, 0.02, (H, 1024)), "model.mm_projector.0.bias": np.zeros(H),
-         "model.mm_projector.2.weight": rng.normal(0, 0.1, (H, H)), "model.mm_projector.2.bias": np.zeros(H)}
-    p = "model.layers.0."
-    for k in ("q", "k", "v", "o"):
-        t[p + f"self_attn.{k}_proj.weight"] = rng.normal(0, 0.3, (H, H))
-    t[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.3, (F, H))
-    t[p + "mlp.up_proj.weight"] = rng.normal(0, 0.3, (F, H))
-    t[p + "mlp.down_proj.weight"] = rng.normal(0, 0.3, (H, F))
-    t[p + "input_layernorm.weight"] = np.ones(H)
-    t[p + "post_attention_layernorm.weight"] = np.ones(H)
-    save_safetensors(str(d / "model.safetensors"), {k: v.astype(np.float32) for k, v in t.items()})
-    cfg = dict(hidden_size=H, num_attention_heads=2, num_hidden_layers=1, intermediate_size=F, vocab_size=V,
-               rms_norm_eps=1e-5, model_type="llava_llama", mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
-               mm_hidden_size=1024, eos_token_id=None)
-    (d / "config.json").write_text(json.dumps(cfg))
+    tiny_llama_folder(d, vocab=8, seed=0, head_std=1.5)
     return tgllava.load(str(d), clip)
 
 

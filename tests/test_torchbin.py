@@ -323,17 +323,6 @@ def test_pickle_cannot_poison_later_loads(tmp_path, state):
     assert np.array_equal(torchbin.load_bin(legit)["w"], [0, 1, 2, 3])
 
 
-def _peak_bytes(fn):
-    import tracemalloc
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
-
 def test_stride_zero_view_larger_than_its_storage_is_refused(tmp_path):
     n = 1 << 24  # 64 MB if materialised
     pkl = b"\x80\x02}" + _u("w") + _tensor("0", "FloatStorage", 1, 0, (n,), (0,)) + b"s."
@@ -344,7 +333,7 @@ def test_stride_zero_view_larger_than_its_storage_is_refused(tmp_path):
     def load():
         with pytest.raises(CheckpointError, match=r"stride0\.bin.*tensor w.*more than its storage"):
             torchbin.load_bin(p)
-    assert _peak_bytes(load) < 8 << 20
+    assert golden_util.peak_bytes(load) < 8 << 20
 
 
 def test_declared_storage_larger_than_its_entry_is_refused_before_allocating(tmp_path):
@@ -356,7 +345,7 @@ def test_declared_storage_larger_than_its_entry_is_refused_before_allocating(tmp
     def load():
         with pytest.raises(CheckpointError, match=r"short\.bin.*declares 1073741824 bytes.*holds 4"):
             torchbin.load_bin(p)
-    assert _peak_bytes(load) < 8 << 20
+    assert golden_util.peak_bytes(load) < 8 << 20
     with pytest.raises(CheckpointError, match="holds 4"):
         torchbin.inspect_bin(p)
 

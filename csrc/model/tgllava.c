@@ -464,15 +464,7 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
                 int32_t *out_tokens, int *n_out, float *last_logits) {
     if (ready(m)) return -1;
     if (B <= 0 || B > 256) return model_fail(m, "batch of %d sequences: between 1 and 256 are supported", B);
-    if (sp->max_new_tokens < 0 || sp->max_new_tokens > m->c.max_len)
-        return model_fail_code(m, TG_ERR_INPUT, "max_new_tokens %d is outside [0, %d] (the context length)",
-                               sp->max_new_tokens, m->c.max_len);
-    if (!isfinite(sp->temperature) || sp->temperature < 0 || !isfinite(sp->top_p) || !(sp->top_p > 0) || sp->top_p > 1 ||
-        sp->top_k < 0 || !isfinite(sp->repetition_penalty) || !(sp->repetition_penalty > 0))
-        return model_fail_code(m, TG_ERR_INPUT,
-                               "invalid sampling parameters (temperature %g, top_p %g, top_k %d, repetition_penalty %g): "
-                               "need finite values, temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0",
-                               sp->temperature, sp->top_p, sp->top_k, sp->repetition_penalty);
+    if (model_check_sampling(m, sp)) return -1;
     const int64_t H = m->c.hidden, V = m->c.vocab;
     const int maxnew = sp->max_new_tokens;
     int rc = -1, maxlen = 0;
