@@ -386,3 +386,74 @@ def test_eval_end_to_end_golden(tmp_path):
                   max_new_tokens=4)
     assert filecmp.cmp(res["predictions"], res1["predictions"], shallow=False)
     assert res["scores"] == res1["scores"]
+
+
+class StreamingFake(FakeModel):
+    """A fake with the continuous interface: holds up to max_batch items and answers the one with the
+    shortest question first (as continuous batching ends short answers first); can crash after k answers."""
+
+    def __init__(self, crash_after=None, **kw):
+        super().__init__(**kw)
+        self.crash_after = crash_after
+        self.streams = []     # (max_batch, kwargs) of each answer_stream call
+        self.read_at_first = None
+
+    def answer_stream(self, keyed_items, max_batch, **kw):
+        self.streams.append((max_batch, kw))
+        running, read, given = [], 0, 0
+        source = iter(keyed_items)
+        while True:
+            while len(running) < max_batch:
+                nxt = next(source, None)
+                if nxt is None:
+                    break
+                read += 1
+                self.calls.append([nxt[1]])
+                running.append(nxt)
+            if not running:
+                return
+            running.sort(key=lambda kv: len(kv[1]["prompt"]))
+            key, item = running.pop(0)
+            if self.read_at_first is None:
+                self.read_at_first = read
+            if self.crash_after is not None and given >= self.crash_after:
+                raise RuntimeError("simulated crash")
+            given += 1
+            yield key, self.answer(item)
+
+
+def test_a_model_with_answer_stream_runs_continuously(tmp_path):
+    data = _mmbench(tmp_path)
+    ref = ev.run(FakeModel(name="fake"), data, work_dir=str(tmp_path / "ref"), batch_size=4, progress=False,
+                 prompt_style="vlmevalkit")
+    model = StreamingFake(name="fake")
+    res = ev.run(model, data, work_dir=str(tmp_path / "wd"), batch_size=4, progress=False, prompt_style="vlmevalkit")
+    assert filecmp.cmp(ref["predictions"], res["predictions"], shallow=False) and res["scores"] == ref["scores"]
+    # one stream for the whole run, 4 answers generated together, rows read as slots freed
+    assert len(model.streams) == 1 and model.streams[0][0] == 4
+    assert model.streams[0][1] == {"max_new_tokens": 128, "temperature": 0.0, "use_fom": True, "use_dp": True}
+    assert model.read_at_first == 4 and len(model.items) == 16
+    # every answer was checkpointed once, in the order the answers ended (not the order the rows were read)
+    def written(wd):
+        lines = open(checkpoint_path(str(wd), "fake", "MMBench_DEV_EN", 0, 1)).read().splitlines()
+        return [json.loads(x)["index"] for x in lines[1:]]
+
+    in_row_order, as_ended = written(tmp_path / "ref"), written(tmp_path / "wd")
+    assert sorted(as_ended) == sorted(in_row_order) and len(set(as_ended)) == 16 and as_ended != in_row_order
+
+
+def test_a_killed_continuous_run_resumes(tmp_path):
+    data = _mmbench(tmp_path)
+    ref = ev.run(FakeModel(name="fake"), data, work_dir=str(tmp_path / "ref"), batch_size=3, progress=False,
+                 prompt_style="vlmevalkit")
+    wd = str(tmp_path / "wd")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ev.run(StreamingFake(crash_after=7, name="fake"), data, work_dir=wd, batch_size=3, progress=False,
+               prompt_style="vlmevalkit")
+    path = checkpoint_path(wd, "fake", "MMBench_DEV_EN", 0, 1)
+    kept = [json.loads(x) for x in open(path).read().splitlines()[1:]]
+    assert len(kept) == 6  # two full checkpoint batches of 3; the 7th answer was not yet flushed
+    again = StreamingFake(name="fake")
+    res = ev.run(again, data, work_dir=wd, batch_size=3, progress=False, prompt_style="vlmevalkit")
+    assert len(again.items) == 16 - 6
+    assert filecmp.cmp(ref["predictions"], res["predictions"], shallow=False)

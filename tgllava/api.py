@@ -560,14 +560,139 @@ class Model:
             return []
         return [int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])]
 
+    def scheduler(self, slots, context=None, decode_rows=None):
+        """A continuous-batching scheduler on this model (tgllava._C.Scheduler; generate_many and
+        `tgllava serve` drive one): `slots` KV-cache slots of `context` positions each (default: the
+        model's max_len), its own cache beside the one generate uses.  On the CPU its decode step runs
+        in chunks of at most 8 rows (decode_rows; 0 = all rows in one product), so every sequence's
+        tokens are bitwise those of its own generate() call whatever runs beside it.  Its calls are
+        counted like the model's own, so an unread stream gives the model up to it (streaming.py)."""
+        if decode_rows is None:
+            decode_rows = 8 if self.device == "cpu" else 0
+        return self._core.counted(_C.Scheduler(self._core._core, int(slots), int(context or 0), int(decode_rows)))
+
+    def _positions(self, seq, max_new_tokens):
+        """KV-cache positions a sequence needs: its spliced prompt (the C core cuts it at max_len) plus
+        its new tokens."""
+        n_img = int(np.count_nonzero(seq["ids"] == IMAGE_TOKEN_INDEX))
+        n = len(seq["ids"])
+        if n_img and "pixels" in seq:
+            n += n_img * (self.visual_token_count(seq["use_dp"], seq["n_latents"]) - 1)
+        return min(n, self.sizes["max_len"]) + max_new_tokens
+
+    def _request(self, r, max_new_tokens):
+        """(C sequence dict, its max_new_tokens) of one generate_batch/generate_many request."""
+        if not isinstance(r, dict):
+            raise TypeError(f"a generation request is a dict with input_ids [, pixels, text_ids, use_fom, use_dp, "
+                            f"n_latents, features, max_new_tokens], got {type(r).__name__}")
+        seq = self._sequence(r["input_ids"], r.get("pixels"), r.get("text_ids"), r.get("use_fom", True),
+                             r.get("use_dp", True), r.get("n_latents"), r.get("features"))
+        if r.get("max_new_tokens") is not None:
+            max_new_tokens = check_sampling(r["max_new_tokens"], max_len=self.sizes["max_len"])[0]
+        return seq, max_new_tokens
+
+    def generate_many(self, requests, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                      seed=None, eos_token_id=None, callback=None, max_batch=None):
+        """Continuous batching: an iterator of (index, new token ids) in the order the sequences end.
+
+        requests is any iterable of generate_batch's request dicts (each may carry its own
+        max_new_tokens), read only as slots free up, so it may be a generator that prepares the
+        next items meanwhile.  At most `max_batch` sequences run together (default: 8 on the CPU,
+        where a decode step of up to 8 rows costs about one row's, 32 on a GPU); a sequence that
+        ends frees its slot at once and the next request takes it.  Every sequence's tokens equal
+        its own generate() call (greedy; sampled ones too, with the same seed).  callback(index,
+        token) sees every new token; a true result ends that sequence.  The scheduler's KV cache
+        holds max_batch slots of the longest request seen so far; a longer one waits until the
+        running ones have ended and the cache is made again.  Sampling values are checked at once.
+        """
+        sampling = check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, self.sizes["max_len"])
+        if max_batch is None:
+            max_batch = 8 if self.device == "cpu" else 32
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or not 1 <= max_batch <= 256:
+            raise ValueError(f"max_batch must be an integer in [1, 256], got {max_batch!r}")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        return self._continuous(requests, sampling, int(seed) & ((1 << 64) - 1), self._eos(eos_token_id), callback,
+                                int(max_batch))
+
+    def _continuous(self, requests, sampling, seed, eos, callback, slots):
+        max_new_tokens, temperature, top_p, top_k, repetition_penalty = sampling
+        if isinstance(requests, (list, tuple)):  # all known: check them all first, size the cache once
+            prepared = [self._request(r, max_new_tokens) for r in requests]
+            longest = max((self._positions(q, n) for q, n in prepared), default=1)
+            source = iter(enumerate(prepared))
+        else:
+            longest = 0
+            source = ((i, self._request(r, max_new_tokens)) for i, r in enumerate(requests))
+        sched, running, waiting = None, {}, None  # running: scheduler id -> (index, tokens)
+        try:
+            while True:
+                while len(running) < slots:  # admit into the free slots
+                    if waiting is None:
+                        waiting = next(source, None)
+                        if waiting is None:
+                            break
+                    index, (seq, n_new) = waiting
+                    need = self._positions(seq, n_new)
+                    if sched is None or need > sched.context:
+                        if running:
+                            break  # a longer request: the running ones end first, then the cache grows
+                        if sched is not None:
+                            sched.close()
+                        # rounded up, so requests a little longer than the first ones still fit
+                        sched = self.scheduler(slots, max(longest, -(-(need + 64) // 128) * 128))
+                    sid = sched.admit(seq, max_new_tokens=n_new, temperature=temperature, top_p=top_p, top_k=top_k,
+                                      repetition_penalty=repetition_penalty, seed=seed, eos_ids=eos)
+                    running[sid] = (index, [])
+                    waiting = None
+                if not running:
+                    return
+                for sid, token, finish in sched.step():
+                    index, tokens = running[sid]
+                    stop = False
+                    if token >= 0:
+                        tokens.append(token)
+                        stop = bool(callback(index, token)) if callback is not None else False
+                    if finish or stop:
+                        del running[sid]
+                        if not finish:
+                            sched.cancel(sid)
+                        yield index, tokens
+        finally:
+            if sched is not None:
+                sched.close()
+
     def generate_batch(self, requests, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                       seed=None, eos_token_id=None, callback=None, return_last_logits=False):
-        """Generate for many sequences together; requests are dicts with input_ids [, pixels, text_ids,
-        use_fom, use_dp, n_latents].  Returns a list of token lists (each equal to its single run)."""
+                       seed=None, eos_token_id=None, callback=None, return_last_logits=False, max_batch=None):
+        """New token ids for many sequences: a list of token lists in the order of `requests`, each
+        equal to its single run.  Requests are dicts with input_ids [, pixels, text_ids, use_fom,
+        use_dp, n_latents, features, max_new_tokens].  Several run through continuous batching
+        (generate_many: at most max_batch at once, a finished one's slot taken by the next at once);
+        callback(index, token) sees every token, a true result ends that sequence.
+        return_last_logits=True runs them as one static batch instead and also returns, per
+        sequence, the logits its last token was sampled from."""
+        requests = list(requests)
+        if len(requests) == 1 or return_last_logits:
+            return self._static_batch(requests, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                                      eos_token_id, callback, return_last_logits)
+        out = [None] * len(requests)
+        for index, tokens in self.generate_many(requests, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                                                seed, eos_token_id, callback, max_batch):
+            out[index] = tokens
+        return out
+
+    def _static_batch(self, requests, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, eos_token_id,
+                      callback, return_last_logits):
+        """One tg_generate call: every sequence prefilled, then all decoded together until the last
+        ends, the model held throughout (what a single generate and its stream use)."""
         max_new_tokens, temperature, top_p, top_k, repetition_penalty = check_sampling(
-            max_new_tokens, temperature, top_p, top_k, repetition_penalty, self.sizes.get("max_len"))
-        seqs = [self._sequence(r["input_ids"], r.get("pixels"), r.get("text_ids"), r.get("use_fom", True),
-                               r.get("use_dp", True), r.get("n_latents"), r.get("features")) for r in requests]
+            max_new_tokens, temperature, top_p, top_k, repetition_penalty, self.sizes["max_len"])
+        prepared = [self._request(r, max_new_tokens) for r in requests]
+        seqs = [q for q, _ in prepared]
+        if len(prepared) == 1:
+            max_new_tokens = prepared[0][1]
+        elif any(r.get("max_new_tokens") is not None for r in requests):
+            raise ShapeError("per-request max_new_tokens needs continuous batching (return_last_logits=False)")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
         tokens, last = self._core.generate(seqs, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -37,10 +37,39 @@ class StreamCancelled(TgError):
     """A stream that was not being read gave its model up to another call before it finished."""
 
 
-class CountedCore:
-    """The C model with a count of the method calls in flight (running or waiting for its lock)."""
+class _Counted:
+    """An object whose method calls are counted in a CountedCore's counter while they run."""
+
+    def __init__(self, obj, counter):
+        self._obj, self._counter = obj, counter
+
+    def __getattr__(self, name):
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+        counter = self._counter
+
+        def counted(*args, **kwargs):
+            with counter._lock:
+                counter._in_flight += 1
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                with counter._lock:
+                    counter._in_flight -= 1
+
+        counted.__name__ = name
+        counted.__doc__ = getattr(attr, "__doc__", None)
+        return counted
+
+
+class CountedCore(_Counted):
+    """The C model with a count of the method calls in flight (running or waiting for its lock).
+    `counted(obj)` wraps another object that takes the same lock (the model's _C.Scheduler), so
+    its calls are counted too."""
 
     def __init__(self, core):
+        super().__init__(core, self)
         self._core = core
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -49,23 +78,8 @@ class CountedCore:
     def calls_in_flight(self):
         return self._in_flight
 
-    def __getattr__(self, name):
-        attr = getattr(self._core, name)
-        if not callable(attr):
-            return attr
-
-        def counted(*args, **kwargs):
-            with self._lock:
-                self._in_flight += 1
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self._in_flight -= 1
-
-        counted.__name__ = name
-        counted.__doc__ = getattr(attr, "__doc__", None)
-        return counted
+    def counted(self, obj):
+        return _Counted(obj, self)
 
 
 def _others_waiting(model):

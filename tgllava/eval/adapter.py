@@ -2,9 +2,12 @@
 
 `ModelAdapter(model).chat_batch(items, ...)` answers evaluation items - dicts with the full
 LLM prompt (one ``<image>`` where the picture goes), the picture, the TG-LLaVA text guide and
-an ``image_key`` - in one batched greedy generation, and returns one stripped answer string per
-item.  Rows that show the same picture again (MMBench's rotations, MME's question pairs) carry
-the same key; the adapter keeps the vision-tower output of the last `cache_size` keys
+an ``image_key`` - with greedy decoding, and returns one stripped answer string per item;
+`answer_stream(keyed_items, max_batch)` is the continuous form the runner uses: items are
+read as slots free up and answers come back as they end (Model.generate_many).
+
+Rows that show the same picture again (MMBench's rotations, MME's question pairs) carry the
+same key; the adapter keeps the vision-tower output of the last `cache_size` keys
 (Model.cacheable_features) and hands it back as `features=`, so the tower runs once per
 picture while the TG modules still run per question.  `as_eval_model(model)` is what the
 runner calls: a tgllava.Model gets an adapter, anything else that has `chat_batch` (a test
@@ -12,7 +15,7 @@ fake, a user's own wrapper) is used as it is.
 
 The Model itself stays the plain engine: tokenizers come from tgllava.chat.tokenizers, pixels
 from tgllava.image.preprocess in the mode the model's config asks for, and generation from
-Model.generate_batch.
+Model.generate_many.
 """
 
 import collections
@@ -50,26 +53,46 @@ class ModelAdapter:
             self._features.popitem(last=False)
         return feats
 
-    def chat_batch(self, items, max_new_tokens=128, temperature=0.0, use_fom=True, use_dp=True, seed=0):
-        """One answer string per item dict {"image", "prompt", "text_guide", "image_key"}, in order."""
+    def _request(self, item, use_fom, use_dp):
         m = self.model
         llm_tok, clip_tok = chat.tokenizers(m)
-        reqs = []
-        for it in items:
-            img = it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"]
-            pixels = self._pixels(img)
-            req = {"input_ids": tokenize.tokenizer_image_token(it["prompt"], llm_tok), "pixels": pixels,
-                   "use_fom": use_fom, "use_dp": use_dp}
-            if it.get("image_key") is not None:
-                req["features"] = self._cached_features(it["image_key"], pixels, use_dp)
-            if m.has_tg and (use_fom or use_dp):
-                req["text_ids"] = clip_tok.encode(it.get("text_guide") or "")
-            reqs.append(req)
-        if not reqs:
-            return []
-        outs = m.generate_batch(reqs, max_new_tokens=max_new_tokens, temperature=temperature,
-                                eos_token_id=list(llm_tok.eos_ids) or None, seed=seed)
-        return [llm_tok.decode(t).strip() for t in outs]
+        img = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
+        pixels = self._pixels(img)
+        req = {"input_ids": tokenize.tokenizer_image_token(item["prompt"], llm_tok), "pixels": pixels,
+               "use_fom": use_fom, "use_dp": use_dp}
+        if item.get("image_key") is not None:
+            req["features"] = self._cached_features(item["image_key"], pixels, use_dp)
+        if m.has_tg and (use_fom or use_dp):
+            req["text_ids"] = clip_tok.encode(item.get("text_guide") or "")
+        return req
+
+    def chat_batch(self, items, max_new_tokens=128, temperature=0.0, use_fom=True, use_dp=True, seed=0):
+        """One answer string per item dict {"image", "prompt", "text_guide", "image_key"}, in order."""
+        slots = min(max(len(items), 1), 256)
+        answers = dict(self.answer_stream(enumerate(items), slots, max_new_tokens, temperature, use_fom, use_dp, seed))
+        return [answers[i] for i in range(len(answers))]
+
+    def answer_stream(self, keyed_items, max_batch=8, max_new_tokens=128, temperature=0.0, use_fom=True, use_dp=True,
+                      seed=0):
+        """Continuous batching over (key, item) pairs: yields (key, answer string) as each answer ends.
+
+        keyed_items is read only as slots free up (Model.generate_many), so the runner's generator
+        can decode the next pictures meanwhile; at most max_batch answers are generated together,
+        and a finished one's slot goes to the next item at once instead of waiting for the batch.
+        """
+        m = self.model
+        llm_tok = chat.tokenizers(m)[0]
+        keys = []
+
+        def requests():
+            for key, item in keyed_items:
+                keys.append(key)
+                yield self._request(item, use_fom, use_dp)
+
+        for index, tokens in m.generate_many(requests(), max_new_tokens=max_new_tokens, temperature=temperature,
+                                             eos_token_id=list(llm_tok.eos_ids) or None, seed=seed,
+                                             max_batch=max_batch):
+            yield keys[index], llm_tok.decode(tokens).strip()
 
 
 def as_eval_model(model):

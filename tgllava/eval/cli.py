@@ -34,7 +34,9 @@ def add_arguments(p):
     p.add_argument("--work-dir", default=None, help="output folder (default ./work_dir; with --predictions: "
                    "next to the file)")
     p.add_argument("--model-name", default=None, help="name used in output paths (default: the model folder's name)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="answers generated together (continuous batching: a finished one's slot goes to the next "
+                        "row at once); also how many answers are checkpointed at a time (default 8)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each dataset")
     p.add_argument("--judge", default="exact_matching",
                    help="exact_matching (default) or the URL of an OpenAI-compatible endpoint")

@@ -7,12 +7,16 @@
 2. read the checkpoints already written for this model and dataset -
    append-only JSON-lines files ``<model>_<dataset>_infer[_shard<i>of<n>].jsonl``
    in ``work_dir/<model>/`` - and skip every row they hold;
-3. run the rest through ``chat_batch`` in batches - the model's own, or for
-   a tgllava.Model that of its eval adapter (adapter.py) - rows that share a
+3. run the rest - for a tgllava.Model through its eval adapter's
+   ``answer_stream`` (adapter.py): continuous batching, ``batch_size``
+   answers generated together and each finished one's slot taken by the
+   next row at once, so short answers never wait for long ones; for any
+   other model through its ``chat_batch`` in batches - rows that share a
    picture next to each other (so the adapter's vision cache, keyed by
    ``image_key``, sees repeats at once), the next batch's images decoded on
-   a helper thread meanwhile; after each batch its answers are appended to
-   the checkpoint and fsync'ed, so a killed run loses at most one batch;
+   a helper thread meanwhile; answers are appended to the checkpoint and
+   fsync'ed ``batch_size`` at a time, so a killed run loses at most one
+   batch of answers (plus the ones being generated);
 4. when every row of the dataset has an answer (in this process's
    checkpoint or, for shards, in all of them), write
    ``<model>_<dataset>.<fmt>`` - the dataset's columns but `image`, in the
@@ -208,7 +212,8 @@ def _schedule(dataset, positions):
     return sorted(positions, key=lambda p: (first[dataset.image_keys[p]], p))
 
 
-def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
+def _item_stream(dataset, todo, batch_size, style, conv_mode):
+    """(position, item) pairs of the rows to run, the next batch's images decoded on a helper thread."""
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     if not batches:
         return
@@ -218,20 +223,44 @@ def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
             items = nxt.result()
             if k + 1 < len(batches):
                 nxt = pool.submit(_build_items, dataset, batches[k + 1], style, conv_mode)
-            answers = model.chat_batch(items, **gen)
-            if not isinstance(answers, (list, tuple)) or len(answers) != len(items):
-                raise EvalError(
-                    f"model.chat_batch returned {type(answers).__name__} of "
-                    f"{len(answers) if hasattr(answers, '__len__') else '?'} answers for {len(items)} items")
-            pairs = []
-            for p, a in zip(batch, answers):
-                if not isinstance(a, str) and isinstance(getattr(a, "text", None), str):
-                    a = a.text  # an answer object such as tgllava.chat.Answer
-                if not isinstance(a, str):
-                    raise EvalError(f"model.chat_batch returned a {type(a).__name__}, expected str")
-                pairs.append((dataset.rows[p]["index"], a.strip()))
-            ckpt.append(pairs)
-            bar.update(len(batch))
+            yield batch, items
+
+
+def _answer_text(a):
+    if not isinstance(a, str) and isinstance(getattr(a, "text", None), str):
+        a = a.text  # an answer object such as tgllava.chat.Answer
+    if not isinstance(a, str):
+        raise EvalError(f"the model returned a {type(a).__name__} as an answer, expected str")
+    return a.strip()
+
+
+def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
+    """Answer the rows `todo`: continuously through the model's answer_stream when it has one (a
+    tgllava.Model's adapter: batch_size answers generated together, each finished one's slot
+    taken by the next row at once; answers checkpointed batch_size at a time), else batch by
+    batch through chat_batch (each batch waits for its longest answer)."""
+    stream = getattr(model, "answer_stream", None)
+    if stream is not None:
+        keyed = (pair for batch, items in _item_stream(dataset, todo, batch_size, style, conv_mode)
+                 for pair in zip(batch, items))
+        pending = []
+        for p, a in stream(keyed, batch_size, **gen):
+            pending.append((dataset.rows[p]["index"], _answer_text(a)))
+            bar.update(1)
+            if len(pending) >= batch_size:
+                ckpt.append(pending)
+                pending = []
+        if pending:
+            ckpt.append(pending)
+        return
+    for batch, items in _item_stream(dataset, todo, batch_size, style, conv_mode):
+        answers = model.chat_batch(items, **gen)
+        if not isinstance(answers, (list, tuple)) or len(answers) != len(items):
+            raise EvalError(
+                f"model.chat_batch returned {type(answers).__name__} of "
+                f"{len(answers) if hasattr(answers, '__len__') else '?'} answers for {len(items)} items")
+        ckpt.append([(dataset.rows[p]["index"], _answer_text(a)) for p, a in zip(batch, answers)])
+        bar.update(len(batch))
 
 
 def _progress(total, initial, desc, enabled):

@@ -28,7 +28,6 @@ import hashlib
 import os
 import threading
 
-from .. import _C
 from .. import chat as chat_mod
 from ..errors import TgError
 
@@ -80,9 +79,7 @@ class Engine:
         self.model = model
         self.tokenizer = chat_mod.tokenizers(model)[0]
         self.eos_ids = list(self.tokenizer.eos_ids) or model._eos(None)
-        if decode_rows is None:  # on the CPU at most 8 rows per product keep every answer bitwise its single run
-            decode_rows = 8 if model.device == "cpu" else 0
-        self.sched = _C.Scheduler(model._core._core, int(max_batch), int(context or 0), int(decode_rows))
+        self.sched = model.scheduler(int(max_batch), context, decode_rows)  # decode_rows None: the device's default
         self.max_batch, self.context, self.max_queue = int(max_batch), self.sched.context, int(max_queue)
         self._cond = threading.Condition()
         self._pending = collections.deque()
