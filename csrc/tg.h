@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "config_fields.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,28 +24,12 @@ extern "C" {
 
 enum tg_src_dtype { TG_SRC_F32 = 0, TG_SRC_F16 = 1, TG_SRC_BF16 = 2 };
 
+/* The model config: one member per entry of TG_CONFIG_FIELDS (config_fields.h), which says what
+ * each field means and when it must be given. */
 typedef struct tg_config {
-    /* CLIP vision tower */
-    int v_hidden, v_heads, v_layers, v_ffn, v_image, v_patch, v_act;
-    int v_select; /* index into hidden states [embeddings, layer 1, ..., layer N]: run layers 1..v_select */
-    float v_eps;
-    /* CLIP text tower (needed when FOM or DP is present) */
-    int t_hidden, t_heads, t_layers, t_ffn, t_vocab, t_positions, t_act;
-    float t_eps;
-    /* TG-FOM Q-former */
-    int has_fom, q_layers, q_heads, q_ffn, q_queries, q_cross_freq;
-    float q_eps;
-    /* TG-DP perceiver */
-    int has_dp, p_layers, p_latents, p_heads, p_head_dim, p_kv_heads, p_ffn, p_positions;
-    float p_eps;
-    /* projector: 1 = mlp2x_gelu, 0 = linear */
-    int proj_mlp;
-    /* LLM decoder */
-    int hidden, heads, kv_heads, head_dim, layers, ffn, vocab, qkv_bias, tie_embeddings, max_len;
-    float rms_eps, rope_theta;
-    /* storage of large matrices (enum tg_dtype: f32, f16, bf16, int8 or int4 blocks; a matrix whose
-     * input features are not a multiple of TG_QBLOCK falls back from int8/int4 to f16) */
-    int dtype;
+#define TG_CONFIG_MEMBER(type, name, need, meaning) type name;
+    TG_CONFIG_FIELDS(TG_CONFIG_MEMBER)
+#undef TG_CONFIG_MEMBER
 } tg_config;
 
 typedef struct tg_model tg_model;

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from . import _C
-from . import devarray
+from . import config_schema, devarray
 from .checkpoint import folder_refs, read_json
 from .errors import CheckpointError, ShapeError
 from .streaming import CountedCore, TokenStream
@@ -75,7 +75,9 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     with the tensors, raise CheckpointError naming the config file
     (llm_path / clip_path; clip_path may be a (vision, text) pair when the
     towers come from two folders) and the key.  Only names and shapes of
-    `refs` are used.
+    `refs` are used.  The result has exactly the fields its modules need
+    (config_schema.check: a key outside the schema of csrc/config_fields.h is
+    a bug and raises TgError).
     """
     from . import layout
 
@@ -138,7 +140,7 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
              tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs),
              max_len=m["max_len"], rms_eps=m["rms_eps"], rope_theta=m["rope_theta"],
              dtype=_DTYPES[dtype])
-    return c
+    return config_schema.check(c)
 
 
 def check_device_dtype(device, dtype):
@@ -491,7 +493,7 @@ class Model:
             a = a[None]
         if a.ndim != 2 or a.shape[1] == 0:
             raise ShapeError(f"ids must be (B, T) with T >= 1, got shape {a.shape}")
-        return self._core.text_tower(_id_array(a, "ids", 0, self.sizes.get("t_vocab") or 49408))
+        return self._core.text_tower(_id_array(a, "ids", 0, self.sizes["t_vocab"]))
 
     def fom(self, pooled):
         """Pooled text embeddings (B, Dt) -> FOM mask (B, Nq, Dv)."""

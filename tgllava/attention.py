@@ -131,7 +131,7 @@ def attention_map(m, image=None, question=None, conv_mode=None, use_fom=True, us
     Np = g * g
     count = m.visual_token_count(use_dp, n_latents)
     pos = int(np.flatnonzero(input_ids == IMAGE_TOKEN_INDEX)[0])
-    n = min(len(input_ids) - 1 + count, int(m.sizes.get("max_len") or 1 << 30))
+    n = min(len(input_ids) - 1 + count, m.sizes["max_len"])
     q0, q1 = pos + count, n
     if q0 >= q1:
         raise ShapeError("the prompt has no instruction tokens after the image (put the question after <image>)")

@@ -39,11 +39,11 @@ int dp_forward(tg_model *m, const float *tile_feats, const float *text_hidden, c
 
     /* image context */
     CHECK(BE->copy(BE, x, tile_feats, (size_t)(B * Nt * D) * sizeof(float)));
-    CHECK(BE->add_bcast(BE, x, m->d_pos.w.data, B, Nt * D));
-    CHECK(BE->linear(BE, x, &m->d_pre0_w.w, m->d_pre0_b.w.data, NULL, h, B * Nt, TG_ACT_GELU));
-    CHECK(BE->linear(BE, h, &m->d_pre2_w.w, m->d_pre2_b.w.data, NULL, x, B * Nt, TG_ACT_NONE));
+    CHECK(BE->add_bcast(BE, x, m->p_pos.w.data, B, Nt * D));
+    CHECK(BE->linear(BE, x, &m->p_pre0_w.w, m->p_pre0_b.w.data, NULL, h, B * Nt, TG_ACT_GELU));
+    CHECK(BE->linear(BE, h, &m->p_pre2_w.w, m->p_pre2_b.w.data, NULL, x, B * Nt, TG_ACT_NONE));
     /* text context */
-    CHECK(BE->linear(BE, text_hidden, &m->d_resize_w.w, m->d_resize_b.w.data, NULL, t, (int64_t)B * T, TG_ACT_NONE));
+    CHECK(BE->linear(BE, text_hidden, &m->p_resize_w.w, m->p_resize_b.w.data, NULL, t, (int64_t)B * T, TG_ACT_NONE));
     /* padding of batched texts: a sample sees its own text positions and all latents */
     int padded = 0;
     for (int b = 0; text_len && b < B; b++) padded |= text_len[b] != T;
@@ -58,10 +58,10 @@ int dp_forward(tg_model *m, const float *tile_feats, const float *text_hidden, c
         free(mk);
         if (rc) return be_fail(m, "perceiver mask upload");
     }
-    for (int b = 0; b < B; b++) CHECK(BE->copy(BE, lat + b * L * D, m->d_latents.w.data, (size_t)(L * D) * sizeof(float)));
+    for (int b = 0; b < B; b++) CHECK(BE->copy(BE, lat + b * L * D, m->p_latents.w.data, (size_t)(L * D) * sizeof(float)));
 
     for (int i = 0; i < c->p_layers; i++) {
-        const perceiver_layer *P = &m->d_layers[i];
+        const perceiver_layer *P = &m->p_layers[i];
         const int text_layer = i == 0;
         const float *ctx = text_layer ? t : x;
         const int64_t Tc = text_layer ? T : Nt, Tk = Tc + L;
@@ -92,10 +92,10 @@ int dp_forward(tg_model *m, const float *tile_feats, const float *text_hidden, c
         CHECK(BE->silu_mul(BE, gu, f, B * L, c->p_ffn));
         CHECK(BE->linear(BE, f, &P->down_w.w, NULL, lat, lat, B * L, TG_ACT_NONE));
     }
-    CHECK(BE->rmsnorm(BE, lat, m->d_norm.w.data, ln, B * L, D, c->p_eps));
+    CHECK(BE->rmsnorm(BE, lat, m->p_norm.w.data, ln, B * L, D, c->p_eps));
     float *p0;
     ALLOC(p0, B * L * c->hidden);
-    CHECK(BE->linear(BE, ln, &m->d_proj0_w.w, m->d_proj0_b.w.data, NULL, p0, B * L, TG_ACT_GELU));
-    CHECK(BE->linear(BE, p0, &m->d_proj2_w.w, m->d_proj2_b.w.data, NULL, out, B * L, TG_ACT_NONE));
+    CHECK(BE->linear(BE, ln, &m->p_proj0_w.w, m->p_proj0_b.w.data, NULL, p0, B * L, TG_ACT_GELU));
+    CHECK(BE->linear(BE, p0, &m->p_proj2_w.w, m->p_proj2_b.w.data, NULL, out, B * L, TG_ACT_NONE));
     return 0;
 }

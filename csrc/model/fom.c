@@ -32,9 +32,9 @@ int fom_forward(tg_model *m, const float *pooled, int B, float *mask) {
     ALLOC(f, rows * c->q_ffn);
     ALLOC(tk, (int64_t)B * D);
     ALLOC(tv, (int64_t)B * D);
-    CHECK(BE->linear(BE, pooled, &m->f_resize_w.w, m->f_resize_b.w.data, NULL, t, B, TG_ACT_NONE));
+    CHECK(BE->linear(BE, pooled, &m->q_resize_w.w, m->q_resize_b.w.data, NULL, t, B, TG_ACT_NONE));
     for (int b = 0; b < B; b++)
-        CHECK(BE->layernorm(BE, m->f_queries.w.data, m->f_ln_w.w.data, m->f_ln_b.w.data, x + b * Nq * D, Nq, D, c->q_eps));
+        CHECK(BE->layernorm(BE, m->q_queries.w.data, m->q_ln_w.w.data, m->q_ln_b.w.data, x + b * Nq * D, Nq, D, c->q_eps));
 
     tg_attention at = {0};
     at.q = q, at.out = a;
@@ -43,7 +43,7 @@ int fom_forward(tg_model *m, const float *pooled, int B, float *mask) {
     at.B = B, at.Tq = (int)Nq, at.n_heads = heads, at.n_kv_heads = heads, at.head_dim = hd;
     at.scale = 1.0f / sqrtf((float)hd);
     for (int i = 0; i < c->q_layers; i++) {
-        const qformer_layer *L = &m->f_layers[i];
+        const qformer_layer *L = &m->q_layers[i];
         /* self attention over the queries */
         CHECK(BE->linear(BE, x, &L->sq_w.w, L->sq_b.w.data, NULL, q, rows, TG_ACT_NONE));
         CHECK(BE->linear(BE, x, &L->sk_w.w, L->sk_b.w.data, NULL, k, rows, TG_ACT_NONE));
@@ -68,6 +68,6 @@ int fom_forward(tg_model *m, const float *pooled, int B, float *mask) {
         CHECK(BE->linear(BE, x, &L->f1_w.w, L->f1_b.w.data, NULL, f, rows, TG_ACT_GELU));
         if (post_ln_out(m, f, &L->f2_w, &L->f2_b, &L->fln_w, &L->fln_b, x, rows, D)) return -1;
     }
-    CHECK(BE->linear(BE, x, &m->f_zero_w.w, m->f_zero_b.w.data, NULL, mask, rows, TG_ACT_NONE));
+    CHECK(BE->linear(BE, x, &m->q_zero_w.w, m->q_zero_b.w.data, NULL, mask, rows, TG_ACT_NONE));
     return 0;
 }

@@ -54,6 +54,9 @@ typedef struct registry_entry {
     int loaded;
 } registry_entry;
 
+/* Params and layer arrays carry the prefix of their module in tg_config (v_ vision tower, t_ text tower,
+ * q_ TG-FOM Q-former, p_ TG-DP perceiver, l_ LLM layers): m->q_layers is the array of the m->c.q_layers
+ * Q-former layers, m->p_latents the latents table of m->c.p_latents rows. */
 struct tg_model {
     tg_config c;
     tg_backend *be;
@@ -67,13 +70,13 @@ struct tg_model {
     /* text tower */
     param t_tok, t_pos, t_fin_w, t_fin_b;
     clip_layer *t_layers;
-    /* FOM */
-    param f_resize_w, f_resize_b, f_zero_w, f_zero_b, f_queries, f_ln_w, f_ln_b;
-    qformer_layer *f_layers;
-    /* DP */
-    param d_pos, d_pre0_w, d_pre0_b, d_pre2_w, d_pre2_b, d_resize_w, d_resize_b, d_latents, d_norm;
-    param d_proj0_w, d_proj0_b, d_proj2_w, d_proj2_b;
-    perceiver_layer *d_layers;
+    /* TG-FOM Q-former */
+    param q_resize_w, q_resize_b, q_zero_w, q_zero_b, q_queries, q_ln_w, q_ln_b;
+    qformer_layer *q_layers;
+    /* TG-DP perceiver */
+    param p_pos, p_pre0_w, p_pre0_b, p_pre2_w, p_pre2_b, p_resize_w, p_resize_b, p_latents, p_norm;
+    param p_proj0_w, p_proj0_b, p_proj2_w, p_proj2_b;
+    perceiver_layer *p_layers;
     /* projector */
     param pj0_w, pj0_b, pj2_w, pj2_b;
     /* LLM */

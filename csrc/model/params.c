@@ -152,18 +152,18 @@ int model_register(tg_model *m) {
 
     if (c->has_fom) {
         const char *pf = "model.mm_cross_attn";
-        R(mat(m, &m->f_resize_w, NAME("%s.resize_linear.weight", pf), Dv, Dt));
-        R(vec(m, &m->f_resize_b, NAME("%s.resize_linear.bias", pf), Dv));
-        R(mat(m, &m->f_zero_w, NAME("%s.zero_layer.weight", pf), Dv, Dv));
-        R(vec(m, &m->f_zero_b, NAME("%s.zero_layer.bias", pf), Dv));
-        pinit(&m->f_queries, c->q_queries, Dv, 0, 1);
-        R(reg(m, &m->f_queries, 0, NAME("%s.query_tokens", pf), 3, 1, c->q_queries, Dv, 0));
-        R(vec(m, &m->f_ln_w, NAME("%s.Qformer.bert.embeddings.LayerNorm.weight", pf), Dv));
-        R(vec(m, &m->f_ln_b, NAME("%s.Qformer.bert.embeddings.LayerNorm.bias", pf), Dv));
-        m->f_layers = calloc((size_t)c->q_layers, sizeof(qformer_layer));
-        if (!m->f_layers) return model_oom(m, "the layer tables");
+        R(mat(m, &m->q_resize_w, NAME("%s.resize_linear.weight", pf), Dv, Dt));
+        R(vec(m, &m->q_resize_b, NAME("%s.resize_linear.bias", pf), Dv));
+        R(mat(m, &m->q_zero_w, NAME("%s.zero_layer.weight", pf), Dv, Dv));
+        R(vec(m, &m->q_zero_b, NAME("%s.zero_layer.bias", pf), Dv));
+        pinit(&m->q_queries, c->q_queries, Dv, 0, 1);
+        R(reg(m, &m->q_queries, 0, NAME("%s.query_tokens", pf), 3, 1, c->q_queries, Dv, 0));
+        R(vec(m, &m->q_ln_w, NAME("%s.Qformer.bert.embeddings.LayerNorm.weight", pf), Dv));
+        R(vec(m, &m->q_ln_b, NAME("%s.Qformer.bert.embeddings.LayerNorm.bias", pf), Dv));
+        m->q_layers = calloc((size_t)c->q_layers, sizeof(qformer_layer));
+        if (!m->q_layers) return model_oom(m, "the layer tables");
         for (int i = 0; i < c->q_layers; i++) {
-            qformer_layer *L = &m->f_layers[i];
+            qformer_layer *L = &m->q_layers[i];
             char base[200];
             snprintf(base, sizeof base, "%s.Qformer.bert.encoder.layer.%d.attention", pf, i);
             R(reg_bert_attn(m, base, &L->sq_w, &L->sq_b, &L->sk_w, &L->sk_b, &L->sv_w, &L->sv_b, &L->so_w, &L->so_b,
@@ -186,23 +186,23 @@ int model_register(tg_model *m) {
     if (c->has_dp) {
         const char *pf = "model.mm_patch_encoder";
         const int64_t Dq = (int64_t)c->p_heads * c->p_head_dim, Dk = (int64_t)c->p_kv_heads * c->p_head_dim;
-        R(table(m, &m->d_pos, NAME("%s.position_embedding.weight", pf), c->p_positions, Dv));
-        R(mat(m, &m->d_pre0_w, NAME("%s.pre_mlp.0.weight", pf), Dv, Dv));
-        R(vec(m, &m->d_pre0_b, NAME("%s.pre_mlp.0.bias", pf), Dv));
-        R(mat(m, &m->d_pre2_w, NAME("%s.pre_mlp.2.weight", pf), Dv, Dv));
-        R(vec(m, &m->d_pre2_b, NAME("%s.pre_mlp.2.bias", pf), Dv));
-        R(mat(m, &m->d_proj0_w, NAME("%s.proj.0.weight", pf), H, Dv));
-        R(vec(m, &m->d_proj0_b, NAME("%s.proj.0.bias", pf), H));
-        R(mat(m, &m->d_proj2_w, NAME("%s.proj.2.weight", pf), H, H));
-        R(vec(m, &m->d_proj2_b, NAME("%s.proj.2.bias", pf), H));
-        R(mat(m, &m->d_resize_w, NAME("%s.resize_linear.weight", pf), Dv, Dt));
-        R(vec(m, &m->d_resize_b, NAME("%s.resize_linear.bias", pf), Dv));
-        R(table(m, &m->d_latents, NAME("%s.perceiver.latents", pf), c->p_latents, Dv));
-        R(vec(m, &m->d_norm, NAME("%s.perceiver.norm.weight", pf), Dv));
-        m->d_layers = calloc((size_t)c->p_layers, sizeof(perceiver_layer));
-        if (!m->d_layers) return model_oom(m, "the layer tables");
+        R(table(m, &m->p_pos, NAME("%s.position_embedding.weight", pf), c->p_positions, Dv));
+        R(mat(m, &m->p_pre0_w, NAME("%s.pre_mlp.0.weight", pf), Dv, Dv));
+        R(vec(m, &m->p_pre0_b, NAME("%s.pre_mlp.0.bias", pf), Dv));
+        R(mat(m, &m->p_pre2_w, NAME("%s.pre_mlp.2.weight", pf), Dv, Dv));
+        R(vec(m, &m->p_pre2_b, NAME("%s.pre_mlp.2.bias", pf), Dv));
+        R(mat(m, &m->p_proj0_w, NAME("%s.proj.0.weight", pf), H, Dv));
+        R(vec(m, &m->p_proj0_b, NAME("%s.proj.0.bias", pf), H));
+        R(mat(m, &m->p_proj2_w, NAME("%s.proj.2.weight", pf), H, H));
+        R(vec(m, &m->p_proj2_b, NAME("%s.proj.2.bias", pf), H));
+        R(mat(m, &m->p_resize_w, NAME("%s.resize_linear.weight", pf), Dv, Dt));
+        R(vec(m, &m->p_resize_b, NAME("%s.resize_linear.bias", pf), Dv));
+        R(table(m, &m->p_latents, NAME("%s.perceiver.latents", pf), c->p_latents, Dv));
+        R(vec(m, &m->p_norm, NAME("%s.perceiver.norm.weight", pf), Dv));
+        m->p_layers = calloc((size_t)c->p_layers, sizeof(perceiver_layer));
+        if (!m->p_layers) return model_oom(m, "the layer tables");
         for (int i = 0; i < c->p_layers; i++) {
-            perceiver_layer *L = &m->d_layers[i];
+            perceiver_layer *L = &m->p_layers[i];
             char base[160];
             snprintf(base, sizeof base, "%s.perceiver.layers.%d", pf, i);
             R(vec(m, &L->lat_norm, NAME("%s.input_latents_norm.weight", base), Dv));
@@ -346,8 +346,8 @@ void tg_model_free(tg_model *m) {
     tg_arena_free(&m->arena);
     free(m->v_layers);
     free(m->t_layers);
-    free(m->f_layers);
-    free(m->d_layers);
+    free(m->q_layers);
+    free(m->p_layers);
     free(m->l_layers);
     free(m->reg);
     free(m);

@@ -19,9 +19,11 @@
 #include <Python.h>
 #define PY_ARRAY_UNIQUE_SYMBOL tgllava_ARRAY_API
 #include <numpy/arrayobject.h>
+#include <limits.h>
 #include <math.h>
 #include <pythread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 #include <time.h>
 
@@ -208,46 +210,114 @@ static PyObject *result_or_error(ModelObject *self, int rc, PyArrayObject *out) 
     return (PyObject *)out;
 }
 
-static int cfg_int(PyObject *d, const char *k, int *out) {
-    PyObject *v = PyDict_GetItemString(d, k);
-    if (!v) return 0;
+/* ------------------------------------------------------------------ the config (config_fields.h) */
+
+/* One row per TG_CONFIG_FIELDS entry: where the field sits in tg_config and how it is read. */
+typedef struct config_field {
+    const char *name, *type, *meaning;
+    int is_float, need;
+    size_t offset;
+} config_field;
+
+#define TG_FIELD_IS_FLOAT_int 0
+#define TG_FIELD_IS_FLOAT_float 1
+#define TG_CONFIG_ROW(type, name, need, meaning) \
+    {#name, #type, meaning, TG_FIELD_IS_FLOAT_##type, TG_NEED_##need, offsetof(tg_config, name)},
+static const config_field CONFIG_FIELDS[] = {TG_CONFIG_FIELDS(TG_CONFIG_ROW)};
+#undef TG_CONFIG_ROW
+#define N_CONFIG_FIELDS ((int)(sizeof CONFIG_FIELDS / sizeof CONFIG_FIELDS[0]))
+
+static const char *const NEED_TEXT[] = {"always", "has_fom or has_dp", "has_fom", "has_dp"};
+
+/* whether field f must be given for a config with these module flags */
+static int config_needs(const config_field *f, const tg_config *c) {
+    switch (f->need) {
+    case TG_NEED_TEXT: return c->has_fom || c->has_dp;
+    case TG_NEED_FOM: return c->has_fom;
+    case TG_NEED_DP: return c->has_dp;
+    default: return 1;
+    }
+}
+
+static int config_field_index(const char *name) {
+    for (int i = 0; i < N_CONFIG_FIELDS; i++)
+        if (strcmp(CONFIG_FIELDS[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* dict value v into field f of c (a number; ints in the range of a C int) */
+static int config_read(const config_field *f, PyObject *v, tg_config *c) {
+    char *at = (char *)c + f->offset;
+    if (f->is_float) {
+        double x = PyFloat_AsDouble(v);
+        if (x == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(TgErr_Shape, "config field %s must be a number", f->name);
+            return -1;
+        }
+        *(float *)at = (float)x;
+        return 0;
+    }
     long x = PyLong_AsLong(v);
     if (x == -1 && PyErr_Occurred()) {
         PyErr_Clear();
-        PyErr_Format(TgErr_Shape, "config field %s must be an integer", k);
+        PyErr_Format(TgErr_Shape, "config field %s must be an integer", f->name);
         return -1;
     }
-    *out = (int)x;
+    if (x < INT_MIN || x > INT_MAX) {
+        PyErr_Format(TgErr_Shape, "config field %s = %ld is outside the range of a C int", f->name, x);
+        return -1;
+    }
+    *(int *)at = (int)x;
     return 0;
 }
 
-static int cfg_float(PyObject *d, const char *k, float *out) {
-    PyObject *v = PyDict_GetItemString(d, k);
-    if (!v) return 0;
-    double x = PyFloat_AsDouble(v);
-    if (x == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(TgErr_Shape, "config field %s must be a number", k);
-        return -1;
-    }
-    *out = (float)x;
-    return 0;
-}
-
+/* The config dict -> c.  Every key must be a field of the schema; a field that is not needed for
+ * the config's modules (config_fields.h) may be left out and is then 0, a needed one may not. */
 static int parse_config(PyObject *d, tg_config *c) {
     memset(c, 0, sizeof *c);
-#define CI(f) if (cfg_int(d, #f, &c->f)) return -1
-#define CF(f) if (cfg_float(d, #f, &c->f)) return -1
-    CI(v_hidden); CI(v_heads); CI(v_layers); CI(v_ffn); CI(v_image); CI(v_patch); CI(v_act); CI(v_select); CF(v_eps);
-    CI(t_hidden); CI(t_heads); CI(t_layers); CI(t_ffn); CI(t_vocab); CI(t_positions); CI(t_act); CF(t_eps);
-    CI(has_fom); CI(q_layers); CI(q_heads); CI(q_ffn); CI(q_queries); CI(q_cross_freq); CF(q_eps);
-    CI(has_dp); CI(p_layers); CI(p_latents); CI(p_heads); CI(p_head_dim); CI(p_kv_heads); CI(p_ffn); CI(p_positions); CF(p_eps);
-    CI(proj_mlp);
-    CI(hidden); CI(heads); CI(kv_heads); CI(head_dim); CI(layers); CI(ffn); CI(vocab); CI(qkv_bias); CI(tie_embeddings); CI(max_len);
-    CF(rms_eps); CF(rope_theta); CI(dtype);
-#undef CI
-#undef CF
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(d, &pos, &key, &value)) {
+        const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (!name) {
+            PyErr_Clear();
+            PyErr_Format(TgErr_Shape, "config keys must be field names (strings), got %R", key);
+            return -1;
+        }
+        int i = config_field_index(name);
+        if (i < 0) {
+            PyErr_Format(TgErr_Shape, "config has an unknown field %R (the fields are tgllava._C.config_fields())", key);
+            return -1;
+        }
+        if (config_read(&CONFIG_FIELDS[i], value, c)) return -1;
+    }
+    for (int i = 0; i < N_CONFIG_FIELDS; i++) {
+        const config_field *f = &CONFIG_FIELDS[i];
+        if (config_needs(f, c) && !PyDict_GetItemString(d, f->name)) {
+            PyErr_Format(TgErr_Shape, "config is missing field %s (%s; needed %s%s)", f->name, f->meaning,
+                         f->need == TG_NEED_ALWAYS ? "" : "when ", NEED_TEXT[f->need]);
+            return -1;
+        }
+    }
     return 0;
+}
+
+/* c -> a dict with every field of the schema */
+static PyObject *config_export(const tg_config *c) {
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < N_CONFIG_FIELDS; i++) {
+        const config_field *f = &CONFIG_FIELDS[i];
+        const char *at = (const char *)c + f->offset;
+        PyObject *v = f->is_float ? PyFloat_FromDouble(*(const float *)at) : PyLong_FromLong(*(const int *)at);
+        if (!v || PyDict_SetItemString(d, f->name, v)) {
+            Py_XDECREF(v);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(v);
+    }
+    return d;
 }
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
@@ -839,11 +909,7 @@ done:
 
 static PyObject *Model_get_config(ModelObject *self, void *closure) {
     if (model_ready(self)) return NULL;
-    const tg_config *c = tg_model_config(self->m);
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "hidden", c->hidden, "vocab", c->vocab,
-                         "v_hidden", c->v_hidden, "t_hidden", c->t_hidden, "v_image", c->v_image, "v_patch", c->v_patch,
-                         "has_fom", c->has_fom, "has_dp", c->has_dp, "p_latents", c->p_latents, "q_queries", c->q_queries,
-                         "max_len", c->max_len, "dtype", c->dtype, "layers", c->layers);
+    return config_export(tg_model_config(self->m));
 }
 
 static PyObject *Model_get_device(ModelObject *self, void *closure) {
@@ -871,7 +937,7 @@ static PyMethodDef Model_methods[] = {
     {NULL}};
 
 static PyGetSetDef Model_getset[] = {
-    {"config", (getter)Model_get_config, NULL, "sizes of the loaded model", NULL},
+    {"config", (getter)Model_get_config, NULL, "the model config: every field of config_fields()", NULL},
     {"device", (getter)Model_get_device, NULL, "backend device", NULL},
     {NULL}};
 
@@ -974,7 +1040,25 @@ static PyObject *py_weight_storage(PyObject *mod, PyObject *args) {
     return Py_BuildValue("(iK)", dt, (unsigned long long)tg_cpu_row_bytes(dt, cols));
 }
 
+/* config_fields() -> [(name, type, meaning, needed)]: the schema of the config dict (config_fields.h) */
+static PyObject *py_config_fields(PyObject *mod, PyObject *noargs) {
+    PyObject *out = PyList_New(N_CONFIG_FIELDS);
+    for (int i = 0; out && i < N_CONFIG_FIELDS; i++) {
+        const config_field *f = &CONFIG_FIELDS[i];
+        PyObject *row = Py_BuildValue("(ssss)", f->name, f->type, f->meaning, NEED_TEXT[f->need]);
+        if (!row) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"config_fields", py_config_fields, METH_NOARGS,
+     "config_fields() -> [(name, 'int' or 'float', meaning, needed)] of the model config, in tg_config order; needed "
+     "is 'always', 'has_fom or has_dp', 'has_fom' or 'has_dp' (a field not needed may be left out: it is then 0)"},
     {"weight_storage", py_weight_storage, METH_VARARGS, "weight_storage(dtype, cols, is_head) -> (stored dtype, row bytes)"},
     {"cpu_kernels", py_cpu_kernels, METH_NOARGS, "CPU kernels in use: 'avx2' or 'portable' (TGLLAVA_CPU_KERNELS=portable forces it)"},
     {"cpu_gemm_seconds", py_gemm_seconds, METH_VARARGS, "cpu_gemm_seconds(reset=False): time the CPU backend spent in matrix products"},
