@@ -9,10 +9,13 @@ cycling through --lengths; random weights rarely stop early).  For every client 
 default 1 4 16 64) each client thread sends requests with the openai client until --requests are
 done; the table gives requests/s, generated tokens/s, p50/p99 latency and the speed-up in tokens/s
 over one at a time.  The static baseline runs generate_batch in batches of --max-batch over the same
-requests (latency = its batch's time).  Writes JSON with --out.
+requests, each batch with the longest max_tokens of its requests (static batching: every batch waits
+for its longest answer; latency = its batch's time); the in-process row sends all requests through
+one Model.generate_many call (what generate_batch and tgllava eval do).  Writes JSON with --out.
 
 usage: python benchmarks/bench_serve.py [--tiny | --model DIR [--clip DIR]] [--device cpu] [--clients 1 4 16 64]
-                                        [--requests 64] [--lengths 16 32 64 128] [--max-batch 16] [--out F]
+                                        [--requests 64] [--lengths 16 32 64 128] [--max-batch 16]
+                                        [--single-requests N] [--out F]
 """
 import argparse
 import base64
@@ -117,6 +120,22 @@ def run_static(model, reqs, batch):
     return time.perf_counter() - t0, lat, tokens
 
 
+def run_continuous(model, reqs, batch):
+    """All requests in one generate_many call (the path of generate_batch and tgllava eval): each with
+    its own max_new_tokens, at most `batch` together, a finished one's slot taken by the next at once
+    (latency = from the call to the request's end)."""
+    mode = chat.default_conv_mode(model)
+    eos = list(chat.tokenizers(model)[0].eos_ids) or None
+    t0 = time.perf_counter()
+    prepared = [dict(chat._prepare(model, r["picture"], r["question"], mode, True, True, {}),
+                     max_new_tokens=r["max_tokens"]) for r in reqs]
+    lat, tokens = [], 0
+    for _, toks in model.generate_many(prepared, eos_token_id=eos, max_batch=batch):
+        lat.append(time.perf_counter() - t0)
+        tokens += len(toks)
+    return time.perf_counter() - t0, lat, tokens
+
+
 def row(name, wall, lat, tokens, n):
     return {"mode": name, "requests": n, "seconds": wall, "req_per_s": n / wall, "gen_tok_per_s": tokens / wall,
             "p50_s": pct(lat, 50), "p99_s": pct(lat, 99)}
@@ -133,6 +152,9 @@ def main():
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--single-requests", type=int, default=None,
+                    help="send only the first N requests in the one-at-a-time row (a multiple of 8 keeps the mix of "
+                         "questions, pictures and lengths; rates are per second, so rows stay comparable)")
     ap.add_argument("--skip-static", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -145,18 +167,31 @@ def main():
         with ServerThread(model, max_batch=args.max_batch, max_queue=max(args.clients) + args.requests) as srv:
             run_clients(srv, reqs[:2], 1)  # warm-up: tokenizers, vision-feature cache
             for n in [1] + [c for c in args.clients if c != 1]:
-                wall, lat, tok = run_clients(srv, reqs, n)
-                rows.append(row("one at a time" if n == 1 else f"{n} concurrent", wall, lat, tok, len(reqs)))
+                part = reqs[:args.single_requests or len(reqs)] if n == 1 else reqs
+                eng = srv.engine
+                before = (eng.steps, eng.step_seconds, eng.admit_seconds)
+                wall, lat, tok = run_clients(srv, part, n)
+                rows.append(row("one at a time" if n == 1 else f"{n} concurrent", wall, lat, tok, len(part)))
+                steps, step_s, admit_s = (a - b for a, b in zip((eng.steps, eng.step_seconds, eng.admit_seconds),
+                                                                 before))
+                # where the engine's time went: admission (vision + prompt prefill) and decode steps
+                rows[-1].update(admit_s=admit_s, step_s=step_s, steps=steps, decode_tok_per_step_s=tok / step_s)
                 print(f"  {rows[-1]['mode']}: {rows[-1]['gen_tok_per_s']:.1f} tok/s", file=sys.stderr)
         if not args.skip_static:
             wall, lat, tok = run_static(model, reqs, args.max_batch)
-            rows.append(row(f"static generate_batch ({args.max_batch})", wall, lat, tok, len(reqs)))
+            rows.append(row(f"static batches of {args.max_batch} (generate_batch per batch)", wall, lat, tok,
+                            len(reqs)))
+            wall, lat, tok = run_continuous(model, reqs, args.max_batch)
+            rows.append(row(f"generate_many, in process ({args.max_batch} slots)", wall, lat, tok, len(reqs)))
     base = rows[0]["gen_tok_per_s"]
-    print(f"\n| mode | req/s | gen tok/s | x one-at-a-time | p50 s | p99 s |\n|---|---|---|---|---|---|")
+    print("\n| mode | req/s | gen tok/s | x one-at-a-time | p50 s | p99 s | admission s | decode s | "
+          "tok per decode-step s |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         r["speedup"] = r["gen_tok_per_s"] / base
+        split = (f"{r['admit_s']:.1f} | {r['step_s']:.1f} | {r['decode_tok_per_step_s']:.1f}" if "admit_s" in r
+                 else "- | - | -")
         print(f"| {r['mode']} | {r['req_per_s']:.2f} | {r['gen_tok_per_s']:.1f} | {r['speedup']:.2f} | "
-              f"{r['p50_s']:.2f} | {r['p99_s']:.2f} |")
+              f"{r['p50_s']:.2f} | {r['p99_s']:.2f} | {split} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": args.device, "max_batch": args.max_batch, "rows": rows}, f, indent=1)

@@ -14,8 +14,10 @@ timings.  `stream=True` returns an `AnswerStream` instead, an iterator over
 text pieces as they are decoded whose pieces join to exactly the text of the
 non-streaming answer (leading/trailing whitespace and partial stop strings
 are held back); its `.answer` is filled in once it is exhausted.
-`chat_batch` answers many (image, question) pairs in one batched generation;
-each answer equals the one `chat` gives for that pair alone (greedy).
+`chat_batch` answers many (image, question) pairs with continuous batching
+(Model.generate_batch: up to max_batch generated together, a finished answer's
+slot taken by the next pair at once); each answer equals the one `chat` gives
+for that pair alone (greedy).
 
 Tokenizers are read once per model from its folders (the LLM tokenizer from
 `model.llm_dir`, the CLIP tokenizer from `model.clip_dir`) and cached.
@@ -286,8 +288,9 @@ class AnswerStream:
 
 
 def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0,
-               use_fom=True, use_dp=True, seed=None):
-    """Answers for many (image, question) pairs, generated together in one batch.
+               use_fom=True, use_dp=True, seed=None, max_batch=None):
+    """Answers for many (image, question) pairs, generated together (continuous batching, at most
+    `max_batch` at once: Model.generate_many's default when None).
 
     Returns a list of Answer in the order of `pairs`; with greedy decoding
     each equals chat(model, image, question) run alone.  The timings of each
@@ -308,7 +311,7 @@ def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0
     llm_tok = tokenizers(model)[0]
     trackers = [_Tracker(llm_tok, stops) for _ in pairs]
     t0 = time.perf_counter()
-    outs = model.generate_batch(reqs, callback=lambda seq, tok: trackers[seq].push(tok), **kw)
+    outs = model.generate_batch(reqs, callback=lambda seq, tok: trackers[seq].push(tok), max_batch=max_batch, **kw)
     decode_time = sum(t.decode_time for t in trackers)
     timings["generate"] = time.perf_counter() - t0 - decode_time
     timings["decode"] = decode_time

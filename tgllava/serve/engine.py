@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+import time
 
 from .. import chat as chat_mod
 from ..errors import TgError
@@ -89,7 +90,8 @@ class Engine:
         self._closed = False
         self._features = collections.OrderedDict()
         self._feature_bytes, self._feature_limit = 0, int(feature_cache_bytes)
-        self.steps = 0
+        self.steps = 0  # decode steps so far; with step_seconds / admit_seconds (time in step() / in admission)
+        self.step_seconds = self.admit_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="tgllava-engine", daemon=True)
         self._thread.start()
 
@@ -153,11 +155,15 @@ class Engine:
             for job in cancels:
                 self._end(job, "cancelled", free_slot=True)
             for job in admits:
+                t0 = time.perf_counter()
                 self._admit(job)
+                self.admit_seconds += time.perf_counter() - t0
                 with self._cond:
                     self._admitting -= 1
             if self._active:
+                t0 = time.perf_counter()
                 self._step()
+                self.step_seconds += time.perf_counter() - t0
         err = TgError("the server is shutting down")
         for job in list(self._active.values()) + list(self._pending):
             self._fail(job, err)
