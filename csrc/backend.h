@@ -158,6 +158,9 @@ size_t tg_cpu_row_bytes(int dtype, int64_t cols);
 /* the CPU kernels in use: "avx2" (AVX2 + FMA + F16C, detected at run time) or "portable";
  * TGLLAVA_CPU_KERNELS=portable in the environment forces the portable C path */
 const char *tg_cpu_kernels(void);
+/* the CPU backend's linear products of at most this many rows compute every row exactly as that row
+ * alone (the GEMV kernels); larger ones go through sgemm, equal to rounding only */
+#define TG_CPU_EXACT_ROWS 16
 #ifdef TG_WITH_CUDA
 tg_backend *tg_cuda_backend_create(int device, char *err, size_t errlen);
 #endif

@@ -82,7 +82,7 @@ def test_stored_values_match_numpy_twin(fmt):
 
 
 @pytest.mark.parametrize("fmt", ["float32"] + COMPACT)
-@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 9, 577])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 9, 16, 17, 577])
 def test_linear_matches_numpy(fmt, M):
     cols = 37 if fmt in ("float32", "float16", "bfloat16") else 96  # odd widths where the format allows
     rows = 19  # not a multiple of the 16-row thread split
@@ -107,8 +107,20 @@ def test_float16_range_is_checked():
         stored(w, "float16")
 
 
+@pytest.mark.parametrize("fmt", ["float32"] + COMPACT)
+def test_rows_of_a_small_product_equal_the_row_alone(fmt):
+    """Up to _C.CPU_EXACT_ROWS rows, every row of a product is bitwise that row's product alone (what makes
+    a decode step of many sequences give each one its own generate() tokens)."""
+    w = weights(45, 256, 5)
+    x = np.random.default_rng(6).standard_normal((_C.CPU_EXACT_ROWS, 256)).astype(np.float32)
+    alone = np.concatenate([_C.op_linear("cpu", x[i:i + 1], w, None, None, 0, CODES[fmt]) for i in range(len(x))])
+    for M in (2, 7, 8, 9, 13, _C.CPU_EXACT_ROWS):
+        assert np.array_equal(_C.op_linear("cpu", x[:M], w, None, None, 0, CODES[fmt]), alone[:M]), M
+
+
 def test_large_product_goes_through_panels():
-    """M > 8 dequantises panels of rows for sgemm: a weight wider than one panel (1M floats) too."""
+    """More rows than _C.CPU_EXACT_ROWS dequantise panels of rows for sgemm: a weight wider than one panel
+    (1M floats) too."""
     w = weights(300, 4096, 3)
     x = np.random.default_rng(4).standard_normal((20, 4096)).astype(np.float32)
     for fmt in ("bfloat16", "int4"):
@@ -124,7 +136,7 @@ rng = np.random.default_rng(7)
 w = (rng.standard_normal((21, 160)) * 0.1).astype(np.float32)
 out = {"kernels": _C.cpu_kernels()}
 for code in range(5):
-    for M in (1, 4, 8, 12):
+    for M in (1, 4, 8, 12, 16):
         x = np.random.default_rng(M).standard_normal((M, 160)).astype(np.float32)
         out[f"{code}/{M}"] = _C.op_linear("cpu", x, w, None, None, 0, code).tolist()
     out[f"emb/{code}"] = _C.op_elementwise("cpu", "embedding", w, np.arange(21, dtype=np.int32), code).tolist()

@@ -218,9 +218,10 @@ def test_concurrent_calls_from_threads():
 
 
 def test_large_text_batch_equals_single_runs():
-    """Batches above 8 sequences decode through sgemm instead of the GEMV: same tokens, rounding-level logits."""
+    """A static batch above _C.CPU_EXACT_ROWS sequences decodes through sgemm instead of the GEMV: same
+    tokens, rounding-level logits."""
     m = model("llava15-tiny")
-    reqs = [dict(input_ids=list(range(1 + i, 6 + 2 * i))) for i in range(11)]
+    reqs = [dict(input_ids=list(range(1 + i, 6 + 2 * i))) for i in range(19)]
     toks, last = m.generate_batch(reqs, max_new_tokens=6, eos_token_id=[], return_last_logits=True)
     for i, r in enumerate(reqs):
         one, one_last = m.generate_batch([r], max_new_tokens=6, eos_token_id=[], return_last_logits=True)

@@ -566,11 +566,12 @@ class Model:
         """A continuous-batching scheduler on this model (tgllava._C.Scheduler; generate_many and
         `tgllava serve` drive one): `slots` KV-cache slots of `context` positions each (default: the
         model's max_len), its own cache beside the one generate uses.  On the CPU its decode step runs
-        in chunks of at most 8 rows (decode_rows; 0 = all rows in one product), so every sequence's
-        tokens are bitwise those of its own generate() call whatever runs beside it.  Its calls are
-        counted like the model's own, so an unread stream gives the model up to it (streaming.py)."""
+        in chunks of at most _C.CPU_EXACT_ROWS (16) rows (decode_rows; 0 = all rows in one product),
+        so every sequence's tokens are bitwise those of its own generate() call whatever runs beside
+        it.  Its calls are counted like the model's own, so an unread stream gives the model up to it
+        (streaming.py)."""
         if decode_rows is None:
-            decode_rows = 8 if self.device == "cpu" else 0
+            decode_rows = _C.CPU_EXACT_ROWS if self.device == "cpu" else 0
         return self._core.counted(_C.Scheduler(self._core._core, int(slots), int(context or 0), int(decode_rows)))
 
     def _positions(self, seq, max_new_tokens):
@@ -599,8 +600,8 @@ class Model:
 
         requests is any iterable of generate_batch's request dicts (each may carry its own
         max_new_tokens), read only as slots free up, so it may be a generator that prepares the
-        next items meanwhile.  At most `max_batch` sequences run together (default: 8 on the CPU,
-        where a decode step of up to 8 rows costs about one row's, 32 on a GPU); a sequence that
+        next items meanwhile.  At most `max_batch` sequences run together (default: 16 on the CPU,
+        where one decode step reads the weights once for up to 16 rows, 32 on a GPU); a sequence that
         ends frees its slot at once and the next request takes it.  Every sequence's tokens equal
         its own generate() call (greedy; sampled ones too, with the same seed).  callback(index,
         token) sees every new token; a true result ends that sequence.  The scheduler's KV cache
@@ -609,7 +610,7 @@ class Model:
         """
         sampling = check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, self.sizes["max_len"])
         if max_batch is None:
-            max_batch = 8 if self.device == "cpu" else 32
+            max_batch = _C.CPU_EXACT_ROWS if self.device == "cpu" else 32
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or not 1 <= max_batch <= 256:
             raise ValueError(f"max_batch must be an integer in [1, 256], got {max_batch!r}")
         if seed is None:

@@ -187,7 +187,7 @@ static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const 
     float beta = (residual == y) ? 1.0f : 0.0f;
     double t0 = omp_get_wtime();
     int rc = 0;
-    if (M <= 8) tg_gemv(w->dtype, w->data, x, y, M, N, K, beta != 0.0f);
+    if (M <= TG_CPU_EXACT_ROWS) tg_gemv(w->dtype, w->data, x, y, M, N, K, beta != 0.0f);
     else rc = sgemm_weight(be, x, w, y, M, beta);
     gemm_seconds += omp_get_wtime() - t0;
     if (rc) return rc;

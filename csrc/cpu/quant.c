@@ -14,8 +14,9 @@
  * Activations and sums stay float32: the kernels widen weights to float32 in
  * registers and never quantise x.
  *
- * Kernels: tg_gemv (few rows, decoding: every weight row is read once for all
- * M <= 8 inputs, threads split the output rows) and tg_dequant_rows (panels
+ * Kernels: tg_gemv (few rows, decoding: every weight row is read from memory
+ * once for all M inputs, taken 8 at a time while a chunk of 16 weight rows
+ * stays in the cache; threads split the output rows) and tg_dequant_rows (panels
  * for sgemm, embedding rows).  Each has a portable C version and an AVX2 +
  * FMA + F16C version chosen at run time from the CPU's feature bits, so an
  * older CPU never meets an illegal instruction; TGLLAVA_CPU_KERNELS=portable
@@ -383,13 +384,18 @@ void tg_gemv(int dtype, const void *w, const float *x, float *y, int64_t M, int6
 #pragma omp parallel for schedule(dynamic, 4) if (N * K > PAR_MIN)
     for (int64_t it = 0; it < items; it++) {
         const int64_t n0 = it * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
+        /* the input rows in groups of 8: the first group streams this chunk of weight rows from memory, the
+         * next ones find it in the cache, and every row is summed exactly as it is alone */
+        for (int64_t m0 = 0; m0 < M; m0 += 8) {
+            const int64_t mg = M - m0 < 8 ? M - m0 : 8;
 #ifdef TG_X86
-        if (fast) {
-            gemv_avx2(dtype, w, rb, x, y, M, N, K, n0, n1, accumulate);
-            continue;
-        }
+            if (fast) {
+                gemv_avx2(dtype, w, rb, x + m0 * K, y + m0 * N, mg, N, K, n0, n1, accumulate);
+                continue;
+            }
 #endif
-        gemv_portable(dtype, w, rb, x, y, M, N, K, n0, n1, accumulate);
+            gemv_portable(dtype, w, rb, x + m0 * K, y + m0 * N, mg, N, K, n0, n1, accumulate);
+        }
     }
     (void)fast;
 }

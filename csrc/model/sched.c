@@ -12,8 +12,9 @@
  * Running sequences always occupy slots 0..n-1: when one ends, the last one moves into its slot
  * (its cache rows are copied), so the decode step attends over consecutive slots in one call.
  * The batched forward is cut into chunks of at most `decode_rows` rows (0 = no limit): on the CPU
- * a product of at most 8 rows computes each row exactly as a single-row one, so with 8 every
- * sequence's tokens are bitwise those of its own tg_generate call, whatever else runs beside it.
+ * a product of at most TG_CPU_EXACT_ROWS (16) rows computes each row exactly as a single-row one, so
+ * with that every sequence's tokens are bitwise those of its own tg_generate call, whatever else runs
+ * beside it.
  * While a call runs, the scheduler's cache is installed in the model (m->cache_*) and the
  * model's own cache is put back when it returns.
  */

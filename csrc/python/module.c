@@ -1083,7 +1083,8 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&ModelType);
-    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0 || tg_py_sched_init(m) < 0) {
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0 || tg_py_sched_init(m) < 0 ||
+        PyModule_AddIntConstant(m, "CPU_EXACT_ROWS", TG_CPU_EXACT_ROWS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

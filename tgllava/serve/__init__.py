@@ -1,7 +1,7 @@
 """`tgllava serve`: an OpenAI-compatible chat-completions server with continuous batching.
 
     tgllava serve --model LLM_DIR [--clip CLIP_DIR] [--host 127.0.0.1] [--port 8000]
-                  [--device cpu] [--dtype ...] [--max-batch 8] [--api-key KEY] [--allow-local-files]
+                  [--device cpu] [--dtype ...] [--max-batch 16] [--api-key KEY] [--allow-local-files]
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
@@ -30,7 +30,7 @@ def _need_extra():
             from None
 
 
-def build_app(model, max_batch=8, api_key=None, allow_local_files=False, model_name=None, max_queue=64,
+def build_app(model, max_batch=16, api_key=None, allow_local_files=False, model_name=None, max_queue=64,
               context=None, conv_mode=None, **limits):
     """(Starlette app, Engine) serving a loaded tgllava.Model."""
     _need_extra()
@@ -93,8 +93,8 @@ def add_subparser(sub):
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
                    help="weight storage (default as for tgllava generate)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="N",
-                   help="requests decoded together (KV-cache slots, default 8)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="N",
+                   help="requests decoded together (KV-cache slots, default 16)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests waiting for a slot before the server answers 503 (default 64)")
     p.add_argument("--context", type=int, default=None, metavar="N",

@@ -1,6 +1,6 @@
 """The continuous-batching engine behind `tgllava serve`: one thread driving a _C.Scheduler.
 
-`Engine(model, max_batch=8)` owns a C scheduler of `max_batch` KV-cache slots on a loaded
+`Engine(model, max_batch=16)` owns a C scheduler of `max_batch` KV-cache slots on a loaded
 tgllava.Model and a worker thread that loops: end the sequences whose clients went away,
 admit waiting requests into free slots (visual tokens + prompt prefill), then advance every
 running sequence by one token in one batched forward.  A request is a `Job`: the sequence dict
@@ -71,7 +71,7 @@ class Job:
 class Engine:
     """Continuous batching on one model (see the module text)."""
 
-    def __init__(self, model, max_batch=8, context=None, max_queue=64, decode_rows=None,
+    def __init__(self, model, max_batch=16, context=None, max_queue=64, decode_rows=None,
                  feature_cache_bytes=256 << 20):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
