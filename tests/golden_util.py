@@ -5,9 +5,11 @@ $TGLLAVA_GOLDEN, else ../shared/golden relative to the checkout (the folder abov
 When neither exists, importing this module raises GoldenSetsNotFound, which names the places it
 looked: the tests that need the golden sets then fail (at collection), they never skip.
 """
+import atexit
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,8 @@ def find_golden():
 GOLDEN = find_golden()
 FIXTURES = os.path.join(GOLDEN, "fixtures")
 SETS = ["tg-vicuna-tiny", "tg-qwen2-tiny", "llava15-tiny"]
-_ROOT = tempfile.mkdtemp(prefix="tgllava-golden-")
+_ROOT = tempfile.mkdtemp(prefix="tgllava-golden-")  # ~1.2 GB of checkpoints: removed when the process ends
+atexit.register(shutil.rmtree, _ROOT, True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,9 +10,11 @@ temporary folder (golden_util finds the golden sets).
 """
 
 import argparse
+import atexit
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ from tgllava.errors import ShapeError, TgError
 from golden_util import GOLDEN
 
 _ROOT = tempfile.mkdtemp(prefix="tgllava-viz-")
+atexit.register(shutil.rmtree, _ROOT, True)
 _MODELS = {}
 
 def checkpoint(name):
