@@ -57,3 +57,16 @@ def test_cpu_and_gpu_batches_agree():
     reqs = [dict(input_ids=d["input_ids"], pixels=d["pixel_values"], text_ids=d["text_guide_ids"]), dict(input_ids=[1, 5, 9])]
     cpu = tgllava.load(*checkpoint(name)).generate_batch(reqs, max_new_tokens=6, eos_token_id=[])
     assert gpu_model(name, "float32").generate_batch(reqs, max_new_tokens=6, eos_token_id=[]) == cpu
+
+
+def test_continuous_batching_on_the_gpu_equals_the_cpu():
+    """generate_many on the CUDA backend (all running rows in one decode product): requests with their own
+    lengths through 2 slots give the CPU's greedy tokens, and the short ones end first."""
+    name = "llava15-tiny"
+    d = io(name)
+    reqs = [dict(input_ids=d["input_ids"], pixels=d["pixel_values"], max_new_tokens=20)] + \
+        [dict(input_ids=[1, 5 + i, 9], max_new_tokens=2 + i) for i in range(4)]
+    cpu = dict(tgllava.load(*checkpoint(name)).generate_many(reqs, eos_token_id=[], max_batch=2))
+    got = list(gpu_model(name, "float32").generate_many(reqs, eos_token_id=[], max_batch=2))
+    assert dict(got) == cpu
+    assert got[-1][0] == 0  # the long request, admitted first, ends last
