@@ -1,4 +1,4 @@
-"""What the evaluation loop asks of a model: one method, `chat_batch`.
+"""What the evaluation loop asks of a model: one method, `chat_batch` (and optionally `answer_stream`).
 
 A `tgllava.Model` (what `tgllava.load(...)` returns) is wrapped by the
 runner in `tgllava.eval.adapter.ModelAdapter`, which satisfies `EvalModel`;
@@ -25,6 +25,12 @@ It must return one answer per item, in order - a string, or an object
 whose `.text` is one (such as tgllava.chat.Answer) - each equal to what a
 batch of one would return (greedy decoding: temperature 0.0).  Answers are
 stripped of surrounding whitespace, as VLMEvalKit's LLaVA wrapper does.
+
+A model may also have ``answer_stream(keyed_items, max_batch, max_new_tokens, temperature,
+use_fom, use_dp)`` (the keywords of chat_batch): it reads (key, item) pairs lazily and yields (key, answer) as each answer is finished, at most
+``max_batch`` in progress at once.  The runner then uses it instead of chat_batch, so no answer
+waits for the longest one of its batch (the adapter of a tgllava.Model does this with continuous
+batching).
 """
 
 from typing import List, Protocol, runtime_checkable
