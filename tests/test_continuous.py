@@ -132,6 +132,8 @@ def test_bad_requests_raise_clearly_and_the_model_keeps_working():
             m.generate_many(good, max_batch=bad)
     with pytest.raises(TypeError, match="request"):
         m.generate_batch([[1, 2, 3], [4, 5]])
+    with pytest.raises(tgllava.ShapeError, match="input_ids"):
+        m.generate_batch([dict(input_ids=[1, 2]), dict(ids=[1, 2])])
     assert m.generate_batch(good, eos_token_id=[]) == [m.generate([1, 2, 3], max_new_tokens=2, eos_token_id=[])] * 3
     assert m.generate_batch([], max_new_tokens=2) == []
 

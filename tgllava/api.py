@@ -588,6 +588,8 @@ class Model:
         if not isinstance(r, dict):
             raise TypeError(f"a generation request is a dict with input_ids [, pixels, text_ids, use_fom, use_dp, "
                             f"n_latents, features, max_new_tokens], got {type(r).__name__}")
+        if "input_ids" not in r:
+            raise ShapeError(f"a generation request needs input_ids; got the keys {sorted(map(str, r))}")
         seq = self._sequence(r["input_ids"], r.get("pixels"), r.get("text_ids"), r.get("use_fom", True),
                              r.get("use_dp", True), r.get("n_latents"), r.get("features"))
         if r.get("max_new_tokens") is not None:
