@@ -146,3 +146,25 @@ def test_an_unfinished_iterator_frees_its_scheduler():
     it.close()  # the scheduler's cache is freed; nothing stays in flight on the model
     assert m._core.calls_in_flight == 0
     assert m.generate_batch(reqs, eos_token_id=[]) == [_single(m, r) for r in reqs]
+
+
+def test_batches_from_two_threads_interleave_and_stay_exact():
+    """Each generate_batch has its own scheduler and cache; their decode steps interleave on the model's lock."""
+    import threading
+    m = model("llava15-tiny")
+    jobs = [[dict(input_ids=[1, 2 + i + 10 * k, 9], max_new_tokens=3 + i) for i in range(4)] for k in range(2)]
+    want = [m.generate_batch(reqs, eos_token_id=[], max_batch=2) for reqs in jobs]
+    got, errors = [None, None], []
+
+    def work(k):
+        try:
+            got[k] = m.generate_batch(jobs[k], eos_token_id=[], max_batch=2)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == want
