@@ -121,6 +121,8 @@ struct tg_backend {
     int (*embedding)(tg_backend *be, const tg_weight *table, const int32_t *ids, float *out, int64_t n);
     /* dst(n, dim) = src[idx[i]] rows; idx (n) int32 */
     int (*gather_rows)(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim);
+    /* dst rows idx[i] (rows of dim floats) = src(n, dim) row i; idx (n) int32, distinct */
+    int (*scatter_rows)(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim);
 
     /* pixels (B, C, S, S) -> cols (B * (S/P)^2, C*P*P), patches row-major,
      * each row ordered (c, ky, kx) like a conv weight (D, C, P, P). */

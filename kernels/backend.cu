@@ -317,6 +317,7 @@ extern "C" tg_backend *tg_cuda_backend_create(int device, char *err, size_t errl
     be->add_bcast = cuda_add_bcast;
     be->embedding = cuda_embedding;
     be->gather_rows = cuda_gather_rows;
+    be->scatter_rows = cuda_scatter_rows;
     be->im2col = cuda_im2col;
     be->upscale_tiles = cuda_upscale_tiles;
     be->rope = cuda_rope;

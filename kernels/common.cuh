@@ -210,6 +210,7 @@ int cuda_silu_mul(tg_backend *be, const float *gu, float *out, int64_t rows, int
 int cuda_add_bcast(tg_backend *be, float *y, const float *x, int64_t outer, int64_t n);
 int cuda_embedding(tg_backend *be, const tg_weight *table, const int32_t *ids, float *out, int64_t n);
 int cuda_gather_rows(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim);
+int cuda_scatter_rows(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim);
 int cuda_im2col(tg_backend *be, const float *pix, float *cols, int B, int C, int S, int P);
 int cuda_upscale_tiles(tg_backend *be, const float *pix, float *tiles, int B, int C, int S);
 int cuda_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim,

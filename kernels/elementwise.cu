@@ -1,6 +1,6 @@
 /* elementwise.cu -- memory-bound ops of the CUDA backend.
  *
- * activation, silu_mul, add_bcast, embedding, gather_rows, rope, im2col,
+ * activation, silu_mul, add_bcast, embedding, gather_rows, scatter_rows, rope, im2col,
  * upscale_tiles, argmax, plus two helpers of gemm.cu and weight_upload: the
  * float32 -> bf16/fp16 cast and the GEMM epilogue y = act(y + bias) + residual.
  *
@@ -223,6 +223,23 @@ cudaError_t tg_launch_gather_rows(const float *src, const int32_t *idx, float *d
     return cudaGetLastError();
 }
 
+/* dst[idx[i]] = src (n, dim) row i (the decode step's new K/V rows into their cache slots) */
+__global__ void scatter_rows_kernel(const float *__restrict__ src, const int32_t *__restrict__ idx, float *__restrict__ dst,
+                                    int64_t n, int64_t dim) {
+    const int64_t total = n * dim;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / dim, c = i - r * dim;
+        dst[(int64_t)idx[r] * dim + c] = src[i];
+    }
+}
+
+cudaError_t tg_launch_scatter_rows(const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim,
+                                   cudaStream_t s) {
+    if (n * dim <= 0) return cudaSuccess;
+    scatter_rows_kernel<<<ew_grid(n * dim), EW_THREADS, 0, s>>>(src, idx, dst, n, dim);
+    return cudaGetLastError();
+}
+
 /* ---- rope ----------------------------------------------------------------- */
 
 /* One thread per (row, i < head_dim/2); it rotates pair (i, i + half) of every
@@ -417,6 +434,12 @@ int cuda_embedding(tg_backend *be, const tg_weight *table, const int32_t *ids, f
 int cuda_gather_rows(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim) {
     TG_CUDA_USE(be);
     LAUNCH_OR_FAIL(be, tg_launch_gather_rows(src, idx, dst, n, dim, tg_impl(be)->stream));
+    return 0;
+}
+
+int cuda_scatter_rows(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim) {
+    TG_CUDA_USE(be);
+    LAUNCH_OR_FAIL(be, tg_launch_scatter_rows(src, idx, dst, n, dim, tg_impl(be)->stream));
     return 0;
 }
 

@@ -22,6 +22,8 @@ cudaError_t tg_launch_embedding(const void *table, int dtype, int64_t vocab, int
                                 float *out, int64_t n, cudaStream_t s);
 cudaError_t tg_launch_gather_rows(const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim,
                                   cudaStream_t s);
+cudaError_t tg_launch_scatter_rows(const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim,
+                                   cudaStream_t s);
 cudaError_t tg_launch_im2col(const float *pix, float *cols, int B, int C, int S, int P, cudaStream_t s);
 cudaError_t tg_launch_upscale_tiles(const float *pix, float *tiles, int B, int C, int S, cudaStream_t s);
 // inv_freq (head_dim / 2) on the device: 1 / powf(theta, 2i / head_dim), computed on the host

@@ -388,6 +388,12 @@ static int cpu_gather_rows(tg_backend *be, const float *src, const int32_t *idx,
     return 0;
 }
 
+static int cpu_scatter_rows(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim) {
+    (void)be;
+    for (int64_t i = 0; i < n; i++) memcpy(dst + (int64_t)idx[i] * dim, src + i * dim, (size_t)dim * sizeof(float));
+    return 0;
+}
+
 /* ---- image ops ---- */
 
 static int cpu_im2col(tg_backend *be, const float *pix, float *cols, int B, int C, int S, int P) {
@@ -520,6 +526,7 @@ tg_backend *tg_cpu_backend_create(char *err, size_t errlen) {
     be->add_bcast = cpu_add_bcast;
     be->embedding = cpu_embedding;
     be->gather_rows = cpu_gather_rows;
+    be->scatter_rows = cpu_scatter_rows;
     be->im2col = cpu_im2col;
     be->upscale_tiles = cpu_upscale_tiles;
     be->rope = cpu_rope;

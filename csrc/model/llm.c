@@ -9,6 +9,7 @@
  * into its slot, a decode step appends one row per sequence.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,7 +114,7 @@ int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_hos
         if (sb != s0 + b) consecutive = 0;
     }
     const int64_t slot_floats = (int64_t)m->cache_len * Dk;
-    float *res, *n, *q, *k, *v, *a, *gu, *f, *pos_dev, *len_dev;
+    float *res, *n, *q, *k, *v, *a, *gu, *f, *pos_dev, *len_dev, *rows_dev;
     ALLOC(res, B * H);
     ALLOC(n, B * H);
     ALLOC(q, B * Dq);
@@ -124,15 +125,21 @@ int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_hos
     ALLOC(f, (int64_t)B * c->ffn);
     ALLOC(pos_dev, B);
     ALLOC(len_dev, B);
-    int32_t lens[256];
+    ALLOC(rows_dev, B);
+    int32_t lens[256], rows[256];
     if (B > 256) return model_fail(m, "decode batch larger than 256");
     int maxlen = 0;
     for (int b = 0; b < B; b++) {
         if (pos_host[b] >= m->cache_len) return model_fail(m, "internal: KV cache too short");
         lens[b] = pos_host[b] + 1;
         if (lens[b] > maxlen) maxlen = lens[b];
+        /* the cache row (of Dk floats) this row's new K/V go to: slot * cache_len + position */
+        const int64_t row = (int64_t)(slots_host ? slots_host[b] : b) * m->cache_len + pos_host[b];
+        if (row > INT32_MAX) return model_fail(m, "KV cache of more than 2^31 rows");
+        rows[b] = (int32_t)row;
     }
-    if (BE->to_device(BE, pos_dev, pos_host, (size_t)B * 4) || BE->to_device(BE, len_dev, lens, (size_t)B * 4))
+    if (BE->to_device(BE, pos_dev, pos_host, (size_t)B * 4) || BE->to_device(BE, len_dev, lens, (size_t)B * 4) ||
+        BE->to_device(BE, rows_dev, rows, (size_t)B * 4))
         return be_fail(m, "positions upload");
     CHECK(BE->copy(BE, res, x, (size_t)(B * H) * sizeof(float)));
     for (int l = 0; l < c->layers; l++) {
@@ -146,10 +153,9 @@ int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_hos
         CHECK(BE->linear(BE, n, &L->v_w.w, L->v_b.w.data, NULL, vd, B, TG_ACT_NONE));
         CHECK(BE->rope(BE, q, B, Dq, c->heads, (int)hd, (const int32_t *)pos_dev, c->rope_theta));
         CHECK(BE->rope(BE, kd, B, Dk, c->kv_heads, (int)hd, (const int32_t *)pos_dev, c->rope_theta));
-        for (int b = 0; B > 1 && b < B; b++) {
-            int64_t off = (slots_host ? slots_host[b] : b) * slot_floats + (int64_t)pos_host[b] * Dk;
-            CHECK(BE->copy(BE, m->cache_k[l] + off, k + b * Dk, (size_t)Dk * sizeof(float)));
-            CHECK(BE->copy(BE, m->cache_v[l] + off, v + b * Dk, (size_t)Dk * sizeof(float)));
+        if (B > 1) { /* one scatter per cache instead of a copy per row */
+            CHECK(BE->scatter_rows(BE, k, (const int32_t *)rows_dev, m->cache_k[l], B, Dk));
+            CHECK(BE->scatter_rows(BE, v, (const int32_t *)rows_dev, m->cache_v[l], B, Dk));
         }
         tg_attention at = {0};
         at.q = q, at.k = m->cache_k[l] + s0 * slot_floats, at.v = m->cache_v[l] + s0 * slot_floats, at.out = a;

@@ -461,6 +461,19 @@ static void check_elementwise() {
         double ms = bench([&] { OK(be->gather_rows(be, dsrc.f(), didx.i(), ddst.f(), nidx, dim)); });
         report("gather_rows n=700 dim=1024", ddst.get(), ref, 0.0, ms, 8.0 * nidx * dim, "GB/s");
     });
+    run_case("scatter_rows", [&] {
+        const int64_t rows = 4096, dim = 1024, nidx = 32; /* 32 decode rows into a (slots x ctx) cache */
+        auto src = randv(nidx * dim), base = randv(rows * dim);
+        std::vector<int32_t> idx(nidx);
+        for (int64_t i = 0; i < nidx; i++) idx[i] = (int32_t)(i * 128 + (i * 7) % 100);
+        Dev dsrc(src), didx(idx), ddst(base);
+        OK(be->scatter_rows(be, dsrc.f(), didx.i(), ddst.f(), nidx, dim));
+        std::vector<double> ref(base.begin(), base.end());
+        for (int64_t r = 0; r < nidx; r++)
+            for (int64_t c = 0; c < dim; c++) ref[idx[r] * dim + c] = src[r * dim + c];
+        double ms = bench([&] { OK(be->scatter_rows(be, dsrc.f(), didx.i(), ddst.f(), nidx, dim)); });
+        report("scatter_rows n=32 dim=1024 into 4096 rows", ddst.get(), ref, 0.0, ms, 8.0 * nidx * dim, "GB/s");
+    });
     run_case("rope q in a qkv row", [&] { check_rope("rope rows=333 heads=32 hd=128 theta=1e4 (q of a qkv row)", 333, 32, 128, 3 * 32 * 128, 0, 1e4f, 1, 5, true); });
     run_case("rope long positions", [&] { check_rope("rope positions 0..32067 heads=8 hd=128 theta=1e4", 64, 8, 128, 8 * 128, 0, 1e4f, 0, 509, false); });
     run_case("rope table cache", [&] { /* more (theta, head_dim) pairs than the backend caches: replacement */
