@@ -103,18 +103,22 @@ def run_clients(srv, reqs, n_clients):
     return time.perf_counter() - t0, lat, tokens[0]
 
 
+def prepared_requests(model, reqs):
+    """generate_batch request dicts of benchmark requests (chat's template, tokenizers and pixels)."""
+    mode = chat.default_conv_mode(model)
+    return [chat._prepare(model, r["picture"], r["question"], mode, True, True, {}) for r in reqs]
+
+
 def run_static(model, reqs, batch):
     """generate_batch over batches of `batch` requests (each batch waits for its longest answer)."""
-    mode = chat.default_conv_mode(model)
     eos = list(chat.tokenizers(model)[0].eos_ids) or None
     lat, tokens = [], 0
     t0 = time.perf_counter()
     for i in range(0, len(reqs), batch):
         part = reqs[i:i + batch]
         t_b = time.perf_counter()
-        prepared = [chat._prepare(model, r["picture"], r["question"], mode, True, True, {}) for r in part]
         n = max(r["max_tokens"] for r in part)
-        outs = model.generate_batch(prepared, max_new_tokens=n, eos_token_id=eos)
+        outs = model.generate_batch(prepared_requests(model, part), max_new_tokens=n, eos_token_id=eos)
         tokens += sum(min(len(o), r["max_tokens"]) for o, r in zip(outs, part))
         lat += [time.perf_counter() - t_b] * len(part)
     return time.perf_counter() - t0, lat, tokens
@@ -124,11 +128,9 @@ def run_continuous(model, reqs, batch):
     """All requests in one generate_many call (the path of generate_batch and tgllava eval): each with
     its own max_new_tokens, at most `batch` together, a finished one's slot taken by the next at once
     (latency = from the call to the request's end)."""
-    mode = chat.default_conv_mode(model)
     eos = list(chat.tokenizers(model)[0].eos_ids) or None
     t0 = time.perf_counter()
-    prepared = [dict(chat._prepare(model, r["picture"], r["question"], mode, True, True, {}),
-                     max_new_tokens=r["max_tokens"]) for r in reqs]
+    prepared = [dict(p, max_new_tokens=r["max_tokens"]) for p, r in zip(prepared_requests(model, reqs), reqs)]
     lat, tokens = [], 0
     for _, toks in model.generate_many(prepared, eos_token_id=eos, max_batch=batch):
         lat.append(time.perf_counter() - t0)

@@ -369,6 +369,17 @@ def test_local_files_only_when_allowed(small_server, tmp_path):
         client(small_server, "sesame").chat.completions.create(model="x", messages=msgs, max_tokens=3)
 
 
+def _hang_up_frees_the_slot(conn, eng):
+    """Close the client's connection mid-answer: the slot is freed long before the 300 tokens are done."""
+    steps = eng.steps
+    conn.sock.shutdown(2)
+    conn.close()
+    deadline = time.monotonic() + 60
+    while eng.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert eng.running == 0 and eng.steps - steps < 250
+
+
 def test_full_queue_503_and_disconnect_frees_the_slot(small_server):
     eng = small_server.engine
     img = golden_set(L15)[2]
@@ -382,14 +393,7 @@ def test_full_queue_503_and_disconnect_frees_the_slot(small_server):
     assert eng.running == 1
     status, err = _post(small_server, {"messages": user("hi"), "max_tokens": 2}, key="sesame")
     assert status == 503 and err["error"]["type"] == "server_overloaded"
-    steps = eng.steps
-    c.sock.shutdown(2)
-    c.close()
-    # the client went away: the slot is freed long before the 300 tokens are done
-    deadline = time.monotonic() + 60
-    while eng.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert eng.running == 0 and eng.steps - steps < 250
+    _hang_up_frees_the_slot(c, eng)
     r = client(small_server, "sesame").chat.completions.create(model="x", messages=user("hi"), max_tokens=2)
     assert r.choices[0].message.content is not None
 
@@ -404,13 +408,7 @@ def test_non_streaming_disconnect_cancels(small_server):
     deadline = time.monotonic() + 120
     while not eng.running and time.monotonic() < deadline:  # wait until it runs, then hang up
         time.sleep(0.01)
-    steps = eng.steps
-    c.sock.shutdown(2)
-    c.close()
-    deadline = time.monotonic() + 60
-    while eng.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert eng.running == 0 and eng.steps - steps < 250
+    _hang_up_frees_the_slot(c, eng)
 
 
 def test_internal_error_gets_500(small_server, monkeypatch):

@@ -351,6 +351,13 @@ def tile(pixels):
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (the C core's TG_MIN_TEMPERATURE)
 
 
+def resolve_seed(seed):
+    """The 64-bit sampling seed: `seed` taken modulo 2**64, or a random one when it is None."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little")
+    return int(seed) & ((1 << 64) - 1)
+
+
 def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_len=None):
     """Checked generation settings (max_new_tokens, temperature, top_p, top_k, repetition_penalty).
 
@@ -575,13 +582,8 @@ class Model:
         return self._core.counted(_C.Scheduler(self._core._core, int(slots), int(context or 0), int(decode_rows)))
 
     def _positions(self, seq, max_new_tokens):
-        """KV-cache positions a sequence needs: its spliced prompt (the C core cuts it at max_len) plus
-        its new tokens."""
-        n_img = int(np.count_nonzero(seq["ids"] == IMAGE_TOKEN_INDEX))
-        n = len(seq["ids"])
-        if n_img and "pixels" in seq:
-            n += n_img * (self.visual_token_count(seq["use_dp"], seq["n_latents"]) - 1)
-        return min(n, self.sizes["max_len"]) + max_new_tokens
+        """KV-cache positions a sequence needs: its spliced prompt (as the C core cuts it) plus its new tokens."""
+        return self._core.spliced_length(seq) + max_new_tokens
 
     def _request(self, r, max_new_tokens):
         """(C sequence dict, its max_new_tokens) of one generate_batch/generate_many request."""
@@ -615,9 +617,7 @@ class Model:
             max_batch = _C.CPU_EXACT_ROWS if self.device == "cpu" else 32
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or not 1 <= max_batch <= 256:
             raise ValueError(f"max_batch must be an integer in [1, 256], got {max_batch!r}")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        return self._continuous(requests, sampling, int(seed) & ((1 << 64) - 1), self._eos(eos_token_id), callback,
+        return self._continuous(requests, sampling, resolve_seed(seed), self._eos(eos_token_id), callback,
                                 int(max_batch))
 
     def _continuous(self, requests, sampling, seed, eos, callback, slots):
@@ -698,11 +698,9 @@ class Model:
             max_new_tokens = prepared[0][1]
         elif any(r.get("max_new_tokens") is not None for r in requests):
             raise ShapeError("per-request max_new_tokens needs continuous batching (return_last_logits=False)")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
         tokens, last = self._core.generate(seqs, max_new_tokens=max_new_tokens, temperature=temperature,
                                            top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                                           seed=int(seed) & ((1 << 64) - 1), eos_ids=self._eos(eos_token_id),
+                                           seed=resolve_seed(seed), eos_ids=self._eos(eos_token_id),
                                            callback=callback, last_logits=bool(return_last_logits))
         return (tokens, last) if return_last_logits else tokens
 

@@ -70,9 +70,13 @@ class CountedCore(_Counted):
 
     def __init__(self, core):
         super().__init__(core, self)
-        self._core = core
         self._lock = threading.Lock()
         self._in_flight = 0
+
+    @property
+    def _core(self):
+        """The C model itself (for what takes it as an argument, such as _C.Scheduler)."""
+        return self._obj
 
     @property
     def calls_in_flight(self):

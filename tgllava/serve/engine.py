@@ -25,11 +25,11 @@ same picture asked about again skips the vision tower.
 import collections
 import dataclasses
 import hashlib
-import os
 import threading
 import time
 
 from .. import chat as chat_mod
+from ..api import resolve_seed
 from ..errors import TgError
 
 FINISH = {1: "eos", 2: "length"}
@@ -58,7 +58,7 @@ class Job:
                  stream=False, prompt_tokens=0):
         self.sequence, self.sink = sequence, sink
         self.max_new_tokens, self.temperature, self.top_p = int(max_new_tokens), float(temperature), float(top_p)
-        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & ((1 << 64) - 1)
+        self.seed = resolve_seed(seed)
         self.stops = [s for s in stops if s]
         self.stream, self.prompt_tokens = bool(stream), int(prompt_tokens)
         self.sid = None          # scheduler id while running
