@@ -622,13 +622,17 @@ class Model:
 
     def _continuous(self, requests, sampling, seed, eos, callback, slots):
         max_new_tokens, temperature, top_p, top_k, repetition_penalty = sampling
+        def prepared(r):  # (C sequence, its max_new_tokens, the KV-cache positions it needs)
+            seq, n_new = self._request(r, max_new_tokens)
+            return seq, n_new, self._positions(seq, n_new)
+
         if isinstance(requests, (list, tuple)):  # all known: check them all first, size the cache once
-            prepared = [self._request(r, max_new_tokens) for r in requests]
-            longest = max((self._positions(q, n) for q, n in prepared), default=1)
-            source = iter(enumerate(prepared))
+            ready = [prepared(r) for r in requests]
+            longest = max((need for _, _, need in ready), default=1)
+            source = iter(enumerate(ready))
         else:
             longest = 0
-            source = ((i, self._request(r, max_new_tokens)) for i, r in enumerate(requests))
+            source = ((i, prepared(r)) for i, r in enumerate(requests))
         sched, running, waiting = None, {}, None  # running: scheduler id -> (index, tokens)
         try:
             while True:
@@ -637,8 +641,7 @@ class Model:
                         waiting = next(source, None)
                         if waiting is None:
                             break
-                    index, (seq, n_new) = waiting
-                    need = self._positions(seq, n_new)
+                    index, (seq, n_new, need) = waiting
                     if sched is None or need > sched.context:
                         if running:
                             break  # a longer request: the running ones end first, then the cache grows
