@@ -43,7 +43,7 @@ double tg_cpu_gemm_seconds(int reset) {
 typedef struct {
     float *scratch; /* score slabs, grows on demand */
     size_t scratch_len;
-    float *panel; /* float32 rows of a compact weight for sgemm */
+    float *panel; /* activations of a compact-weight product in the weight's precision (matmul.c) */
     size_t panel_len;
 } cpu_impl;
 
@@ -89,9 +89,11 @@ static int cpu_weight_alloc(tg_backend *be, tg_weight *w, int64_t rows, int64_t 
     if ((dtype == TG_Q8 || dtype == TG_Q4) && cols % TG_QBLOCK)
         return fail(be, "weight_alloc: int8/int4 blocks need the input features to be a multiple of 32");
     const size_t rb = tg_cpu_row_bytes(dtype, cols);
-    if (rows && rb > SIZE_MAX / (size_t)rows) return fail(be, "weight_alloc: size overflows");
-    w->data = cpu_alloc(be, rb * (size_t)rows);
+    if (rows && rb > SIZE_MAX / 2 / (size_t)(rows + 7)) return fail(be, "weight_alloc: size overflows");
+    const size_t bytes = tg_cpu_weight_bytes(dtype, rows, cols), whole = (size_t)(rows / 8 * 8) * rb;
+    w->data = cpu_alloc(be, bytes);
     if (!w->data) return -1;
+    if (dtype == TG_Q8 || dtype == TG_Q4) memset((char *)w->data + whole, 0, bytes - whole); /* a last group's padding */
     w->dtype = dtype;
     w->rows = rows;
     w->cols = cols;
@@ -100,12 +102,13 @@ static int cpu_weight_alloc(tg_backend *be, tg_weight *w, int64_t rows, int64_t 
 
 static int cpu_weight_write(tg_backend *be, tg_weight *w, int64_t row0, int64_t n, const float *host) {
     if (!w->data || row0 < 0 || n < 0 || row0 + n > w->rows) return fail(be, "weight_write: rows out of range");
-    const size_t rb = tg_cpu_row_bytes(w->dtype, w->cols);
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (n * w->cols > PAR_MIN)
-    for (int64_t r = 0; r < n; r++)
-        out_of_range += tg_quantize_row(w->dtype, host + r * w->cols, (char *)w->data + (size_t)(row0 + r) * rb, w->cols);
-    if (out_of_range) return fail(be, "weight_write: values beyond the float16 range (+-65504): use bfloat16");
+    if (tg_store_rows(w->dtype, host, w->data, row0, n, w->cols)) {
+        if (w->dtype == TG_F16) return fail(be, "weight_write: values beyond the float16 range (+-65504): use bfloat16");
+        return fail(be, w->dtype == TG_Q8 ? "weight_write: an int8 block scale overflows float16 (weights beyond "
+                                            "+-8.3e6): use bfloat16"
+                                          : "weight_write: an int4 block scale overflows float16 (weights beyond "
+                                            "+-5.2e5): use bfloat16");
+    }
     return 0;
 }
 
@@ -154,41 +157,32 @@ static int cpu_add_bcast(tg_backend *be, float *y, const float *x, int64_t outer
 
 /* ---- linear ---- */
 
-#define PANEL_FLOATS (1 << 20) /* float32 panel of a compact weight handed to sgemm: 4 MiB */
-
-/* y (M, N) = x @ w^T (+ y when beta is 1) through sgemm, for a weight in any storage format */
-static int sgemm_weight(tg_backend *be, const float *x, const tg_weight *w, float *y, int64_t M, float beta) {
+/* y (M, N) = x @ w^T (+ y when accumulating): float32 weights through the exact GEMV (few rows) or sgemm,
+ * compact weights through matmul.c (any M, batch invariant) */
+static int product(tg_backend *be, const float *x, const tg_weight *w, float *y, int64_t M, int accumulate) {
     const int64_t N = w->rows, K = w->cols;
-    if (w->dtype == TG_F32) {
+    if (w->dtype != TG_F32) {
+        cpu_impl *im = be->impl;
+        const size_t bytes = tg_matmul_scratch_bytes(w->dtype, M, K);
+        float *buf = grow(&im->panel, &im->panel_len, bytes / sizeof(float) + 1);
+        if (!buf) return fail(be, "linear: out of memory for the activations");
+        tg_matmul(w->dtype, w->data, x, y, M, N, K, accumulate, buf);
+    } else if (M <= TG_CPU_EXACT_ROWS) {
+        tg_gemv(w->data, x, y, M, N, K, accumulate);
+    } else {
         SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, (const float *)w->data,
-              (int)K, beta, y, (int)N);
-        return 0;
-    }
-    int64_t nb = PANEL_FLOATS / K;
-    nb = nb < 16 ? 16 : nb / 16 * 16;
-    if (nb > N) nb = N;
-    cpu_impl *im = be->impl;
-    float *panel = grow(&im->panel, &im->panel_len, (size_t)(nb * K));
-    if (!panel) return fail(be, "linear: out of memory for a weight panel");
-    for (int64_t n0 = 0; n0 < N; n0 += nb) {
-        const int64_t rows = N - n0 < nb ? N - n0 : nb;
-        tg_dequant_rows(w->dtype, w->data, n0, rows, K, panel);
-        SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)rows, (int)K, 1.0f, x, (int)K, panel, (int)K, beta,
-              y + n0, (int)N);
+              (int)K, accumulate ? 1.0f : 0.0f, y, (int)N);
     }
     return 0;
 }
 
 static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const float *bias, const float *residual,
                       float *y, int64_t M, int act) {
-    const int64_t N = w->rows, K = w->cols;
+    const int64_t N = w->rows;
     if (M <= 0) return 0;
     if (residual == y && act != TG_ACT_NONE) return fail(be, "linear: residual may alias y only without activation");
-    float beta = (residual == y) ? 1.0f : 0.0f;
     double t0 = omp_get_wtime();
-    int rc = 0;
-    if (M <= TG_CPU_EXACT_ROWS) tg_gemv(w->dtype, w->data, x, y, M, N, K, beta != 0.0f);
-    else rc = sgemm_weight(be, x, w, y, M, beta);
+    const int rc = product(be, x, w, y, M, residual == y);
     gemm_seconds += omp_get_wtime() - t0;
     if (rc) return rc;
     if (!bias && act == TG_ACT_NONE && (!residual || residual == y)) return 0;

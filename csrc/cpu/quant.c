@@ -1,26 +1,27 @@
-/* quant.c -- the CPU backend's weight storage formats and their kernels.
+/* quant.c -- the CPU backend's weight storage formats, and its float32 GEMV.
  *
- * A weight is stored row by row (PyTorch's (out, in) layout) in one of five
- * formats (backend.h, enum tg_dtype): float32, float16, bfloat16, and two
- * block formats in the spirit of llama.cpp's Q8_0 / Q4_0, each block holding
- * TG_QBLOCK = 32 consecutive input features and a float16 scale:
- *   q8 block (34 bytes): d, int8 q[32];            w = d * q
- *   q4 block (18 bytes): d, byte j = q[j] | q[j+16] << 4;   w = d * (q - 8)
+ * A weight is stored in one of five formats (backend.h, enum tg_dtype): float32, float16 and bfloat16
+ * row by row (PyTorch's (out, in) layout), and two block formats in the spirit of llama.cpp's Q8_0 / Q4_0,
+ * each block holding TG_QBLOCK = 32 consecutive input features of one row and a float16 scale d:
+ *   int8: q in [-127, 127], w = d * q (d = max|w| / 127);   int4: q in [0, 15], w = d * (q - 8).
  * Int4 is symmetric with 32-feature blocks because that measured the lowest
  * error per stored bit among the variants tried (t(5)-distributed weights,
  * relative RMS error e, 2^bits * e lower is better):
  *   q4 sym /32: 4.50 bits, e 0.108 (2.44)   q4 sym /64: 4.25 bits, e 0.128 (2.44)
  *   q4 min+scale /32: 5.00 bits, e 0.090 (2.88)   q4 min+scale /64: 4.50, e 0.110 (2.49)
- * Activations and sums stay float32: the kernels widen weights to float32 in
- * registers and never quantise x.
+ * The block formats are kept in groups of 8 rows ("interleaved", as ggml's repack does), laid out for the
+ * integer products of matmul.c: for group g (rows 8g..8g+7) and block b, one group block holds
+ *   uint16 d[8]                       the 8 rows' scales, then
+ *   int8:  16 chunks of 16 bytes      chunk s, byte 2c+i = q[row c][2s + i]          (272 bytes)
+ *   int4:  4 vectors of 32 bytes      vector v, byte 4c+i = q[c][4v + i] | q[c][16 + 4v + i] << 4   (144 bytes)
+ * and group g's blocks follow each other.  A last group of fewer than 8 rows is padded with zero rows.
+ * So one load gives the same 2 (int8) or 4 (int4) features of 8 rows, what an integer multiply-add across
+ * 8 output columns wants, and a decode step streams each group once.
  *
- * Kernels: tg_gemv (few rows, decoding: every weight row is read from memory
- * once for all M inputs, taken 8 at a time while a chunk of 16 weight rows
- * stays in the cache; threads split the output rows) and tg_dequant_rows (panels
- * for sgemm, embedding rows).  Each has a portable C version and an AVX2 +
- * FMA + F16C version chosen at run time from the CPU's feature bits, so an
- * older CPU never meets an illegal instruction; TGLLAVA_CPU_KERNELS=portable
- * forces the portable one (the tests compare the two).
+ * Kernels here: tg_store_rows (load time), tg_dequant_rows (embedding rows, any format) and tg_gemv for
+ * float32 weights (the products of the other formats are in matmul.c).  The GEMV has a portable C version
+ * and an AVX2 + FMA version chosen at run time from the CPU's feature bits, so an older CPU never meets an
+ * illegal instruction; TGLLAVA_CPU_KERNELS=portable forces the portable one (the tests compare the two).
  */
 #include <math.h>
 #include <stdint.h>
@@ -38,25 +39,22 @@
 #endif
 
 #define PAR_MIN 32768 /* below this many weights a product runs on one thread */
-
-typedef struct {
-    uint16_t d;
-    int8_t q[TG_QBLOCK];
-} q8_block;
-typedef struct {
-    uint16_t d;
-    uint8_t q[TG_QBLOCK / 2];
-} q4_block;
-
 size_t tg_cpu_row_bytes(int dtype, int64_t cols) {
     switch (dtype) {
     case TG_F32: return (size_t)cols * 4;
     case TG_F16:
     case TG_BF16: return (size_t)cols * 2;
-    case TG_Q8: return (size_t)(cols / TG_QBLOCK) * sizeof(q8_block);
-    case TG_Q4: return (size_t)(cols / TG_QBLOCK) * sizeof(q4_block);
+    case TG_Q8: return (size_t)(cols / TG_QBLOCK) * (2 + TG_QBLOCK);
+    case TG_Q4: return (size_t)(cols / TG_QBLOCK) * (2 + TG_QBLOCK / 2);
     default: return 0;
     }
+}
+
+static inline int is_block_format(int dtype) { return dtype == TG_Q8 || dtype == TG_Q4; }
+
+size_t tg_cpu_weight_bytes(int dtype, int64_t rows, int64_t cols) {
+    const int64_t stored = is_block_format(dtype) ? (rows + 7) / 8 * 8 : rows; /* whole groups of 8 rows */
+    return tg_cpu_row_bytes(dtype, cols) * (size_t)stored;
 }
 
 /* ---- run-time kernel choice ---- */
@@ -74,194 +72,157 @@ static int decide_avx2(void) {
 #endif
 }
 
-static int avx2(void) {
+int tg_cpu_avx2(void) {
     if (use_avx2 < 0) use_avx2 = decide_avx2(); /* idempotent: a race writes the same value */
     return use_avx2;
 }
 
-const char *tg_cpu_kernels(void) { return avx2() ? "avx2" : "portable"; }
+const char *tg_cpu_kernels(void) { return tg_cpu_avx2() ? "avx2" : "portable"; }
 
-/* ---- quantisation (load time) ---- */
+/* ---- storage (load time) ---- */
 
 /* round to nearest even for |x| < 2^22 without a libm call (the adds are not reassociated: no -ffast-math) */
 static inline int32_t round_even(float x) { return (int32_t)((x + 12582912.0f) - 12582912.0f); }
 
-/* Store one row of cols floats; returns the number of values out of float16 range (F16 only). */
-int64_t tg_quantize_row(int dtype, const float *x, void *dst, int64_t cols) {
+/* the group block of (row, block b) in a block-format weight, and the row's slot c in it */
+static inline uint8_t *group_block(int dtype, void *base, int64_t row, int64_t b, int64_t cols) {
+    const size_t gb = 8 * (tg_cpu_row_bytes(dtype, cols) / (size_t)(cols / TG_QBLOCK)); /* bytes per group block */
+    return (uint8_t *)base + ((size_t)(row / 8) * (size_t)(cols / TG_QBLOCK) + (size_t)b) * gb;
+}
+
+/* quantise 32 values to one block: q (int8: -127..127, int4: 0..15) and its float16 scale; returns 1 when
+ * the scale overflows float16 (weights above ~8.3e6 for int8, ~5.2e5 for int4) */
+static int quantize_block(int dtype, const float *v, int8_t *q, uint16_t *d_out) {
+    float amax = 0.0f, mx = 0.0f; /* mx: the (first) value of largest magnitude, with its sign (int4: q = 0) */
+    for (int j = 0; j < TG_QBLOCK; j++) amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax; /* vectorises */
+    for (int j = 0; j < TG_QBLOCK; j++)
+        if (fabsf(v[j]) == amax) {
+            mx = v[j];
+            break;
+        }
+    const float scale = dtype == TG_Q8 ? amax / 127.0f : mx / -8.0f;
+    *d_out = tg_float_to_half(scale);
+    const float d = tg_half_to_float(*d_out), id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < TG_QBLOCK; j++) {
+        int32_t t = round_even(v[j] * id); /* |v * id| <= 127 (int8) or 8 (int4) + rounding */
+        if (dtype == TG_Q8) q[j] = (int8_t)(t > 127 ? 127 : t < -127 ? -127 : t);
+        else q[j] = (int8_t)(t + 8 > 15 ? 15 : t + 8 < 0 ? 0 : t + 8);
+    }
+    return isinf(d);
+}
+
+/* write one row's quantised block into its group block */
+static void put_block(int dtype, uint8_t *g, int c, const int8_t *q, uint16_t d) {
+    memcpy(g + 2 * c, &d, 2);
+    uint8_t *data = g + 16;
+    if (dtype == TG_Q8)
+        for (int s = 0; s < TG_QBLOCK / 2; s++) memcpy(data + 16 * s + 2 * c, q + 2 * s, 2);
+    else
+        for (int v = 0; v < 4; v++)
+            for (int i = 0; i < 4; i++)
+                data[32 * v + 4 * c + i] = (uint8_t)(q[4 * v + i] | (q[16 + 4 * v + i] << 4));
+}
+
+/* read one row's block back: q and its scale */
+static float get_block(int dtype, const uint8_t *g, int c, int8_t *q) {
+    uint16_t d;
+    memcpy(&d, g + 2 * c, 2);
+    const uint8_t *data = g + 16;
+    if (dtype == TG_Q8)
+        for (int s = 0; s < TG_QBLOCK / 2; s++) memcpy(q + 2 * s, data + 16 * s + 2 * c, 2);
+    else
+        for (int v = 0; v < 4; v++)
+            for (int i = 0; i < 4; i++) {
+                const uint8_t byte = data[32 * v + 4 * c + i];
+                q[4 * v + i] = (int8_t)(byte & 15);
+                q[16 + 4 * v + i] = (int8_t)(byte >> 4);
+            }
+    return tg_half_to_float(d);
+}
+
+/* Store rows [row0, row0 + n) of a (?, cols) weight from float32; returns how many values (float16) or block
+ * scales (int8/int4) lie outside the float16 range. */
+int64_t tg_store_rows(int dtype, const float *x, void *base, int64_t row0, int64_t n, int64_t cols) {
     int64_t bad = 0;
-    switch (dtype) {
-    case TG_F32: memcpy(dst, x, (size_t)cols * 4); break;
-    case TG_F16: {
-        uint16_t *o = dst;
-        for (int64_t i = 0; i < cols; i++) {
-            bad += fabsf(x[i]) > 65504.0f;
-            o[i] = tg_float_to_half(x[i]);
+    const size_t rb = tg_cpu_row_bytes(dtype, cols);
+#pragma omp parallel for schedule(static) reduction(+ : bad) if (n * cols > PAR_MIN)
+    for (int64_t r = 0; r < n; r++) {
+        const float *v = x + r * cols;
+        const int64_t row = row0 + r;
+        switch (dtype) {
+        case TG_F32: memcpy((char *)base + (size_t)row * rb, v, rb); break;
+        case TG_F16: {
+            uint16_t *o = (uint16_t *)((char *)base + (size_t)row * rb);
+            for (int64_t i = 0; i < cols; i++) {
+                bad += fabsf(v[i]) > 65504.0f;
+                o[i] = tg_float_to_half(v[i]);
+            }
+            break;
         }
-        break;
-    }
-    case TG_BF16: {
-        uint16_t *o = dst;
-        for (int64_t i = 0; i < cols; i++) o[i] = tg_float_to_bf16(x[i]);
-        break;
-    }
-    case TG_Q8: {
-        q8_block *b = dst;
-        for (int64_t k = 0; k < cols / TG_QBLOCK; k++) {
-            const float *v = x + k * TG_QBLOCK;
-            float amax = 0.0f;
-            for (int j = 0; j < TG_QBLOCK; j++) amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax;
-            b[k].d = tg_float_to_half(amax / 127.0f);
-            float d = tg_half_to_float(b[k].d), id = d > 0.0f ? 1.0f / d : 0.0f;
-            for (int j = 0; j < TG_QBLOCK; j++) {
-                int32_t q = round_even(v[j] * id); /* |v * id| <= 127 + rounding */
-                b[k].q[j] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+        case TG_BF16: {
+            uint16_t *o = (uint16_t *)((char *)base + (size_t)row * rb);
+            for (int64_t i = 0; i < cols; i++) o[i] = tg_float_to_bf16(v[i]);
+            break;
+        }
+        default:
+            for (int64_t b = 0; b < cols / TG_QBLOCK; b++) {
+                int8_t q[TG_QBLOCK];
+                uint16_t d;
+                bad += quantize_block(dtype, v + b * TG_QBLOCK, q, &d);
+                put_block(dtype, group_block(dtype, base, row, b, cols), (int)(row % 8), q, d);
             }
         }
-        break;
-    }
-    case TG_Q4: {
-        q4_block *b = dst;
-        for (int64_t k = 0; k < cols / TG_QBLOCK; k++) {
-            const float *v = x + k * TG_QBLOCK;
-            float amax = 0.0f, mx = 0.0f; /* mx: the (first) value of largest magnitude, with its sign: q = 0 */
-            for (int j = 0; j < TG_QBLOCK; j++) amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax; /* vectorises */
-            for (int j = 0; j < TG_QBLOCK; j++)
-                if (fabsf(v[j]) == amax) {
-                    mx = v[j];
-                    break;
-                }
-            b[k].d = tg_float_to_half(mx / -8.0f);
-            float d = tg_half_to_float(b[k].d), id = d != 0.0f ? 1.0f / d : 0.0f;
-            uint8_t q[TG_QBLOCK];
-            for (int j = 0; j < TG_QBLOCK; j++) {
-                int32_t t = round_even(v[j] * id) + 8; /* |v * id| <= 8 + rounding */
-                q[j] = (uint8_t)(t > 15 ? 15 : t < 0 ? 0 : t);
-            }
-            for (int j = 0; j < TG_QBLOCK / 2; j++) b[k].q[j] = (uint8_t)(q[j] | (q[j + TG_QBLOCK / 2] << 4));
-        }
-        break;
-    }
     }
     return bad;
 }
 
-/* ---- portable kernels ---- */
-
-/* the 32 float32 values of block k of a stored row (any format) and the scale they carry */
-static inline float decode_block(int dtype, const void *row, int64_t k, float *w) {
-    switch (dtype) {
-    case TG_F32: memcpy(w, (const float *)row + k * TG_QBLOCK, TG_QBLOCK * 4); return 1.0f;
-    case TG_F16: {
-        const uint16_t *s = (const uint16_t *)row + k * TG_QBLOCK;
-        for (int j = 0; j < TG_QBLOCK; j++) w[j] = tg_half_to_float(s[j]);
-        return 1.0f;
-    }
-    case TG_BF16: {
-        const uint16_t *s = (const uint16_t *)row + k * TG_QBLOCK;
-        for (int j = 0; j < TG_QBLOCK; j++) w[j] = tg_bf16_to_float(s[j]);
-        return 1.0f;
-    }
-    case TG_Q8: {
-        const q8_block *b = (const q8_block *)row + k;
-        for (int j = 0; j < TG_QBLOCK; j++) w[j] = (float)b->q[j];
-        return tg_half_to_float(b->d);
-    }
-    default: {
-        const q4_block *b = (const q4_block *)row + k;
-        for (int j = 0; j < TG_QBLOCK / 2; j++) {
-            w[j] = (float)((b->q[j] & 15) - 8);
-            w[j + TG_QBLOCK / 2] = (float)((b->q[j] >> 4) - 8);
-        }
-        return tg_half_to_float(b->d);
-    }
-    }
-}
-
-/* element i of a 16/32-bit row (the tail after the last whole block) */
-static inline float row_elem(int dtype, const void *row, int64_t i) {
-    if (dtype == TG_F32) return ((const float *)row)[i];
-    if (dtype == TG_F16) return tg_half_to_float(((const uint16_t *)row)[i]);
-    return tg_bf16_to_float(((const uint16_t *)row)[i]);
-}
-
-static void dequant_row_portable(int dtype, const void *row, int64_t K, float *out) {
-    const int64_t nb = K / TG_QBLOCK;
-    float w[TG_QBLOCK];
-    for (int64_t k = 0; k < nb; k++) {
-        float d = decode_block(dtype, row, k, w);
-        for (int j = 0; j < TG_QBLOCK; j++) out[k * TG_QBLOCK + j] = w[j] * d;
-    }
-    for (int64_t i = nb * TG_QBLOCK; i < K; i++) out[i] = row_elem(dtype, row, i);
-}
-
-static void gemv_portable(int dtype, const char *w, size_t rb, const float *x, float *y, int64_t M, int64_t N,
-                          int64_t K, int64_t n0, int64_t n1, int accumulate) {
-    const int64_t nb = K / TG_QBLOCK;
-    float wb[TG_QBLOCK];
-    for (int64_t n = n0; n < n1; n++) {
-        const char *row = w + (size_t)n * rb;
-        float acc[8] = {0};
-        for (int64_t k = 0; k < nb; k++) {
-            float d = decode_block(dtype, row, k, wb);
-            for (int64_t m = 0; m < M; m++) {
-                const float *xm = x + m * K + k * TG_QBLOCK;
-                float t[4] = {0};
-                for (int j = 0; j < TG_QBLOCK; j += 4)
-                    for (int l = 0; l < 4; l++) t[l] += wb[j + l] * xm[j + l];
-                acc[m] += d * ((t[0] + t[1]) + (t[2] + t[3]));
+/* out (n, K) float32 = rows [row0, row0 + n) of the stored (?, K) weight w (embedding rows) */
+void tg_dequant_rows(int dtype, const void *w, int64_t row0, int64_t n, int64_t K, float *out) {
+    const size_t rb = tg_cpu_row_bytes(dtype, K);
+#pragma omp parallel for schedule(static) if (n * K > PAR_MIN)
+    for (int64_t r = 0; r < n; r++) {
+        const int64_t row = row0 + r;
+        const uint16_t *h = (const uint16_t *)((const char *)w + (size_t)row * rb);
+        float *o = out + r * K;
+        switch (dtype) {
+        case TG_F32: memcpy(o, (const char *)w + (size_t)row * rb, rb); break;
+        case TG_F16:
+            for (int64_t i = 0; i < K; i++) o[i] = tg_half_to_float(h[i]);
+            break;
+        case TG_BF16:
+            for (int64_t i = 0; i < K; i++) o[i] = tg_bf16_to_float(h[i]);
+            break;
+        default:
+            for (int64_t b = 0; b < K / TG_QBLOCK; b++) {
+                int8_t q[TG_QBLOCK];
+                const float d = get_block(dtype, group_block(dtype, (void *)w, row, b, K), (int)(row % 8), q);
+                for (int j = 0; j < TG_QBLOCK; j++) o[b * TG_QBLOCK + j] = d * (float)(dtype == TG_Q8 ? q[j] : q[j] - 8);
             }
         }
+    }
+}
+
+/* ---- float32 GEMV ---- */
+
+static void gemv_portable(const float *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int64_t n0,
+                          int64_t n1, int accumulate) {
+    for (int64_t n = n0; n < n1; n++) {
+        const float *row = w + n * K;
         for (int64_t m = 0; m < M; m++) {
-            float s = acc[m];
-            for (int64_t i = nb * TG_QBLOCK; i < K; i++) s += row_elem(dtype, row, i) * x[m * K + i];
+            const float *xm = x + m * K;
+            float t[8] = {0};
+            int64_t k = 0;
+            for (; k + 8 <= K; k += 8)
+                for (int l = 0; l < 8; l++) t[l] += row[k + l] * xm[k + l];
+            float s = ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
+            for (; k < K; k++) s += row[k] * xm[k];
             y[m * N + n] = accumulate ? y[m * N + n] + s : s;
         }
     }
 }
 
-/* ---- AVX2 + FMA + F16C kernels ---- */
 #ifdef TG_X86
 #define AVX2_FN static inline __attribute__((target("avx2,fma,f16c"), always_inline))
-
-/* block k of a row as four vectors of 8 floats (unscaled) and the block scale */
-AVX2_FN float avx2_block(int dtype, const void *row, int64_t k, __m256 *w) {
-    switch (dtype) {
-    case TG_F32: {
-        const float *p = (const float *)row + k * TG_QBLOCK;
-        for (int j = 0; j < 4; j++) w[j] = _mm256_loadu_ps(p + 8 * j);
-        return 1.0f;
-    }
-    case TG_F16: {
-        const uint16_t *p = (const uint16_t *)row + k * TG_QBLOCK;
-        for (int j = 0; j < 4; j++) w[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8 * j)));
-        return 1.0f;
-    }
-    case TG_BF16: {
-        const uint16_t *p = (const uint16_t *)row + k * TG_QBLOCK;
-        for (int j = 0; j < 4; j++)
-            w[j] = _mm256_castsi256_ps(
-                _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 8 * j))), 16));
-        return 1.0f;
-    }
-    case TG_Q8: {
-        const q8_block *b = (const q8_block *)row + k;
-        for (int j = 0; j < 4; j++)
-            w[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + 8 * j))));
-        return _cvtsh_ss(b->d);
-    }
-    default: {
-        const q4_block *b = (const q4_block *)row + k;
-        const __m128i v = _mm_loadu_si128((const __m128i *)b->q), low = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-        const __m128i lo = _mm_sub_epi8(_mm_and_si128(v, low), eight);
-        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), low), eight);
-        w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-        w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-        w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-        w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-        return _cvtsh_ss(b->d);
-    }
-    }
-}
 
 AVX2_FN float avx2_hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -270,113 +231,50 @@ AVX2_FN float avx2_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* acc[m] += d * <block, x_m block> for the 32 weights of one block */
-AVX2_FN void avx2_block_dot(const __m256 *wv, __m256 d, const float *x, int64_t K, int64_t k, const int M, __m256 *acc) {
-    for (int m = 0; m < M; m++) {
-        const float *xm = x + (int64_t)m * K + k * TG_QBLOCK;
-        __m256 t0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xm));
-        __m256 t1 = _mm256_mul_ps(wv[2], _mm256_loadu_ps(xm + 16));
-        t0 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xm + 8), t0);
-        t1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xm + 24), t1);
-        acc[m] = _mm256_fmadd_ps(d, _mm256_add_ps(t0, t1), acc[m]);
-    }
-}
-
-/* rows [n0, n1) for a compile-time M (the m loops unroll).  Even and odd blocks go to two accumulators, so
- * the sum's latency does not set the pace of a single row; every M sums in the same order, so a row of a
- * batch gets bitwise the result it gets alone */
-AVX2_FN void avx2_gemv_m(int dtype, const char *w, size_t rb, const float *x, float *y, const int M, int64_t N,
-                         int64_t K, int64_t n0, int64_t n1, int accumulate) {
-    const int64_t nb = K / TG_QBLOCK;
+/* rows [n0, n1) for a compile-time M (the m loops unroll).  Even and odd 8-feature steps go to two
+ * accumulators, so the sum's latency does not set the pace of a single row; every M sums in the same
+ * order, so a row of a batch gets bitwise the result it gets alone */
+AVX2_FN void avx2_gemv_m(const float *w, const float *x, float *y, const int M, int64_t N, int64_t K, int64_t n0,
+                         int64_t n1, int accumulate) {
+    const int64_t K16 = K / 16 * 16;
     for (int64_t n = n0; n < n1; n++) {
-        const char *row = w + (size_t)n * rb;
+        const float *row = w + n * K;
         __m256 acc[8], acc2[8];
         for (int m = 0; m < M; m++) acc[m] = acc2[m] = _mm256_setzero_ps();
-        int64_t k = 0;
-        const size_t bb = rb / (size_t)(nb ? nb : 1); /* bytes per block; prefetching 16 blocks ahead measured
-                                                        1.5x (int8) and 1.2x (int4) on this machine's decode GEMV */
-        for (; k + 2 <= nb; k += 2) {
-            __m256 wv[4];
-            _mm_prefetch(row + (size_t)(k + 16) * bb, _MM_HINT_T0);
-            _mm_prefetch(row + (size_t)(k + 16) * bb + 64, _MM_HINT_T0);
-            __m256 d = _mm256_set1_ps(avx2_block(dtype, row, k, wv));
-            avx2_block_dot(wv, d, x, K, k, M, acc);
-            d = _mm256_set1_ps(avx2_block(dtype, row, k + 1, wv));
-            avx2_block_dot(wv, d, x, K, k + 1, M, acc2);
+        for (int64_t k = 0; k < K16; k += 16) {
+            _mm_prefetch((const char *)(row + k) + 1024, _MM_HINT_T0);
+            const __m256 w0 = _mm256_loadu_ps(row + k), w1 = _mm256_loadu_ps(row + k + 8);
+            for (int m = 0; m < M; m++) {
+                acc[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * K + k), acc[m]);
+                acc2[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * K + k + 8), acc2[m]);
+            }
         }
-        if (k < nb) {
-            __m256 wv[4];
-            const __m256 d = _mm256_set1_ps(avx2_block(dtype, row, k, wv));
-            avx2_block_dot(wv, d, x, K, k, M, acc);
-        }
-        for (int m = 0; m < M; m++) acc[m] = _mm256_add_ps(acc[m], acc2[m]);
         for (int m = 0; m < M; m++) {
-            float s = avx2_hsum(acc[m]);
-            for (int64_t i = nb * TG_QBLOCK; i < K; i++) s += row_elem(dtype, row, i) * x[(int64_t)m * K + i];
-            y[(int64_t)m * N + n] = accumulate ? y[(int64_t)m * N + n] + s : s;
+            float s = avx2_hsum(_mm256_add_ps(acc[m], acc2[m]));
+            for (int64_t k = K16; k < K; k++) s += row[k] * x[m * K + k];
+            y[m * N + n] = accumulate ? y[m * N + n] + s : s;
         }
     }
 }
 
-/* one specialised copy per (format, M): the format switch inside avx2_block folds away */
-#define GEMV_FOR_M(dt)                                                                                             \
-    switch (M) {                                                                                                   \
-    case 1: avx2_gemv_m(dt, w, rb, x, y, 1, N, K, n0, n1, accumulate); break;                                      \
-    case 2: avx2_gemv_m(dt, w, rb, x, y, 2, N, K, n0, n1, accumulate); break;                                      \
-    case 3: avx2_gemv_m(dt, w, rb, x, y, 3, N, K, n0, n1, accumulate); break;                                      \
-    case 4: avx2_gemv_m(dt, w, rb, x, y, 4, N, K, n0, n1, accumulate); break;                                      \
-    case 5: avx2_gemv_m(dt, w, rb, x, y, 5, N, K, n0, n1, accumulate); break;                                      \
-    case 6: avx2_gemv_m(dt, w, rb, x, y, 6, N, K, n0, n1, accumulate); break;                                      \
-    case 7: avx2_gemv_m(dt, w, rb, x, y, 7, N, K, n0, n1, accumulate); break;                                      \
-    default: avx2_gemv_m(dt, w, rb, x, y, 8, N, K, n0, n1, accumulate); break;                                     \
+__attribute__((target("avx2,fma,f16c"))) static void gemv_avx2(const float *w, const float *x, float *y, int64_t M,
+                                                               int64_t N, int64_t K, int64_t n0, int64_t n1,
+                                                               int accumulate) {
+    switch (M) { /* one specialised copy per M */
+    case 1: avx2_gemv_m(w, x, y, 1, N, K, n0, n1, accumulate); break;
+    case 2: avx2_gemv_m(w, x, y, 2, N, K, n0, n1, accumulate); break;
+    case 3: avx2_gemv_m(w, x, y, 3, N, K, n0, n1, accumulate); break;
+    case 4: avx2_gemv_m(w, x, y, 4, N, K, n0, n1, accumulate); break;
+    case 5: avx2_gemv_m(w, x, y, 5, N, K, n0, n1, accumulate); break;
+    case 6: avx2_gemv_m(w, x, y, 6, N, K, n0, n1, accumulate); break;
+    case 7: avx2_gemv_m(w, x, y, 7, N, K, n0, n1, accumulate); break;
+    default: avx2_gemv_m(w, x, y, 8, N, K, n0, n1, accumulate); break;
     }
-
-__attribute__((target("avx2,fma,f16c"))) static void gemv_avx2(int dtype, const char *w, size_t rb, const float *x,
-                                                               float *y, int64_t M, int64_t N, int64_t K, int64_t n0,
-                                                               int64_t n1, int accumulate) {
-    switch (dtype) {
-    case TG_F32: GEMV_FOR_M(TG_F32); break;
-    case TG_F16: GEMV_FOR_M(TG_F16); break;
-    case TG_BF16: GEMV_FOR_M(TG_BF16); break;
-    case TG_Q8: GEMV_FOR_M(TG_Q8); break;
-    default: GEMV_FOR_M(TG_Q4); break;
-    }
-}
-
-__attribute__((target("avx2,fma,f16c"))) static void dequant_row_avx2(int dtype, const void *row, int64_t K,
-                                                                      float *out) {
-    const int64_t nb = K / TG_QBLOCK;
-    for (int64_t k = 0; k < nb; k++) {
-        __m256 wv[4];
-        const __m256 d = _mm256_set1_ps(avx2_block(dtype, row, k, wv));
-        for (int j = 0; j < 4; j++) _mm256_storeu_ps(out + k * TG_QBLOCK + 8 * j, _mm256_mul_ps(wv[j], d));
-    }
-    for (int64_t i = nb * TG_QBLOCK; i < K; i++) out[i] = row_elem(dtype, row, i);
 }
 #endif
 
-/* ---- entry points ---- */
-
-void tg_dequant_rows(int dtype, const void *w, int64_t row0, int64_t n, int64_t K, float *out) {
-    const size_t rb = tg_cpu_row_bytes(dtype, K);
-    const int fast = avx2();
-#pragma omp parallel for schedule(static) if (n * K > PAR_MIN)
-    for (int64_t r = 0; r < n; r++) {
-        const char *row = (const char *)w + (size_t)(row0 + r) * rb;
-#ifdef TG_X86
-        if (fast) {
-            dequant_row_avx2(dtype, row, K, out + r * K);
-            continue;
-        }
-#endif
-        dequant_row_portable(dtype, row, K, out + r * K);
-    }
-    (void)fast;
-}
-
-void tg_gemv(int dtype, const void *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int accumulate) {
-    const size_t rb = tg_cpu_row_bytes(dtype, K);
-    const int fast = avx2();
+void tg_gemv(const float *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int accumulate) {
+    const int fast = tg_cpu_avx2();
     const int64_t chunk = 16; /* output rows per work item: contiguous weight streams per thread */
     const int64_t items = (N + chunk - 1) / chunk;
     /* dynamic: a thread that loses its core to another process does not hold up the whole product (each row
@@ -390,11 +288,11 @@ void tg_gemv(int dtype, const void *w, const float *x, float *y, int64_t M, int6
             const int64_t mg = M - m0 < 8 ? M - m0 : 8;
 #ifdef TG_X86
             if (fast) {
-                gemv_avx2(dtype, w, rb, x + m0 * K, y + m0 * N, mg, N, K, n0, n1, accumulate);
+                gemv_avx2(w, x + m0 * K, y + m0 * N, mg, N, K, n0, n1, accumulate);
                 continue;
             }
 #endif
-            gemv_portable(dtype, w, rb, x + m0 * K, y + m0 * N, mg, N, K, n0, n1, accumulate);
+            gemv_portable(w, x + m0 * K, y + m0 * N, mg, N, K, n0, n1, accumulate);
         }
     }
     (void)fast;

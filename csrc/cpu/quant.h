@@ -5,14 +5,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Store one row of `cols` float32 values in `dtype` at dst (tg_cpu_row_bytes(dtype, cols) bytes);
- * returns how many values lie outside the float16 range (always 0 for other formats). */
-int64_t tg_quantize_row(int dtype, const float *x, void *dst, int64_t cols);
+/* bytes of a (rows, cols) weight in dtype (block formats: whole groups of 8 rows, quant.c) */
+size_t tg_cpu_weight_bytes(int dtype, int64_t rows, int64_t cols);
+/* Store rows [row0, row0 + n) of a (?, cols) weight at base from float32 (n, cols); returns how many values
+ * (float16) or block scales (int8/int4) lie outside the float16 range. */
+int64_t tg_store_rows(int dtype, const float *x, void *base, int64_t row0, int64_t n, int64_t cols);
 /* out (n, K) float32 = rows [row0, row0 + n) of the stored (?, K) weight w */
 void tg_dequant_rows(int dtype, const void *w, int64_t row0, int64_t n, int64_t K, float *out);
-/* y (M, N) (+)= x (M, K) @ w^T, w stored (N, K) in dtype; threads split the N rows.  Every row of x is
- * summed in the same order whatever M is (a row of a batch is bitwise the row alone); meant for the few
- * rows of decoding (up to TG_CPU_EXACT_ROWS, backend.h), where it reads each weight once for all of them. */
-void tg_gemv(int dtype, const void *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int accumulate);
+/* y (M, N) (+)= x (M, K) @ w^T, w float32 (N, K); threads split the N rows.  Every row of x is summed in the
+ * same order whatever M is (a row of a batch is bitwise the row alone); meant for the few rows of decoding
+ * (up to TG_CPU_EXACT_ROWS, backend.h), where it reads each weight once for all of them. */
+void tg_gemv(const float *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int accumulate);
+/* the CPU kernels in use: 1 for AVX2 + FMA + F16C (tg_cpu_kernels() == "avx2"), 0 for portable C */
+int tg_cpu_avx2(void);
+
+/* ---- products with compact weights (matmul.c) ---- */
+
+/* 32 activations quantised as llama.cpp's q8_0 does (float32 scale): value = d * q.  int8 products take
+ * q as int16; int4 products take q as int8 and corr = 8 * sum(q), what the weights' offset of 8 costs */
+typedef struct {
+    float d;
+    int16_t q[32];
+} tg_xq8;
+typedef struct {
+    float d;
+    int32_t corr;
+    int8_t q[32];
+} tg_xq4;
+/* one block of 32 activations for a product with dtype (TG_Q8: a tg_xq8, TG_Q4: a tg_xq4) */
+void tg_quantize_x(int dtype, const float *x, void *out);
+/* scratch bytes tg_matmul needs for x (M, K) in dtype's activation precision */
+size_t tg_matmul_scratch_bytes(int dtype, int64_t M, int64_t K);
+/* y (M, N) (+)= x (M, K) @ w^T for w stored (N, K) in F16, BF16, Q8 or Q4, any M, with the activation rule of
+ * backend.h; every element is bitwise independent of M, of the other rows and of the thread count */
+void tg_matmul(int dtype, const void *w, const float *x, float *y, int64_t M, int64_t N, int64_t K, int accumulate,
+               void *scratch);
 
 #endif
