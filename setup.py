@@ -9,14 +9,15 @@ extension itself: `$ORIGIN/../scipy_openblas32/lib` for a regular install
 (both packages in one site-packages folder), plus, for an editable / in-place
 build, `$ORIGIN/<relative path>` from the source tree's tgllava/ to the
 scipy_openblas32 of the environment that runs the build.
-When nvcc is found (or TGLLAVA_CUDA=1) kernels/*.cu are compiled for sm_80 and
-sm_90 (+ PTX) and the extension links cudart, cuBLAS and cuBLASLt;
+When nvcc is found (or TGLLAVA_CUDA=1) kernels/*.cu are compiled by kernels/build.py
+(in parallel; for TGLLAVA_CUDA_ARCH, default sm_80 and sm_90 + PTX; objects reused only
+when the nvcc flags and the sources are unchanged, in the build folder or in
+TGLLAVA_CUDA_OBJ_DIR) and the extension links cudart, cuBLAS and cuBLASLt;
 TGLLAVA_CUDA=0 builds the CPU backend only.
 """
 import glob
+import importlib.util
 import os
-import shutil
-import subprocess
 import sysconfig
 
 import numpy
@@ -25,14 +26,16 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("tgllava_kernels_build", os.path.join(HERE, "kernels", "build.py"))
+kernels_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kernels_build)
 
 
 def find_nvcc():
     want = os.environ.get("TGLLAVA_CUDA", "").strip()
     if want == "0":
         return None
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    nvcc = shutil.which("nvcc") or (os.path.join(cuda_home, "bin", "nvcc") if os.path.exists(os.path.join(cuda_home, "bin", "nvcc")) else None)
+    nvcc = kernels_build.find_nvcc()
     if want == "1" and nvcc is None:
         raise RuntimeError("TGLLAVA_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
     return nvcc
@@ -68,23 +71,8 @@ class BuildWithCuda(build_ext):
     def build_extension(self, ext):
         ext.runtime_library_dirs = openblas_rpaths(getattr(self, "_final_inplace", bool(self.inplace))) + rpaths
         if NVCC:
-            objs = []
-            out_dir = os.path.join(self.build_temp, "kernels")
-            os.makedirs(out_dir, exist_ok=True)
-            arch = os.environ.get("TGLLAVA_CUDA_ARCH", "80;90").split(";")
-            gencode = []
-            for a in arch:
-                gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-            gencode += ["-gencode", f"arch=compute_{arch[-1]},code=compute_{arch[-1]}"]
-            for src in sorted(glob.glob(os.path.join(HERE, "kernels", "*.cu"))):
-                obj = os.path.join(out_dir, os.path.basename(src) + ".o")
-                if not os.path.exists(obj) or os.path.getmtime(obj) < max(
-                        os.path.getmtime(p) for p in [src] + glob.glob(os.path.join(HERE, "kernels", "*.cuh")) + glob.glob(os.path.join(HERE, "csrc", "*.h"))):
-                    cmd = [NVCC, "-c", src, "-o", obj, "-O3", "-std=c++17", "--use_fast_math" if os.environ.get("TGLLAVA_FAST_MATH") else "-lineinfo",
-                           "-Xcompiler", "-fPIC", "-I" + os.path.join(HERE, "csrc"), "-I" + os.path.join(HERE, "kernels"), "-DTG_WITH_CUDA"] + gencode
-                    print(" ".join(cmd))
-                    subprocess.check_call(cmd)
-                objs.append(obj)
+            out_dir = os.environ.get("TGLLAVA_CUDA_OBJ_DIR") or os.path.join(self.build_temp, "kernels")
+            objs = kernels_build.compile_all(out_dir, nvcc=NVCC)
             ext.extra_objects = list(ext.extra_objects or []) + objs
         super().build_extension(ext)
 

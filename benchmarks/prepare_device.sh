@@ -4,6 +4,7 @@
 # paths named in the device tool's `carry`).  Run it here, on the development machine, from anywhere:
 #
 #   bash benchmarks/prepare_device.sh            # SHARED defaults to <repo>/../shared
+#   TG_DEVICE_DIR=/tmp/dev bash benchmarks/prepare_device.sh   # elsewhere (the dry-run test does this)
 #
 # It writes
 #   device/golden/            copy of $SHARED/golden (the golden sets; tests import weights.py from it)
@@ -19,7 +20,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared}
-DEV=$ROOT/device
+DEV=${TG_DEVICE_DIR:-$ROOT/device}
 LIMIT=$((64 * 1024 * 1024))
 PY=${PYTHON:-python3}
 
@@ -27,7 +28,7 @@ die() { echo "prepare_device: $*" >&2; exit 1; }
 
 [ -f "$SHARED/golden/weights.py" ] || die "no golden sets at $SHARED/golden (set SHARED=...)"
 [ -f "$SHARED/bench/pytorch_flow.py" ] || die "no $SHARED/bench/pytorch_flow.py"
-git -C "$ROOT" check-ignore -q device/ || die "device/ is not git-ignored in $ROOT (add /device/ to .gitignore)"
+[ "$DEV" != "$ROOT/device" ] || git -C "$ROOT" check-ignore -q device/ || die "device/ is not git-ignored in $ROOT (add /device/ to .gitignore)"
 
 mkdir -p "$DEV"
 [ -d "$DEV/golden" ] && chmod -R u+w "$DEV/golden"

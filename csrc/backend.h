@@ -11,9 +11,25 @@
  * blocks; CUDA: f32, f16, bf16), widened to float32 in registers, so products
  * accumulate in float32 whatever the storage.
  *
+ * Activation precision of `linear` on the CUDA backend (one rule for every
+ * path: GEMV and cuBLASLt, any M): with bfloat16 weights the activations are
+ * rounded to bfloat16 (round to nearest even) before the products; with
+ * float16 weights to float16 (nearest even), saturating at +-65504 instead
+ * of becoming inf; with float32 weights they stay float32; products always
+ * accumulate in float32.  Products of up to 16 rows (the scheduler's decode
+ * chunks) give every row the same bits as that row alone.
+ *
  * Every op returns 0 on success, or -1 after writing a message into be->err
  * (ops never exit the process).  Ops run in order on the backend's single
- * stream; be->sync waits for them.
+ * stream; be->sync waits for them.  A backend is not thread-safe: one thread
+ * at a time drives it (a Model serializes on its lock; the Python op
+ * functions keep the GIL).
+ *
+ * Shared behaviour on edge inputs (every backend): an embedding id outside
+ * the table is an error ("id out of range"); rope refuses an odd head_dim;
+ * argmax returns the first maximum, NaN counting as larger than any number
+ * (the first NaN wins, as NumPy); weight_write refuses float16 values beyond
+ * +-65504.
  */
 #ifndef TG_BACKEND_H
 #define TG_BACKEND_H
@@ -117,7 +133,7 @@ struct tg_backend {
     /* y[o*n + i] += x[i] for o < outer, i < n  (outer = 1 is a plain add) */
     int (*add_bcast)(tg_backend *be, float *y, const float *x, int64_t outer, int64_t n);
 
-    /* out(n, table->cols) = table[ids[i]] ; ids (n) int32, checked by the caller */
+    /* out(n, table->cols) = table[ids[i]] ; ids (n) int32; an id outside [0, rows) is an error */
     int (*embedding)(tg_backend *be, const tg_weight *table, const int32_t *ids, float *out, int64_t n);
     /* dst(n, dim) = src[idx[i]] rows; idx (n) int32 */
     int (*gather_rows)(tg_backend *be, const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim);
@@ -132,11 +148,11 @@ struct tg_backend {
     int (*upscale_tiles)(tg_backend *be, const float *pix, float *tiles, int B, int C, int S);
 
     /* Rotary embedding, rotate-half layout, in place on the first n_heads
-     * heads of each row: x (rows, row_stride), pos (rows) int32. */
+     * heads of each row: x (rows, row_stride), pos (rows) int32; head_dim even. */
     int (*rope)(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim,
                 const int32_t *pos, float theta);
 
-    /* out (rows) int32 = argmax over cols of x (rows, cols), first max wins */
+    /* out (rows) int32 = argmax over cols of x (rows, cols), first max wins, the first NaN over any number */
     int (*argmax)(tg_backend *be, const float *x, int64_t rows, int64_t cols, int32_t *out);
 };
 

@@ -12,9 +12,11 @@
  * first makes be->device current on the calling thread (tg_cuda_use).
  *
  * Weights: weight_alloc + weight_write take host float32 a slice of rows at a
- * time and cast it to the storage dtype on the GPU (staging buffer, round-to-
- * nearest-even), so a 13 GB model never needs a float32 copy on the host.
+ * time and cast it to the storage dtype on the GPU (round-to-nearest-even),
+ * through a ring of two 16 MiB pinned staging buffers so that host copies and
+ * transfers overlap; a 13 GB model never needs a float32 copy on the host.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +31,16 @@ void tg_cuda_set_err(tg_backend *be, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(be->err + sizeof prefix - 1, sizeof be->err - (sizeof prefix - 1), fmt, ap);
     va_end(ap);
+}
+
+void tg_cuda_fail(tg_backend *be, const char *file, int line, const char *stmt, cudaError_t e) {
+    (void)cudaGetLastError();
+    /* a sticky error (illegal address, launch failure, ...) cannot be cleared: any call fails again */
+    const bool lost = cudaFree(NULL) != cudaSuccess;
+    (void)cudaGetLastError();
+    tg_cuda_set_err(be, "%s:%d: %s: %s%s", file, line, stmt, cudaGetErrorString(e),
+                    lost ? " (the CUDA context is lost for good: every later CUDA call in this process fails; "
+                           "restart the process)" : "");
 }
 
 const char *tg_cublas_status_str(cublasStatus_t s) {
@@ -170,8 +182,22 @@ static int cuda_weight_alloc(tg_backend *be, tg_weight *w, int64_t rows, int64_t
     return 0;
 }
 
-/* rows [row0, row0 + n) from host float32: copied (f32) or cast on the GPU through a staging buffer of the
- * slice (round-to-nearest-even); waits for the copies, so the caller may free `host` on return */
+static int stage_init(tg_backend *be) {
+    tg_cuda_impl *im = tg_impl(be);
+    for (int i = 0; i < TG_STAGE_SLOTS; i++) { /* what a failed earlier try made is kept */
+        if (!im->pin[i]) CUDA_CHECK(be, cudaHostAlloc((void **)&im->pin[i], TG_STAGE_FLOATS * 4, cudaHostAllocDefault));
+        if (!im->dstage[i]) CUDA_CHECK(be, cudaMalloc((void **)&im->dstage[i], TG_STAGE_FLOATS * 4));
+        if (!im->staged[i]) CUDA_CHECK(be, cudaEventCreateWithFlags(&im->staged[i], cudaEventDisableTiming));
+    }
+    return 0;
+}
+
+/* rows [row0, row0 + n) from host float32, in chunks through the pinned staging ring: the host copies
+ * chunk c into a free pinned slot while the copy engine moves chunk c-1 (and the cast kernel turns it
+ * into f16/bf16, round to nearest even).  The ring runs on across calls (the loader writes ~1 MiB
+ * slices), so it returns once `host` has been copied into pinned memory (the caller may free it); a
+ * failure of the queued copies shows at a later call or at be->sync (tg_model_finish syncs).  float16
+ * values beyond +-65504 are refused, as on the CPU. */
 static int cuda_weight_write(tg_backend *be, tg_weight *w, int64_t row0, int64_t n, const float *host) {
     TG_CUDA_USE(be);
     tg_cuda_impl *im = tg_impl(be);
@@ -180,37 +206,34 @@ static int cuda_weight_write(tg_backend *be, tg_weight *w, int64_t row0, int64_t
         return -1;
     }
     const int64_t len = n * w->cols;
-    const size_t esz = tg_dtype_size(w->dtype);
-    char *dst = (char *)w->data + (size_t)(row0 * w->cols) * esz;
-    float *stage = NULL;
     if (len == 0) return 0;
-    if (w->dtype == TG_F32) {
-        CUDA_TRY(be, cudaMemcpyAsync(dst, host, (size_t)len * 4, cudaMemcpyHostToDevice, im->stream));
-    } else {
-        cudaError_t e = cudaMalloc(&stage, (size_t)len * 4);
-        if (e != cudaSuccess) {
-            (void)cudaGetLastError();
-            stage = NULL;
-            tg_cuda_set_err(be, "out of memory allocating %zu bytes (weight staging buffer): %s", (size_t)len * 4,
-                            cudaGetErrorString(e));
+    if (w->dtype == TG_F16) {
+        int64_t bad = 0;
+        for (int64_t i = 0; i < len; i++) bad += fabsf(host[i]) > 65504.0f;
+        if (bad) {
+            tg_cuda_set_err(be, "weight_write: values beyond the float16 range (+-65504): use bfloat16");
             return -1;
         }
-        CUDA_TRY(be, cudaMemcpyAsync(stage, host, (size_t)len * 4, cudaMemcpyHostToDevice, im->stream));
-        CUDA_TRY(be, tg_launch_cast_f32(stage, dst, w->dtype, len, im->stream));
     }
-    CUDA_TRY(be, cudaStreamSynchronize(im->stream)); /* the host slice must stay valid until the copy is done */
-    if (stage) {
-        float *s = stage;
-        stage = NULL; /* never freed twice, whatever cudaFree says */
-        CUDA_TRY(be, cudaFree(s));
+    if (stage_init(be)) return -1;
+    const size_t esz = tg_dtype_size(w->dtype);
+    char *dst = (char *)w->data + (size_t)(row0 * w->cols) * esz;
+    for (int64_t off = 0; off < len; off += (int64_t)TG_STAGE_FLOATS) {
+        const int64_t cn = len - off < (int64_t)TG_STAGE_FLOATS ? len - off : (int64_t)TG_STAGE_FLOATS;
+        const int i = im->stage_next;
+        im->stage_next = (i + 1) % TG_STAGE_SLOTS;
+        CUDA_CHECK(be, cudaEventSynchronize(im->staged[i])); /* slot i's previous chunk has left it */
+        memcpy(im->pin[i], host + off, (size_t)cn * 4);
+        if (w->dtype == TG_F32) {
+            CUDA_CHECK(be, cudaMemcpyAsync(dst + (size_t)off * 4, im->pin[i], (size_t)cn * 4, cudaMemcpyHostToDevice,
+                                           im->stream));
+        } else {
+            CUDA_CHECK(be, cudaMemcpyAsync(im->dstage[i], im->pin[i], (size_t)cn * 4, cudaMemcpyHostToDevice, im->stream));
+            CUDA_CHECK(be, tg_launch_cast_f32(im->dstage[i], dst + (size_t)off * esz, w->dtype, cn, im->stream));
+        }
+        CUDA_CHECK(be, cudaEventRecord(im->staged[i], im->stream));
     }
     return 0;
-fail:
-    (void)cudaStreamSynchronize(im->stream);
-    (void)cudaGetLastError();
-    if (stage) (void)cudaFree(stage);
-    (void)cudaGetLastError();
-    return -1;
 }
 
 static void cuda_weight_release(tg_backend *be, tg_weight *w) {
@@ -233,6 +256,12 @@ static void cuda_destroy(tg_backend *be) {
         if (im->cast_buf) (void)cudaFree(im->cast_buf);
         if (im->gemm_buf) (void)cudaFree(im->gemm_buf);
         if (im->attn_buf) (void)cudaFree(im->attn_buf);
+        if (im->flag) (void)cudaFree(im->flag);
+        for (int i = 0; i < TG_STAGE_SLOTS; i++) {
+            if (im->pin[i]) (void)cudaFreeHost(im->pin[i]);
+            if (im->dstage[i]) (void)cudaFree(im->dstage[i]);
+            if (im->staged[i]) (void)cudaEventDestroy(im->staged[i]);
+        }
         if (im->lt) (void)cublasLtDestroy(im->lt);
         if (im->cublas) (void)cublasDestroy(im->cublas);
         if (im->stream) (void)cudaStreamDestroy(im->stream);
@@ -297,6 +326,7 @@ extern "C" tg_backend *tg_cuda_backend_create(int device, char *err, size_t errl
     im->workspace_bytes = (size_t)32 << 20;
     CUDA_TRY(be, cudaMalloc(&im->workspace, im->workspace_bytes));
     CUBLAS_TRY(be, cublasSetWorkspace(im->cublas, im->workspace, im->workspace_bytes));
+    CUDA_TRY(be, cudaMalloc((void **)&im->flag, sizeof(int)));
 
     be->destroy = cuda_destroy;
     be->alloc = cuda_alloc;

@@ -9,8 +9,10 @@
  * decode loop allocates nothing once warm.
  *
  * Error handling: CUDA_CHECK / CUBLAS_CHECK evaluate a call and, on failure,
- * write "<file>:<line>: <statement>: <error string>" into be->err and return
- * -1 from the enclosing function.  CUDA_TRY / CUBLAS_TRY do the same but jump
+ * clear the error where it happened (so it is never reported by a later op),
+ * write "<file>:<line>: <statement>: <error string>" into be->err (saying so
+ * when the CUDA context is lost for good) and return -1 from the enclosing
+ * function.  CUDA_TRY / CUBLAS_TRY do the same but jump
  * to a local `fail:` label instead, for functions that must free what they
  * allocated.  Nothing here exits the process.
  *
@@ -36,12 +38,16 @@
 
 void tg_cuda_set_err(tg_backend *be, const char *fmt, ...);
 const char *tg_cublas_status_str(cublasStatus_t s);
+/* A failed CUDA call: clears the error at once (cudaGetLastError), so that the next op's launch check
+ * does not report it as its own, and writes "<file>:<line>: <stmt>: <error>" into be->err, adding that
+ * the CUDA context is lost for good when the error is sticky (every later call fails). */
+void tg_cuda_fail(tg_backend *be, const char *file, int line, const char *stmt, cudaError_t e);
 
 #define CUDA_CHECK(be, stmt)                                                                      \
     do {                                                                                          \
         cudaError_t e_ = (stmt);                                                                  \
         if (e_ != cudaSuccess) {                                                                  \
-            tg_cuda_set_err((be), "%s:%d: %s: %s", __FILE__, __LINE__, #stmt, cudaGetErrorString(e_)); \
+            tg_cuda_fail((be), __FILE__, __LINE__, #stmt, e_);                                    \
             return -1;                                                                            \
         }                                                                                         \
     } while (0)
@@ -50,6 +56,7 @@ const char *tg_cublas_status_str(cublasStatus_t s);
     do {                                                                                          \
         cublasStatus_t s_ = (stmt);                                                               \
         if (s_ != CUBLAS_STATUS_SUCCESS) {                                                        \
+            (void)cudaGetLastError();                                                             \
             tg_cuda_set_err((be), "%s:%d: %s: %s", __FILE__, __LINE__, #stmt, tg_cublas_status_str(s_)); \
             return -1;                                                                            \
         }                                                                                         \
@@ -60,7 +67,7 @@ const char *tg_cublas_status_str(cublasStatus_t s);
     do {                                                                                          \
         cudaError_t e_ = (stmt);                                                                  \
         if (e_ != cudaSuccess) {                                                                  \
-            tg_cuda_set_err((be), "%s:%d: %s: %s", __FILE__, __LINE__, #stmt, cudaGetErrorString(e_)); \
+            tg_cuda_fail((be), __FILE__, __LINE__, #stmt, e_);                                    \
             goto fail;                                                                            \
         }                                                                                         \
     } while (0)
@@ -69,6 +76,7 @@ const char *tg_cublas_status_str(cublasStatus_t s);
     do {                                                                                          \
         cublasStatus_t s_ = (stmt);                                                               \
         if (s_ != CUBLAS_STATUS_SUCCESS) {                                                        \
+            (void)cudaGetLastError();                                                             \
             tg_cuda_set_err((be), "%s:%d: %s: %s", __FILE__, __LINE__, #stmt, tg_cublas_status_str(s_)); \
             goto fail;                                                                            \
         }                                                                                         \
@@ -126,7 +134,17 @@ typedef struct tg_cuda_impl {
     int lt_failures;          /* cublasLtMatmul calls that failed and were redone with cublasGemmEx */
     tg_rope_table rope[TG_ROPE_TABLES];
     int rope_next;            /* slot the next new table goes to (round robin) */
+    int *flag;                /* one device int: embedding's out-of-range report */
+    /* weight_write's staging ring (allocated at the first write): TG_STAGE_SLOTS pinned host buffers and
+     * device float buffers of TG_STAGE_FLOATS each; slot i is free again once staged[i] has completed */
+    float *pin[2];
+    float *dstage[2];
+    cudaEvent_t staged[2];
+    int stage_next;
 } tg_cuda_impl;
+
+#define TG_STAGE_SLOTS 2
+#define TG_STAGE_FLOATS ((size_t)4 << 20) /* 16 MiB of float32 per slot */
 
 static inline tg_cuda_impl *tg_impl(tg_backend *be) { return (tg_cuda_impl *)be->impl; }
 
@@ -162,10 +180,20 @@ __device__ __forceinline__ float tg_to_float(float x) { return x; }
 __device__ __forceinline__ float tg_to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float tg_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+/* float32 -> storage type, round to nearest even; float16 saturates at +-65504 (infinities too) instead of
+ * becoming inf, NaN stays NaN.  Weights beyond the float16 range are refused before they get here
+ * (weight_write), so saturation only ever applies to activations. */
+#define TG_F16_MAX 65504.0f
 template <typename T> __device__ __forceinline__ T tg_from_float(float x);
 template <> __device__ __forceinline__ float tg_from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half tg_from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __half tg_from_float<__half>(float x) {
+    return __float2half_rn(x > TG_F16_MAX ? TG_F16_MAX : x < -TG_F16_MAX ? -TG_F16_MAX : x);
+}
 template <> __device__ __forceinline__ __nv_bfloat16 tg_from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+/* The activation-precision rule of every product (backend.h): an activation multiplied by a weight stored
+ * as WT is first rounded to WT (bf16 / saturating f16; float32 unchanged), accumulation stays float32. */
+template <typename WT> __device__ __forceinline__ float tg_round_act(float x) { return tg_to_float(tg_from_float<WT>(x)); }
 
 /* Activations (exact, no fast-math intrinsics). */
 __device__ __forceinline__ float tg_act_apply(float x, int act) {

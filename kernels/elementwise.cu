@@ -183,26 +183,28 @@ cudaError_t tg_launch_add_bcast(float *y, const float *x, int64_t outer, int64_t
 
 /* ---- embedding, gather_rows ---------------------------------------------- */
 
-/* out (n, cols) = table[ids[i]] converted to float32; an id outside
- * [0, vocab) gives a zero row (the caller checks ids; this only avoids a fault) */
+/* out (n, cols) = table[ids[i]] converted to float32; an id outside [0, vocab) gives a zero row and
+ * sets *bad (when bad is not NULL), which the table entry turns into an error like the CPU's */
 template <typename T>
 __global__ void embedding_kernel(const T *__restrict__ table, int64_t vocab, int64_t cols, const int32_t *__restrict__ ids,
-                                 float *__restrict__ out, int64_t n) {
+                                 float *__restrict__ out, int64_t n, int *bad) {
     const int64_t total = n * cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / cols, c = i - r * cols;
         const int64_t id = ids[r];
-        out[i] = (id >= 0 && id < vocab) ? tg_to_float(table[id * cols + c]) : 0.0f;
+        const bool ok = id >= 0 && id < vocab;
+        out[i] = ok ? tg_to_float(table[id * cols + c]) : 0.0f;
+        if (!ok && bad) *bad = 1;
     }
 }
 
 cudaError_t tg_launch_embedding(const void *table, int dtype, int64_t vocab, int64_t cols, const int32_t *ids,
-                                float *out, int64_t n, cudaStream_t s) {
+                                float *out, int64_t n, int *bad, cudaStream_t s) {
     if (n * cols <= 0) return cudaSuccess;
     unsigned g = ew_grid(n * cols);
-    if (dtype == TG_F32) embedding_kernel<float><<<g, EW_THREADS, 0, s>>>((const float *)table, vocab, cols, ids, out, n);
-    else if (dtype == TG_F16) embedding_kernel<__half><<<g, EW_THREADS, 0, s>>>((const __half *)table, vocab, cols, ids, out, n);
-    else embedding_kernel<__nv_bfloat16><<<g, EW_THREADS, 0, s>>>((const __nv_bfloat16 *)table, vocab, cols, ids, out, n);
+    if (dtype == TG_F32) embedding_kernel<float><<<g, EW_THREADS, 0, s>>>((const float *)table, vocab, cols, ids, out, n, bad);
+    else if (dtype == TG_F16) embedding_kernel<__half><<<g, EW_THREADS, 0, s>>>((const __half *)table, vocab, cols, ids, out, n, bad);
+    else embedding_kernel<__nv_bfloat16><<<g, EW_THREADS, 0, s>>>((const __nv_bfloat16 *)table, vocab, cols, ids, out, n, bad);
     return cudaGetLastError();
 }
 
@@ -342,9 +344,11 @@ cudaError_t tg_launch_upscale_tiles(const float *pix, float *tiles, int B, int C
 /* ---- argmax --------------------------------------------------------------- */
 
 /* One block (256 threads) per row; (value, index) reduction where a larger
- * value wins and ties go to the smaller index (first max wins, as on the CPU). */
+ * value wins and ties go to the smaller index (first max wins), NaN counting
+ * as the largest value (the first NaN wins, like NumPy and the CPU backend). */
 __device__ __forceinline__ void argmax_merge(float &v, int64_t &i, float v2, int64_t i2) {
-    if (v2 > v || (v2 == v && i2 < i)) {
+    const bool n1 = isnan(v), n2 = isnan(v2);
+    if (n1 != n2 ? n2 : n1 ? i2 < i : (v2 > v || (v2 == v && i2 < i))) {
         v = v2;
         i = i2;
     }
@@ -377,7 +381,7 @@ __global__ void argmax_kernel(const float *__restrict__ x, int64_t cols, int32_t
             int64_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
             argmax_merge(bv, bi, v2, i2);
         }
-        /* all -inf/NaN row: index 0 like the CPU loop */
+        /* (an all -inf row ends at index 0 by the tie rule; cols >= 1 here) */
         if (lane == 0) out[blockIdx.x] = (int32_t)(bi == INT64_MAX ? 0 : bi);
     }
 }
@@ -426,8 +430,20 @@ int cuda_embedding(tg_backend *be, const tg_weight *table, const int32_t *ids, f
         tg_cuda_set_err(be, "embedding: table has no data");
         return -1;
     }
-    LAUNCH_OR_FAIL(be, tg_launch_embedding(table->data, table->dtype, table->rows, table->cols, ids, out, n,
-                                           tg_impl(be)->stream));
+    if (n <= 0 || table->cols <= 0) return 0;
+    /* ids live on the device: the kernel reports an id out of range in im->flag, read back here (one
+     * small wait per call: the model embeds once per forward or decode step) */
+    tg_cuda_impl *im = tg_impl(be);
+    int bad = 0;
+    CUDA_CHECK(be, cudaMemsetAsync(im->flag, 0, sizeof(int), im->stream));
+    LAUNCH_OR_FAIL(be, tg_launch_embedding(table->data, table->dtype, table->rows, table->cols, ids, out, n, im->flag,
+                                           im->stream));
+    CUDA_CHECK(be, cudaMemcpyAsync(&bad, im->flag, sizeof(int), cudaMemcpyDeviceToHost, im->stream));
+    CUDA_CHECK(be, cudaStreamSynchronize(im->stream));
+    if (bad) {
+        tg_cuda_set_err(be, "embedding: id out of range");
+        return -1;
+    }
     return 0;
 }
 
@@ -517,7 +533,7 @@ int cuda_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_
               const int32_t *pos, float theta) {
     TG_CUDA_USE(be);
     if (head_dim % 2 != 0) {
-        tg_cuda_set_err(be, "rope: head_dim %d is odd", head_dim);
+        tg_cuda_set_err(be, "rope: head_dim is odd (rotate-half needs pairs)");
         return -1;
     }
     if (rows <= 0 || n_heads <= 0 || head_dim < 2) return 0;

@@ -2,14 +2,19 @@
  *
  * W is a tg_weight (N rows = out features, K cols = in features), row-major,
  * stored as float32, fp16 or bf16; x, bias, residual and y are float32.
- * Products always accumulate in float32.
+ * Activation precision (backend.h): with bf16 / fp16 weights every path rounds
+ * x to bf16 / fp16 (nearest even; fp16 saturates at +-65504); with float32
+ * weights x stays float32.  Products always accumulate in float32.
  *
  * Two paths:
- *  - M <= 8 (decode, batch-1 generation): a custom GEMV that streams W with
- *    16-byte loads (8 bf16/fp16 values) and reads x as float32 directly, one
- *    warp per output feature, fused bias + activation + residual.  It is bound
- *    by weight bandwidth, which is the whole cost of decoding.
- *  - otherwise cuBLASLt: for fp16/bf16 weights x is first cast to the weight
+ *  - M <= 16 (decode, up to the scheduler's 16 rows per chunk): a custom GEMV
+ *    that streams W with 16-byte loads (8 bf16/fp16 values; element loads when
+ *    K % 8 != 0 or a pointer is unaligned, same arithmetic), rounds x in
+ *    registers, one warp per output feature, fused bias + activation +
+ *    residual.  A row's result does not depend on M, so a batch of up to 16
+ *    rows gives each row what it gives alone.  It is bound by weight
+ *    bandwidth, which is the whole cost of decoding.
+ *  - M > 16: cuBLASLt: for fp16/bf16 weights x is first cast to the weight
  *    dtype in a scratch buffer (the tensor cores need both operands in the
  *    same 16-bit type), then D (float32) = A * B with CUBLAS_COMPUTE_32F; for
  *    float32 weights A, B, C, D are all float32 with CUBLAS_COMPUTE_32F (true
@@ -40,7 +45,7 @@
 
 #include "common.cuh"
 
-/* ---- GEMV (M <= 8) ------------------------------------------------------- */
+/* ---- GEMV (M <= 16) ------------------------------------------------------ */
 
 #define GEMV_WARPS 8 /* output features per block, one per warp */
 
@@ -70,12 +75,14 @@ __device__ __forceinline__ void load8(const float *p, float w[8]) {
     w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
 }
 
-/* grid (ceil(N / 8)), block 256: warp w of block b computes y[:, b*8 + w].
- * Lane l reads 8 weights at k = 8*(l + 32 i); K % 8 == 0; x, W 16-byte aligned. */
-template <typename WT, int MM>
+/* grid (ceil(N / 8)), block 256: warp w of block b computes y[:M, b*8 + w] (MM >= M rows of registers).
+ * Lane l handles k = 8*(l + 32 i) .. +7.  VEC: K % 8 == 0 and x, W 16-byte aligned (16-byte loads);
+ * otherwise element loads with zeros past K.  Both do the same fmaf chain in the same order, and row m
+ * depends only on x row m: a row gets the same bits whatever M, MM, VEC (batched == alone). */
+template <typename WT, int MM, bool VEC>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(const float *__restrict__ x, const WT *__restrict__ W, const float *__restrict__ bias,
-            const float *residual, float *y, int64_t N, int64_t K, int act) {
+            const float *residual, float *y, int M, int64_t N, int64_t K, int act) {
     const int lane = threadIdx.x & 31;
     const int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (n >= N) return;
@@ -83,16 +90,30 @@ gemv_kernel(const float *__restrict__ x, const WT *__restrict__ W, const float *
     float acc[MM];
 #pragma unroll
     for (int m = 0; m < MM; m++) acc[m] = 0.0f;
-#pragma unroll 4
+#pragma unroll 2
     for (int64_t k = (int64_t)lane * 8; k < K; k += 32 * 8) {
         float w[8];
-        load8(wr + k, w);
+        if (VEC) {
+            load8(wr + k, w);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) w[j] = k + j < K ? tg_to_float(wr[k + j]) : 0.0f;
+        }
 #pragma unroll
         for (int m = 0; m < MM; m++) {
-            const float4 a = __ldg((const float4 *)(x + m * K + k));
-            const float4 b = __ldg((const float4 *)(x + m * K + k) + 1);
-            acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
-                      w[7] * b.w;
+            if (m >= M) break;
+            const float *xr = x + m * K + k;
+            float a[8];
+            if (VEC) {
+                const float4 a0 = __ldg((const float4 *)xr), a1 = __ldg((const float4 *)xr + 1);
+                a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w;
+                a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) a[j] = k + j < K ? __ldg(xr + j) : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[m] = fmaf(w[j], tg_round_act<WT>(a[j]), acc[m]);
         }
     }
 #pragma unroll
@@ -100,7 +121,7 @@ gemv_kernel(const float *__restrict__ x, const WT *__restrict__ W, const float *
     /* lane m writes row m (acc[] is uniform across the warp after the reduction) */
 #pragma unroll
     for (int m = 0; m < MM; m++) {
-        if (lane == m) {
+        if (lane == m && m < M) {
             float v = acc[m] + (bias ? bias[n] : 0.0f);
             v = tg_act_apply(v, act);
             if (residual) v += residual[(int64_t)m * N + n];
@@ -109,31 +130,33 @@ gemv_kernel(const float *__restrict__ x, const WT *__restrict__ W, const float *
     }
 }
 
-template <typename WT>
-static void gemv_dispatch(const float *x, const WT *W, const float *bias, const float *residual, float *y, int64_t M,
+template <typename WT, bool VEC>
+static void gemv_dispatch(const float *x, const WT *W, const float *bias, const float *residual, float *y, int M,
                           int64_t N, int64_t K, int act, cudaStream_t s) {
     const unsigned grid = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
     const int T = GEMV_WARPS * 32;
-    switch (M) {
-    case 1: gemv_kernel<WT, 1><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    case 2: gemv_kernel<WT, 2><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    case 3: gemv_kernel<WT, 3><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    case 4: gemv_kernel<WT, 4><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    case 5: gemv_kernel<WT, 5><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    case 6: gemv_kernel<WT, 6><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    case 7: gemv_kernel<WT, 7><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    default: gemv_kernel<WT, 8><<<grid, T, 0, s>>>(x, W, bias, residual, y, N, K, act); break;
-    }
+    if (M <= 1) gemv_kernel<WT, 1, VEC><<<grid, T, 0, s>>>(x, W, bias, residual, y, M, N, K, act);
+    else if (M <= 2) gemv_kernel<WT, 2, VEC><<<grid, T, 0, s>>>(x, W, bias, residual, y, M, N, K, act);
+    else if (M <= 4) gemv_kernel<WT, 4, VEC><<<grid, T, 0, s>>>(x, W, bias, residual, y, M, N, K, act);
+    else if (M <= 8) gemv_kernel<WT, 8, VEC><<<grid, T, 0, s>>>(x, W, bias, residual, y, M, N, K, act);
+    else gemv_kernel<WT, 16, VEC><<<grid, T, 0, s>>>(x, W, bias, residual, y, M, N, K, act);
+}
+
+template <typename WT>
+static void gemv_typed(const float *x, const void *W, const float *bias, const float *residual, float *y, int M,
+                       int64_t N, int64_t K, int act, cudaStream_t s) {
+    const bool vec = K % 8 == 0 && !((uintptr_t)x & 15) && !((uintptr_t)W & 15);
+    if (vec) gemv_dispatch<WT, true>(x, (const WT *)W, bias, residual, y, M, N, K, act, s);
+    else gemv_dispatch<WT, false>(x, (const WT *)W, bias, residual, y, M, N, K, act, s);
 }
 
 cudaError_t tg_launch_gemv(const float *x, const void *W, int dtype, const float *bias, const float *residual,
                            float *y, int64_t M, int64_t N, int64_t K, int act, cudaStream_t s) {
     if (M <= 0 || N <= 0) return cudaSuccess;
-    if (M > TG_GEMV_MAX_M || K % 8 != 0 || ((uintptr_t)x & 15) || ((uintptr_t)W & 15) || N / GEMV_WARPS >= (1LL << 31))
-        return cudaErrorInvalidValue;
-    if (dtype == TG_BF16) gemv_dispatch(x, (const __nv_bfloat16 *)W, bias, residual, y, M, N, K, act, s);
-    else if (dtype == TG_F16) gemv_dispatch(x, (const __half *)W, bias, residual, y, M, N, K, act, s);
-    else gemv_dispatch(x, (const float *)W, bias, residual, y, M, N, K, act, s);
+    if (M > TG_GEMV_MAX_M || N / GEMV_WARPS >= (1LL << 31)) return cudaErrorInvalidValue;
+    if (dtype == TG_BF16) gemv_typed<__nv_bfloat16>(x, W, bias, residual, y, (int)M, N, K, act, s);
+    else if (dtype == TG_F16) gemv_typed<__half>(x, W, bias, residual, y, (int)M, N, K, act, s);
+    else gemv_typed<float>(x, W, bias, residual, y, (int)M, N, K, act, s);
     return cudaGetLastError();
 }
 
@@ -282,13 +305,14 @@ int cuda_linear(tg_backend *be, const float *x, const tg_weight *w, const float 
         return 0;
     }
 
-    /* decode: weight-streaming GEMV (reads residual[i] before writing y[i], so aliasing is fine) */
-    if (M <= TG_GEMV_MAX_M && K % 8 == 0 && !((uintptr_t)x & 15) && !((uintptr_t)w->data & 15)) {
+    /* decode: weight-streaming GEMV for every M the scheduler batches (reads residual[i] before writing
+     * y[i], so aliasing is fine); each row gets the same bits as alone */
+    if (M <= TG_GEMV_MAX_M) {
         CUDA_CHECK(be, tg_launch_gemv(x, w->data, w->dtype, bias, residual, y, M, N, K, act, s));
         return 0;
     }
 
-    /* B operand: x itself (f32) or x cast to the weight's 16-bit type */
+    /* B operand: x itself (f32) or x rounded to the weight's 16-bit type (the same rounding as the GEMV) */
     const void *B = x;
     if (w->dtype != TG_F32) {
         if (tg_cuda_grow(be, &im->cast_buf, &im->cast_bytes, (size_t)(M * K) * 2)) return -1;

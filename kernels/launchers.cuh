@@ -18,8 +18,9 @@ cudaError_t tg_launch_bias_act_residual(float *y, const float *src, const float 
 cudaError_t tg_launch_activation(float *x, int64_t n, int act, cudaStream_t s);
 cudaError_t tg_launch_silu_mul(const float *gu, float *out, int64_t rows, int64_t F, cudaStream_t s);
 cudaError_t tg_launch_add_bcast(float *y, const float *x, int64_t outer, int64_t n, cudaStream_t s);
+// an id outside [0, vocab) gives a zero row and sets *bad (bad may be NULL)
 cudaError_t tg_launch_embedding(const void *table, int dtype, int64_t vocab, int64_t cols, const int32_t *ids,
-                                float *out, int64_t n, cudaStream_t s);
+                                float *out, int64_t n, int *bad, cudaStream_t s);
 cudaError_t tg_launch_gather_rows(const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim,
                                   cudaStream_t s);
 cudaError_t tg_launch_scatter_rows(const float *src, const int32_t *idx, float *dst, int64_t n, int64_t dim,
@@ -38,8 +39,9 @@ cudaError_t tg_launch_rmsnorm(const float *x, const float *gamma, float *y, int6
                               cudaStream_t s);
 
 /* gemm.cu: y (M, N) = act(x (M, K) @ W^T + bias) + residual for M <= TG_GEMV_MAX_M,
- * W (N, K) row-major in dtype; needs K % 8 == 0 and 16-byte aligned x and W. */
-#define TG_GEMV_MAX_M 8
+ * W (N, K) row-major in dtype, any K and alignment (16-byte loads when K % 8 == 0 and x, W are
+ * 16-byte aligned); x rounded to a 16-bit dtype like the weights (common.cuh tg_round_act). */
+#define TG_GEMV_MAX_M 16
 cudaError_t tg_launch_gemv(const float *x, const void *W, int dtype, const float *bias, const float *residual,
                            float *y, int64_t M, int64_t N, int64_t K, int act, cudaStream_t s);
 

@@ -24,8 +24,9 @@ import threading
 import time
 
 import numpy as np
-import openai
 import pytest
+
+openai = pytest.importorskip("openai", reason="test_serve speaks with the openai client (pip install .[test])")
 from _frontend_golden import QUESTION, cached_chat, golden_model, golden_set, second_image, subprocess_env
 
 from tgllava import _C, chat

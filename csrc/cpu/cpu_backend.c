@@ -448,7 +448,7 @@ static int cpu_upscale_tiles(tg_backend *be, const float *pix, float *tiles, int
 
 static int cpu_rope(tg_backend *be, float *x, int64_t rows, int64_t row_stride, int n_heads, int head_dim,
                     const int32_t *pos, float theta) {
-    (void)be;
+    if (head_dim % 2) return fail(be, "rope: head_dim is odd (rotate-half needs pairs)");
     const int half = head_dim / 2;
 #pragma omp parallel for schedule(static) if (rows * n_heads * head_dim > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
@@ -471,9 +471,9 @@ static int cpu_argmax(tg_backend *be, const float *x, int64_t rows, int64_t cols
     (void)be;
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
-        int64_t best = 0;
-        for (int64_t c = 1; c < cols; c++)
-            if (xr[c] > xr[best]) best = c;
+        int64_t best = 0; /* first max wins; NaN is the largest value: the first NaN wins (as NumPy) */
+        for (int64_t c = 1; c < cols && xr[best] == xr[best]; c++)
+            if (xr[c] > xr[best] || xr[c] != xr[c]) best = c;
         out[r] = (int32_t)best;
     }
     return 0;

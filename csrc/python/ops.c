@@ -5,6 +5,14 @@
  * result as NumPy.  Backends are created once per device and kept.  The
  * tests compare every op with a NumPy twin (CPU) and with the CPU backend
  * (CUDA); an op a backend lacks raises DeviceError("not supported").
+ * Arguments are passed to the backend as they come (ids, head_dim, ...), so
+ * that the tests see each backend's own checks.
+ *
+ * Threads: a backend is not thread-safe (the CUDA backend's plan cache and
+ * scratch buffers, the CPU backend's panels have no lock), and the backends
+ * here are shared by every caller of a device.  These functions therefore
+ * keep the GIL for the whole op: one thread at a time per process.  (A Model
+ * owns its backend and serializes its calls on its own lock.)
  */
 #include <omp.h>
 #include <string.h>
@@ -110,13 +118,11 @@ static PyObject *op_linear(PyObject *mod, PyObject *args) {
     /* reps > 1: time the op alone (inputs already on the backend), for microbenchmarks */
     double t0 = 0.0, t1 = 0.0;
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS
     be->sync(be);
     t0 = omp_get_wtime();
     for (int r = 0; r < (reps > 0 ? reps : 1) && !rc; r++) rc = be->linear(be, xd, &wt, bd, rd, yd, M, act);
     be->sync(be);
     t1 = omp_get_wtime();
-    Py_END_ALLOW_THREADS
     if (rc) {
         op_failed(&b);
         goto done;
@@ -217,10 +223,7 @@ static PyObject *op_attention(PyObject *mod, PyObject *args) {
     at.q_stride = at.o_stride = (int64_t)nh * hd, at.k_stride = at.v_stride = (int64_t)nkv * hd;
     at.q_bstride = at.o_bstride = (int64_t)Tq * nh * hd, at.k_bstride = at.v_bstride = (int64_t)Tk * nkv * hd;
     at.B = B, at.Tq = Tq, at.Tk = Tk, at.n_heads = nh, at.n_kv_heads = nkv, at.head_dim = hd, at.scale = scale, at.causal = causal;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = be->attention(be, &at);
-    Py_END_ALLOW_THREADS
+    int rc = be->attention(be, &at);
     if (rc) {
         op_failed(&b);
         goto done;
@@ -311,7 +314,7 @@ static PyObject *op_elementwise(PyObject *mod, PyObject *args) {
     } else if (strcmp(name, "rope") == 0) { /* x (R, stride), y = pos int32 (R), iarg = n_heads, farg = theta; head_dim = stride / n_heads */
         if (!(x = F32(xo, 2, "x")) || !(y = tg_py_array(yo, NPY_INT32, 1, "pos"))) goto done;
         int64_t R = PyArray_DIM(x, 0), W = PyArray_DIM(x, 1);
-        if (iarg <= 0 || W % iarg || (W / iarg) % 2 || PyArray_DIM(y, 0) != R) {
+        if (iarg <= 0 || W % iarg || PyArray_DIM(y, 0) != R) {
             PyErr_SetString(TgErr_Shape, "rope: bad shapes");
             goto done;
         }
@@ -332,12 +335,6 @@ static PyObject *op_elementwise(PyObject *mod, PyObject *args) {
     } else if (strcmp(name, "embedding") == 0) { /* x table (V, D), y ids int32 (n), iarg = dtype */
         if (!(x = F32(xo, 2, "table")) || !(y = tg_py_array(yo, NPY_INT32, 1, "ids"))) goto done;
         int64_t V = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1), n = PyArray_DIM(y, 0);
-        const int32_t *ids = PyArray_DATA(y);
-        for (int64_t i = 0; i < n; i++)
-            if (ids[i] < 0 || ids[i] >= V) {
-                PyErr_Format(TgErr_Shape, "embedding: id %d out of range", ids[i]);
-                goto done;
-            }
         tg_weight t = {0};
         if (tg_weight_upload(be, &t, PyArray_DATA(x), V, D, iarg)) {
             op_failed(&b);
@@ -349,6 +346,29 @@ static PyObject *op_elementwise(PyObject *mod, PyObject *args) {
         out = (PyArrayObject *)PyArray_SimpleNew(2, dd, NPY_FLOAT32);
         if (!rc && out) result = bout(&b, out, od);
         be->weight_release(be, &t);
+    } else if (strcmp(name, "gather_rows") == 0 || strcmp(name, "scatter_rows") == 0) {
+        /* gather: x src (R, D), y idx int32 (n) -> (n, D).  scatter: x src (n, D), y idx int32 (n),
+         * iarg = R rows of the zeroed destination -> (R, D).  Indices must be in range (and distinct for a
+         * scatter): the backends do not check them, so they are checked here. */
+        const int gather = name[0] == 'g';
+        if (!(x = F32(xo, 2, "src")) || !(y = tg_py_array(yo, NPY_INT32, 1, "idx"))) goto done;
+        int64_t D = PyArray_DIM(x, 1), n = PyArray_DIM(y, 0), R = gather ? PyArray_DIM(x, 0) : iarg;
+        const int32_t *idx = PyArray_DATA(y);
+        if (!gather && PyArray_DIM(x, 0) != n) {
+            PyErr_SetString(TgErr_Shape, "scatter_rows: src must have one row per index");
+            goto done;
+        }
+        for (int64_t i = 0; i < n; i++)
+            if (idx[i] < 0 || idx[i] >= R) {
+                PyErr_Format(TgErr_Shape, "%s: index %d outside [0, %lld)", name, idx[i], (long long)R);
+                goto done;
+            }
+        npy_intp dd[2] = {gather ? n : R, D};
+        out = (PyArrayObject *)PyArray_ZEROS(2, dd, NPY_FLOAT32, 0);
+        float *xd = bin(&b, x), *idd = xd ? bin(&b, y) : NULL, *od = idd && out ? bin(&b, out) : NULL;
+        if (od) rc = gather ? be->gather_rows(be, xd, (const int32_t *)idd, od, n, D)
+                            : be->scatter_rows(be, xd, (const int32_t *)idd, od, n, D);
+        if (!rc) result = bout(&b, out, od);
     } else {
         PyErr_Format(TgErr_Shape, "unknown op %s", name);
         goto done;
@@ -367,7 +387,9 @@ static PyMethodDef ops_methods[] = {
     {"op_linear", op_linear, METH_VARARGS, "op_linear(device, x, w, bias, residual, act, dtype)"},
     {"op_norm", op_norm, METH_VARARGS, "op_norm(device, x, gamma, beta, eps, rms)"},
     {"op_attention", op_attention, METH_VARARGS, "op_attention(device, q, k, v, n_heads, n_kv_heads, scale, causal, q_pos, kv_len, key_mask, probs)"},
-    {"op_elementwise", op_elementwise, METH_VARARGS, "op_elementwise(device, name, x, y=None, iarg=0, farg=0)"},
+    {"op_elementwise", op_elementwise, METH_VARARGS,
+     "op_elementwise(device, name, x, y=None, iarg=0, farg=0); name: activation, silu_mul, add_bcast, im2col, "
+     "upscale_tiles, rope, argmax, embedding, gather_rows, scatter_rows"},
     {NULL}};
 
 int tg_py_ops_init(PyObject *module) {

@@ -88,7 +88,7 @@ static std::vector<float> randv(size_t n, float scale = 1.0f) {
 }
 static float round_dtype(float x, int dtype) {
     if (dtype == TG_BF16) return __bfloat162float(__float2bfloat16_rn(x));
-    if (dtype == TG_F16) return __half2float(__float2half_rn(x));
+    if (dtype == TG_F16) return __half2float(__float2half_rn(fminf(fmaxf(x, -65504.0f), 65504.0f)));
     return x;
 }
 static const char *dtype_name(int d) { return d == TG_BF16 ? "bf16" : d == TG_F16 ? "f16" : "f32"; }
@@ -189,10 +189,9 @@ static void check_linear(int64_t M, int64_t N, int64_t K, int dtype, bool use_bi
     OK(be->linear(be, xp, &W.w, use_bias ? db.f() : nullptr, resp, y, M, act));
     std::vector<float> got = res_is_y ? dres.get() : dy.get();
     got.erase(got.begin(), got.begin() + yoff);
-    /* reference: weights rounded like the storage; x rounded too on the cuBLASLt
-     * path (the GEMV, used for M <= 8, K % 8 == 0 and 16-byte aligned x, reads x as float32) */
-    const bool gemv = M <= 8 && K % 8 == 0 && xoff % 4 == 0;
-    const bool xr = dtype != TG_F32 && !gemv;
+    /* reference: weights rounded like the storage and x rounded to the same 16-bit type on every path
+     * (backend.h's activation-precision rule; round_dtype saturates f16 like the backend) */
+    const bool xr = dtype != TG_F32;
     std::vector<double> ref(M * N);
     for (int64_t m = 0; m < M; m++)
         for (int64_t n = 0; n < N; n++) {
@@ -611,7 +610,18 @@ static void check_errors() {
     tg_backend *bad = tg_cuda_backend_create(999, err, sizeof err);
     ok &= bad == nullptr && strstr(err, "no CUDA device") != nullptr;
     ok &= be->sync(be) == 0; /* the stream is still healthy */
-    printf("%-58s %s\n", "error paths (bad dtype, OOM, bad heads, bad ordinal)", ok ? "PASS" : "FAIL");
+    /* a failed call is reported by its own op and cleared there: the next op succeeds with no message */
+    {
+        Dev dx(std::vector<float>(64, 1.0f));
+        ok &= be->copy(be, nullptr, dx.f(), 64) != 0 && strstr(be->err, "cudaMemcpyAsync") != nullptr &&
+              strstr(be->err, "lost for good") == nullptr;
+        be->err[0] = 0;
+        ok &= be->activation(be, dx.f(), 64, TG_ACT_SILU) == 0 && be->err[0] == 0 && be->sync(be) == 0;
+    }
+    std::vector<float> w16(16, 1.0f);
+    w16[5] = 70000.0f;
+    ok &= upload(&W, w16, 4, 4, TG_F16) != 0 && strstr(be->err, "float16 range") != nullptr;
+    printf("%-58s %s\n", "error paths (bad dtype, OOM, bad heads, bad ordinal, failed copy, f16 range)", ok ? "PASS" : "FAIL");
     (ok ? n_pass : n_fail)++;
 }
 
