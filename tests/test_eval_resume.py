@@ -72,6 +72,8 @@ CHANGES = {
                 "model.llm_files.model.safetensors"),
     "llm config": (lambda llm, clip: _write(llm / "config.json", json.dumps({"model_type": "lm"})),
                    "model.llm_files.config.json"),
+    "added weight file": (lambda llm, clip: _write(llm / "extra.safetensors", "x"),
+                          "model.llm_files.extra.safetensors = (absent)"),
     "tokenizer": (lambda llm, clip: _write(llm / "tokenizer.json", '{"x": 1}'), "model.llm_files.tokenizer.json"),
     "clip tower weights": (lambda llm, clip: _rewrite_keeping_size_and_mtime(clip / "model.safetensors",
                                                                              bytes(256 * 64)),
@@ -205,7 +207,7 @@ def test_bad_rows_fail_alone_and_are_retried(tmp_path, model_class):
     assert not any("BytesIO" in r for r in failed.values())
     # no score from an incomplete run (an empty answer can even match option text 'a'), and it says so
     assert res["headline"] == {} and res["files"] == []
-    assert res["note"] == ("MMBench_DEV_EN: 3 of 6 rows failed (no usable picture), so it is not scored; "
+    assert res["note"] == ("MMBench_DEV_EN: 3 of 6 rows failed (see each one's reason), so it is not scored; "
                            "fix them and rerun to retry them")
     predictions = [line.split("\t")[-1] for line in open(res["predictions"], encoding="utf-8").read().splitlines()]
     assert predictions[1:] == ['"A"', '""', '""', '"D"', '""', '"B"']
@@ -240,6 +242,6 @@ def test_cli_counts_failed_rows_and_exits_non_zero(tmp_path, monkeypatch, capsys
     out, err = capsys.readouterr()
     summary = [line.split() for line in out.splitlines()]
     assert ["MMBench_DEV_EN", "failed", "rows", "3", "exact_matching"] in summary
-    assert "note: MMBench_DEV_EN: 3 of 6 rows failed (no usable picture), so it is not scored" in out
+    assert "note: MMBench_DEV_EN: 3 of 6 rows failed (see each one's reason), so it is not scored" in out
     assert "tgllava eval: failed: MMBench_DEV_EN: row 2: its image cell 'Zm9v!'" in err
     assert "3 rows failed; fix them and rerun the same command to retry them" in err

@@ -386,6 +386,19 @@ def test_eval_end_to_end_golden(tmp_path):
                   max_new_tokens=4)
     assert filecmp.cmp(res["predictions"], res1["predictions"], shallow=False)
     assert res["scores"] == res1["scores"]
+    # the header identifies the real model (issue 21): a rerun resumes to nothing, another dtype is refused
+    header = json.loads(open(checkpoint_path(str(tmp_path / "wd"), "llm", "MMBench_DEV_EN")).readline())
+    settings = header["settings"]
+    assert settings["dtype"] == "float32" and settings["n_latents"] == model.sizes["p_latents"]
+    assert settings["model"]["llm_dir"] == os.path.realpath(ckpt / "llm")
+    assert {"config.json", "tokenizer.json"} <= set(settings["model"]["llm_files"])
+    assert settings["model"]["clip_dir"] == os.path.realpath(ckpt / "clip")
+    again = ev.run(model, data, work_dir=str(tmp_path / "wd"), batch_size=4, limit=8, progress=False,
+                   max_new_tokens=4)
+    assert again["scores"] == res["scores"]
+    half = tgllava.load(str(ckpt / "llm"), clip_dir=str(ckpt / "clip"), dtype="bfloat16")
+    with pytest.raises(ShardError, match="written with dtype = 'float32', but this run has dtype = 'bfloat16'"):
+        ev.run(half, data, work_dir=str(tmp_path / "wd"), batch_size=4, limit=8, progress=False, max_new_tokens=4)
 
 
 class StreamingFake(FakeModel):

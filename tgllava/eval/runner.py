@@ -361,8 +361,8 @@ def _finalize(dataset, positions, preds, failed, work_dir, model_name, fmt, judg
     if failed_rows:
         result = unscored_result(
             dataset.name, dataset.kind, dataset.scorer, judge_name(make_judge(judge, judge_model)),
-            f"{dataset.name}: {len(failed_rows)} of {len(positions)} rows failed (no usable picture), so it "
-            "is not scored; fix them and rerun to retry them")
+            f"{dataset.name}: {len(failed_rows)} of {len(positions)} rows failed (see each one's reason), so "
+            "it is not scored; fix them and rerun to retry them")
     else:
         keys = {r["index"]: k for r, k in zip(dataset.rows, dataset.image_keys)}
         result = score(dataset, path, judge=judge, judge_model=judge_model, image_keys=keys)

@@ -81,7 +81,7 @@ def run_settings(model, prompt_style, conv_mode, max_new_tokens, use_fom, use_dp
 
     model = _unwrap(model)
     sizes = getattr(model, "sizes", None) or {}
-    return {
+    settings = {
         "tgllava": __version__,
         "dtype": None if getattr(model, "dtype", None) is None else str(model.dtype),
         "prompt_style": prompt_style,
@@ -94,6 +94,7 @@ def run_settings(model, prompt_style, conv_mode, max_new_tokens, use_fom, use_dp
         "n_latents": sizes.get("p_latents"),  # every DP latent (the runner never asks for fewer)
         "model": model_identity(model),
     }
+    return json.loads(json.dumps(settings))  # as a header reads back (tuples as lists), so == compares like for like
 
 
 def first_difference(old, new, where=""):
@@ -107,8 +108,8 @@ def first_difference(old, new, where=""):
             if found:
                 return found
         elif a != b:
-            return (path, "(not recorded: an older tgllava)" if a is missing else repr(a),
-                    "(none)" if b is missing else repr(b))
+            unrecorded = "(absent)" if where else "(not recorded: an older tgllava)"
+            return path, unrecorded if a is missing else repr(a), "(absent)" if b is missing else repr(b)
     return None
 
 
