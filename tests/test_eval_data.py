@@ -54,10 +54,23 @@ def test_same_picture_without_reference_shares_a_key(tmp_path):
     assert ds.image_keys[0] == ds.image_keys[1]
 
 
-def test_bad_reference_is_a_clear_error(tmp_path):
-    path = write_tsv(str(tmp_path / "X.tsv"), [dict(index=0, image="7", question="q", answer="x")])
-    with pytest.raises(DatasetError, match="row 7"):
-        load_dataset(path)
+def test_only_an_index_of_the_same_file_is_an_image_reference(tmp_path):
+    """As in VLMEvalKit, a short image cell refers to another row only when it is that row's index;
+    anything else is the picture itself, and a bad one makes a bad row, not a load error."""
+    ds = load_dataset(write_tsv(str(tmp_path / "X.tsv"), [
+        dict(index=0, image=RED, question="q", answer="x"),
+        dict(index=1, image="0", question="reuses row 0", answer="x"),
+        dict(index=2, image="7", question="no row 7: not a reference", answer="x"),
+        dict(index=3, image="1", question="row 1 has no image of its own", answer="x"),
+        dict(index=4, image="QUJD", question="short valid base64, not a picture", answer="x"),
+    ]))
+    assert ds.image_keys[1] == ds.image_keys[0] and ds.images(ds.rows[1]).size == (8, 6)
+    assert set(ds.row_errors) == {3} and "reuses the image of row 1, which has no image of its own" in ds.row_errors[3]
+    with pytest.raises(DatasetError, match=r"row 2: its image cell '7' is not base64"):
+        ds.images(ds.rows[2])
+    with pytest.raises(DatasetError, match=r"row 4: its image cell 'QUJD' decodes to 3 bytes that are not a picture") as e:
+        ds.images(ds.rows[4])
+    assert "BytesIO" not in str(e.value) and "reuses" not in str(e.value)
 
 
 def test_image_path_datasets(tmp_path):
@@ -68,9 +81,9 @@ def test_image_path_datasets(tmp_path):
         dict(index=0, image_path="pics/g.png", question="What colour?", answer="green")]))
     assert ds.images(ds.rows[0]).getpixel((1, 1)) == (0, 255, 0)
     assert ds.image_keys[0].startswith("path:")
-    with pytest.raises(DatasetError, match="nope.png"):
-        load_dataset(write_tsv(str(tmp_path / "Bad.tsv"), [
-            dict(index=0, image_path="nope.png", question="q", answer="a")]))
+    bad = load_dataset(write_tsv(str(tmp_path / "Bad.tsv"), [
+        dict(index=0, image_path="nope.png", question="q", answer="a")]))
+    assert bad.image_keys == [None] and "nope.png" in bad.row_errors[0]
 
 
 def test_dataset_kinds_by_name_then_columns():
@@ -144,8 +157,24 @@ def test_xlsx_without_openpyxl_is_a_clear_error(tmp_path, monkeypatch):
 def test_malformed_tsv(tmp_path):
     p = tmp_path / "bad.tsv"
     p.write_text("index\tquestion\n1\tq\textra\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match="fields"):
+    with pytest.raises(DatasetError, match="line 2: 3 fields, but the header has 2"):
         read_table(str(p))
     p.write_text("question\nq\n", encoding="utf-8")
     with pytest.raises(DatasetError, match="index"):
         load_dataset(str(p))
+
+
+def test_unterminated_quote_is_an_error_naming_its_line(tmp_path):
+    """pandas (VLMEvalKit's reader) raises on a quote that is never closed; reading on would swallow
+    every later row into one cell and run the benchmark on fewer rows."""
+    rows = [dict(index=i, image=RED, question=f"q{i}", answer="x") for i in range(5)]
+    path = write_tsv(str(tmp_path / "X.tsv"), rows)
+    lines = open(path, encoding="utf-8").read().splitlines(keepends=True)
+    lines[3] = lines[3].replace("\tq2\t", '\t"q2 is quoted but never closed\t')
+    open(path, "w", encoding="utf-8").write("".join(lines))
+    with pytest.raises(DatasetError, match=r"X\.tsv: line 4: a quoted field opened here is never closed"):
+        load_dataset(path)
+    # a quoted field over several lines, and text after a closing quote (pandas keeps it), stay fine
+    path = tmp_path / "ok.tsv"
+    path.write_text('index\tquestion\n1\t"two\nlines"\n2\t"ab"c\n', encoding="utf-8")
+    assert read_table(str(path))[1] == [{"index": "1", "question": "two\nlines"}, {"index": "2", "question": "abc"}]

@@ -144,3 +144,49 @@ def test_eval_cli_checks_arguments_before_loading_the_model(tmp_path, monkeypatc
     assert args.func(args) == 2
     assert message in capsys.readouterr().err
     assert loaded == []
+
+
+def _without_openpyxl(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openpyxl(name, *args, **kwargs):
+        if name == "openpyxl" or name.startswith("openpyxl."):
+            raise ImportError("no openpyxl")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openpyxl)
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_xlsx_without_openpyxl_fails_before_loading_the_model(tmp_path, monkeypatch, capsys, how):
+    """issue 21 item 18: not after the whole inference."""
+    data = _mmbench(tmp_path)
+    loaded = []
+
+    def fake_load(path, **kw):
+        loaded.append(path)
+        return FakeModel()
+    monkeypatch.setattr(tgllava, "load", fake_load, raising=False)
+    _without_openpyxl(monkeypatch)
+    extra = ["--pred-format", "xlsx"] if how == "option" else []
+    if how == "environment":
+        monkeypatch.setenv("PRED_FORMAT", "xlsx")
+    parser = argparse.ArgumentParser(prog="tgllava")
+    ev.add_subparser(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--model", str(tmp_path / "ckpt"), "--data", data, "--work-dir",
+                              str(tmp_path / "wd"), "--no-progress", "--prompt-style", "vlmevalkit"] + extra)
+    assert args.func(args) == 2
+    assert "pip install openpyxl" in capsys.readouterr().err
+    assert loaded == []
+    # the library call refuses before it asks the model anything, and so does a merge
+    model = FakeModel(name="fake")
+    with pytest.raises(ev.DatasetError, match="openpyxl"):
+        ev.run(model, data, work_dir=str(tmp_path / "wd"), progress=False, prompt_style="vlmevalkit",
+               pred_format="xlsx")
+    assert model.items == []
+    args = parser.parse_args(["eval", "--merge", "--model-name", "fake", "--data", data, "--work-dir",
+                              str(tmp_path / "wd")] + extra)
+    assert args.func(args) == 2
+    assert "pip install openpyxl" in capsys.readouterr().err

@@ -156,7 +156,7 @@ def test_two_shards_and_merge_equal_one_run(tmp_path):
     two = tmp_path / "two"
     m0, m1 = FakeModel(name="fake"), FakeModel(name="fake")
     r0 = ev.run(m0, data, work_dir=str(two), batch_size=4, progress=False, prompt_style="vlmevalkit", shard=(0, 2))
-    assert r0 == {"dataset": "MMBench_DEV_EN", "shard": [0, 2], "rows": len(m0.items), "merged": False}
+    assert r0 == {"dataset": "MMBench_DEV_EN", "shard": [0, 2], "rows": len(m0.items), "merged": False, "failed": []}
     assert not os.path.exists(two / "fake" / "fake_MMBench_DEV_EN.tsv")
     # the second shard comes from a launcher's environment and, being last, merges
     r1 = ev.run(m1, data, work_dir=str(two), batch_size=4, progress=False, prompt_style="vlmevalkit",
@@ -386,6 +386,19 @@ def test_eval_end_to_end_golden(tmp_path):
                   max_new_tokens=4)
     assert filecmp.cmp(res["predictions"], res1["predictions"], shallow=False)
     assert res["scores"] == res1["scores"]
+    # the header identifies the real model (issue 21): a rerun resumes to nothing, another dtype is refused
+    header = json.loads(open(checkpoint_path(str(tmp_path / "wd"), "llm", "MMBench_DEV_EN")).readline())
+    settings = header["settings"]
+    assert settings["dtype"] == "float32" and settings["n_latents"] == model.sizes["p_latents"]
+    assert settings["model"]["llm_dir"] == os.path.realpath(ckpt / "llm")
+    assert {"config.json", "tokenizer.json"} <= set(settings["model"]["llm_files"])
+    assert settings["model"]["clip_dir"] == os.path.realpath(ckpt / "clip")
+    again = ev.run(model, data, work_dir=str(tmp_path / "wd"), batch_size=4, limit=8, progress=False,
+                   max_new_tokens=4)
+    assert again["scores"] == res["scores"]
+    half = tgllava.load(str(ckpt / "llm"), clip_dir=str(ckpt / "clip"), dtype="bfloat16")
+    with pytest.raises(ShardError, match="written with dtype = 'float32', but this run has dtype = 'bfloat16'"):
+        ev.run(half, data, work_dir=str(tmp_path / "wd"), batch_size=4, limit=8, progress=False, max_new_tokens=4)
 
 
 class StreamingFake(FakeModel):
@@ -457,3 +470,23 @@ def test_a_killed_continuous_run_resumes(tmp_path):
     res = ev.run(again, data, work_dir=wd, batch_size=3, progress=False, prompt_style="vlmevalkit")
     assert len(again.items) == 16 - 6
     assert filecmp.cmp(ref["predictions"], res["predictions"], shallow=False)
+
+
+@pytest.mark.parametrize("name", ["MMBench_TEST_EN", "POPE_test", "TextVQA_TEST"])
+def test_a_dataset_without_answers_is_inference_only(tmp_path, capsys, name):
+    """A test split without an `answer` column gets predictions and no score (VLMEvalKit's inference only)."""
+    rows = [dict(index=i, image=IMGS[i], question=f"Q{i} [say: {'AB'[i % 2]}]", A="a", B="b", category="c")
+            for i in range(4)]
+    data = write_tsv(str(tmp_path / f"{name}.tsv"), rows)
+    wd = tmp_path / "wd"
+    res = ev.run(FakeModel(name="fake"), data, work_dir=str(wd), progress=False, prompt_style="vlmevalkit")
+    note = f"{name} has no answer column: inference only (as in VLMEvalKit), predictions written but not scored"
+    assert res["headline"] == {} and res["scores"] == {} and res["files"] == [] and res["note"] == note
+    assert _files(wd / "fake") == [f"fake_{name}.tsv"]
+    lines = open(res["predictions"], encoding="utf-8").read().splitlines()
+    assert [line.split("\t")[-1] for line in lines] == ['"prediction"', '"A"', '"B"', '"A"', '"B"']
+    # scoring the file by hand says the same, and the command line prints it
+    assert ev.score(data, res["predictions"])["note"] == note
+    assert ev.main(["--data", data, "--predictions", res["predictions"]]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {note}" in out and "0.00" not in out

@@ -15,7 +15,8 @@ over processes, GPUs and nodes.
 
 Modules: data (dataset files, images, dataset kinds), prompts, extract
 (answer extraction), metrics (scores), judge (optional LLM judge),
-scoring (score files), runner (run, merge, resume), shard (launchers),
+scoring (score files), runner (run, merge, resume), settings (what a
+checkpoint records, so a resume never mixes answers), shard (launchers),
 tables (TSV/XLSX/JSON without pandas), protocol (the model interface),
 cli (`tgllava eval`).
 """

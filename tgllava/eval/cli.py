@@ -11,6 +11,10 @@ and calls `run_cli(args)`; `main(argv)` runs it on its own
 Under torchrun, srun or mpirun each process evaluates its shard on
 ``cuda:<local rank>`` (with --device cuda) and the last one to finish
 writes the merged files; ``--shard i/n`` does the same by hand.
+
+Exit status: 0 when every row was answered, 1 when some rows failed (bad
+rows: each is listed with its reason, counted in the summary, and retried
+by the next run), 2 on an error (nothing is scored).
 """
 
 import argparse
@@ -80,8 +84,9 @@ def _load_model(args):
 
 
 def _check_run_arguments(args):
-    """Refuse bad --batch-size/--limit/--max-new-tokens/--shard and unknown --data before loading a model."""
+    """Refuse bad --batch-size/--limit/--max-new-tokens/--shard/--pred-format and unknown --data before loading a model."""
     from .data import resolve_dataset_path
+    from .runner import resolve_pred_format
     from .shard import detect_shard
 
     if args.batch_size is None or args.batch_size < 1:
@@ -93,6 +98,7 @@ def _check_run_arguments(args):
     for d in args.data:
         resolve_dataset_path(d)  # DatasetError when the name or file does not exist
     detect_shard(args.shard)  # ShardError for a bad --shard or launcher environment
+    resolve_pred_format(args.pred_format)  # xlsx without openpyxl
 
 
 def run_cli(args):
@@ -143,6 +149,13 @@ def run_cli(args):
         for r in scored:
             for f in ([r["predictions"]] if r.get("predictions") else []) + r["files"]:
                 print(f"wrote {f}")
+    failed = [row for r in results for row in r.get("failed") or []]
+    for row in failed:
+        print(f"tgllava eval: failed: {row['reason']}", file=sys.stderr)  # the reason names dataset and row
+    if failed:
+        print(f"tgllava eval: {len(failed)} rows failed; fix them and rerun the same command to retry them",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,15 +1,22 @@
 """VLMEvalKit dataset files: finding, reading, images, dataset kinds.
 
-A dataset is a VLMEvalKit TSV: `index`, `image` (base64; or, when 64
-characters or fewer, the `index` of another row whose image it reuses; or
-a Python-literal list of base64 images), optional `image_path`, `question`,
+A dataset is a VLMEvalKit TSV: `index`, `image` (base64; or, when it is 64
+characters or fewer and equal to the `index` of another row, a reference to
+that row's image; or a Python-literal list of base64 images), optional
+`image_path`, `question`,
 `hint`, options `A`..`Z`, `answer`, `category`, `l2-category`, `split` and
 whatever else the benchmark carries.  `load_dataset` accepts a path or a
 name looked up as ``$LMUData/<name>.tsv`` (default ``~/LMUData``), the way
 VLMEvalKit's `LMUDataRoot` does, and mirrors `ImageBaseDataset.__init__`
 (vlmeval/dataset/image_base.py): rows whose `image` is missing are skipped,
-short `image` cells are resolved to the row they point at, and cells are
-read as pandas would read them (see tables.py).
+short `image` cells that name another row's index are resolved to that
+row's image, and cells are read as pandas would read them (see tables.py).
+
+A row whose picture cannot be had - a reference to a row without an image
+of its own, a missing image file, text that does not decode to a picture -
+is a *bad row*: `row_errors` holds a readable reason for the ones found
+when the file is loaded, `images(row)` raises DatasetError for the others,
+and the runner records such rows as failed instead of stopping.
 
 Each row gets an *image key*: a hash of its resolved image bytes (or the
 resolved file path for path-only datasets).  Rows that show the same
@@ -132,7 +139,9 @@ class Dataset:
     Attributes: `name`, `path`, `columns` (file order, with `image`),
     `rows` (list of dicts, cells str or None), `kind` (MCQ, Y/N, VQA),
     `scorer` (which VLMEvalKit evaluate() it follows), `image_keys` (one
-    per row).  Images are decoded on demand by `images(row)`.
+    per row; None for a bad row), `row_errors` ({position: reason} of the
+    rows whose picture is known to be unusable).  Images are decoded on
+    demand by `images(row)`.
     """
 
     def __init__(self, name, path, columns, rows, kind=None, scorer=None, meta_only=False):
@@ -153,10 +162,14 @@ class Dataset:
             self._by_index[idx] = pos
         self._image_src = {}
         self.meta_only = meta_only
-        if meta_only:
-            self.image_keys = [None] * len(rows)
-        else:
-            self.image_keys = [self._image_key(row) for row in rows]
+        self.image_keys = [None] * len(rows)
+        self.row_errors = {}
+        if not meta_only:
+            for pos, row in enumerate(rows):
+                try:
+                    self.image_keys[pos] = self._image_key(row)
+                except DatasetError as e:
+                    self.row_errors[pos] = str(e)
 
     def __len__(self):
         return len(self.rows)
@@ -177,24 +190,22 @@ class Dataset:
 
     # ---------------------------------------------------------------- images
     def _resolved_image_cell(self, row):
-        """The base64 text (or list literal) of a row, following short references."""
+        """The base64 text (or list literal) of a row, following a reference to another row.
+
+        As in VLMEvalKit, a reference is a cell of 64 characters or fewer that is the
+        index of a row of the same file; any other cell is the image itself.
+        """
         cell = row.get("image")
-        if cell is None:
-            return None
-        if 0 < len(cell) <= 64:
-            target = self._by_index.get(cell)
-            if target is None:
-                raise DatasetError(
-                    f"{self.name}: row {row['index']} reuses the image of row {cell}, which does not exist")
-            ref = self.rows[target].get("image")
-            if ref is None or len(ref) <= 64:
-                raise DatasetError(
-                    f"{self.name}: row {row['index']} points at row {cell}, which has no image of its own")
-            return ref
-        return cell
+        if cell is None or len(cell) > 64 or cell not in self._by_index:
+            return cell
+        ref = self.rows[self._by_index[cell]].get("image")
+        if ref is None or len(ref) <= 64:
+            raise DatasetError(
+                f"{self.name}: row {row['index']} reuses the image of row {cell}, which has no image of its own")
+        return ref
 
     def _image_paths(self, row):
-        paths = parse_list_cell(row["image_path"])
+        paths = self._list_cell(row, row["image_path"])
         out = []
         roots = [os.path.dirname(os.path.abspath(self.path)) if self.path else "",
                  os.path.join(lmu_data_root(), "images", self.name)]
@@ -234,14 +245,7 @@ class Dataset:
             cell = self._resolved_image_cell(row)
             if cell is None:
                 raise DatasetError(f"{self.name}: row {row['index']} has no image")
-            blobs = parse_list_cell(cell)
-            imgs = []
-            for b in blobs:
-                try:
-                    imgs.append(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB"))
-                except Exception as e:
-                    raise DatasetError(
-                        f"{self.name}: row {row['index']}: cannot decode its base64 image: {e}") from e
+            imgs = [self._decode_image(row, b) for b in self._list_cell(row, cell)]
         else:
             imgs = []
             for p in self._image_paths(row):
@@ -252,10 +256,37 @@ class Dataset:
                     raise DatasetError(f"{self.name}: row {row['index']}: cannot open {p}: {e}") from e
         return imgs[0] if len(imgs) == 1 else imgs
 
+    def _list_cell(self, row, cell):
+        """parse_list_cell, its error naming the row."""
+        try:
+            return parse_list_cell(cell)
+        except DatasetError as e:
+            raise DatasetError(f"{self.name}: row {row['index']}: {e}") from None
+
+    def _decode_image(self, row, text):
+        """One base64 picture of a row as a PIL RGB image; a DatasetError with a readable reason if it is not one."""
+        from PIL import Image, UnidentifiedImageError
+
+        where = f"{self.name}: row {row['index']}"
+        shown = text if len(text) <= 24 else text[:24] + "..."
+        try:
+            data = base64.b64decode(text)
+        except ValueError as e:  # binascii.Error
+            raise DatasetError(f"{where}: its image cell {shown!r} is not base64 ({e}) nor the index of "
+                               "another row") from None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.convert("RGB")
+        except UnidentifiedImageError:
+            raise DatasetError(f"{where}: its image cell {shown!r} decodes to {len(data)} bytes that are not "
+                               "a picture in a format PIL reads") from None
+        except Exception as e:  # truncated data, a decompression bomb, ...
+            raise DatasetError(f"{where}: its image cannot be decoded: {type(e).__name__}: {e}") from None
+
     def n_images(self, row):
         if "image" in self.columns:
-            return len(parse_list_cell(self._resolved_image_cell(row)))
-        return len(parse_list_cell(row["image_path"]))
+            return len(self._list_cell(row, self._resolved_image_cell(row)))
+        return len(self._list_cell(row, row["image_path"]))
 
 
 def load_dataset(data, kind=None, scorer=None):

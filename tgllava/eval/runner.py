@@ -4,9 +4,12 @@
 
 1. load the TSV (data.py), keep the first `limit` rows, and take this
    process's part of them (shard.py: explicit shard or launcher env);
-2. read the checkpoints already written for this model and dataset -
-   append-only JSON-lines files ``<model>_<dataset>_infer[_shard<i>of<n>].jsonl``
-   in ``work_dir/<model>/`` - and skip every row they hold;
+2. lock this process's checkpoint - an append-only JSON-lines file
+   ``<model>_<dataset>_infer[_shard<i>of<n>].jsonl`` in ``work_dir/<model>/``
+   - for the whole run (a second run on the same output is refused at once;
+   the lock goes with the process, however it ends), read the checkpoints
+   already written for this model and dataset and skip every row they
+   answer;
 3. run the rest - for a tgllava.Model through its eval adapter's
    ``answer_stream`` (adapter.py): continuous batching, ``batch_size``
    answers generated together and each finished one's slot taken by the
@@ -16,11 +19,16 @@
    ``image_key``, sees repeats at once), the next batch's images decoded on
    a helper thread meanwhile; answers are appended to the checkpoint and
    fsync'ed ``batch_size`` at a time, so a killed run loses at most one
-   batch of answers (plus the ones being generated);
-4. when every row of the dataset has an answer (in this process's
-   checkpoint or, for shards, in all of them), write
+   batch of answers (plus the ones being generated).  A bad row (its
+   picture cannot be decoded or found) does not stop the run: it is
+   recorded as failed, with the reason, and retried by the next run;
+4. when every row of the dataset has an answer or failed (in this
+   process's checkpoint or, for shards, in all of them), write
    ``<model>_<dataset>.<fmt>`` - the dataset's columns but `image`, in the
-   dataset's order, plus `prediction` - and score it (scoring.py).  One
+   dataset's order, plus `prediction` (empty for a failed row) - and score
+   it (scoring.py), unless rows failed (the result lists them and says why
+   there is no score) or the dataset has no `answer` column (inference
+   only, as in VLMEvalKit).  One
    shard process does this under a lock file (holding its pid and host; a
    lock whose process is dead, or that is older than STALE_LOCK_SECONDS, is
    taken over); `merge` does it on demand.
@@ -28,11 +36,14 @@
 Because the final files are built from the union of the checkpoints and
 nothing else, a single process, any number of shards plus a merge, any
 batch size and any number of restarts all produce the same bytes.
-A checkpoint records the settings that change answers (prompt style, chat
-template, token budget, sampling, TG switches); mixing files made with
-different settings is refused.
+A checkpoint records every setting that changes an answer (settings.py:
+tgllava version, model identity and file fingerprints, dtype, prompt style,
+chat template, token budget, sampling, TG switches); resuming from or
+merging files made with different settings is refused, naming the setting.
 """
 
+import collections
+import fcntl
 import json
 import os
 import re
@@ -44,11 +55,13 @@ from .adapter import as_eval_model
 from .data import MCQ, YORN, _LONG_ANSWER_SCORERS, load_dataset
 from .errors import DatasetError, EvalError, ShardError
 from .prompts import PROMPT_STYLES, build_item_prompt, default_conv_mode
-from .scoring import score
+from .judge import judge_name, make_judge
+from .scoring import score, unscored_result
+from .settings import describe_mismatch, run_settings
 from .shard import detect_shard, partition
-from .tables import PRED_FORMATS
+from .tables import PRED_FORMATS, check_format_available
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 # ------------------------------------------------------------ small helpers
@@ -80,10 +93,14 @@ def default_max_new_tokens(dataset):
 
 
 def resolve_pred_format(fmt=None):
-    """tsv (default), xlsx or json; $PRED_FORMAT as in VLMEvalKit when not given."""
+    """tsv (default), xlsx or json; $PRED_FORMAT as in VLMEvalKit when not given.
+
+    Checked before any work: xlsx without openpyxl is a DatasetError here, not after the inference.
+    """
     fmt = (fmt or os.environ.get("PRED_FORMAT") or "tsv").lower()
     if fmt not in PRED_FORMATS:
         raise ValueError(f"prediction format {fmt!r}: expected one of {', '.join(PRED_FORMATS)}")
+    check_format_available(fmt)
     return fmt
 
 
@@ -99,7 +116,13 @@ def checkpoint_path(work_dir, model_name, dataset_name, rank=0, world=1):
 # ------------------------------------------------------------ checkpoints
 
 class Checkpoint:
-    """An append-only JSON-lines file: a header, then {"index", "prediction"} lines."""
+    """An append-only JSON-lines file: a header, then {"index", "prediction"} lines, and
+    {"index", "failed"} lines for bad rows (a reason; the next run retries them).
+
+    open() locks the file for the run's lifetime (flock: the kernel drops it when the process
+    ends, however it ends); a second run on the same file is refused at once.  The header is
+    written with the first records.
+    """
 
     def __init__(self, path, header):
         self.path = path
@@ -107,15 +130,26 @@ class Checkpoint:
         self._f = None
 
     def open(self):
-        if os.path.exists(self.path):
-            _repair_tail(self.path)  # may cut a header torn by a kill down to nothing
-        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        self._f = open(self.path, "a", encoding="utf-8")
-        if new:
-            self._write([self.header])
+        f = open(self.path, "a", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise EvalError(
+                f"another tgllava eval is running on {self.path} (same work dir, model name, dataset and "
+                "shard); wait for it to finish, or give this run another work_dir / --work-dir or "
+                "model_name / --model-name") from None
+        self._f = f
+        _repair_tail(self.path)  # may cut a header torn by a kill down to nothing
 
-    def append(self, pairs):
-        self._write([{"index": idx, "prediction": pred} for idx, pred in pairs])
+    def append(self, answers, failures=()):
+        """Record (index, prediction) pairs and (index, reason) pairs of failed rows."""
+        records = ([{"index": idx, "prediction": pred} for idx, pred in answers]
+                   + [{"index": idx, "failed": reason} for idx, reason in failures])
+        if records and os.fstat(self._f.fileno()).st_size == 0:
+            records.insert(0, self.header)
+        if records:
+            self._write(records)
 
     def _write(self, records):
         self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -124,7 +158,7 @@ class Checkpoint:
 
     def close(self):
         if self._f is not None:
-            self._f.close()
+            self._f.close()  # releases the lock
             self._f = None
 
 
@@ -139,8 +173,8 @@ def _repair_tail(path):
 
 
 def read_checkpoint(path):
-    """(header, {index: prediction}) of one checkpoint; a torn last line is ignored."""
-    header, preds = None, {}
+    """(header, {index: prediction}, {index: reason failed}) of one checkpoint; a torn last line is ignored."""
+    header, preds, failures = None, {}, {}
     with open(path, "r", encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
@@ -154,9 +188,12 @@ def read_checkpoint(path):
                     raise ShardError(f"{path} is not a tgllava eval checkpoint")
                 header = rec
                 continue
-            if isinstance(rec, dict) and "index" in rec and "prediction" in rec:
-                preds.setdefault(str(rec["index"]), rec["prediction"])
-    return header, preds
+            if isinstance(rec, dict) and "index" in rec:
+                if "prediction" in rec:
+                    preds.setdefault(str(rec["index"]), rec["prediction"])
+                elif "failed" in rec:
+                    failures[str(rec["index"])] = str(rec["failed"])  # the latest try's reason
+    return header, preds, failures
 
 
 def find_checkpoints(work_dir, model_name, dataset_name):
@@ -169,39 +206,47 @@ def find_checkpoints(work_dir, model_name, dataset_name):
 
 
 def collect_predictions(paths, settings=None):
-    """Union of the predictions in checkpoint files made with the same settings.
+    """Union of the predictions in checkpoint files made with `settings` (None: the first file's).
 
-    Returns (settings, limits, {index: prediction}); the first file in path
-    order wins where two hold the same row.
+    Returns (settings, limits, {index: prediction}, {index: reason} of the
+    rows that failed and have no prediction in any file); the first file in
+    path order wins where two hold the same row.  A file made with other
+    settings is a ShardError naming the first setting that differs.
     """
-    preds, limits = {}, set()
+    preds, failures, limits = {}, {}, set()
+    settings_of = "this run"
     for path in paths:
-        header, got = read_checkpoint(path)
+        header, got, failed = read_checkpoint(path)
         if header is None:
             continue
         if settings is None:
-            settings = header.get("settings")
+            settings, settings_of = header.get("settings"), path
         elif header.get("settings") != settings:
-            raise ShardError(
-                f"{path} was written with settings {header.get('settings')}, not {settings}; "
-                "remove it, rerun with the same settings, or use another work_dir or model_name")
+            raise ShardError(describe_mismatch(path, header.get("settings"), settings, settings_of))
         limits.add(header.get("limit"))
         for k, v in got.items():
             preds.setdefault(k, v)
-    return settings, limits, preds
+        failures.update(failed)
+    return settings, limits, preds, {k: v for k, v in failures.items() if k not in preds}
 
 
 # ------------------------------------------------------------ the loop
 
 def _build_items(dataset, positions, style, conv_mode):
-    items = []
+    """([(position, item)], [(position, reason)]): the rows' items, and the bad rows (no usable picture)."""
+    ready, bad = [], []
     for p in positions:
         row = dataset.rows[p]
-        n_images = dataset.n_images(row)
-        prompt, guide = build_item_prompt(dataset, row, style, conv_mode, n_images)
-        items.append({"image": dataset.images(row), "prompt": prompt,
-                      "text_guide": guide, "image_key": dataset.image_keys[p]})
-    return items
+        try:
+            n_images = dataset.n_images(row)
+            prompt, guide = build_item_prompt(dataset, row, style, conv_mode, n_images)
+            item = {"image": dataset.images(row), "prompt": prompt,
+                    "text_guide": guide, "image_key": dataset.image_keys[p]}
+        except DatasetError as e:
+            bad.append((p, str(e)))
+            continue
+        ready.append((p, item))
+    return ready, bad
 
 
 def _schedule(dataset, positions):
@@ -213,17 +258,17 @@ def _schedule(dataset, positions):
 
 
 def _item_stream(dataset, todo, batch_size, style, conv_mode):
-    """(position, item) pairs of the rows to run, the next batch's images decoded on a helper thread."""
+    """_build_items of each batch of the rows to run, the next batch's images decoded on a helper thread."""
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     if not batches:
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         nxt = pool.submit(_build_items, dataset, batches[0], style, conv_mode)
-        for k, batch in enumerate(batches):
-            items = nxt.result()
+        for k in range(len(batches)):
+            built = nxt.result()
             if k + 1 < len(batches):
                 nxt = pool.submit(_build_items, dataset, batches[k + 1], style, conv_mode)
-            yield batch, items
+            yield built
 
 
 def _answer_text(a):
@@ -238,29 +283,41 @@ def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
     """Answer the rows `todo`: continuously through the model's answer_stream when it has one (a
     tgllava.Model's adapter: batch_size answers generated together, each finished one's slot
     taken by the next row at once; answers checkpointed batch_size at a time), else batch by
-    batch through chat_batch (each batch waits for its longest answer)."""
+    batch through chat_batch (each batch waits for its longest answer).  Bad rows are
+    checkpointed as failed with the next answers and never reach the model."""
+    index_of = lambda p: dataset.rows[p]["index"]  # noqa: E731
     stream = getattr(model, "answer_stream", None)
     if stream is not None:
-        keyed = (pair for batch, items in _item_stream(dataset, todo, batch_size, style, conv_mode)
-                 for pair in zip(batch, items))
+        bad = collections.deque()  # (index, reason) not yet checkpointed; deque: the stream may read from a thread
+
+        def ready_items():
+            for ready, failed in _item_stream(dataset, todo, batch_size, style, conv_mode):
+                bad.extend((index_of(p), reason) for p, reason in failed)
+                bar.update(len(failed))
+                yield from ready
+
+        def take_bad():
+            return [bad.popleft() for _ in range(len(bad))]
+
         pending = []
-        for p, a in stream(keyed, batch_size, **gen):
-            pending.append((dataset.rows[p]["index"], _answer_text(a)))
+        for p, a in stream(ready_items(), batch_size, **gen):
+            pending.append((index_of(p), _answer_text(a)))
             bar.update(1)
             if len(pending) >= batch_size:
-                ckpt.append(pending)
+                ckpt.append(pending, take_bad())
                 pending = []
-        if pending:
-            ckpt.append(pending)
+        ckpt.append(pending, take_bad())
         return
-    for batch, items in _item_stream(dataset, todo, batch_size, style, conv_mode):
-        answers = model.chat_batch(items, **gen)
+    for ready, failed in _item_stream(dataset, todo, batch_size, style, conv_mode):
+        items = [item for _, item in ready]
+        answers = model.chat_batch(items, **gen) if items else []
         if not isinstance(answers, (list, tuple)) or len(answers) != len(items):
             raise EvalError(
                 f"model.chat_batch returned {type(answers).__name__} of "
                 f"{len(answers) if hasattr(answers, '__len__') else '?'} answers for {len(items)} items")
-        ckpt.append([(dataset.rows[p]["index"], _answer_text(a)) for p, a in zip(batch, answers)])
-        bar.update(len(batch))
+        ckpt.append([(index_of(p), _answer_text(a)) for (p, _), a in zip(ready, answers)],
+                    [(index_of(p), reason) for p, reason in failed])
+        bar.update(len(ready) + len(failed))
 
 
 def _progress(total, initial, desc, enabled):
@@ -271,7 +328,7 @@ def _progress(total, initial, desc, enabled):
 
 
 def write_predictions(dataset, positions, preds, path):
-    """The predictions file: dataset columns but `image`, dataset order, + prediction."""
+    """The predictions file: dataset columns but `image`, dataset order, + prediction (None: empty)."""
     from .tables import write_table
 
     columns = [c for c in dataset.columns if c != "image"]
@@ -285,12 +342,32 @@ def write_predictions(dataset, positions, preds, path):
     write_table(path, columns, rows)
 
 
-def _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model):
+def _failed_rows(dataset, positions, failed):
+    """[{"index", "reason"}] of the failed rows among `positions`, in dataset order."""
+    return [{"index": dataset.rows[p]["index"], "reason": failed[dataset.rows[p]["index"]]}
+            for p in positions if dataset.rows[p]["index"] in failed]
+
+
+def _finalize(dataset, positions, preds, failed, work_dir, model_name, fmt, judge, judge_model):
+    """Write the predictions file (failed rows with an empty prediction); score it if no row failed.
+
+    A run with failed rows gets no score: an empty prediction does not reliably score as wrong
+    (VLMEvalKit's matching reads it as 'nan', which can match an option whose text is 'a'), and a
+    score over the answered rows only would not be the benchmark's.
+    """
     path = predictions_path(work_dir, model_name, dataset.name, fmt)
-    write_predictions(dataset, positions, preds, path)
-    keys = {r["index"]: k for r, k in zip(dataset.rows, dataset.image_keys)}
-    result = score(dataset, path, judge=judge, judge_model=judge_model, image_keys=keys)
+    write_predictions(dataset, positions, {**preds, **dict.fromkeys(failed)}, path)
+    failed_rows = _failed_rows(dataset, positions, failed)
+    if failed_rows:
+        result = unscored_result(
+            dataset.name, dataset.kind, dataset.scorer, judge_name(make_judge(judge, judge_model)),
+            f"{dataset.name}: {len(failed_rows)} of {len(positions)} rows failed (see each one's reason), so "
+            "it is not scored; fix them and rerun to retry them")
+    else:
+        keys = {r["index"]: k for r, k in zip(dataset.rows, dataset.image_keys)}
+        result = score(dataset, path, judge=judge, judge_model=judge_model, image_keys=keys)
     result["predictions"] = path
+    result["failed"] = failed_rows
     return result
 
 
@@ -300,9 +377,10 @@ def run(model, data, work_dir="./work_dir", model_name=None, batch_size=8, limit
     """Evaluate `model` on dataset `data` (name or TSV path; or a list of them).
 
     Returns the score dict of scoring.score (plus `predictions`, the file
-    written), or - for a list - {dataset name: score dict}.  A shard whose
-    siblings have not finished returns {"dataset", "shard", "rows",
-    "merged": False}.  See the module docstring for files and resume.
+    written, and `failed`, [{"index", "reason"}] of the bad rows), or - for
+    a list - {dataset name: score dict}.  A shard whose siblings have not
+    finished returns {"dataset", "shard", "rows", "merged": False, "failed"}.
+    See the module docstring for files and resume.
     """
     if isinstance(data, (list, tuple)):
         return {os.path.splitext(os.path.basename(str(d)))[0]: run(
@@ -325,51 +403,56 @@ def run(model, data, work_dir="./work_dir", model_name=None, batch_size=8, limit
 
     if prompt_style == "llava" and conv_mode is None:
         conv_mode = default_conv_mode(model)
-    settings = {
-        "prompt_style": prompt_style,
-        "conv_mode": conv_mode if prompt_style == "llava" else None,
-        "max_new_tokens": int(max_new_tokens or default_max_new_tokens(dataset)),
-        "temperature": 0.0,
-        "use_fom": bool(use_fom),
-        "use_dp": bool(use_dp),
-    }
+    settings = run_settings(model, prompt_style, conv_mode, max_new_tokens or default_max_new_tokens(dataset),
+                            use_fom, use_dp)
     positions = list(range(len(dataset)))[:limit]
     owner = partition([dataset.image_keys[p] for p in positions], info.world)
     mine = [p for p, o in zip(positions, owner) if o == info.rank]
-
-    _, _, done = collect_predictions(
-        find_checkpoints(work_dir, model_name, dataset.name), settings)
-    todo = _schedule(dataset, [p for p in mine if dataset.rows[p]["index"] not in done])
     header = {"tgllava_eval_checkpoint": CHECKPOINT_VERSION, "dataset": dataset.name,
               "model": model_name, "settings": settings, "limit": limit,
               "shard": [info.rank, info.world]}
     ckpt = Checkpoint(checkpoint_path(work_dir, model_name, dataset.name, info.rank, info.world), header)
+    ckpt.open()  # held until the run ends: no other run can write this checkpoint meanwhile
+    try:
+        return _run_locked(model, dataset, positions, mine, ckpt, settings, info, work_dir, model_name, fmt,
+                           batch_size, prompt_style, conv_mode, progress, judge, judge_model)
+    finally:
+        ckpt.close()
+
+
+def _run_locked(model, dataset, positions, mine, ckpt, settings, info, work_dir, model_name, fmt, batch_size,
+                prompt_style, conv_mode, progress, judge, judge_model):
+    """run() once it holds its checkpoint: resume, infer, then write the final files when all rows are in."""
+    _, _, done, _ = collect_predictions(find_checkpoints(work_dir, model_name, dataset.name), settings)
+    index_of = lambda p: dataset.rows[p]["index"]  # noqa: E731
+    left = [p for p in mine if index_of(p) not in done]
+    ckpt.append([], [(index_of(p), dataset.row_errors[p]) for p in left if p in dataset.row_errors])
+    todo = _schedule(dataset, [p for p in left if p not in dataset.row_errors])
     gen = {"max_new_tokens": settings["max_new_tokens"], "temperature": 0.0,
            "use_fom": settings["use_fom"], "use_dp": settings["use_dp"]}
     desc = f"{model_name}/{dataset.name}" + (f" [{info.rank}/{info.world}]" if info.world > 1 else "")
     if todo:
-        ckpt.open()
         bar = _progress(len(mine), len(mine) - len(todo), desc, progress)
         try:
             _infer(as_eval_model(model), dataset, todo, ckpt, batch_size, prompt_style, conv_mode, gen, bar)
         finally:
             bar.close()
-            ckpt.close()
 
+    paths = find_checkpoints(work_dir, model_name, dataset.name)
+    _, _, preds, failed = collect_predictions(paths, settings)
     if info.world == 1:
-        _, _, preds = collect_predictions(find_checkpoints(work_dir, model_name, dataset.name), settings)
-        return _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model)
-    merged = _merge_if_complete(dataset, positions, work_dir, model_name, fmt, settings, judge, judge_model)
+        return _finalize(dataset, positions, preds, failed, work_dir, model_name, fmt, judge, judge_model)
+    merged = _merge_if_complete(dataset, positions, preds, failed, paths, work_dir, model_name, fmt, judge,
+                                judge_model)
     if merged is not None:
         return merged
-    return {"dataset": dataset.name, "shard": [info.rank, info.world], "rows": len(mine), "merged": False}
+    return {"dataset": dataset.name, "shard": [info.rank, info.world], "rows": len(mine), "merged": False,
+            "failed": _failed_rows(dataset, mine, failed)}
 
 
-def _merge_if_complete(dataset, positions, work_dir, model_name, fmt, settings, judge, judge_model):
-    """Write the final files if all rows are answered; one process does it (lock file)."""
-    paths = find_checkpoints(work_dir, model_name, dataset.name)
-    _, _, preds = collect_predictions(paths, settings)
-    if any(dataset.rows[p]["index"] not in preds for p in positions):
+def _merge_if_complete(dataset, positions, preds, failed, paths, work_dir, model_name, fmt, judge, judge_model):
+    """Write the final files if all rows are answered or failed; one process does it (lock file)."""
+    if any(dataset.rows[p]["index"] not in preds and dataset.rows[p]["index"] not in failed for p in positions):
         return None
     lock = os.path.join(work_dir, model_name, f"{model_name}_{dataset.name}.merge.lock")
     if not _take_lock(lock):
@@ -378,7 +461,7 @@ def _merge_if_complete(dataset, positions, work_dir, model_name, fmt, settings, 
         final = predictions_path(work_dir, model_name, dataset.name, fmt)
         if os.path.exists(final) and all(os.path.getmtime(final) >= os.path.getmtime(p) for p in paths):
             return None  # a sibling already merged these very checkpoints
-        return _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model)
+        return _finalize(dataset, positions, preds, failed, work_dir, model_name, fmt, judge, judge_model)
     finally:
         os.unlink(lock)
 
@@ -469,17 +552,18 @@ def merge(work_dir, model_name, data, judge=None, limit=None, pred_format=None, 
         raise ShardError(
             f"no checkpoints for model {model_name} and dataset {dataset.name} under "
             f"{os.path.join(work_dir, model_name)}")
-    settings, limits, preds = collect_predictions(paths)
+    settings, limits, preds, failed = collect_predictions(paths)
     if limit is None:
         if len(limits) > 1:
             raise ShardError(f"the checkpoints were made with different limits {sorted(limits, key=str)}; "
                              "pass limit explicitly")
         limit = next(iter(limits)) if limits else None
     positions = list(range(len(dataset)))[:limit]
-    missing = [dataset.rows[p]["index"] for p in positions if dataset.rows[p]["index"] not in preds]
+    missing = [dataset.rows[p]["index"] for p in positions
+               if dataset.rows[p]["index"] not in preds and dataset.rows[p]["index"] not in failed]
     if missing:
         names = ", ".join(os.path.basename(p) for p in paths)
         raise ShardError(
             f"{len(missing)} of {len(positions)} rows of {dataset.name} have no prediction yet "
             f"(first: {missing[:5]}); checkpoints found: {names}. Finish the missing shards, then merge.")
-    return _finalize(dataset, positions, preds, work_dir, model_name, fmt, judge, judge_model)
+    return _finalize(dataset, positions, preds, failed, work_dir, model_name, fmt, judge, judge_model)

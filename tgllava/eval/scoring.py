@@ -25,6 +25,12 @@ without one they get exact-match scores, and the result says so
 The result is a dict: dataset, kind, scorer, judge, exact_matching, note,
 headline (the numbers people quote, in percent or OCRBench points), scores
 (every cell of the score tables, flattened), files (paths written).
+
+A dataset without an `answer` column (LLaVABench: nor `gpt4_ans`; a test
+split whose answers are withheld) is not scored, as VLMEvalKit does inference only for such sets:
+the result has an empty headline, no files and a note saying so.
+`format_summary` shows the headline numbers of several results, their
+failed rows (runner.py) and their notes.
 """
 
 import json
@@ -115,6 +121,11 @@ def score(data, predictions_file, judge=None, work_dir=None, judge_model=None, i
         kind, scorer = meta.kind, meta.scorer
     else:
         kind, scorer = dataset_rules(name, columns, rows)
+    references = ("gpt4_ans", "answer") if scorer == "llavabench" else ("answer",)
+    if not any(c in (meta.columns if meta is not None else columns) for c in references):
+        return unscored_result(name, kind, scorer, judge_name(judge),
+                               f"{name} has no {' or '.join(references)} column: inference only (as in "
+                               "VLMEvalKit), predictions written but not scored")
     for r in rows:
         r["prediction"] = "nan" if r.get("prediction") is None else str(r["prediction"])
 
@@ -142,6 +153,12 @@ def score(data, predictions_file, judge=None, work_dir=None, judge_model=None, i
         "exact_matching": exact, "note": out.note, "headline": out.headline,
         "scores": out.scores, "files": out.files,
     }
+
+
+def unscored_result(name, kind, scorer, judge_label, note):
+    """A result without numbers (no headline, scores or files), `note` saying why."""
+    return {"dataset": name, "kind": kind, "scorer": scorer, "judge": judge_label, "exact_matching": False,
+            "note": note, "headline": {}, "scores": {}, "files": []}
 
 
 # ------------------------------------------------------------------ MCQ
@@ -385,6 +402,8 @@ def format_summary(results):
         tag = " (exact match, no judge)" if res.get("exact_matching") else ""
         if not res.get("headline"):
             lines.append((res.get("dataset", "?"), "-", "-", judge + tag))
+        if res.get("failed"):
+            lines.append((res["dataset"], "failed rows", str(len(res["failed"])), judge))
         for metric, value in (res.get("headline") or {}).items():
             lines.append((res["dataset"], metric, _fmt(value), judge + tag))
     header = ("dataset", "metric", "value", "judge")

@@ -169,29 +169,70 @@ def render_typed(columns, rows):
 
 # ------------------------------------------------------------------- reading
 
+class _Lines:
+    """A file's lines for csv.reader, noting when the reader asks for more after the last one.
+
+    The reader only does that inside a quoted field, so a record returned after
+    `ran_out` is set ran into the end of the file with a quote still open.
+    """
+
+    def __init__(self, f):
+        self.f = f
+        self.ran_out = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.f.readline()
+        if not line:
+            self.ran_out = True
+            raise StopIteration
+        return line
+
+
 def read_tsv_raw(path, delimiter="\t"):
-    """Header and rows of raw strings (no NA or type handling)."""
+    """Header and rows of raw strings (no NA or type handling).
+
+    Parsed as strictly as pandas' read_csv, which VLMEvalKit uses: a quote
+    that is never closed (it would swallow the rest of the file into one
+    cell) and a record with more fields than the header are DatasetErrors
+    naming the line where the record starts.
+    """
     try:
         f = open(path, "r", encoding="utf-8-sig", newline="")
     except OSError as e:
         raise DatasetError(f"cannot open {path}: {e}") from e
     with f:
-        reader = csv.reader(f, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DatasetError(f"{path} is empty") from None
-        rows = []
-        for lineno, fields in enumerate(reader, start=2):
+        lines = _Lines(f)
+        reader = csv.reader(lines, delimiter=delimiter)
+        header, rows = None, []
+        while True:
+            start = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise DatasetError(f"{path}: line {start}: {e}") from None
+            if lines.ran_out:
+                raise DatasetError(
+                    f"{path}: line {start}: a quoted field opened here is never closed (the rest of the "
+                    "file would be read as one cell); close or remove the stray quote")
+            if header is None:
+                header = fields
+                continue
             if not fields:
                 continue
             if len(fields) > len(header):
                 raise DatasetError(
-                    f"{path}: record {lineno} has {len(fields)} fields, the header has {len(header)}")
+                    f"{path}: line {start}: {len(fields)} fields, but the header has {len(header)}")
             row = dict(zip(header, fields))
             for col in header[len(fields):]:
                 row[col] = None
             rows.append(row)
+    if header is None:
+        raise DatasetError(f"{path} is empty")
     return header, rows
 
 
@@ -208,6 +249,12 @@ def read_table(path, skip_render=()):
         columns, rows = _read_json(path)
         return columns, render_typed(columns, rows)
     raise DatasetError(f"{path}: unknown table format '.{ext}' (expected .tsv, .csv, .xlsx or .json)")
+
+
+def check_format_available(fmt):
+    """Raise DatasetError now if files of format `fmt` could not be written (xlsx without openpyxl)."""
+    if fmt == "xlsx":
+        _openpyxl()
 
 
 def _openpyxl():
