@@ -65,8 +65,10 @@ PyArrayObject *tg_py_array(PyObject *obj, int typenum, int ndim, const char *wha
 int tg_py_int(PyObject *obj, long long lo, long long hi, const char *what, int *out) {
     PyObject *i = PyNumber_Index(obj);
     if (!i) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be an integer, got %s", what, Py_TYPE(obj)->tp_name);
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s must be an integer, got %s", what, Py_TYPE(obj)->tp_name);
+        }
         return -1;
     }
     int overflow;
