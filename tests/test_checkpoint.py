@@ -150,3 +150,77 @@ def test_infinite_shape_and_deep_json(tmp_path):
     with pytest.raises(tgllava.CheckpointError, match=r"deep\.json: not valid JSON"):
         read_json(str(tmp_path / "deep.json"))
 
+
+
+# ---- layouts the safetensors format forbids (issue 21 item 6): refused, naming file and tensor
+
+def _rewrite_header(path, change):
+    """Rewrite the header of a .safetensors file with change(header); the data bytes stay as they are."""
+    data = open(path, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    change(header)
+    h = json.dumps(header).encode()
+    open(path, "wb").write(struct.pack("<Q", len(h)) + h + data[8 + n:])
+
+
+def test_load_refuses_a_tensor_pointing_at_another_tensors_bytes(llava):
+    llm, clip = llava
+    f = os.path.join(llm, "model.safetensors")
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+
+    def alias(h):
+        h[k]["data_offsets"] = h[q]["data_offsets"]
+
+    _rewrite_header(f, alias)
+    with pytest.raises(tgllava.CheckpointError, match=rf"model\.safetensors: tensor .*(k|q)_proj.weight: .*overlap .*"
+                                                      rf"tensor .*(q|k)_proj\.weight"):
+        tgllava.load(llm, clip)
+
+
+F4 = {"dtype": "F32", "shape": [4]}  # 16 bytes
+
+
+@pytest.mark.parametrize("header,data,match", [
+    (b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, '
+     b'"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 16, r"tensor w: named twice"),
+    (b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16], "dtype": "F16"}}', 16,
+     r"tensor w: header entry has 'dtype' twice"),
+    ({"a": {**F4, "data_offsets": [0, 16]}, "b": {**F4, "data_offsets": [8, 24]}}, 24,
+     r"tensor b: 'data_offsets' 8..24 overlap those of tensor a \(0..16\)"),
+    ({"a": {**F4, "data_offsets": [0, 16]}, "b": {**F4, "data_offsets": [0, 16]}}, 32, r"tensor b: .*overlap .*tensor a"),
+    ({"a": {**F4, "data_offsets": [0, 16]}, "b": {**F4, "data_offsets": [24, 40]}}, 40,
+     r"tensor b: data bytes 16..24 before its 'data_offsets' belong to no tensor"),
+    ({"a": {**F4, "data_offsets": [8, 24]}}, 24, r"tensor a: data bytes 0..8 "),
+    ({"a": {**F4, "data_offsets": [0, 16]}}, 20, r"data bytes 16..20 \(after tensor a\) belong to no tensor"),
+    ({}, 4, r"data bytes 0..4 belong to no tensor"),
+])
+def test_forbidden_safetensors_layouts(tmp_path, header, data, match):
+    from tgllava.checkpoint import safetensors_refs
+    p = _raw_safetensors(tmp_path / "bad.safetensors", header, b"\x00" * data)
+    with pytest.raises(tgllava.CheckpointError, match=r"bad\.safetensors: " + match):
+        safetensors_refs(p)
+
+
+def test_allowed_safetensors_layouts(tmp_path):
+    """Zero-size tensors (anywhere, sharing an offset), entries in any order and no tensor at all are valid."""
+    from tgllava.checkpoint import safetensors_refs
+    header = {"b": {**F4, "data_offsets": [16, 32]}, "e": {"dtype": "F32", "shape": [0], "data_offsets": [16, 16]},
+              "a": {**F4, "data_offsets": [0, 16]}, "z": {"dtype": "F32", "shape": [2, 0], "data_offsets": [32, 32]},
+              "__metadata__": {"format": "pt"}}
+    data = np.arange(8, dtype=np.float32).tobytes()
+    refs = safetensors_refs(_raw_safetensors(tmp_path / "ok.safetensors", header, data))
+    assert sorted(refs) == ["a", "b", "e", "z"] and refs["b"].float32().tolist() == [4, 5, 6, 7]
+    assert safetensors_refs(_raw_safetensors(tmp_path / "empty.safetensors", {}, b"")) == {}
+
+
+def test_a_tensor_in_two_files_of_one_checkpoint_is_refused(tmp_path):
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        save_safetensors(str(tmp_path / name), {"w": np.zeros(2, np.float32), name[6:11]: np.ones(1, np.float32)})
+    with pytest.raises(tgllava.CheckpointError, match=r"00002-of-00002\.safetensors: tensor w: also in .*00001-of"):
+        read_tensors(str(tmp_path))
+    wm = {"w": "model-00001-of-00002.safetensors", "00001": "model-00001-of-00002.safetensors",
+          "00002": "model-00002-of-00002.safetensors"}
+    json.dump({"weight_map": wm}, open(tmp_path / "model.safetensors.index.json", "w"))
+    with pytest.raises(tgllava.CheckpointError, match=r"tensor w: also in"):
+        read_tensors(str(tmp_path))

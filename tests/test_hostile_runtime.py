@@ -206,3 +206,131 @@ def test_cli_refuses_non_finite_sampling_before_loading(tmp_path, capsys):
                        "--question", "hi"] + opt)
         err = capsys.readouterr().err
         assert rc != 0 and ("temperature" in err or "top_p" in err), err
+
+
+# ---- byte order, alignment and integer ranges at the binding (issue 21 item 7)
+
+def _misaligned(a):
+    """A C-contiguous copy of `a` whose data starts one byte past an aligned address."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buf.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous and not out.flags.aligned
+    return out
+
+
+def test_byte_swapped_and_misaligned_arrays_are_read_as_their_values():
+    """'>f4' / '>i4' arrays used to be read as native bytes (_C.tile gave ~1e-41): every array argument
+    of _C (tg_py_array) now reads the values, as NumPy's own C helpers do."""
+    from tgllava import _C
+    rng = np.random.default_rng(0)
+    pix = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    want = _C.tile(pix)
+    for odd in (pix.astype(">f4"), _misaligned(pix), _misaligned(pix.astype(">f4"))):
+        np.testing.assert_array_equal(_C.tile(odd), want)
+    x, g = rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=16).astype(np.float32)
+    want = _C.op_norm("cpu", x, g, None, 1e-6, True)
+    np.testing.assert_array_equal(_C.op_norm("cpu", x.astype(">f4"), g.astype(">f4"), None, 1e-6, True), want)
+    m = model("llava15-tiny")
+    ids = np.array([1, 5, 9, 300], np.int32)
+    want = m._core.logits({"ids": ids}, False)
+    for odd in (ids.astype(">i4"), _misaligned(ids)):
+        np.testing.assert_array_equal(m._core.logits({"ids": odd}, False), want)
+        assert m._core.generate([{"ids": odd}], max_new_tokens=3)[0] == m._core.generate([{"ids": ids}], max_new_tokens=3)[0]
+    assert pix.astype(">f4").dtype.byteorder == ">"  # the inputs were not modified
+
+
+def test_integers_beyond_32_bits_are_refused_not_cut():
+    """n_latents and eos ids used to be cut to 32 bits (2**32 became 0): now a ShapeError naming the argument."""
+    m = model("llava15-tiny")
+    first = m.generate([1, 5, 9], max_new_tokens=1, eos_token_id=[])[0]
+    for bad in (2 ** 32 + first, 2 ** 31, -2 ** 31 - 1, 2 ** 64):
+        with pytest.raises(tgllava.ShapeError, match=rf"eos id = {bad} is outside"):
+            m.generate([1, 5, 9], max_new_tokens=3, eos_token_id=[bad])
+    seq = {"ids": np.array([1, 5, 9], np.int32)}
+    with pytest.raises(tgllava.ShapeError, match="eos id"):
+        m._core.generate([seq], max_new_tokens=2, eos_ids=[0, 2 ** 32])
+    with pytest.raises(TypeError, match="eos id must be an integer"):
+        m._core.generate([seq], max_new_tokens=2, eos_ids=[1.5])
+    with pytest.raises(tgllava.ShapeError, match="n_latents = 4294967296 is outside"):
+        m.logits([1, 5, 9], n_latents=2 ** 32)
+    with pytest.raises(tgllava.ShapeError, match="n_latents"):
+        m._core.logits({**seq, "n_latents": 2 ** 32 + 3})
+    with pytest.raises(tgllava.ShapeError, match="n_latents"):
+        m.visual_token_count(n_latents=2 ** 32)
+    pixels = np.zeros((1, 3, m.image_size, m.image_size), np.float32)
+    with pytest.raises(tgllava.ShapeError, match="n_latents"):
+        m.visual_tokens(pixels, n_latents=2 ** 33)
+    s = m.scheduler(1)
+    try:
+        with pytest.raises(tgllava.ShapeError, match="eos id"):
+            s.admit(seq, max_new_tokens=2, eos_ids=[2 ** 32 + first])
+        assert s.active == 0
+    finally:
+        s.close()
+    assert m.generate([1, 5, 9], max_new_tokens=2, eos_token_id=[first]) == []
+
+
+def test_closing_a_scheduler_while_other_threads_wait_on_it_is_safe():
+    """Issue 21 item 8: close() cleared the scheduler before taking the model's lock, so a step(), admit() or
+    cancel() already waiting for the lock passed NULL into C (a segfault).  Here generate() holds the lock (in
+    its callback) while three calls queue up on the scheduler and close() queues behind them; then the lock is
+    let go.  Every call either ran before close() or raises TgError 'closed'; the model stays usable."""
+    llm, clip = checkpoint("llava15-tiny")
+    rc, out, err = _child("""
+        import threading, time
+        import numpy as np
+        import tgllava
+        m = tgllava.load({llm!r}, {clip!r})
+        s = m.scheduler(2)
+        sid = s.admit(m._sequence([1, 5, 9]), max_new_tokens=4, eos_ids=[])
+        holding, go, results = threading.Event(), threading.Event(), {{}}
+
+        def cb(token):
+            if not holding.is_set():
+                holding.set()
+                go.wait()  # generate() keeps the model's lock meanwhile
+
+        def call(name, f):
+            try:
+                results[name] = ("ok", f())
+            except tgllava.TgError as e:
+                results[name] = (type(e).__name__, str(e))
+
+        def settle(n):  # `n` calls in flight (running or waiting for the lock), then time to reach the wait
+            for _ in range(2000):
+                if m._core.calls_in_flight >= n:
+                    break
+                time.sleep(0.005)
+            time.sleep(0.3)
+
+        gen = threading.Thread(target=lambda: m.generate([1, 2, 3], max_new_tokens=3, eos_token_id=[], callback=cb))
+        gen.start()
+        assert holding.wait(60)
+        waiters = [threading.Thread(target=call, args=a) for a in
+                   (("step", s.step), ("admit", lambda: s.admit(m._sequence([1, 7]), max_new_tokens=2, eos_ids=[])),
+                    ("cancel", lambda: s.cancel(sid)))]
+        for t in waiters:
+            t.start()
+        settle(4)
+        closer = threading.Thread(target=call, args=("close", s.close))
+        closer.start()
+        settle(5)
+        go.set()
+        for t in [gen, closer] + waiters:
+            t.join(60)
+        for name in ("step", "admit", "cancel", "close"):
+            print(name + ":", *results[name])
+        for name, f in (("step", s.step), ("cancel", lambda: s.cancel(sid)), ("active", lambda: s.active)):
+            call(name + " after", f)
+            print(name + " after:", *results[name + " after"])
+        s.close()  # twice is fine
+        print("usable:", len(m.generate([1, 2, 3], max_new_tokens=2, eos_token_id=[])))
+        """, timeout=120, llm=llm, clip=clip)
+    assert rc == 0, f"the child died (rc {rc}): {err}"
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert lines["close"] == "ok None" and lines["usable"] == "2", out
+    for name in ("step", "admit", "cancel"):
+        assert lines[name].startswith("ok ") or lines[name].startswith("TgError") and "closed" in lines[name], out
+    for name in ("step after", "cancel after", "active after"):
+        assert lines[name].startswith("TgError") and "closed" in lines[name], out

@@ -7,8 +7,10 @@ here).  Every problem -- a missing folder or file, a corrupt or truncated
 header, a header field of the wrong type (offsets as strings, a shape given
 as a string, sizes that would overflow), JSON nested too deeply, a tensor
 whose byte range lies outside its file, an unsupported dtype, a shard name
-that leaves the index's folder -- raises CheckpointError naming the file,
-tensor and field.
+that leaves the index's folder, and the layouts the safetensors format
+forbids (a name twice in a header, overlapping data_offsets, data bytes no
+tensor covers; also a tensor in two files of one checkpoint) -- raises
+CheckpointError naming the file, tensor and field.
 """
 import json
 import os
@@ -88,7 +90,8 @@ def safetensors_refs(path):
             n = struct.unpack("<Q", head)[0]
             if n > MAX_HEADER or n > size - 8:
                 raise CheckpointError(f"{path}: corrupt safetensors header length {n} (file has {size} bytes)")
-            header = json.loads(f.read(n))
+            dups = {}  # id of a parsed JSON object -> a key it has twice (json keeps the last silently)
+            header = json.loads(f.read(n), object_pairs_hook=lambda pairs: _note_duplicates(pairs, dups))
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -97,12 +100,45 @@ def safetensors_refs(path):
         raise CheckpointError(f"{path}: corrupt safetensors header (JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header")
-    base, refs = 8 + n, {}
+    if id(header) in dups:
+        raise CheckpointError(f"{path}: tensor {dups[id(header)]}: named twice in the safetensors header")
+    base, refs, spans = 8 + n, {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if id(info) in dups:
+            raise CheckpointError(f"{path}: tensor {name}: header entry has '{dups[id(info)]}' twice")
         refs[name] = _header_entry(path, name, info, base, size)
+        spans.append((*info["data_offsets"], name))
+    _check_layout(path, sorted(spans), size - base)
     return refs
+
+
+def _note_duplicates(pairs, dups):
+    d = dict(pairs)
+    if len(d) < len(pairs):
+        seen = set()
+        dups[id(d)] = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return d
+
+
+def _check_layout(path, spans, data_size):
+    """The safetensors rule on sorted (start, end, name) spans: the tensors cover the data exactly once --
+    no two overlap, no byte lies between two of them or after the last."""
+    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise CheckpointError(f"{path}: tensor {n1}: 'data_offsets' {s1}..{e1} overlap those of tensor {n0} "
+                                  f"({s0}..{e0}); safetensors tensors may not share bytes")
+    pos = 0
+    for s, e, name in spans:
+        if s != pos:
+            raise CheckpointError(f"{path}: tensor {name}: data bytes {pos}..{s} before its 'data_offsets' belong "
+                                  f"to no tensor (safetensors data may have no holes)")
+        pos = e
+    if pos != data_size:
+        last = f" (after tensor {spans[-1][2]})" if spans else ""
+        raise CheckpointError(f"{path}: data bytes {pos}..{data_size}{last} belong to no tensor (safetensors data "
+                              f"may have no holes or trailing bytes)")
 
 
 def _header_entry(path, name, info, base, size):
@@ -165,6 +201,14 @@ def file_refs(path):
     raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors or .bin)")
 
 
+def _add_refs(refs, more):
+    """refs.update(more), refusing a tensor that two files of one checkpoint both hold (one would win silently)."""
+    for name, r in more.items():
+        if name in refs:
+            raise CheckpointError(f"{r.path}: tensor {name}: also in {refs[name].path} (a tensor may be in one file only)")
+        refs[name] = r
+
+
 def index_refs(index_path):
     idx = read_json(index_path)
     wm = idx.get("weight_map") if isinstance(idx, dict) else None
@@ -176,7 +220,7 @@ def index_refs(index_path):
         p = shard_path(index_path, shard)  # refuses names that leave the index's folder
         if not os.path.exists(p):
             raise CheckpointError(f"{index_path}: shard {shard} is missing")
-        refs.update(file_refs(p))
+        _add_refs(refs, file_refs(p))
     missing = [k for k in wm if k not in refs]
     if missing:
         raise CheckpointError(f"{index_path}: tensor {missing[0]} is listed but absent from its shard")
@@ -202,7 +246,7 @@ def folder_refs(folder):
         raise CheckpointError(f"{folder}: no .safetensors or .bin weights found")
     refs = {}
     for n in files:
-        refs.update(file_refs(os.path.join(folder, n)))
+        _add_refs(refs, file_refs(os.path.join(folder, n)))
     return refs
 
 

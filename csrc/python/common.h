@@ -15,8 +15,14 @@
 extern PyObject *TgErr_Base, *TgErr_Checkpoint, *TgErr_Shape, *TgErr_Device, *TgErr_Memory;
 
 /* A C-contiguous array of `typenum` with `ndim` dims (ndim < 0: any), or NULL with ShapeError set.
- * `what` names the argument in messages.  Returns a new reference. */
+ * `what` names the argument in messages.  Returns a new reference: `obj` itself, or a native-byte-order,
+ * aligned copy of a byte-swapped or misaligned array. */
 PyArrayObject *tg_py_array(PyObject *obj, int typenum, int ndim, const char *what);
+/* obj (an int or anything with __index__) as a C int in [lo, hi]: 0, or -1 with TypeError (not an integer) or
+ * ShapeError (out of range: never silently cut to 32 bits) naming `what` */
+int tg_py_int(PyObject *obj, long long lo, long long hi, const char *what, int *out);
+/* eos_ids (None or a sequence of ints in the int32 range) -> *ids (PyMem_Free it; NULL for None), *n; -1 on error */
+int tg_py_eos_ids(PyObject *eos, int32_t **ids, int *n);
 /* dims check: want[i] < 0 means any */
 int tg_py_check_dims(PyArrayObject *a, const npy_intp *want, int ndim, const char *what);
 /* create a backend from a device string ("cpu", "cuda", "cuda:1") */
@@ -29,6 +35,7 @@ int tg_py_ops_init(PyObject *module);
  * failure of rc != 0), the exception of a captured failure, and its sequence-dict parser (5 refs). */
 tg_model *tg_py_model(PyObject *o);
 int tg_py_model_enter(PyObject *o);
+int tg_py_model_owned(PyObject *o); /* this thread holds the model's lock (a callback of one of its calls) */
 int tg_py_model_lock(PyObject *o);
 void tg_py_model_unlock(PyObject *o, int rc);
 PyObject *tg_py_raise_failure(PyObject *fallback);

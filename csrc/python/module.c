@@ -1,8 +1,10 @@
 /* module.c -- the CPython extension tgllava._C: module init, argument helpers, and the Model type.
  *
  * _C.Model wraps a tg_model.  Every method follows one path: parse and check
- * the NumPy arguments (dtype, rank, sizes, C-contiguity; the Python layer in
- * tgllava/api.py converts friendlier inputs before calling), allocate the
+ * the NumPy arguments (dtype, rank, sizes, C-contiguity; byte-swapped or
+ * misaligned arrays are copied to native ones; integers are range-checked,
+ * never cut to 32 bits; the Python layer in tgllava/api.py converts
+ * friendlier inputs before calling), allocate the
  * output array, release the GIL and take the model's lock while C computes,
  * then turn a failure into the right tgllava exception from the error code
  * the C core reports (tg_error_code: ShapeError for bad inputs, MemoryError
@@ -52,8 +54,57 @@ PyArrayObject *tg_py_array(PyObject *obj, int typenum, int ndim, const char *wha
         PyErr_Format(TgErr_Shape, "%s must be C-contiguous", what);
         return NULL;
     }
+    /* byte-swapped ('>f4' on this little-endian machine) or misaligned data: a native, aligned copy, as
+     * NumPy's PyArray_FROM_OTF(obj, typenum, NPY_ARRAY_IN_ARRAY) makes (the C core reads native values) */
+    if (!PyArray_ISNOTSWAPPED(a) || !PyArray_ISALIGNED(a))
+        return (PyArrayObject *)PyArray_FromArray(a, PyArray_DescrFromType(typenum), NPY_ARRAY_IN_ARRAY);
     Py_INCREF(a);
     return a;
+}
+
+int tg_py_int(PyObject *obj, long long lo, long long hi, const char *what, int *out) {
+    PyObject *i = PyNumber_Index(obj);
+    if (!i) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s must be an integer, got %s", what, Py_TYPE(obj)->tp_name);
+        }
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < lo || v > hi) {
+        PyErr_Format(TgErr_Shape, "%s = %R is outside [%lld, %lld]", what, obj, lo, hi);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int tg_py_eos_ids(PyObject *eos, int32_t **ids, int *n) {
+    *ids = NULL;
+    *n = 0;
+    if (eos == Py_None) return 0;
+    PyObject *fast = PySequence_Fast(eos, "eos_ids must be a sequence of ints");
+    if (!fast) return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast), i = 0;
+    int32_t *v = len < INT_MAX ? PyMem_Calloc((size_t)len + 1, sizeof *v) : NULL;
+    if (!v) PyErr_NoMemory();
+    for (; v && i < len; i++) {
+        int x;
+        if (tg_py_int(PySequence_Fast_GET_ITEM(fast, i), INT32_MIN, INT32_MAX, "eos id", &x)) break;
+        v[i] = x;
+    }
+    Py_DECREF(fast);
+    if (!v || i < len) {
+        PyMem_Free(v);
+        return -1;
+    }
+    *ids = v;
+    *n = (int)len;
+    return 0;
 }
 
 int tg_py_check_dims(PyArrayObject *a, const npy_intp *want, int ndim, const char *what) {
@@ -565,9 +616,11 @@ fail:
 static PyObject *Model_visual_tokens(ModelObject *self, PyObject *args, PyObject *kw) {
     if (model_ready(self)) return NULL;
     static char *kwlist[] = {"pixels", "text_ids", "text_len", "use_fom", "use_dp", "n_latents", NULL};
-    PyObject *po, *io = Py_None, *lo = Py_None;
+    PyObject *po, *io = Py_None, *lo = Py_None, *nlo = NULL;
     int use_fom = 1, use_dp = 1, nlat = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOppi", kwlist, &po, &io, &lo, &use_fom, &use_dp, &nlat)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOppO", kwlist, &po, &io, &lo, &use_fom, &use_dp, &nlo) ||
+        (nlo && tg_py_int(nlo, INT_MIN, INT_MAX, "n_latents", &nlat)))
+        return NULL;
     const tg_config *c = tg_model_config(self->m);
     PyArrayObject *pix = tg_py_array(po, NPY_FLOAT32, 4, "pixels"), *ids = NULL, *len = NULL;
     npy_intp wp[4] = {-1, 3, c->v_image, c->v_image};
@@ -642,7 +695,9 @@ static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyArra
     s->use_fom = s->use_dp = 1;
     if ((o = PyDict_GetItemString(d, "use_fom"))) s->use_fom = PyObject_IsTrue(o);
     if ((o = PyDict_GetItemString(d, "use_dp"))) s->use_dp = PyObject_IsTrue(o);
-    if ((o = PyDict_GetItemString(d, "n_latents")) && o != Py_None) s->n_latents = (int)PyLong_AsLong(o);
+    if ((o = PyDict_GetItemString(d, "n_latents")) && o != Py_None &&
+        tg_py_int(o, INT_MIN, INT_MAX, "n_latents", &s->n_latents))
+        return -1;
     if (PyErr_Occurred()) return -1;
     return 0;
 }
@@ -690,8 +745,10 @@ static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
 
 static PyObject *Model_visual_token_count(ModelObject *self, PyObject *args) {
     if (model_ready(self)) return NULL;
+    PyObject *nlo = NULL;
     int use_dp = 1, nl = 0;
-    if (!PyArg_ParseTuple(args, "|pi", &use_dp, &nl)) return NULL;
+    if (!PyArg_ParseTuple(args, "|pO", &use_dp, &nlo) || (nlo && tg_py_int(nlo, INT_MIN, INT_MAX, "n_latents", &nl)))
+        return NULL;
     return PyLong_FromLong(tg_visual_token_count(self->m, use_dp, nl));
 }
 
@@ -856,15 +913,7 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
     }
     for (int b = 0; b < B; b++)
         if (parse_sequence(self, PyList_GET_ITEM(seqs, b), &sq[b], refs + 5 * b)) goto done;
-    if (eos != Py_None) {
-        PyObject *fast = PySequence_Fast(eos, "eos_ids must be a sequence of ints");
-        if (!fast) goto done;
-        n_eos = (int)PySequence_Fast_GET_SIZE(fast);
-        eos_ids = calloc((size_t)n_eos + 1, sizeof(int32_t));
-        for (int i = 0; eos_ids && i < n_eos; i++) eos_ids[i] = (int32_t)PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        Py_DECREF(fast);
-        if (!eos_ids || PyErr_Occurred()) goto done;
-    }
+    if (tg_py_eos_ids(eos, &eos_ids, &n_eos)) goto done;
     tokens = calloc((size_t)B * (maxnew > 0 ? maxnew : 1), sizeof(int32_t));
     if (!tokens) {
         PyErr_NoMemory();
@@ -901,7 +950,7 @@ done:
     Py_XDECREF(last);
     free(refs);
     free(sq);
-    free(eos_ids);
+    PyMem_Free(eos_ids);
     free(tokens);
     free(n_out);
     return result;
@@ -964,6 +1013,7 @@ tg_model *tg_py_model(PyObject *o) {
 }
 
 int tg_py_model_enter(PyObject *o) { return model_enter((ModelObject *)o); }
+int tg_py_model_owned(PyObject *o) { return atomic_load(&((ModelObject *)o)->owner) == PyThread_get_thread_ident(); }
 int tg_py_model_lock(PyObject *o) { return model_lock((ModelObject *)o); }
 void tg_py_model_unlock(PyObject *o, int rc) { model_unlock((ModelObject *)o, rc); }
 PyObject *tg_py_raise_failure(PyObject *fallback) { return raise_failure(fallback); }

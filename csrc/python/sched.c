@@ -8,44 +8,68 @@
  * (max_new_tokens); cancel(id) ends one at once.  Every call takes the model's lock with the GIL
  * released, like the Model methods (so a scheduler and generate() on one model never overlap),
  * and failures raise the same tgllava exceptions.  close() frees the cache (also on dealloc).
+ *
+ * Threads: the tg_sched pointer is used and cleared only with the model's lock held, so a call that
+ * was already waiting for the lock when close() freed the cache raises TgError ("closed") instead of
+ * using it; each step() samples into its own events buffer, read after the lock is let go.
  */
 #include "common.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 typedef struct {
     PyObject_HEAD
     PyObject *model;
-    tg_sched *s;
-    tg_sched_event *events;
+    _Atomic(tg_sched *) s; /* NULL once closed: cleared (and tested by calls) with the model's lock held */
+    int slots, context;    /* fixed at creation */
 } SchedObject;
 
-/* rc = call with the GIL released and the model's lock held; -1 with an exception when it could not start */
-#define SCHED_RUN(self, rc, call)                              \
-    do {                                                       \
-        int entered_;                                          \
-        if (tg_py_model_enter((self)->model)) {                \
-            rc = -1;                                           \
-            break;                                             \
-        }                                                      \
-        Py_BEGIN_ALLOW_THREADS                                 \
-        entered_ = tg_py_model_lock((self)->model) == 0;       \
-        if (entered_) {                                        \
-            tg_error_set(TG_ERR_NONE);                         \
-            rc = (call);                                       \
-            tg_py_model_unlock((self)->model, rc < 0 ? -1 : 0); \
-        }                                                      \
-        Py_END_ALLOW_THREADS                                   \
-        if (!entered_) rc = -1;                                \
+#define SCHED_CLOSED (-1000) /* rc of a call that found the scheduler closed once it had the lock */
+
+static PyObject *sched_closed(void) {
+    PyErr_SetString(TgErr_Base, "this tgllava._C.Scheduler is closed (or was never initialised)");
+    return NULL;
+}
+
+/* rc = call with the GIL released and the model's lock held; -1 with an exception when it could not
+ * start, SCHED_CLOSED with TgError when the call tests the scheduler and finds it closed */
+#define SCHED_RUN(self, rc, call)                                                    \
+    do {                                                                             \
+        int entered_;                                                                \
+        if (tg_py_model_enter((self)->model)) {                                      \
+            rc = -1;                                                                 \
+            break;                                                                   \
+        }                                                                            \
+        Py_BEGIN_ALLOW_THREADS                                                       \
+        entered_ = tg_py_model_lock((self)->model) == 0;                             \
+        if (entered_) {                                                              \
+            tg_error_set(TG_ERR_NONE);                                               \
+            rc = (call);                                                             \
+            tg_py_model_unlock((self)->model, rc < 0 && rc != SCHED_CLOSED ? -1 : 0); \
+        }                                                                            \
+        Py_END_ALLOW_THREADS                                                         \
+        if (!entered_) rc = -1;                                                      \
+        if (rc == SCHED_CLOSED) sched_closed();                                      \
     } while (0)
 
+/* a call on the scheduler `s` (the name the call uses), taken under the lock: SCHED_CLOSED when closed */
+#define SCHED_CALL(self, rc, call) SCHED_RUN(self, rc, (s = atomic_load(&(self)->s)) ? (call) : SCHED_CLOSED)
+
+/* with the GIL: a quick refusal of a closed scheduler (SCHED_CALL checks again under the lock) */
 static int sched_ready(SchedObject *self) {
-    if (!self->s || !self->model) {
-        PyErr_SetString(TgErr_Base, "this tgllava._C.Scheduler is closed (or was never initialised)");
+    if (!atomic_load(&self->s) || !self->model) {
+        sched_closed();
         return -1;
     }
     return tg_py_model(self->model) ? 0 : -1;
+}
+
+/* with the model's lock held (or nothing else able to reach the scheduler): free it; 0 */
+static int sched_free(SchedObject *self) {
+    tg_sched_free(atomic_exchange(&self->s, NULL));
+    return 0;
 }
 
 static int Sched_init(SchedObject *self, PyObject *args, PyObject *kw) {
@@ -53,40 +77,35 @@ static int Sched_init(SchedObject *self, PyObject *args, PyObject *kw) {
     PyObject *model;
     int slots, ctx = 0, rows = 0, rc;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|ii", kwlist, &model, &slots, &ctx, &rows)) return -1;
-    if (self->s) {
+    if (self->model) {
         PyErr_SetString(TgErr_Base, "tgllava._C.Scheduler is already initialised");
         return -1;
     }
     tg_model *m = tg_py_model(model);
     if (!m) return -1;
-    self->events = PyMem_Calloc(slots > 0 ? (size_t)slots : 1, sizeof(tg_sched_event));
-    if (!self->events) {
-        PyErr_NoMemory();
-        return -1;
-    }
     Py_INCREF(model);
     self->model = model;
     tg_sched *s = NULL;
     SCHED_RUN(self, rc, tg_sched_create(m, slots, ctx, rows, &s));
     if (rc) {
         tg_py_raise_failure(TgErr_Shape);
+        Py_CLEAR(self->model);
         return -1;
     }
-    self->s = s;
+    self->slots = tg_sched_slots(s);
+    self->context = tg_sched_context(s);
+    atomic_store(&self->s, s);
     return 0;
 }
 
 static PyObject *Sched_close(SchedObject *self, PyObject *noargs) {
-    if (self->s && self->model) {
-        tg_sched *s = self->s;
-        int rc;
-        self->s = NULL;
-        SCHED_RUN(self, rc, (tg_sched_free(s), 0));
-        if (rc) { /* could not take the lock (Ctrl-C, re-entrant call): free anyway, nothing else can use it */
-            PyErr_Clear();
-            tg_sched_free(s);
-        }
-    }
+    int rc = 0;
+    if (!atomic_load(&self->s) || !self->model) Py_RETURN_NONE;
+    if (tg_py_model_owned(self->model)) /* from a callback of a call on the model: this thread holds its lock */
+        sched_free(self);
+    else
+        SCHED_RUN(self, rc, sched_free(self));
+    if (rc) return NULL; /* Ctrl-C while waiting for the lock: still open */
     Py_RETURN_NONE;
 }
 
@@ -94,10 +113,13 @@ static void Sched_dealloc(SchedObject *self) {
     PyObject *t, *v, *tb;
     PyErr_Fetch(&t, &v, &tb);
     PyObject *r = Sched_close(self, NULL);
+    if (!r) { /* interrupted: free it anyway, no call can reach this scheduler any more */
+        PyErr_Clear();
+        sched_free(self);
+    }
     Py_XDECREF(r);
     PyErr_Restore(t, v, tb);
     Py_CLEAR(self->model);
-    PyMem_Free(self->events);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -119,20 +141,12 @@ static PyObject *Sched_admit(SchedObject *self, PyObject *args, PyObject *kw) {
     int64_t id = 0;
     PyObject *result = NULL;
     if (tg_py_parse_sequence(self->model, d, &sq, refs)) goto done;
-    if (eos != Py_None) {
-        PyObject *fast = PySequence_Fast(eos, "eos_ids must be a sequence of ints");
-        if (!fast) goto done;
-        n_eos = (int)PySequence_Fast_GET_SIZE(fast);
-        eos_ids = PyMem_Calloc((size_t)n_eos + 1, sizeof(int32_t));
-        for (int i = 0; eos_ids && i < n_eos; i++) eos_ids[i] = (int32_t)PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        Py_DECREF(fast);
-        if (!eos_ids) PyErr_NoMemory();
-        if (PyErr_Occurred()) goto done;
-    }
+    if (tg_py_eos_ids(eos, &eos_ids, &n_eos)) goto done;
     /* below TG_MIN_TEMPERATURE sampling is greedy; the C core checks every value (NaN, inf, ranges) */
     tg_sampling sp = {maxnew, temp >= 0 && temp < TG_MIN_TEMPERATURE ? 0.0f : (float)temp, (float)top_p, top_k,
                       (float)rep, (uint64_t)seed, eos_ids, n_eos, NULL, NULL};
-    SCHED_RUN(self, rc, tg_sched_admit(self->s, &sq, &sp, &id));
+    tg_sched *s;
+    SCHED_CALL(self, rc, tg_sched_admit(s, &sq, &sp, &id));
     if (rc) {
         tg_py_raise_failure(TgErr_Shape);
         goto done;
@@ -146,46 +160,54 @@ done:
 
 static PyObject *Sched_step(SchedObject *self, PyObject *noargs) {
     if (sched_ready(self)) return NULL;
+    tg_sched *s;
     int n = 0, rc;
-    SCHED_RUN(self, rc, tg_sched_step(self->s, self->events, &n));
+    /* this call's own events: another thread's step may run as soon as the lock is let go */
+    tg_sched_event *events = PyMem_Calloc((size_t)self->slots, sizeof *events);
+    if (!events) return PyErr_NoMemory();
+    SCHED_CALL(self, rc, tg_sched_step(s, events, &n));
     /* a failed step raises; the tokens it sampled are lost, so the caller cancels its sequences */
-    if (rc) return tg_py_raise_failure(TgErr_Device);
-    PyObject *out = PyList_New(n);
+    PyObject *out = rc ? tg_py_raise_failure(TgErr_Device) : PyList_New(n);
     for (int i = 0; out && i < n; i++) {
-        const tg_sched_event *e = &self->events[i];
-        PyObject *t = Py_BuildValue("(Lii)", (long long)e->id, (int)e->token, e->finish);
+        PyObject *t = Py_BuildValue("(Lii)", (long long)events[i].id, (int)events[i].token, events[i].finish);
         if (!t) {
             Py_CLEAR(out);
             break;
         }
         PyList_SET_ITEM(out, i, t);
     }
+    PyMem_Free(events);
     return out;
 }
 
 static PyObject *Sched_cancel(SchedObject *self, PyObject *args) {
     if (sched_ready(self)) return NULL;
     long long id;
+    tg_sched *s;
     int rc;
     if (!PyArg_ParseTuple(args, "L", &id)) return NULL;
-    SCHED_RUN(self, rc, tg_sched_cancel(self->s, (int64_t)id));
+    SCHED_CALL(self, rc, tg_sched_cancel(s, (int64_t)id));
     if (rc < 0) return tg_py_raise_failure(TgErr_Device);
     return PyBool_FromLong(rc == 1);
 }
 
 static PyObject *Sched_get_active(SchedObject *self, void *closure) {
     if (sched_ready(self)) return NULL;
-    return PyLong_FromLong(tg_sched_active(self->s));
+    tg_sched *s;
+    int rc;
+    SCHED_CALL(self, rc, tg_sched_active(s));
+    if (rc < 0) return tg_py_raise_failure(TgErr_Device);
+    return PyLong_FromLong(rc);
 }
 
 static PyObject *Sched_get_slots(SchedObject *self, void *closure) {
     if (sched_ready(self)) return NULL;
-    return PyLong_FromLong(tg_sched_slots(self->s));
+    return PyLong_FromLong(self->slots);
 }
 
 static PyObject *Sched_get_context(SchedObject *self, void *closure) {
     if (sched_ready(self)) return NULL;
-    return PyLong_FromLong(tg_sched_context(self->s));
+    return PyLong_FromLong(self->context);
 }
 
 static PyMethodDef Sched_methods[] = {
