@@ -181,6 +181,15 @@ const char *tg_cpu_kernels(void);
 #define TG_CPU_EXACT_ROWS 16
 #ifdef TG_WITH_CUDA
 tg_backend *tg_cuda_backend_create(int device, char *err, size_t errlen);
+/* Memory and streams of other libraries (the binding's device arrays):
+ * the device ordinal of memory at p (device or managed memory), -1 for memory CUDA does not know as a
+ * device's (host, pageable or pinned), -2 with be->err set when CUDA fails; */
+int tg_cuda_pointer_device(tg_backend *be, const void *p);
+/* the backend's cudaStream_t as an integer (what __dlpack__(stream=...) takes); */
+uintptr_t tg_cuda_stream(tg_backend *be);
+/* make the backend's stream wait for the work queued so far on `stream` (1: the legacy default
+ * stream, 2: the per-thread default stream, else a cudaStream_t), without waiting on the host */
+int tg_cuda_wait_stream(tg_backend *be, uintptr_t stream);
 #endif
 
 #ifdef __cplusplus

@@ -4,8 +4,9 @@
  * model on one backend.  Life cycle: tg_model_create(config) -> for every
  * name of tg_model_required(): tg_model_set_tensor() -> tg_model_finish()
  * -> stages / forward / generate -> tg_model_free().  Inputs and outputs of
- * the stage functions are host float32/int32 buffers (the binding copies
- * device tensors in and out); everything in between stays on the backend.
+ * the stage functions are host float32/int32 buffers, or backend memory for
+ * the float buffers after tg_model_set_buffers; everything in between stays
+ * on the backend.
  * Every function returns 0 on success or -1 with a message in
  * tg_model_error(); nothing here exits the process.
  */
@@ -106,6 +107,14 @@ int tg_model_storage(const tg_model *m, int i, size_t *bytes);
 int tg_weight_storage(const tg_config *cfg, int64_t cols, int is_head);
 int tg_model_set_tensor(tg_model *m, const char *name, const void *data, int src_dtype, int ndim, const int64_t *shape);
 int tg_model_finish(tg_model *m);
+
+/* Where the float buffers of the next calls live (both 0 when the model is created: host memory).
+ * inputs_on_backend: the pixels, pooled, tile_feats and text_hidden arguments and a tg_sequence's pixels,
+ * visual and features are backend memory, read with device-to-device copies; outputs_on_backend: the
+ * results of the stages and tg_logits are written to backend memory and are complete when the call
+ * returns.  Ids, text ids and lengths are host memory either way (the model reads them on the host);
+ * generate's tokens and last_logits and the attention maps too. */
+void tg_model_set_buffers(tg_model *m, int inputs_on_backend, int outputs_on_backend);
 
 /* Stages (host buffers in and out). */
 int tg_vision_features(tg_model *m, const float *pix, int B, float *out);                 /* (B,3,S,S) -> (B,Np,Dv) */

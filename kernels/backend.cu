@@ -11,6 +11,11 @@
  * the host buffer as soon as it returns); to_host synchronizes.  Every entry
  * first makes be->device current on the calling thread (tg_cuda_use).
  *
+ * Memory of other libraries (CuPy, PyTorch; backend.h): tg_cuda_pointer_device
+ * asks CUDA which device a pointer is on, tg_cuda_wait_stream orders the
+ * backend's stream after the work queued on another library's stream (an
+ * event, no host wait).
+ *
  * Weights: weight_alloc + weight_write take host float32 a slice of rows at a
  * time and cast it to the storage dtype on the GPU (round-to-nearest-even),
  * through a ring of two 16 MiB pinned staging buffers so that host copies and
@@ -156,6 +161,35 @@ static int cuda_copy(tg_backend *be, void *dst, const void *src, size_t bytes) {
 static int cuda_sync(tg_backend *be) {
     TG_CUDA_USE(be);
     CUDA_CHECK(be, cudaStreamSynchronize(tg_impl(be)->stream));
+    return 0;
+}
+
+/* ---- memory of other libraries (the binding's device arrays, backend.h) -- */
+
+int tg_cuda_pointer_device(tg_backend *be, const void *p) {
+    cudaPointerAttributes a;
+    cudaError_t e = cudaPointerGetAttributes(&a, p);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        tg_cuda_set_err(be, "cudaPointerGetAttributes: %s", cudaGetErrorString(e));
+        return -2;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? a.device : -1;
+}
+
+uintptr_t tg_cuda_stream(tg_backend *be) { return (uintptr_t)tg_impl(be)->stream; }
+
+int tg_cuda_wait_stream(tg_backend *be, uintptr_t stream) {
+    TG_CUDA_USE(be);
+    tg_cuda_impl *im = tg_impl(be);
+    cudaStream_t s = stream == 1 ? cudaStreamLegacy : stream == 2 ? cudaStreamPerThread : (cudaStream_t)stream;
+    if (s == im->stream) return 0;
+    cudaEvent_t ev;
+    CUDA_CHECK(be, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    cudaError_t e = cudaEventRecord(ev, s);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(im->stream, ev, 0);
+    (void)cudaEventDestroy(ev); /* released once the wait has happened */
+    CUDA_CHECK(be, e);
     return 0;
 }
 

@@ -3,7 +3,14 @@ NumPy arrays' own __dlpack__, raw DLPack capsules, and small fake producers stan
 tensors, PyTorch/CuPy CUDA tensors (__dlpack_device__ naming a GPU) and __cuda_array_interface__ objects.
 Host memory must be read in place (zero-copy), GPU memory must be refused with a DeviceError before
 anything is exported, and bad dtypes or layouts are ShapeErrors; the Model methods give the same results
-for a DLPack producer as for the NumPy array behind it."""
+for a DLPack producer as for the NumPy array behind it.
+
+The device path (_C.DeviceArray, csrc/python/devbuf.c) runs here on the CPU backend, whose backend memory
+is host memory: views of fake producers pointing at NumPy memory go through the binding and the C core's
+device-to-device copies, results in backend memory export through DLPack without a copy, and their
+ownership (references to the array and the model) is checked.  tests/test_gpu.py does it with torch."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -122,9 +129,9 @@ def test_dlpack_gpu_tensor_on_cpu_model_is_device_error(device):
     assert t.exports == 0
 
 
-def test_dlpack_gpu_tensor_on_cuda_model_says_not_yet():
+def test_dlpack_gpu_tensor_where_only_host_memory_is_taken():
     t = FakeTensor(np.zeros((2, 2), np.float32), device=(2, 0))
-    with pytest.raises(DeviceError, match="does not take device arrays yet"):
+    with pytest.raises(DeviceError, match="takes host memory only"):
         devarray.float32_array(t, "pixels", "cuda:0")
     assert t.exports == 0
 
@@ -176,7 +183,7 @@ def test_cuda_array_info_refuses_bad_layouts(cuda, pattern):
 def test_cuda_model_checks_the_layout_first():
     with pytest.raises(ShapeError, match="not C-contiguous"):
         devarray.host_array(FakeCuda(shape=(4, 5), strides=(4, 16)), "pixels", "cuda")
-    with pytest.raises(DeviceError, match="does not take device arrays yet"):
+    with pytest.raises(DeviceError, match="takes host memory only"):
         devarray.host_array(FakeCuda(shape=(4, 5)), "pixels", "cuda")
 
 
@@ -209,3 +216,166 @@ def test_model_refuses_gpu_inputs_on_cpu():
         m.logits(FakeTensor(np.asarray(d["input_ids"]), device=(2, 0)))
     with pytest.raises(ShapeError, match=r"got shape \(2, 3\)"):
         m.vision_features(FakeTensor(np.zeros((2, 3), np.float32)))
+
+
+# ---- the device path on the CPU backend (_C.DeviceArray) ----------------------------------------------
+
+from tgllava import _C  # noqa: E402
+
+
+class HostCuda(FakeCuda):
+    """A __cuda_array_interface__ over a NumPy array's memory: on the CPU backend it is backend memory."""
+
+    def __init__(self, a, stream=None):
+        super().__init__(shape=a.shape, typestr=a.dtype.str, ptr=a.ctypes.data)
+        self.__cuda_array_interface__["stream"] = stream
+        self.a = a
+
+
+def tiny():
+    m, d = model("tg-vicuna-tiny"), io("tg-vicuna-tiny")
+    return m, m._core._core, d
+
+
+def test_results_in_backend_memory_export_through_dlpack_without_a_copy():
+    m, core, d = tiny()
+    pix = np.ascontiguousarray(d["pixel_values"][None], dtype=np.float32)
+    dev = core.vision_features(pix, True)
+    assert isinstance(dev, _C.DeviceArray) and dev.device == "cpu" and dev.dtype == np.float32
+    assert dev.__dlpack_device__() == (1, 0) and not hasattr(dev, "__cuda_array_interface__")
+    refs = sys.getrefcount(dev)
+    view = np.from_dlpack(dev)  # zero-copy: the capsule holds a reference to the array
+    assert sys.getrefcount(dev) == refs + 1
+    np.testing.assert_array_equal(view, m.vision_features(pix))
+    host = dev.numpy()
+    assert not np.shares_memory(host, view)
+    np.testing.assert_array_equal(host, view)
+    addr = view.__array_interface__["data"][0]
+    assert np.from_dlpack(dev).__array_interface__["data"][0] == addr  # the same memory every time
+    del dev
+    np.testing.assert_array_equal(view, host)  # the export keeps the memory alive (ASan: no use after free)
+
+
+def test_device_arrays_keep_their_model_alive():
+    m, core, d = tiny()
+    refs = sys.getrefcount(core)
+    dev = core.fom(np.zeros((1, m.sizes["t_hidden"]), np.float32), True)
+    assert sys.getrefcount(core) == refs + 1
+    del dev
+    assert sys.getrefcount(core) == refs
+
+
+def test_views_of_cuda_interface_memory_are_read_in_place():
+    m, core, d = tiny()
+    pix = np.ascontiguousarray(d["pixel_values"][None], dtype=np.float32)
+    src = HostCuda(pix)
+    v = devarray.device_array(src, "pixels", core, np.float32)
+    assert isinstance(v, _C.DeviceArray) and v.shape == pix.shape
+    refs = sys.getrefcount(src)
+    v2 = devarray.device_array(src, "pixels", core, np.float32)
+    assert sys.getrefcount(src) == refs + 1  # the view keeps its producer alive
+    del v2
+    np.testing.assert_array_equal(core.vision_features(v), m.vision_features(pix))
+    np.testing.assert_array_equal(core.vision_features(v, True).numpy(), m.vision_features(pix))
+    tid = np.asarray(d["text_guide_ids"], np.int32)[None]
+    np.testing.assert_array_equal(core.visual_tokens(v, tid, out_device=False), m.visual_tokens(pix, tid))
+
+
+def test_dlpack_capsules_are_consumed_once():
+    m, core, d = tiny()
+    pooled = np.random.default_rng(0).standard_normal((2, m.sizes["t_hidden"])).astype(np.float32)
+    cap = pooled.__dlpack__()
+    v = _C.dlpack_view(core, cap, "pooled")
+    np.testing.assert_array_equal(core.fom(v), m.fom(pooled))
+    with pytest.raises(ShapeError, match="unused"):
+        _C.dlpack_view(core, cap, "pooled")
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda a: a[:, ::2], "not C-contiguous"),
+    (lambda a: a.astype(np.complex64), "unsupported DLPack dtype"),
+])
+def test_dlpack_views_refuse_layouts_and_dtypes(make, pattern):
+    m, core, d = tiny()
+    with pytest.raises(ShapeError, match=pattern):
+        _C.dlpack_view(core, make(np.zeros((4, 6), np.float32)).__dlpack__(), "x")
+
+
+def test_device_inputs_are_checked_like_numpy_inputs():
+    m, core, d = tiny()
+    S = m.image_size
+    with pytest.raises(ShapeError, match="expected float32"):
+        devarray.device_array(HostCuda(np.zeros((1, 3, S, S))), "pixels", core, np.float32)
+    ints = devarray.device_array(HostCuda(np.zeros((1, 3, S, S), np.int32)), "pixels", core)
+    with pytest.raises(ShapeError, match="pixels must have dtype"):
+        core.vision_features(ints)
+    with pytest.raises(ShapeError, match="dimension 1 is 4"):
+        core.vision_features(devarray.device_array(HostCuda(np.zeros((1, 4, S, S), np.float32)), "pixels", core))
+    with pytest.raises(ShapeError, match="not C-contiguous"):
+        devarray.device_array(FakeCuda(shape=(4, 5), strides=(4, 16)), "pixels", core)
+    with pytest.raises(ShapeError, match="stream 0"):
+        devarray.device_array(HostCuda(np.zeros(3, np.float32), stream=0), "pixels", core)
+    with pytest.raises(ShapeError, match="cannot reshape"):
+        core.fom(devarray.device_array(HostCuda(np.zeros(6, np.float32)), "x", core).reshape((4,)))
+
+
+def test_one_call_takes_host_or_device_floats_not_both():
+    m, core, d = tiny()
+    Np, Dv, Dt = m.num_patches, m.sizes["v_hidden"], m.sizes["t_hidden"]
+    f = np.zeros((1, 4 * Np, Dv), np.float32)
+    t = np.zeros((1, 3, Dt), np.float32)
+    with pytest.raises(ShapeError, match="mix host arrays and device arrays"):
+        core.dp(devarray.device_array(HostCuda(f), "f", core), t)
+    both = core.dp(devarray.device_array(HostCuda(f), "f", core), devarray.device_array(HostCuda(t), "t", core))
+    np.testing.assert_array_equal(both, m.dp(f, t))
+
+
+def test_sequences_take_device_pixels_and_visual_tokens():
+    m, core, d = tiny()
+    ids = np.asarray(d["input_ids"], np.int32)
+    pix = np.ascontiguousarray(d["pixel_values"], dtype=np.float32)
+    tid = np.asarray(d["text_guide_ids"], np.int32)
+    want = m.logits(ids, pix, tid, all_positions=False)
+    seq = {"ids": ids, "pixels": devarray.device_array(HostCuda(pix), "pixels", core), "text_ids": tid}
+    np.testing.assert_array_equal(core.logits(seq, False), want)
+    np.testing.assert_array_equal(core.logits(seq, False, True).numpy(), want)
+    vis = core.visual_tokens(pix[None], tid[None], out_device=True).reshape(
+        tuple(m.visual_tokens(pix, tid).shape[1:]))
+    np.testing.assert_array_equal(core.logits({"ids": ids, "visual": vis}, False), want)
+    np.testing.assert_array_equal(m.logits(ids, visual=m.visual_tokens(pix, tid)[0], all_positions=False), want)
+
+
+def test_out_device_needs_a_cuda_model():
+    m, d = model("tg-vicuna-tiny"), io("tg-vicuna-tiny")
+    pix = d["pixel_values"][None]
+    with pytest.raises(DeviceError, match="needs a CUDA model"):
+        m.vision_features(pix, out="device")
+    with pytest.raises(ValueError, match="'host' or 'device'"):
+        m.vision_features(pix, out="gpu")
+
+
+class FakeCudaCore:
+    """Stands in for a CUDA model's _C.Model where only its device and stream are read."""
+    device, stream = "cuda:0", 0x5EED
+
+
+class StreamTensor(FakeTensor):
+    def __dlpack__(self, stream=None, **kw):
+        self.exports += 1
+        self.stream = stream
+        return self._a.__dlpack__()
+
+
+@pytest.mark.parametrize("device", [(2, 1), (10, 0), (4, 0)])
+def test_dlpack_other_devices_are_refused_before_export(device):
+    t = StreamTensor(np.zeros(2, np.float32), device=device)
+    with pytest.raises(DeviceError, match="model runs on cuda:0"):
+        devarray.device_array(t, "pixels", FakeCudaCore())
+    assert t.exports == 0
+
+
+def test_dlpack_on_the_model_gpu_is_exported_on_the_model_stream():
+    t = StreamTensor(np.zeros(2, np.float32), device=(2, 0))
+    with pytest.raises(TypeError, match="_C.Model"):  # the fake core is no model: stop before reading memory
+        devarray.device_array(t, "pixels", FakeCudaCore())
+    assert t.exports == 1 and t.stream == FakeCudaCore.stream

@@ -1,6 +1,6 @@
 """GPU conformance (marker `gpu`): golden sets on the CUDA backend in float32 at the SPEC tolerances,
 and in bfloat16/float16 within a stated tolerance (cosine similarity of logits >= 0.999, same greedy
-first token).  Skips with the reason when tgllava has no CUDA backend or no device is present."""
+first token); torch CUDA tensors in and device arrays out without copies (skipped without torch).  Skips with the reason when tgllava has no CUDA backend or no device is present."""
 import numpy as np
 import pytest
 
@@ -70,3 +70,47 @@ def test_continuous_batching_on_the_gpu_equals_the_cpu():
     got = list(gpu_model(name, "float32").generate_many(reqs, eos_token_id=[], max_batch=2))
     assert dict(got) == cpu
     assert got[-1][0] == 0  # the long request, admitted first, ends last
+
+
+def test_torch_device_arrays_round_trip_without_copies():
+    """Device pointers in and out (issue 25 item 11): torch CUDA tensors in (through
+    __cuda_array_interface__ and through DLPack), out="device" results into torch without a copy,
+    the same numbers as the host path, and another device's memory refused."""
+    torch = pytest.importorskip("torch")
+    name = "tg-vicuna-tiny"
+    d, m = io(name), gpu_model(name, "float32")
+    pix = np.ascontiguousarray(d["pixel_values"][None], dtype=np.float32)
+    tid = d["text_guide_ids"]
+    want = m.visual_tokens(pix, tid)
+    t = torch.from_numpy(pix).cuda()
+    np.testing.assert_array_equal(m.visual_tokens(t, torch.as_tensor(tid).cuda()), want)
+
+    class DLPackOnly:  # a producer without __cuda_array_interface__ takes the DLPack path
+        def __init__(self, x):
+            self.x = x
+
+        def __dlpack__(self, **kw):
+            return self.x.__dlpack__(**kw)
+
+        def __dlpack_device__(self):
+            return self.x.__dlpack_device__()
+
+    np.testing.assert_array_equal(m.visual_tokens(DLPackOnly(t), tid), want)
+    dev = m.visual_tokens(t, tid, out="device")
+    assert isinstance(dev, tgllava._C.DeviceArray) and dev.device == "cuda:0"
+    tt = torch.from_dlpack(dev)
+    assert tt.data_ptr() == dev.__cuda_array_interface__["data"][0]  # no copy
+    np.testing.assert_array_equal(tt.cpu().numpy(), want)
+    del dev  # torch's tensor keeps the memory alive
+    np.testing.assert_array_equal(tt.cpu().numpy(), want)
+    ids = d["input_ids"]
+    lg = m.logits(ids, visual=tt[0], all_positions=False, out="device")
+    np.testing.assert_allclose(torch.as_tensor(lg).cpu().numpy(), m.logits(ids, pix[0], tid, all_positions=False),
+                               atol=1e-4)
+    with pytest.raises(tgllava.ShapeError, match="not C-contiguous"):
+        m.vision_features(t.transpose(2, 3))
+    with pytest.raises(tgllava.ShapeError, match="expected float32"):
+        m.vision_features(t.double())
+    if torch.cuda.device_count() > 1:
+        with pytest.raises(tgllava.DeviceError, match="cuda:1"):
+            m.vision_features(t.to("cuda:1"))

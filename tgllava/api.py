@@ -15,7 +15,7 @@ import numpy as np
 from . import _C
 from . import config_schema, devarray
 from .checkpoint import folder_refs, read_json
-from .errors import CheckpointError, ShapeError
+from .errors import CheckpointError, DeviceError, ShapeError
 from .streaming import CountedCore, TokenStream
 
 IMAGE_TOKEN_INDEX = -200
@@ -422,7 +422,9 @@ def _id_array(x, what, low, high):
 
 class Model:
     """A loaded model.  Stages take NumPy arrays, DLPack tensors in host memory (PyTorch/JAX CPU, zero-copy)
-    or anything np.asarray accepts, and return NumPy."""
+    or anything np.asarray accepts, and return NumPy.  A CUDA model also takes GPU arrays on its device
+    (__cuda_array_interface__ or DLPack: PyTorch, CuPy) in place of its float inputs and reads them there
+    (its id inputs are copied to the host), and returns a _C.DeviceArray with out="device" (devarray.py)."""
 
     def __init__(self, core, llm_config, clip_config, llm_dir, clip_dir, dtype):
         self._core = CountedCore(core)  # counts calls in flight, so an unread stream yields (streaming.py)
@@ -455,12 +457,35 @@ class Model:
         return f"<tgllava.Model {kind} hidden={self.sizes['hidden']} layers={self.sizes['layers']} device={self.device} dtype={self.dtype}>"
 
     # ---- input helpers
-    def _pixels(self, pixels, batch=True):
-        p = _float_array(pixels, "pixels", self.device)
+    def _on_gpu(self):
+        return self.device.startswith("cuda")
+
+    def _floats(self, x, what, device_ok=True):
+        """A float input: a DeviceArray view of GPU memory on a CUDA model, else a float32 NumPy array."""
+        d = devarray.device_array(x, what, self._core._core, np.float32) if device_ok and self._on_gpu() else None
+        return d if d is not None else _float_array(x, what, self.device)
+
+    def _host(self, x, what):
+        """An id input in host memory (GPU memory on a CUDA model's device is copied: ids are small)."""
+        return devarray.host_array(x, what, self.device, self._core._core if self._on_gpu() else None)
+
+    def _ids(self, x, what, low, high):
+        return _id_array(self._host(x, what), what, low, high)
+
+    def _out(self, out):
+        """out= of the stages: 'host' (NumPy) or 'device' (a _C.DeviceArray in the CUDA model's memory)."""
+        if out not in ("host", "device"):
+            raise ValueError(f"out must be 'host' or 'device', got {out!r}")
+        if out == "device" and not self._on_gpu():
+            raise DeviceError(f"out='device' needs a CUDA model; this model runs on {self.device} and returns NumPy")
+        return out == "device"
+
+    def _pixels(self, pixels, batch=True, device_ok=True):
+        p = self._floats(pixels, "pixels", device_ok)
         S, shape = self.image_size, p.shape
-        if p.ndim == 3:
-            p = p[None]
-        if p.ndim != 4 or p.shape[1:] != (3, S, S):
+        if len(shape) == 3:
+            p = p.reshape((1,) + shape)
+        if len(p.shape) != 4 or p.shape[1:] != (3, S, S):
             raise ShapeError(f"pixels must be (B, 3, {S}, {S}) or (3, {S}, {S}), got shape {shape}")
         return p
 
@@ -469,11 +494,10 @@ class Model:
         if text_ids is None:
             return None, None
         if isinstance(text_ids, (list, tuple)) and text_ids and not np.isscalar(text_ids[0]):
-            rows = [_id_array(t, "text_ids", 0, 1 << 30).reshape(-1) for t in text_ids]
+            rows = [self._ids(t, "text_ids", 0, 1 << 30).reshape(-1) for t in text_ids]
         else:
-            a = devarray.host_array(text_ids, "text_ids")
-            rows = [_id_array(a, "text_ids", 0, 1 << 30).reshape(-1)] if a.ndim <= 1 else \
-                [_id_array(r, "text_ids", 0, 1 << 30) for r in a]
+            a = self._ids(text_ids, "text_ids", 0, 1 << 30)
+            rows = [a.reshape(-1)] if a.ndim <= 1 else list(a)
         if len(rows) == 1 and B > 1:
             rows = rows * B
         if len(rows) != B:
@@ -487,55 +511,59 @@ class Model:
         return ids, np.array([len(r) for r in rows], np.int32)
 
     # ---- stages
-    def vision_features(self, pixels):
+    # ---- stages: out="device" returns a _C.DeviceArray on a CUDA model
+    def vision_features(self, pixels, out="host"):
         """(B,3,S,S) normalised pixels -> (B, Np, Dv) patch features of the selected layer."""
-        return self._core.vision_features(self._pixels(pixels))
+        return self._core.vision_features(self._pixels(pixels), self._out(out))
 
-    def text_tower(self, ids):
+    def text_tower(self, ids, out="host"):
         """CLIP text ids (T,) or (B,T) -> (hidden (B,T,Dt), pooled (B,Dt))."""
         if not self.has_tg:
             raise ShapeError("this checkpoint has no TG modules and no text tower")
-        a = devarray.host_array(ids, "ids", self.device)
+        a = self._ids(ids, "ids", 0, self.sizes["t_vocab"])
         if a.ndim == 1:
             a = a[None]
         if a.ndim != 2 or a.shape[1] == 0:
             raise ShapeError(f"ids must be (B, T) with T >= 1, got shape {a.shape}")
-        return self._core.text_tower(_id_array(a, "ids", 0, self.sizes["t_vocab"]))
+        return self._core.text_tower(a, self._out(out))
 
-    def fom(self, pooled):
+    def fom(self, pooled, out="host"):
         """Pooled text embeddings (B, Dt) -> FOM mask (B, Nq, Dv)."""
-        p = _float_array(pooled, "pooled", self.device)
-        return self._core.fom(p[None] if p.ndim == 1 else p)
+        p = self._floats(pooled, "pooled")
+        return self._core.fom(p.reshape((1,) + p.shape) if len(p.shape) == 1 else p, self._out(out))
 
-    def dp(self, tile_features, text_hidden, text_len=None):
+    def dp(self, tile_features, text_hidden, text_len=None, out="host"):
         """Tile features (B, 4*Np, Dv) and text hidden states (B, T, Dt) -> DP tokens (B, latents, H)."""
-        f, t = _float_array(tile_features, "tile_features", self.device), _float_array(text_hidden, "text_hidden", self.device)
-        if f.ndim == 2:
-            f, t = f[None], t[None] if t.ndim == 2 else t
+        f, t = self._floats(tile_features, "tile_features"), self._floats(text_hidden, "text_hidden")
+        if len(f.shape) == 2:
+            f = f.reshape((1,) + f.shape)
+            t = t.reshape((1,) + t.shape) if len(t.shape) == 2 else t
         lens = None if text_len is None else np.ascontiguousarray(devarray.host_array(text_len, "text_len"), dtype=np.int32)
-        return self._core.dp(f, t, lens)
+        return self._core.dp(f, t, lens, self._out(out))
 
-    def visual_tokens(self, pixels, text_ids=None, use_fom=True, use_dp=True, n_latents=None):
+    def visual_tokens(self, pixels, text_ids=None, use_fom=True, use_dp=True, n_latents=None, out="host"):
         """Pixels (B,3,S,S) [+ CLIP text guide ids] -> (B, Np [+ latents], H) visual tokens."""
         p = self._pixels(pixels)
         ids, lens = self._text_batch(text_ids, p.shape[0]) if (self.has_tg and (use_fom or use_dp)) else (None, None)
         if self.has_tg and (use_fom or use_dp) and ids is None:
             raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question) for FOM/DP")
-        return self._core.visual_tokens(p, ids, lens, use_fom=bool(use_fom), use_dp=bool(use_dp), n_latents=int(n_latents or 0))
+        return self._core.visual_tokens(p, ids, lens, use_fom=bool(use_fom), use_dp=bool(use_dp),
+                                        n_latents=int(n_latents or 0), out_device=self._out(out))
 
     # ---- language model
     def cacheable_features(self, pixels, use_dp=True):
         """Vision-tower output of one image, to pass back as `features=` when the same image returns
         with another question: (5, Np, Dv) for [image, its 4 tiles] (DP on), else (1, Np, Dv)."""
-        p = self._pixels(pixels)
+        p = self._pixels(pixels, device_ok=False)
         if p.shape[0] != 1:
             raise ShapeError("cacheable_features takes one image")
         if use_dp and self.has_dp:
             p = np.concatenate([p, tile(p)[0]])
         return self._core.vision_features(p)
 
-    def _sequence(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, features=None):
-        a = devarray.host_array(input_ids, "input_ids", self.device)
+    def _sequence(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, features=None,
+                  visual=None):
+        a = self._host(input_ids, "input_ids")
         if a.ndim > 2 or (a.ndim == 2 and a.shape[0] != 1):
             raise ShapeError(f"input_ids must be one sequence (T,) or (1, T), got shape {a.shape}; "
                              "use generate_batch for several sequences")
@@ -544,13 +572,17 @@ class Model:
         if bad.size:
             raise ShapeError(f"input_ids: id {int(bad[0])} is outside [0, {self.sizes['vocab']})")
         seq = {"ids": ids, "use_fom": bool(use_fom), "use_dp": bool(use_dp), "n_latents": int(n_latents or 0)}
+        if visual is not None:
+            if pixels is not None:
+                raise ShapeError("give an image as pixels or as visual tokens, not both")
+            seq["visual"] = self._floats(visual, "visual")
         if pixels is not None:
             p = self._pixels(pixels)
             if p.shape[0] != 1:
                 raise ShapeError("one sequence takes one image (3, S, S)")
-            seq["pixels"] = np.ascontiguousarray(p[0])
+            seq["pixels"] = p.reshape(p.shape[1:])
             if features is not None:
-                seq["features"] = _float_array(features, "features", self.device)
+                seq["features"] = self._floats(features, "features")
             if self.has_tg and (use_fom or use_dp):
                 if text_ids is None:
                     raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question)")
@@ -558,9 +590,12 @@ class Model:
                 seq["text_ids"] = np.ascontiguousarray(t[0])
         return seq
 
-    def logits(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, all_positions=True):
-        """Logits (T', V) of one spliced sequence at every position (or the last one)."""
-        return self._core.logits(self._sequence(input_ids, pixels, text_ids, use_fom, use_dp, n_latents), bool(all_positions))
+    def logits(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, all_positions=True,
+               visual=None, out="host"):
+        """Logits (T', V) of one spliced sequence at every position (or the last one).  The image is pixels,
+        or its visual tokens (n, H) as visual_tokens() returns them (visual=)."""
+        seq = self._sequence(input_ids, pixels, text_ids, use_fom, use_dp, n_latents, visual=visual)
+        return self._core.logits(seq, bool(all_positions), self._out(out))
 
     def _eos(self, eos_token_id):
         if eos_token_id is None:
@@ -593,7 +628,7 @@ class Model:
         if "input_ids" not in r:
             raise ShapeError(f"a generation request needs input_ids; got the keys {sorted(map(str, r))}")
         seq = self._sequence(r["input_ids"], r.get("pixels"), r.get("text_ids"), r.get("use_fom", True),
-                             r.get("use_dp", True), r.get("n_latents"), r.get("features"))
+                             r.get("use_dp", True), r.get("n_latents"), r.get("features"), r.get("visual"))
         if r.get("max_new_tokens") is not None:
             max_new_tokens = check_sampling(r["max_new_tokens"], max_len=self.sizes["max_len"])[0]
         return seq, max_new_tokens

@@ -7,7 +7,17 @@ an ndarray as is, a DLPack producer on the CPU (a PyTorch CPU tensor, a JAX CPU 
 `np.asarray` (lists, scalars, `__array__` objects).  Memory on a GPU is never read here: an object with
 `__cuda_array_interface__`, or a DLPack producer whose `__dlpack_device__` names a GPU (checked before
 `__dlpack__` is called, so nothing is exported), raises DeviceError, saying which device it is on and
-what to do instead.  The CUDA model does not take device pointers yet either: the message says so.
+what to do instead -- unless `core` (a CUDA model's _C.Model) is given: then GPU memory on the model's
+device is copied to the host (for the small id arrays the C core reads on the host).
+
+`device_array(x, what, core, dtype)` is the device path of a CUDA model: GPU memory on the model's device
+as a `_C.DeviceArray` view, read in place by the model (None for anything else, which takes the host
+path).  `__cuda_array_interface__` first (checked by cuda_array_info; the pointer's device asked of CUDA;
+a producer stream is waited for on the model's stream, without blocking the host), else a DLPack producer
+on the model's GPU, exported with `__dlpack__(stream=<the model's stream>)` so that the producer orders
+its work before ours, and consumed (its deleter runs when the view goes).  A `_C.DeviceArray` (a result
+of out="device") passes as is.  Another GPU's memory is a DeviceError, a wrong dtype or a non-contiguous
+layout a ShapeError.  Device inputs are not scanned for NaN (that would read them on the host).
 
 `cuda_array_info(x, what)` reads and checks an object's `__cuda_array_interface__` (version 2/3) without
 touching its memory: pointer, shape, dtype, C-contiguity, read-only flag; a masked, non-contiguous or
@@ -39,11 +49,11 @@ def _is_gpu_model(device):
 
 
 def _device_error(what, where, device):
-    """The DeviceError for GPU memory handed to a model that cannot read it."""
+    """The DeviceError for GPU memory handed where the model cannot read it."""
     if _is_gpu_model(device):
         return DeviceError(
-            f"{what}: got an array in GPU memory ({where}); the CUDA model does not take device arrays yet "
-            f"(its inputs go through host memory): pass a host array, e.g. tensor.cpu() or cupy.asnumpy(x)")
+            f"{what}: got an array in GPU memory ({where}); this argument takes host memory only: pass a host "
+            f"array, e.g. tensor.cpu() or cupy.asnumpy(x)")
     return DeviceError(
         f"{what}: got an array in GPU memory ({where}) but this model runs on {device or 'cpu'}: pass a host "
         f"array (NumPy, tensor.cpu(), cupy.asnumpy(x)), or load the model with device='cuda'")
@@ -111,6 +121,9 @@ def cuda_array_info(x, what="array", require_contiguous=True, dtype=None):
     if ptr == 0 and int(np.prod(shape, dtype=np.int64)) > 0:
         raise ShapeError(f"{what}: __cuda_array_interface__ has a null data pointer for shape {shape}")
     stream = cai.get("stream")
+    if stream is not None and (not isinstance(stream, int) or stream == 0):
+        raise ShapeError(f"{what}: __cuda_array_interface__ has stream {stream!r}: the protocol wants None, 1, 2 "
+                         f"or a cudaStream_t (0 is ambiguous and disallowed)")
     return CudaArrayInfo(ptr, shape, dt, readonly, strides, contiguous, None if stream is None else int(stream))
 
 
@@ -147,32 +160,29 @@ def _from_dlpack(x, what, label):
         raise ShapeError(f"{what}: cannot read {label} as an array: {msg}{hint}") from None
 
 
-def host_array(x, what="array", device="cpu"):
+def host_array(x, what="array", device="cpu", core=None):
     """x as a NumPy array, without a copy when x is in host memory (see the module text).
 
-    `device` is the model's device ('cpu', 'cuda', 'cuda:1'); it only shapes the DeviceError's advice."""
+    `device` is the model's device ('cpu', 'cuda', 'cuda:1'); it shapes the DeviceError's advice.  With the
+    `core` of a CUDA model, GPU memory on its device is copied to the host instead of refused."""
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, (list, tuple, int, float, np.generic)):
         return _asarray(x, what)
+    if core is not None and _is_gpu_model(device):
+        d = device_array(x, what, core)
+        if d is not None:
+            return d.numpy()
     # CUDA array interface first: CuPy arrays and PyTorch CUDA tensors have __dlpack__ too, and
     # asking for it would export the tensor (and synchronize streams) for nothing
-    try:
-        has_cai = hasattr(x, "__cuda_array_interface__")
-    except Exception:  # noqa: BLE001 - a property that raises something other than AttributeError
-        has_cai = False
-    if has_cai:
+    if _has_cai(x):
         if _is_gpu_model(device):  # the layout is what a device path will need: check it now
             info = cuda_array_info(x, what)
             raise _device_error(what, f"__cuda_array_interface__, shape {info.shape}, dtype {info.dtype}", device)
         raise _device_error(what, "an object with __cuda_array_interface__", device)
-    dl_device = getattr(x, "__dlpack_device__", None)
-    if dl_device is not None and hasattr(x, "__dlpack__"):
-        try:
-            dev_type, dev_id = dl_device()
-            dev_type, dev_id = int(dev_type), int(dev_id)
-        except Exception as e:  # noqa: BLE001
-            raise ShapeError(f"{what}: __dlpack_device__() failed or is malformed ({e})") from None
+    dev = _dlpack_device(x, what)
+    if dev is not None:
+        dev_type, dev_id = dev
         if dev_type not in _DL_HOST:
             raise _device_error(what, f"DLPack device {dlpack_device_name(dev_type, dev_id)}", device)
         return _from_dlpack(x, what, f"a DLPack tensor on {dlpack_device_name(dev_type, dev_id)}")
@@ -182,6 +192,52 @@ def host_array(x, what="array", device="cpu"):
     if _is_capsule(x):
         return _from_dlpack(_Capsule(x), what, "the DLPack capsule")
     return _asarray(x, what)
+
+
+def device_array(x, what, core, dtype=None):
+    """x as a _C.DeviceArray on the CUDA model `core`'s device, or None when x is not GPU memory (see the
+    module text).  `dtype`, when given, is the dtype the array must have."""
+    from . import _C
+    if isinstance(x, _C.DeviceArray):
+        d = x
+    elif _has_cai(x):
+        info = cuda_array_info(x, what)
+        d = _C.device_view(core, info.ptr, info.shape, info.dtype.num, x, info.stream)
+    else:
+        dev = _dlpack_device(x, what)
+        if dev is None or dev[0] in _DL_HOST:
+            return None
+        if dev[0] != DL_CUDA or dev[1] != int(core.device.partition(":")[2] or 0):
+            raise DeviceError(f"{what}: the array is on {dlpack_device_name(*dev)} but the model runs on "
+                              f"{core.device}: move it first (e.g. tensor.to('{core.device}'))")
+        try:
+            capsule = x.__dlpack__(stream=core.stream)
+        except Exception as e:  # noqa: BLE001 - the producer's own error, reported as ours
+            raise ShapeError(f"{what}: __dlpack__ failed on {dlpack_device_name(*dev)}: {e}") from None
+        d = _C.dlpack_view(core, capsule, what)
+    if dtype is not None and d.dtype != np.dtype(dtype):
+        raise ShapeError(f"{what}: the device array has dtype {d.dtype}, expected {np.dtype(dtype)} "
+                         f"(convert it on the device first, e.g. tensor.float())")
+    return d
+
+
+def _has_cai(x):
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001 - a property that raises something other than AttributeError
+        return False
+
+
+def _dlpack_device(x, what):
+    """(device type, id) of a DLPack producer (checked before __dlpack__ is called), None for others."""
+    dl_device = getattr(x, "__dlpack_device__", None)
+    if dl_device is None or not hasattr(x, "__dlpack__"):
+        return None
+    try:
+        dev_type, dev_id = dl_device()
+        return int(dev_type), int(dev_id)
+    except Exception as e:  # noqa: BLE001
+        raise ShapeError(f"{what}: __dlpack_device__() failed or is malformed ({e})") from None
 
 
 def _asarray(x, what):
@@ -203,4 +259,4 @@ def float32_array(x, what="array", device="cpu"):
     return a
 
 
-__all__ = ["host_array", "float32_array", "cuda_array_info", "CudaArrayInfo", "dlpack_device_name"]
+__all__ = ["host_array", "float32_array", "device_array", "cuda_array_info", "CudaArrayInfo", "dlpack_device_name"]

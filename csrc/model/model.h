@@ -63,6 +63,7 @@ struct tg_model {
     tg_arena arena;
     char err[768];
     int finished;
+    int inputs_on_backend, outputs_on_backend; /* tg_model_set_buffers */
 
     /* vision tower */
     param v_cls, v_patch, v_pos, v_pre_w, v_pre_b;

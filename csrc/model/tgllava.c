@@ -1,7 +1,7 @@
 /* tgllava.c -- the assembled model: stage entry points, visual tokens, splice, logits, generation.
  *
- * Public functions take host buffers, upload them once, run everything on
- * the backend and download the result.  Visual tokens (SPEC 2.7) are
+ * Public functions take host buffers (or backend memory: tg_model_set_buffers),
+ * upload them once, run everything on the backend and download the result.  Visual tokens (SPEC 2.7) are
  * concat[projector(F + FOM mask), DP tokens]; with DP on, the main images
  * and their 4 tiles go through the vision tower as one batch of 5B images.
  * The splice (SPEC 3) replaces the -200 id by the visual tokens and cuts the
@@ -49,14 +49,31 @@ static int ready(tg_model *m) {
     return 0;
 }
 
+void tg_model_set_buffers(tg_model *m, int inputs_on_backend, int outputs_on_backend) {
+    m->inputs_on_backend = inputs_on_backend != 0;
+    m->outputs_on_backend = outputs_on_backend != 0;
+}
+
+/* an input float buffer (host, or backend memory with inputs_on_backend) into backend memory dst */
+static int take(tg_model *m, void *dst, const void *src, size_t bytes, const char *what) {
+    if (m->inputs_on_backend ? BE->copy(BE, dst, src, bytes) : BE->to_device(BE, dst, src, bytes)) return be_fail(m, what);
+    return 0;
+}
+
 static int upload(tg_model *m, float **dst, const void *src, int64_t n) {
     ALLOC(*dst, n);
-    if (BE->to_device(BE, *dst, src, (size_t)n * 4)) return be_fail(m, "upload");
-    return 0;
+    return take(m, *dst, src, (size_t)n * 4, "upload");
 }
 
 static int download(tg_model *m, void *dst, const float *src, int64_t n) {
     if (BE->to_host(BE, dst, src, (size_t)n * 4)) return be_fail(m, "download");
+    return 0;
+}
+
+/* a stage's result into the caller's buffer: host, or backend memory with outputs_on_backend (complete on return) */
+static int result(tg_model *m, void *dst, const float *src, int64_t n) {
+    if (!m->outputs_on_backend) return download(m, dst, src, n);
+    if (BE->copy(BE, dst, src, (size_t)n * 4) || BE->sync(BE)) return be_fail(m, "result copy");
     return 0;
 }
 
@@ -86,7 +103,7 @@ int tg_vision_features(tg_model *m, const float *pix, int B, float *out) {
     if (upload(m, &pd, pix, B * 3 * S * S)) return -1;
     ALLOC(od, B * n);
     if (clip_vision_forward(m, pd, B, od)) return -1;
-    return download(m, out, od, B * n);
+    return result(m, out, od, B * n);
 }
 
 static int need_text(tg_model *m) {
@@ -101,8 +118,8 @@ int tg_text_tower(tg_model *m, const int32_t *ids, int B, int T, float *hidden, 
     ALLOC(hd, (int64_t)B * T * D);
     ALLOC(pd, (int64_t)B * D);
     if (clip_text_forward(m, ids, B, T, hd, pd)) return -1;
-    if (download(m, hidden, hd, (int64_t)B * T * D)) return -1;
-    return download(m, pooled, pd, (int64_t)B * D);
+    if (result(m, hidden, hd, (int64_t)B * T * D)) return -1;
+    return result(m, pooled, pd, (int64_t)B * D);
 }
 
 int tg_fom(tg_model *m, const float *pooled, int B, float *mask) {
@@ -113,7 +130,7 @@ int tg_fom(tg_model *m, const float *pooled, int B, float *mask) {
     if (upload(m, &pd, pooled, (int64_t)B * m->c.t_hidden)) return -1;
     ALLOC(md, B * n);
     if (fom_forward(m, pd, B, md)) return -1;
-    return download(m, mask, md, B * n);
+    return result(m, mask, md, B * n);
 }
 
 int tg_dp(tg_model *m, const float *tile_feats, const float *text_hidden, const int32_t *text_len, int B, int T, float *out) {
@@ -125,7 +142,7 @@ int tg_dp(tg_model *m, const float *tile_feats, const float *text_hidden, const 
     if (upload(m, &td, text_hidden, (int64_t)B * T * m->c.t_hidden)) return -1;
     ALLOC(od, B * L * m->c.hidden);
     if (dp_forward(m, fd, td, text_len, B, T, (int)L, od, NULL)) return -1;
-    return download(m, out, od, B * L * m->c.hidden);
+    return result(m, out, od, B * L * m->c.hidden);
 }
 
 int tg_visual_token_count(const tg_model *m, int use_dp, int n_latents) {
@@ -192,7 +209,7 @@ int tg_visual_tokens(tg_model *m, const float *pix, const int32_t *text_ids, con
     if (upload(m, &pd, pix, B * 3 * S * S)) return -1;
     ALLOC(od, B * count * H);
     if (visual_tokens_dev(m, pd, NULL, text_ids, text_len, B, T, use_fom, use_dp, n_latents, od, NULL, NULL)) return -1;
-    return download(m, out, od, B * count * H);
+    return result(m, out, od, B * count * H);
 }
 
 /* ---- splice ---- */
@@ -247,7 +264,7 @@ static int splice(tg_model *m, const tg_sequence *s, const float *vis, float **e
     } else {
         if (img > 0) CHECK(BE->embedding(BE, &m->embed.w, ids, e, img));
         if (vis) CHECK(BE->copy(BE, e + (int64_t)img * H, vis, (size_t)(nv * H) * sizeof(float)));
-        else if (BE->to_device(BE, e + (int64_t)img * H, s->visual, (size_t)(nv * H) * sizeof(float))) return be_fail(m, "visual upload");
+        else if (take(m, e + (int64_t)img * H, s->visual, (size_t)(nv * H) * sizeof(float), "visual upload")) return -1;
         if (s->n_ids - img - 1 > 0)
             CHECK(BE->embedding(BE, &m->embed.w, ids + img + 1, e + (int64_t)(img + nv) * H, s->n_ids - img - 1));
     }
@@ -295,7 +312,7 @@ static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vi
         out = tg_arena_floats(&m->arena, (size_t)(nm * count * H));
         if (!pix || !out) rc = be_fail(m, "arena");
         for (int i = 0; !rc && i < nm; i++)
-            if (BE->to_device(BE, pix + i * img, seqs[members[i]].pixels, (size_t)img * 4)) rc = be_fail(m, "pixels upload");
+            rc = take(m, pix + i * img, seqs[members[i]].pixels, (size_t)img * 4, "pixels upload");
         if (!rc && s0->features) { /* layout (nm mains, then 4 tiles per image) from each image's (per, Np, Dv) */
             feats = tg_arena_floats(&m->arena, (size_t)(nm * per * fsz));
             if (!feats) rc = be_fail(m, "arena");
@@ -305,9 +322,8 @@ static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vi
                     rc = model_fail(m, "cached vision features hold %d images, %d needed", s->n_feature_images, per);
                     break;
                 }
-                if (BE->to_device(BE, feats + i * fsz, s->features, (size_t)fsz * 4) ||
-                    (with_dp && BE->to_device(BE, feats + (nm + 4 * i) * fsz, s->features + fsz, (size_t)(4 * fsz) * 4)))
-                    rc = be_fail(m, "features upload");
+                rc = take(m, feats + i * fsz, s->features, (size_t)fsz * 4, "features upload") ||
+                     (with_dp && take(m, feats + (nm + 4 * i) * fsz, s->features + fsz, (size_t)(4 * fsz) * 4, "features upload"));
             }
         }
         if (!rc) rc = visual_tokens_dev(m, pix, feats, have_text ? tids : NULL, tlen, nm, have_text ? T : 0, s0->use_fom,
@@ -336,7 +352,7 @@ int tg_logits(tg_model *m, const tg_sequence *seq, int all_positions, float *log
     ALLOC(lg, rows * V);
     if (llm_head(m, hid + (n - rows) * H, rows, lg)) return -1;
     *n_rows = (int)rows;
-    return download(m, logits, lg, rows * V);
+    return result(m, logits, lg, rows * V);
 }
 
 int tg_llm_attention(tg_model *m, const tg_sequence *seq, int q0, int q1, int k0, int k1, float *out) {

@@ -1,5 +1,5 @@
 /* common.h -- helpers shared by the binding files: argument parsing into
- * checked NumPy arrays, exception classes, backend creation by device name. */
+ * checked NumPy arrays or device arrays, exception classes, backend creation by device name. */
 #ifndef TG_PY_COMMON_H
 #define TG_PY_COMMON_H
 
@@ -32,13 +32,34 @@ int tg_py_ops_init(PyObject *module);
 
 /* module.c's Model for sched.c: the tg_model of a _C.Model (NULL with an exception set), the call
  * protocol of its methods (enter with the GIL; lock and unlock without it, unlock capturing the
- * failure of rc != 0), the exception of a captured failure, and its sequence-dict parser (5 refs). */
+ * failure of rc != 0), the exception of a captured failure, and its sequence-dict parser (5 refs; *where as
+ * tg_py_same_memory). */
 tg_model *tg_py_model(PyObject *o);
 int tg_py_model_enter(PyObject *o);
 int tg_py_model_owned(PyObject *o); /* this thread holds the model's lock (a callback of one of its calls) */
 int tg_py_model_lock(PyObject *o);
 void tg_py_model_unlock(PyObject *o, int rc);
 PyObject *tg_py_raise_failure(PyObject *fallback);
-int tg_py_parse_sequence(PyObject *model, PyObject *d, tg_sequence *s, PyArrayObject **refs);
+int tg_py_parse_sequence(PyObject *model, PyObject *d, tg_sequence *s, PyObject **refs, int *where);
 int tg_py_sched_init(PyObject *module);
+/* the backend of a _C.Model (NULL with an exception set) */
+tg_backend *tg_py_model_backend(PyObject *model);
+
+/* devbuf.c: arrays in a model's backend memory (_C.DeviceArray).  An input buffer is a NumPy array
+ * (host) or a DeviceArray on the model's device (on_backend); ref is a new reference (NULL: absent). */
+#define TG_PY_MAXDIM 8
+typedef struct tg_py_buf {
+    PyObject *ref;
+    void *data;
+    int ndim, on_backend;
+    npy_intp dims[TG_PY_MAXDIM];
+} tg_py_buf;
+/* o as a C-contiguous input of `typenum` with `ndim` dims of sizes want (want[i] < 0: any, never empty) */
+int tg_py_input(PyObject *model, PyObject *o, int typenum, int ndim, const npy_intp *want, const char *what,
+                tg_py_buf *b);
+/* the inputs of one call are all host or all backend memory: *where (-1 before the first) records which */
+int tg_py_same_memory(const tg_py_buf *b, int *where);
+/* a new float32 result: a NumPy array, or a DeviceArray in backend memory (on_backend); *data its memory */
+PyObject *tg_py_output(PyObject *model, int on_backend, int ndim, const npy_intp *dims, void **data);
+int tg_py_devbuf_init(PyObject *module);
 #endif

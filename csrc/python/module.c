@@ -15,6 +15,10 @@
  * into the same model from inside one of its own calls (a generate callback)
  * raises TgError instead of deadlocking; a Model whose __init__ never ran
  * raises TgError instead of touching a NULL model.
+ * Float inputs may also be _C.DeviceArray objects on the model's device
+ * (devbuf.c; all float inputs of one call in the same memory), and the
+ * stages and logits take out_device=True to return a DeviceArray: the call
+ * then sets tg_model_set_buffers under the lock (reset on unlock).
  * Arrays passed in are never modified.
  */
 #define PY_SSIZE_T_CLEAN
@@ -207,6 +211,7 @@ static void model_unlock(ModelObject *self, int rc) {
         last_failure.backend = self->be->err[0] != 0;
         self->be->err[0] = 0;
     }
+    tg_model_set_buffers(self->m, 0, 0);
     atomic_store(&self->owner, 0);
     PyThread_release_lock(self->lock);
 }
@@ -253,12 +258,12 @@ static PyObject *model_error(ModelObject *self) {
 }
 
 /* the tail of every single-output method: the array, or the model's error as an exception */
-static PyObject *result_or_error(ModelObject *self, int rc, PyArrayObject *out) {
+static PyObject *result_or_error(ModelObject *self, int rc, PyObject *out) {
     if (rc) {
         Py_DECREF(out);
         return model_error(self);
     }
-    return (PyObject *)out;
+    return out;
 }
 
 /* ------------------------------------------------------------------ the config (config_fields.h) */
@@ -486,33 +491,37 @@ static PyArrayObject *new_f32(int nd, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
 }
 
+/* a stage call: its inputs' memory (-1: no float input) and out_device set for the call, under the lock */
+#define RUN_STAGE(self, rc, in_backend, out_backend, call) \
+    RUN(self, rc, (tg_model_set_buffers((self)->m, (in_backend) == 1, out_backend), (call)))
+
 static PyObject *Model_vision_features(ModelObject *self, PyObject *args) {
     if (model_ready(self)) return NULL;
     PyObject *o;
-    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    int out_dev = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &o, &out_dev)) return NULL;
     const tg_config *c = tg_model_config(self->m);
-    PyArrayObject *pix = tg_py_array(o, NPY_FLOAT32, 4, "pixels");
+    tg_py_buf pix;
     npy_intp want[4] = {-1, 3, c->v_image, c->v_image};
-    if (!pix || tg_py_check_dims(pix, want, 4, "pixels")) {
-        Py_XDECREF(pix);
-        return NULL;
-    }
-    int B = (int)PyArray_DIM(pix, 0), g = c->v_image / c->v_patch, rc;
+    if (tg_py_input((PyObject *)self, o, NPY_FLOAT32, 4, want, "pixels", &pix)) return NULL;
+    int B = (int)pix.dims[0], g = c->v_image / c->v_patch, rc;
     npy_intp od[3] = {B, (npy_intp)g * g, c->v_hidden};
-    PyArrayObject *out = new_f32(3, od);
+    void *od_data;
+    PyObject *out = tg_py_output((PyObject *)self, out_dev, 3, od, &od_data);
     if (!out) {
-        Py_DECREF(pix);
+        Py_DECREF(pix.ref);
         return NULL;
     }
-    RUN(self, rc, tg_vision_features(self->m, PyArray_DATA(pix), B, PyArray_DATA(out)));
-    Py_DECREF(pix);
-    return result_or_error(self, rc, out);
+    RUN_STAGE(self, rc, pix.on_backend, out_dev, tg_vision_features(self->m, pix.data, B, od_data));
+    Py_DECREF(pix.ref);
+    return result_or_error(self, rc, (PyObject *)out);
 }
 
 static PyObject *Model_text_tower(ModelObject *self, PyObject *args) {
     if (model_ready(self)) return NULL;
     PyObject *o;
-    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    int out_dev = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &o, &out_dev)) return NULL;
     const tg_config *c = tg_model_config(self->m);
     PyArrayObject *ids = tg_py_array(o, NPY_INT32, 2, "ids");
     npy_intp want[2] = {-1, -1};
@@ -522,14 +531,16 @@ static PyObject *Model_text_tower(ModelObject *self, PyObject *args) {
     }
     int B = (int)PyArray_DIM(ids, 0), T = (int)PyArray_DIM(ids, 1), rc;
     npy_intp hd[3] = {B, T, c->t_hidden}, pd[2] = {B, c->t_hidden};
-    PyArrayObject *h = new_f32(3, hd), *p = new_f32(2, pd);
+    void *h_data = NULL, *p_data = NULL;
+    PyObject *h = tg_py_output((PyObject *)self, out_dev, 3, hd, &h_data);
+    PyObject *p = h ? tg_py_output((PyObject *)self, out_dev, 2, pd, &p_data) : NULL;
     if (!h || !p) {
         Py_DECREF(ids);
         Py_XDECREF(h);
         Py_XDECREF(p);
         return NULL;
     }
-    RUN(self, rc, tg_text_tower(self->m, PyArray_DATA(ids), B, T, PyArray_DATA(h), PyArray_DATA(p)));
+    RUN_STAGE(self, rc, -1, out_dev, tg_text_tower(self->m, PyArray_DATA(ids), B, T, h_data, p_data));
     Py_DECREF(ids);
     if (rc) {
         Py_DECREF(h);
@@ -542,24 +553,23 @@ static PyObject *Model_text_tower(ModelObject *self, PyObject *args) {
 static PyObject *Model_fom(ModelObject *self, PyObject *args) {
     if (model_ready(self)) return NULL;
     PyObject *o;
-    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    int out_dev = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &o, &out_dev)) return NULL;
     const tg_config *c = tg_model_config(self->m);
-    PyArrayObject *p = tg_py_array(o, NPY_FLOAT32, 2, "pooled");
+    tg_py_buf p;
     npy_intp want[2] = {-1, c->t_hidden};
-    if (!p || tg_py_check_dims(p, want, 2, "pooled")) {
-        Py_XDECREF(p);
-        return NULL;
-    }
-    int B = (int)PyArray_DIM(p, 0), rc;
+    if (tg_py_input((PyObject *)self, o, NPY_FLOAT32, 2, want, "pooled", &p)) return NULL;
+    int B = (int)p.dims[0], rc;
     npy_intp od[3] = {B, c->q_queries, c->v_hidden};
-    PyArrayObject *out = new_f32(3, od);
+    void *od_data;
+    PyObject *out = tg_py_output((PyObject *)self, out_dev, 3, od, &od_data);
     if (!out) {
-        Py_DECREF(p);
+        Py_DECREF(p.ref);
         return NULL;
     }
-    RUN(self, rc, tg_fom(self->m, PyArray_DATA(p), B, PyArray_DATA(out)));
-    Py_DECREF(p);
-    return result_or_error(self, rc, out);
+    RUN_STAGE(self, rc, p.on_backend, out_dev, tg_fom(self->m, p.data, B, od_data));
+    Py_DECREF(p.ref);
+    return result_or_error(self, rc, (PyObject *)out);
 }
 
 /* optional int32 (B) lengths: None -> NULL */
@@ -586,46 +596,50 @@ static int opt_lengths(PyObject *o, int B, int T, PyArrayObject **out) {
 static PyObject *Model_dp(ModelObject *self, PyObject *args) {
     if (model_ready(self)) return NULL;
     PyObject *fo, *to, *lo = Py_None;
-    if (!PyArg_ParseTuple(args, "OO|O", &fo, &to, &lo)) return NULL;
+    int out_dev = 0, where = -1;
+    if (!PyArg_ParseTuple(args, "OO|Op", &fo, &to, &lo, &out_dev)) return NULL;
     const tg_config *c = tg_model_config(self->m);
     int g = c->v_image / c->v_patch;
-    PyArrayObject *f = tg_py_array(fo, NPY_FLOAT32, 3, "tile_features"), *t = NULL, *len = NULL;
+    tg_py_buf f = {0}, t = {0};
+    PyArrayObject *len = NULL;
     npy_intp wf[3] = {-1, 4 * (npy_intp)g * g, c->v_hidden};
-    if (!f || tg_py_check_dims(f, wf, 3, "tile_features")) goto fail;
-    int B = (int)PyArray_DIM(f, 0);
-    t = tg_py_array(to, NPY_FLOAT32, 3, "text_hidden");
+    if (tg_py_input((PyObject *)self, fo, NPY_FLOAT32, 3, wf, "tile_features", &f)) goto fail;
+    int B = (int)f.dims[0];
     npy_intp wt[3] = {B, -1, c->t_hidden};
-    if (!t || tg_py_check_dims(t, wt, 3, "text_hidden")) goto fail;
-    int T = (int)PyArray_DIM(t, 1), rc;
+    if (tg_py_input((PyObject *)self, to, NPY_FLOAT32, 3, wt, "text_hidden", &t)) goto fail;
+    if (tg_py_same_memory(&f, &where) || tg_py_same_memory(&t, &where)) goto fail;
+    int T = (int)t.dims[1], rc;
     if (opt_lengths(lo, B, T, &len)) goto fail;
     npy_intp od[3] = {B, c->p_latents, c->hidden};
-    PyArrayObject *out = new_f32(3, od);
+    void *od_data;
+    PyObject *out = tg_py_output((PyObject *)self, out_dev, 3, od, &od_data);
     if (!out) goto fail;
-    RUN(self, rc, tg_dp(self->m, PyArray_DATA(f), PyArray_DATA(t), len ? PyArray_DATA(len) : NULL, B, T, PyArray_DATA(out)));
-    Py_DECREF(f);
-    Py_DECREF(t);
+    RUN_STAGE(self, rc, where, out_dev, tg_dp(self->m, f.data, t.data, len ? PyArray_DATA(len) : NULL, B, T, od_data));
+    Py_DECREF(f.ref);
+    Py_DECREF(t.ref);
     Py_XDECREF(len);
-    return result_or_error(self, rc, out);
+    return result_or_error(self, rc, (PyObject *)out);
 fail:
-    Py_XDECREF(f);
-    Py_XDECREF(t);
+    Py_XDECREF(f.ref);
+    Py_XDECREF(t.ref);
     Py_XDECREF(len);
     return NULL;
 }
 
 static PyObject *Model_visual_tokens(ModelObject *self, PyObject *args, PyObject *kw) {
     if (model_ready(self)) return NULL;
-    static char *kwlist[] = {"pixels", "text_ids", "text_len", "use_fom", "use_dp", "n_latents", NULL};
+    static char *kwlist[] = {"pixels", "text_ids", "text_len", "use_fom", "use_dp", "n_latents", "out_device", NULL};
     PyObject *po, *io = Py_None, *lo = Py_None, *nlo = NULL;
-    int use_fom = 1, use_dp = 1, nlat = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOppO", kwlist, &po, &io, &lo, &use_fom, &use_dp, &nlo) ||
+    int use_fom = 1, use_dp = 1, nlat = 0, out_dev = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOppOp", kwlist, &po, &io, &lo, &use_fom, &use_dp, &nlo, &out_dev) ||
         (nlo && tg_py_int(nlo, INT_MIN, INT_MAX, "n_latents", &nlat)))
         return NULL;
     const tg_config *c = tg_model_config(self->m);
-    PyArrayObject *pix = tg_py_array(po, NPY_FLOAT32, 4, "pixels"), *ids = NULL, *len = NULL;
+    tg_py_buf pix;
+    PyArrayObject *ids = NULL, *len = NULL;
     npy_intp wp[4] = {-1, 3, c->v_image, c->v_image};
-    if (!pix || tg_py_check_dims(pix, wp, 4, "pixels")) goto fail;
-    int B = (int)PyArray_DIM(pix, 0), T = 0, rc;
+    if (tg_py_input((PyObject *)self, po, NPY_FLOAT32, 4, wp, "pixels", &pix)) return NULL;
+    int B = (int)pix.dims[0], T = 0, rc;
     if (io != Py_None) {
         ids = tg_py_array(io, NPY_INT32, 2, "text_ids");
         npy_intp wi[2] = {B, -1};
@@ -635,24 +649,27 @@ static PyObject *Model_visual_tokens(ModelObject *self, PyObject *args, PyObject
     }
     int count = tg_visual_token_count(self->m, use_dp, nlat);
     npy_intp od[3] = {B, count, c->hidden};
-    PyArrayObject *out = new_f32(3, od);
+    void *od_data;
+    PyObject *out = tg_py_output((PyObject *)self, out_dev, 3, od, &od_data);
     if (!out) goto fail;
-    RUN(self, rc, tg_visual_tokens(self->m, PyArray_DATA(pix), ids ? PyArray_DATA(ids) : NULL, len ? PyArray_DATA(len) : NULL,
-                                   B, T, use_fom, use_dp, nlat, PyArray_DATA(out)));
-    Py_DECREF(pix);
+    RUN_STAGE(self, rc, pix.on_backend, out_dev,
+              tg_visual_tokens(self->m, pix.data, ids ? PyArray_DATA(ids) : NULL, len ? PyArray_DATA(len) : NULL, B, T,
+                               use_fom, use_dp, nlat, od_data));
+    Py_DECREF(pix.ref);
     Py_XDECREF(ids);
     Py_XDECREF(len);
-    return result_or_error(self, rc, out);
+    return result_or_error(self, rc, (PyObject *)out);
 fail:
-    Py_XDECREF(pix);
+    Py_XDECREF(pix.ref);
     Py_XDECREF(ids);
     Py_XDECREF(len);
     return NULL;
 }
 
 /* A sequence is a dict: ids (int32 1-D), and optionally pixels (float32 (3,S,S)), text_ids (int32 1-D),
- * visual (float32 (n,H)), use_fom, use_dp, n_latents.  Keeps references in refs[0..4]. */
-static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyArrayObject **refs) {
+ * visual (float32 (n,H)), features, use_fom, use_dp, n_latents.  Keeps references in refs[0..4]; the float
+ * inputs (NumPy or DeviceArray) must agree with *where (tg_py_same_memory). */
+static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyObject **refs, int *where) {
     const tg_config *c = tg_model_config(self->m);
     memset(s, 0, sizeof *s);
     refs[0] = refs[1] = refs[2] = refs[3] = refs[4] = NULL;
@@ -665,32 +682,41 @@ static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyArra
         PyErr_SetString(TgErr_Shape, "sequence has no 'ids'");
         return -1;
     }
-    if (!(refs[0] = tg_py_array(o, NPY_INT32, 1, "input_ids"))) return -1;
-    s->ids = PyArray_DATA(refs[0]);
-    s->n_ids = (int)PyArray_DIM(refs[0], 0);
+    PyArrayObject *ids = tg_py_array(o, NPY_INT32, 1, "input_ids");
+    if (!(refs[0] = (PyObject *)ids)) return -1;
+    s->ids = PyArray_DATA(ids);
+    s->n_ids = (int)PyArray_DIM(ids, 0);
+    tg_py_buf b;
     if ((o = PyDict_GetItemString(d, "pixels")) && o != Py_None) {
         npy_intp w[3] = {3, c->v_image, c->v_image};
-        if (!(refs[1] = tg_py_array(o, NPY_FLOAT32, 3, "pixels")) || tg_py_check_dims(refs[1], w, 3, "pixels")) return -1;
-        s->pixels = PyArray_DATA(refs[1]);
+        if (tg_py_input((PyObject *)self, o, NPY_FLOAT32, 3, w, "pixels", &b)) return -1;
+        refs[1] = b.ref;
+        if (tg_py_same_memory(&b, where)) return -1;
+        s->pixels = b.data;
     }
     if ((o = PyDict_GetItemString(d, "text_ids")) && o != Py_None) {
         npy_intp w[1] = {-1};
-        if (!(refs[2] = tg_py_array(o, NPY_INT32, 1, "text_ids")) || tg_py_check_dims(refs[2], w, 1, "text_ids")) return -1;
-        s->text_ids = PyArray_DATA(refs[2]);
-        s->n_text = (int)PyArray_DIM(refs[2], 0);
+        PyArrayObject *t = tg_py_array(o, NPY_INT32, 1, "text_ids");
+        if (!(refs[2] = (PyObject *)t) || tg_py_check_dims(t, w, 1, "text_ids")) return -1;
+        s->text_ids = PyArray_DATA(t);
+        s->n_text = (int)PyArray_DIM(t, 0);
     }
     if ((o = PyDict_GetItemString(d, "visual")) && o != Py_None) {
         npy_intp w[2] = {-1, c->hidden};
-        if (!(refs[3] = tg_py_array(o, NPY_FLOAT32, 2, "visual")) || tg_py_check_dims(refs[3], w, 2, "visual")) return -1;
-        s->visual = PyArray_DATA(refs[3]);
-        s->n_visual = (int)PyArray_DIM(refs[3], 0);
+        if (tg_py_input((PyObject *)self, o, NPY_FLOAT32, 2, w, "visual", &b)) return -1;
+        refs[3] = b.ref;
+        if (tg_py_same_memory(&b, where)) return -1;
+        s->visual = b.data;
+        s->n_visual = (int)b.dims[0];
     }
     if ((o = PyDict_GetItemString(d, "features")) && o != Py_None) {
         int g = c->v_image / c->v_patch;
         npy_intp w[3] = {-1, (npy_intp)g * g, c->v_hidden};
-        if (!(refs[4] = tg_py_array(o, NPY_FLOAT32, 3, "features")) || tg_py_check_dims(refs[4], w, 3, "features")) return -1;
-        s->features = PyArray_DATA(refs[4]);
-        s->n_feature_images = (int)PyArray_DIM(refs[4], 0);
+        if (tg_py_input((PyObject *)self, o, NPY_FLOAT32, 3, w, "features", &b)) return -1;
+        refs[4] = b.ref;
+        if (tg_py_same_memory(&b, where)) return -1;
+        s->features = b.data;
+        s->n_feature_images = (int)b.dims[0];
     }
     s->use_fom = s->use_dp = 1;
     if ((o = PyDict_GetItemString(d, "use_fom"))) s->use_fom = PyObject_IsTrue(o);
@@ -702,32 +728,33 @@ static int parse_sequence(ModelObject *self, PyObject *d, tg_sequence *s, PyArra
     return 0;
 }
 
-static void drop_refs(PyArrayObject **refs, int n) {
+static void drop_refs(PyObject **refs, int n) {
     for (int i = 0; i < n; i++) Py_XDECREF(refs[i]);
 }
 
 static PyObject *Model_logits(ModelObject *self, PyObject *args) {
     if (model_ready(self)) return NULL;
     PyObject *d;
-    int all = 1, rc, n_rows = 0;
-    if (!PyArg_ParseTuple(args, "O|p", &d, &all)) return NULL;
+    int all = 1, rc, n_rows = 0, out_dev = 0, where = -1;
+    if (!PyArg_ParseTuple(args, "O|pp", &d, &all, &out_dev)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[5];
-    if (parse_sequence(self, d, &s, refs)) {
+    PyObject *refs[5];
+    if (parse_sequence(self, d, &s, refs, &where)) {
         drop_refs(refs, 5);
         return NULL;
     }
     const tg_config *c = tg_model_config(self->m);
     int n = tg_spliced_length(self->m, &s);
     npy_intp od[2] = {all ? (n > 0 ? n : 1) : 1, c->vocab};
-    PyArrayObject *out = new_f32(2, od);
+    void *od_data;
+    PyObject *out = tg_py_output((PyObject *)self, out_dev, 2, od, &od_data);
     if (!out) {
         drop_refs(refs, 5);
         return NULL;
     }
-    RUN(self, rc, tg_logits(self->m, &s, all, PyArray_DATA(out), &n_rows));
+    RUN_STAGE(self, rc, where, out_dev, tg_logits(self->m, &s, all, od_data, &n_rows));
     drop_refs(refs, 5);
-    return result_or_error(self, rc, out);
+    return result_or_error(self, rc, (PyObject *)out);
 }
 
 static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
@@ -735,8 +762,8 @@ static PyObject *Model_spliced_length(ModelObject *self, PyObject *args) {
     PyObject *d;
     if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[5];
-    int rc = parse_sequence(self, d, &s, refs);
+    PyObject *refs[5];
+    int where = -1, rc = parse_sequence(self, d, &s, refs, &where);
     int n = rc ? 0 : tg_spliced_length(self->m, &s);
     drop_refs(refs, 5);
     if (rc) return NULL;
@@ -758,8 +785,9 @@ static PyObject *Model_llm_attention(ModelObject *self, PyObject *args) {
     int q0, q1, k0, k1, rc;
     if (!PyArg_ParseTuple(args, "Oiiii", &d, &q0, &q1, &k0, &k1)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[5];
-    if (parse_sequence(self, d, &s, refs)) {
+    PyObject *refs[5];
+    int where = -1;
+    if (parse_sequence(self, d, &s, refs, &where)) {
         drop_refs(refs, 5);
         return NULL;
     }
@@ -774,9 +802,9 @@ static PyObject *Model_llm_attention(ModelObject *self, PyObject *args) {
         drop_refs(refs, 5);
         return NULL;
     }
-    RUN(self, rc, tg_llm_attention(self->m, &s, q0, q1, k0, k1, PyArray_DATA(out)));
+    RUN_STAGE(self, rc, where, 0, tg_llm_attention(self->m, &s, q0, q1, k0, k1, PyArray_DATA(out)));
     drop_refs(refs, 5);
-    return result_or_error(self, rc, out);
+    return result_or_error(self, rc, (PyObject *)out);
 }
 
 static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
@@ -785,12 +813,18 @@ static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
     int rc;
     if (!PyArg_ParseTuple(args, "O", &d)) return NULL;
     tg_sequence s;
-    PyArrayObject *refs[5];
-    if (parse_sequence(self, d, &s, refs)) {
+    PyObject *refs[5];
+    int where = -1;
+    if (parse_sequence(self, d, &s, refs, &where)) {
         drop_refs(refs, 5);
         return NULL;
     }
     const tg_config *c = tg_model_config(self->m);
+    if (where == 1) {
+        drop_refs(refs, 5);
+        PyErr_SetString(TgErr_Shape, "dp_attention takes host arrays only");
+        return NULL;
+    }
     if (!s.pixels || !s.text_ids) {
         drop_refs(refs, 5);
         PyErr_SetString(TgErr_Shape, "dp_attention needs pixels and text_ids");
@@ -805,7 +839,7 @@ static PyObject *Model_dp_attention(ModelObject *self, PyObject *args) {
     }
     RUN(self, rc, tg_dp_attention(self->m, s.pixels, s.text_ids, s.n_text, PyArray_DATA(out)));
     drop_refs(refs, 5);
-    return result_or_error(self, rc, out);
+    return result_or_error(self, rc, (PyObject *)out);
 }
 
 /* streaming: the C loop calls back into Python with the GIL re-acquired */
@@ -902,9 +936,9 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
     const int B = (int)PyList_GET_SIZE(seqs);
     const tg_config *c = tg_model_config(self->m);
     tg_sequence *sq = calloc((size_t)B, sizeof *sq);
-    PyArrayObject **refs = calloc((size_t)B * 5, sizeof *refs);
+    PyObject **refs = calloc((size_t)B * 5, sizeof *refs);
     int32_t *eos_ids = NULL, *tokens = NULL;
-    int *n_out = calloc((size_t)B, sizeof(int)), n_eos = 0, rc;
+    int *n_out = calloc((size_t)B, sizeof(int)), n_eos = 0, rc, where = -1;
     PyObject *result = NULL;
     PyArrayObject *last = NULL;
     if (!sq || !refs || !n_out) {
@@ -912,7 +946,7 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
         goto done;
     }
     for (int b = 0; b < B; b++)
-        if (parse_sequence(self, PyList_GET_ITEM(seqs, b), &sq[b], refs + 5 * b)) goto done;
+        if (parse_sequence(self, PyList_GET_ITEM(seqs, b), &sq[b], refs + 5 * b, &where)) goto done;
     if (tg_py_eos_ids(eos, &eos_ids, &n_eos)) goto done;
     tokens = calloc((size_t)B * (maxnew > 0 ? maxnew : 1), sizeof(int32_t));
     if (!tokens) {
@@ -927,8 +961,9 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
     poll_state ps = {0.0};
     tg_sampling sp = {maxnew, temp, top_p, top_k, rep, (uint64_t)seed, eos_ids, n_eos, poll_signals, &ps};
     callback_state st = {cb, 0};
-    RUN(self, rc, tg_generate(self->m, sq, B, &sp, cb != Py_None ? call_python : NULL, &st, tokens, n_out,
-                              last ? PyArray_DATA(last) : NULL));
+    RUN_STAGE(self, rc, where, 0,
+              tg_generate(self->m, sq, B, &sp, cb != Py_None ? call_python : NULL, &st, tokens, n_out,
+                          last ? PyArray_DATA(last) : NULL));
     if (st.failed) goto done; /* the callback's exception */
     if (rc) {
         model_error(self);
@@ -961,6 +996,15 @@ static PyObject *Model_get_config(ModelObject *self, void *closure) {
     return config_export(tg_model_config(self->m));
 }
 
+/* the backend's CUDA stream as an integer (for __dlpack__(stream=...)); None on the CPU */
+static PyObject *Model_get_stream(ModelObject *self, void *closure) {
+    if (model_ready(self)) return NULL;
+#ifdef TG_WITH_CUDA
+    if (strcmp(self->be->name, "cuda") == 0) return PyLong_FromUnsignedLongLong((unsigned long long)tg_cuda_stream(self->be));
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyObject *Model_get_device(ModelObject *self, void *closure) {
     if (model_ready(self)) return NULL;
     if (strcmp(self->be->name, "cpu") == 0) return PyUnicode_FromString("cpu");
@@ -988,6 +1032,7 @@ static PyMethodDef Model_methods[] = {
 static PyGetSetDef Model_getset[] = {
     {"config", (getter)Model_get_config, NULL, "the model config: every field of config_fields()", NULL},
     {"device", (getter)Model_get_device, NULL, "backend device", NULL},
+    {"stream", (getter)Model_get_stream, NULL, "the CUDA stream the model's work is queued on (an int; None on the CPU)", NULL},
     {NULL}};
 
 static PyTypeObject ModelType = {
@@ -1018,9 +1063,11 @@ int tg_py_model_lock(PyObject *o) { return model_lock((ModelObject *)o); }
 void tg_py_model_unlock(PyObject *o, int rc) { model_unlock((ModelObject *)o, rc); }
 PyObject *tg_py_raise_failure(PyObject *fallback) { return raise_failure(fallback); }
 
-int tg_py_parse_sequence(PyObject *model, PyObject *d, tg_sequence *s, PyArrayObject **refs) {
-    return parse_sequence((ModelObject *)model, d, s, refs);
+int tg_py_parse_sequence(PyObject *model, PyObject *d, tg_sequence *s, PyObject **refs, int *where) {
+    return parse_sequence((ModelObject *)model, d, s, refs, where);
 }
+
+tg_backend *tg_py_model_backend(PyObject *o) { return tg_py_model(o) ? ((ModelObject *)o)->be : NULL; }
 
 /* ------------------------------------------------------------------ module functions */
 
@@ -1133,7 +1180,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&ModelType);
-    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0 || tg_py_sched_init(m) < 0 ||
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0 || tg_py_sched_init(m) < 0 || tg_py_devbuf_init(m) < 0 ||
         PyModule_AddIntConstant(m, "CPU_EXACT_ROWS", TG_CPU_EXACT_ROWS) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -135,18 +135,20 @@ static PyObject *Sched_admit(SchedObject *self, PyObject *args, PyObject *kw) {
                                      &eos))
         return NULL;
     tg_sequence sq;
-    PyArrayObject *refs[5] = {NULL};
+    PyObject *refs[5] = {NULL};
     int32_t *eos_ids = NULL;
     int n_eos = 0;
     int64_t id = 0;
     PyObject *result = NULL;
-    if (tg_py_parse_sequence(self->model, d, &sq, refs)) goto done;
+    int where = -1; /* the sequence's float inputs: host or device arrays */
+    tg_model *m = tg_py_model(self->model);
+    if (tg_py_parse_sequence(self->model, d, &sq, refs, &where)) goto done;
     if (tg_py_eos_ids(eos, &eos_ids, &n_eos)) goto done;
     /* below TG_MIN_TEMPERATURE sampling is greedy; the C core checks every value (NaN, inf, ranges) */
     tg_sampling sp = {maxnew, temp >= 0 && temp < TG_MIN_TEMPERATURE ? 0.0f : (float)temp, (float)top_p, top_k,
                       (float)rep, (uint64_t)seed, eos_ids, n_eos, NULL, NULL};
     tg_sched *s;
-    SCHED_CALL(self, rc, tg_sched_admit(s, &sq, &sp, &id));
+    SCHED_CALL(self, rc, (tg_model_set_buffers(m, where == 1, 0), tg_sched_admit(s, &sq, &sp, &id)));
     if (rc) {
         tg_py_raise_failure(TgErr_Shape);
         goto done;
