@@ -297,15 +297,17 @@ AVX2_INLINE __m256 widen_half(const int bf, const uint16_t *p, const int half) {
     return _mm256_castsi256_ps(half ? _mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)) : _mm256_slli_epi32(v, 16));
 }
 
-/* out[m*NR + n] = <x row m, w row n> for MR rows of x (stride Kp, zero-padded, slot16 order) and NR rows of
- * w (stride K): lane l adds slot l, then slot l + 8, of every 16 features */
-AVX2_INLINE void tile16(const int bf, const float *x, int64_t Kp, const uint16_t *w, int64_t K, float *out,
-                        const int MR, const int NR) {
+/* The sums of MR rows of x (stride Kp, zero-padded, slot16 order) with NR rows of w (stride K) over features
+ * [k0, k1): the 8-lane accumulators come from state (rows ss apart; zeros when k0 = 0) and go back to it.
+ * Lane l adds slot l, then slot l + 8, of every 16 features; where the sum is cut into feature blocks does not
+ * change a single operation, so blocking for the cache keeps every element's value. */
+AVX2_INLINE void tile16(const int bf, const float *x, int64_t Kp, const uint16_t *w, int64_t K, int64_t k0, int64_t k1,
+                        __m256 *state, int64_t ss, const int MR, const int NR) {
     __m256 acc[4][8];
     for (int m = 0; m < MR; m++)
-        for (int n = 0; n < NR; n++) acc[m][n] = _mm256_setzero_ps();
-    const int64_t K16 = K / 16 * 16;
-    for (int64_t k = 0; k < K16; k += 16)
+        for (int n = 0; n < NR; n++) acc[m][n] = k0 ? state[m * ss + n] : _mm256_setzero_ps();
+    const int64_t K16 = K / 16 * 16, kend = k1 < K16 ? k1 : K16;
+    for (int64_t k = k0; k < kend; k += 16)
         for (int half = 0; half < 2; half++) {
             __m256 wv[8];
             for (int n = 0; n < NR; n++) {
@@ -317,7 +319,7 @@ AVX2_INLINE void tile16(const int bf, const float *x, int64_t Kp, const uint16_t
                 for (int n = 0; n < NR; n++) acc[m][n] = _mm256_fmadd_ps(xv, wv[n], acc[m][n]);
             }
         }
-    if (K16 < K) { /* the rows' tails, read into zeros */
+    if (K16 < K && k1 > K16) { /* the rows' tails, read into zeros */
         uint16_t tail[8][16] = {{0}};
         for (int n = 0; n < NR; n++) memcpy(tail[n], w + n * K + K16, (size_t)(K - K16) * 2);
         for (int half = 0; half < 2; half++)
@@ -327,7 +329,30 @@ AVX2_INLINE void tile16(const int bf, const float *x, int64_t Kp, const uint16_t
             }
     }
     for (int m = 0; m < MR; m++)
-        for (int n = 0; n < NR; n++) out[m * NR + n] = avx2_hsum(acc[m][n]);
+        for (int n = 0; n < NR; n++) state[m * ss + n] = acc[m][n];
+}
+
+/* rows [m0, m0 + MR) x columns [n0, n1) of a 16-bit product: NR columns at a time (single columns at the
+ * end), features in blocks of KBLOCK when MR rows share the weights, so the block of x stays in L1 while
+ * every column of the chunk uses it; then each element's 8 lanes are summed (avx2_hsum) into y */
+#define KBLOCK 256
+AVX2_INLINE void strip16(const int bf, const float *xp, const uint16_t *w, float *y, int64_t N, int64_t K,
+                         int64_t m0, int64_t n0, int64_t n1, const int MR, const int NR, int accumulate) {
+    const int64_t Kp = padded16(K), kb = MR >= 3 ? KBLOCK : Kp;
+    __m256 state[4 * CHUNK];
+    const float *x = xp + m0 * Kp;
+    for (int64_t k0 = 0; k0 < Kp; k0 += kb) {
+        const int64_t k1 = k0 + kb < Kp ? k0 + kb : Kp;
+        int64_t n = n0;
+        for (; n + NR <= n1; n += NR) tile16(bf, x, Kp, w + n * K, K, k0, k1, state + (n - n0), CHUNK, MR, NR);
+        for (; n < n1; n++) tile16(bf, x, Kp, w + n * K, K, k0, k1, state + (n - n0), CHUNK, MR, 1);
+    }
+    for (int m = 0; m < MR; m++)
+        for (int64_t n = n0; n < n1; n++) {
+            float *o = y + (m0 + m) * N + n;
+            const float v = avx2_hsum(state[m * CHUNK + (n - n0)]);
+            *o = accumulate ? *o + v : v;
+        }
 }
 
 /* MR input rows x NG groups of 8 weight rows (columns n0 .. n0 + 8 NG), int8 or int4, over all blocks;
@@ -430,65 +455,28 @@ AVX2_INLINE void cols_groups(const int q4, const void *w, const void *xp, float 
 #undef GROUPS
 }
 
-/* one tile of a 16-bit format at (m0, n0), MR x NR with compile-time sizes; writes y */
-AVX2_INLINE void tile_at(const int dtype, const void *w, const void *xp, float *y, int64_t N, int64_t K, int64_t m0,
-                         int64_t n0, const int MR, const int NR, int accumulate) {
-    float out[4 * 8];
-    const int64_t Kp = padded16(K);
-    tile16(dtype == TG_BF16, (const float *)xp + m0 * Kp, Kp, (const uint16_t *)w + n0 * K, K, out, MR, NR);
-    for (int m = 0; m < MR; m++)
-        for (int n = 0; n < NR; n++) {
-            float *o = y + (m0 + m) * N + n0 + n;
-            *o = accumulate ? *o + out[m * NR + n] : out[m * NR + n];
-        }
-}
-
-/* the widths of the last tiles of a chunk: a switch over compile-time sizes */
-#define TILE(MR, NR) tile_at(dtype, w, xp, y, N, K, m0, n, MR, NR, accumulate)
-#define TILE_NR(MR, nr)                                                                                             \
-    switch (nr) {                                                                                                   \
-    case 1: TILE(MR, 1); break;                                                                                     \
-    case 2: TILE(MR, 2); break;                                                                                     \
-    case 3: TILE(MR, 3); break;                                                                                     \
-    case 4: TILE(MR, 4); break;                                                                                     \
-    case 5: TILE(MR, 5); break;                                                                                     \
-    case 6: TILE(MR, 6); break;                                                                                     \
-    case 7: TILE(MR, 7); break;                                                                                     \
-    default: TILE(MR, 8); break;                                                                                    \
-    }
-
-AVX2_INLINE void cols_avx2_dt(const int dtype, const void *w, const void *xp, float *y, int64_t M, int64_t N,
-                              int64_t K, int64_t n0, int64_t n1, int accumulate) {
+AVX2_INLINE void cols16(const int bf, const void *w, const void *xp, float *y, int64_t M, int64_t N, int64_t K,
+                        int64_t n0, int64_t n1, int accumulate) {
+    const uint16_t *wh = w;
+    const float *x = xp;
     int64_t m0 = 0;
-    if (dtype == TG_BF16) /* 3 x 3 tiles: 9 sums, the weights and the widening mask fit in registers */
-        for (; m0 + 3 <= M; m0 += 3)
-            for (int64_t n = n0; n < n1; n += 3) {
-                if (n + 3 <= n1) TILE(3, 3);
-                else if (n1 - n == 2) TILE(3, 2);
-                else TILE(3, 1);
-            }
-    else /* 4 x 3 tiles: 12 sums in registers */
-        for (; m0 + 4 <= M; m0 += 4)
-            for (int64_t n = n0; n < n1; n += 3) {
-                if (n + 3 <= n1) TILE(4, 3);
-                else if (n1 - n == 2) TILE(4, 2);
-                else TILE(4, 1);
-            }
-    const int64_t left = M - m0;
-    if (left == 0) return;
-    for (int64_t n = n0; n < n1; n += (left == 1 ? 8 : 4)) {
-        const int64_t nr = n1 - n;
-        if (left == 1) { TILE_NR(1, nr); } /* decoding: 8 weight rows at a time */
-        else if (left == 2) { TILE_NR(2, nr < 4 ? nr : 4); }
-        else { TILE_NR(3, nr < 4 ? nr : 4); }
+    if (bf) /* 3 x 3 tiles: 9 sums, the weights and the widening mask fit in the 16 registers */
+        for (; m0 + 3 <= M; m0 += 3) strip16(1, x, wh, y, N, K, m0, n0, n1, 3, 3, accumulate);
+    else /* 4 x 3 tiles: 12 sums */
+        for (; m0 + 4 <= M; m0 += 4) strip16(0, x, wh, y, N, K, m0, n0, n1, 4, 3, accumulate);
+    switch (M - m0) {
+    case 0: break;
+    case 1: strip16(bf, x, wh, y, N, K, m0, n0, n1, 1, 8, accumulate); break; /* decoding: 8 weight rows at once */
+    case 2: strip16(bf, x, wh, y, N, K, m0, n0, n1, 2, 4, accumulate); break;
+    default: strip16(bf, x, wh, y, N, K, m0, n0, n1, 3, 4, accumulate); break;
     }
 }
 
 static AVX2_FN void cols_avx2(int dtype, const void *w, const void *xp, float *y, int64_t M, int64_t N, int64_t K,
                               int64_t n0, int64_t n1, int accumulate) {
     switch (dtype) { /* one specialised copy per format */
-    case TG_F16: cols_avx2_dt(TG_F16, w, xp, y, M, N, K, n0, n1, accumulate); break;
-    case TG_BF16: cols_avx2_dt(TG_BF16, w, xp, y, M, N, K, n0, n1, accumulate); break;
+    case TG_F16: cols16(0, w, xp, y, M, N, K, n0, n1, accumulate); break;
+    case TG_BF16: cols16(1, w, xp, y, M, N, K, n0, n1, accumulate); break;
     case TG_Q8: cols_groups(0, w, xp, y, M, N, K, n0, n1, accumulate); break;
     default: cols_groups(1, w, xp, y, M, N, K, n0, n1, accumulate); break;
     }
