@@ -5,19 +5,23 @@
  * pointer passed to an op below is *backend memory* (host memory for the CPU
  * backend, device memory for CUDA) unless the comment says "host".
  *
- * Activations are float32 everywhere.  Large matrices (Linear weights and
- * embedding tables) are tg_weight: rows x cols in PyTorch's (out, in) layout,
- * stored in the backend's storage dtype (CPU: f32, f16, bf16, int8 or int4
- * blocks; CUDA: f32, f16, bf16), widened to float32 in registers, so products
- * accumulate in float32 whatever the storage.
+ * Activations are float32 everywhere between ops.  Large matrices (Linear
+ * weights and embedding tables) are tg_weight: rows x cols in PyTorch's
+ * (out, in) layout, stored in the backend's storage dtype (CPU: f32, f16,
+ * bf16, int8 or int4 blocks; CUDA: f32, f16, bf16); products accumulate in
+ * float32 whatever the storage.
  *
- * Activation precision of `linear` on the CUDA backend (one rule for every
- * path: GEMV and cuBLASLt, any M): with bfloat16 weights the activations are
- * rounded to bfloat16 (round to nearest even) before the products; with
- * float16 weights to float16 (nearest even), saturating at +-65504 instead
- * of becoming inf; with float32 weights they stay float32; products always
- * accumulate in float32.  Products of up to 16 rows (the scheduler's decode
- * chunks) give every row the same bits as that row alone.
+ * Activation rule of `linear`, one per storage format on every backend and
+ * every path (GEMV, tiles, cuBLASLt; any M): with bfloat16 weights the
+ * activations are rounded to bfloat16 (round to nearest even) before the
+ * products; with float16 weights to float16 (nearest even), saturating at
+ * +-65504 instead of becoming inf; with int8/int4 weights (CPU) quantised per
+ * 32 input features as llama.cpp's q8_0 (d = max|x| / 127 in float32, q =
+ * round-to-even(x / d)), a block with a non-finite value giving NaN; with
+ * float32 weights they stay float32.  CPU: a product with compact weights
+ * gives every row the same bits as that row alone, for every M; float32
+ * weights do up to TG_CPU_EXACT_ROWS rows (sgemm above).  CUDA: products of up
+ * to 16 rows (the scheduler's decode chunks) give every row its bits alone.
  *
  * Every op returns 0 on success, or -1 after writing a message into be->err
  * (ops never exit the process).  Ops run in order on the backend's single
@@ -176,8 +180,9 @@ size_t tg_cpu_row_bytes(int dtype, int64_t cols);
 /* the CPU kernels in use: "avx2" (AVX2 + FMA + F16C, detected at run time) or "portable";
  * TGLLAVA_CPU_KERNELS=portable in the environment forces the portable C path */
 const char *tg_cpu_kernels(void);
-/* the CPU backend's linear products of at most this many rows compute every row exactly as that row
- * alone (the GEMV kernels); larger ones go through sgemm, equal to rounding only */
+/* the CPU backend's float32 products of at most this many rows compute every row exactly as that row
+ * alone (the GEMV kernel); larger ones go through sgemm, equal to rounding only.  Compact formats are
+ * exact per row for every M (matmul.c). */
 #define TG_CPU_EXACT_ROWS 16
 #ifdef TG_WITH_CUDA
 tg_backend *tg_cuda_backend_create(int device, char *err, size_t errlen);

@@ -12,6 +12,7 @@
  * reference the CUDA backend is tested against.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,10 +34,10 @@
 #define PAR_MIN 32768 /* below this many elements a loop runs on one thread: waking the others costs more */
 
 /* wall time spent in matrix products (sgemm and the decode GEMV), for the benchmark's breakdown */
-static double gemm_seconds;
+static _Atomic int64_t gemm_ns; /* every model's threads add to it: atomic, in whole nanoseconds */
+static void count_gemm(double t0) { atomic_fetch_add(&gemm_ns, (int64_t)((omp_get_wtime() - t0) * 1e9)); }
 double tg_cpu_gemm_seconds(int reset) {
-    double s = gemm_seconds;
-    if (reset) gemm_seconds = 0.0;
+    const double s = (double)(reset ? atomic_exchange(&gemm_ns, 0) : atomic_load(&gemm_ns)) * 1e-9;
     return s;
 }
 
@@ -183,7 +184,7 @@ static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const 
     if (residual == y && act != TG_ACT_NONE) return fail(be, "linear: residual may alias y only without activation");
     double t0 = omp_get_wtime();
     const int rc = product(be, x, w, y, M, residual == y);
-    gemm_seconds += omp_get_wtime() - t0;
+    count_gemm(t0);
     if (rc) return rc;
     if (!bias && act == TG_ACT_NONE && (!residual || residual == y)) return 0;
 #pragma omp parallel for schedule(static) if (M * N > PAR_MIN)
@@ -331,7 +332,7 @@ static int attention_blocked(tg_backend *be, const tg_attention *a) {
                 double t0 = omp_get_wtime();
                 SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)kmax, (int)hd, a->scale, qb,
                       (int)a->q_stride, kb, (int)a->k_stride, 0.0f, slab, (int)kmax);
-                gemm_seconds += omp_get_wtime() - t0;
+                count_gemm(t0);
                 int empty = 0;
 #pragma omp parallel for schedule(static) reduction(| : empty)
                 for (int64_t i = 0; i < nq; i++) {
@@ -353,7 +354,7 @@ static int attention_blocked(tg_backend *be, const tg_attention *a) {
                 t0 = omp_get_wtime();
                 SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)hd, (int)kmax, 1.0f, slab, (int)kmax, vb,
                       (int)a->v_stride, 0.0f, ob, (int)a->o_stride);
-                gemm_seconds += omp_get_wtime() - t0;
+                count_gemm(t0);
             }
         }
     }
