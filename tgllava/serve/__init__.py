@@ -41,7 +41,7 @@ def _need_extra():
 
 
 API_KEY_VARIABLE = "TGLLAVA_API_KEY"
-READ_TIMEOUT = 20           # seconds for a request's headers, and the longest pause inside its body
+READ_TIMEOUT = 20            # seconds for a request's headers, and the longest pause inside its body
 KEEP_ALIVE_TIMEOUT = 5       # seconds an idle connection stays open after an answer (uvicorn's default)
 MAX_CONNECTIONS = 512        # open connections; past them requests get 503 (below the usual 1024 open files)
 

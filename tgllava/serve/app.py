@@ -562,12 +562,13 @@ class AccessLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
-        state = scope.setdefault("state", {})
+        t0, status = time.perf_counter(), 500  # 500 unless an answer starts (an exception escapes)
+        state = scope.setdefault("state", {})  # the completion's Completion lands in state["usage"]
 
         async def send_noting_status(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
@@ -578,7 +579,7 @@ class AccessLog:
             tokens = f" prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}" \
                 if usage is not None else ""
             access_log.info('%s "%s %s HTTP/%s" %d %.3fs%s', client, scope["method"], scope["path"],
-                            scope["http_version"], status[0], time.perf_counter() - t0, tokens)
+                            scope["http_version"], status, time.perf_counter() - t0, tokens)
 
 
 class _Gone(Exception):

@@ -19,8 +19,9 @@ for the same prompt.  The waiting line is bounded: `submit` raises QueueFull whe
 jobs run and `max_queue` more wait; `reserve()` takes a place in it for a request still being read
 (the server reserves before it decodes a picture, so a full server spends nothing on a request it
 refuses).  `cancel(job)` ends a job; its slot is free before the next decode step.
-`max_prompt_chars` bounds the text a prompt can have: no longer text fits in `context` positions,
-since no token stands for more characters than the tokenizer's longest token.  Vision-tower
+`max_prompt_chars` bounds the text a prompt can have, checked before tokenizing (whose cost grows
+with the text): `context` tokens of at most the longest token's length (no LLaVA tokenizer's
+normalizer shrinks text, so no longer text fits).  Vision-tower
 outputs are cached by image content (SHA-256 of the pixels) up to `feature_cache_bytes`, so the
 same picture asked about again skips the vision tower.
 """
