@@ -692,10 +692,13 @@ def test_one_access_log_line_per_request(server, caplog):
             rf'completion_tokens={chunks[-1].usage.completion_tokens}$',
             r'"GET /v1/nothing HTTP/1.1" 404 \d+\.\d{3}s$',
             r'"POST /v1/chat/completions HTTP/1.1" 415 \d+\.\d{3}s$']
+    def lines():
+        return [rec.getMessage() for rec in caplog.records if rec.name == "tgllava.serve.access"]
+
     deadline = time.monotonic() + 60  # a line is written once its answer was sent: it may come just after
-    while len(caplog.records) < len(want) and time.monotonic() < deadline:
+    while len(lines()) < len(want) and time.monotonic() < deadline:
         time.sleep(0.01)
-    lines = [rec.getMessage() for rec in caplog.records if rec.name == "tgllava.serve.access"]
+    lines = lines()
     assert len(lines) == len(want), lines
     for line, pattern in zip(lines, want):
         assert re.match(r"127\.0\.0\.1:\d+ ", line) and re.search(pattern, line), (line, pattern)
