@@ -8,20 +8,32 @@ Model.generate_batch one request at a time with the picture's cached vision-towe
 numbers as from pixels on the CPU; test_scheduler_matches_generate and the Model.chat comparisons
 check the whole path), so the slow vision tower runs once per picture.  Bad requests get OpenAI
 error bodies with 400/401/404/405/413/503/500; a client that disconnects frees its slot; --api-key
-is enforced; `tgllava serve` starts from the command line.
+is enforced; `tgllava serve` starts from the command line.  Hostile and careless clients: a huge
+prompt is refused before it is tokenized, JSON is parsed off the event loop (deep nesting is a
+400) and dropped once parsed, a full server refuses before decoding a picture, decodes share a
+memory budget, an empty key is refused at start-up, cross-site requests (foreign Host, browser
+Origin, non-JSON Content-Type) are refused, idle and slow connections are closed, connections are
+limited, and every request gets one access-log line.
 """
 
+import asyncio
 import base64
+import gc
 import http.client
 import io
 import json
+import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import types
+import weakref
 
 import numpy as np
 import pytest
@@ -29,9 +41,11 @@ import pytest
 openai = pytest.importorskip("openai", reason="test_serve speaks with the openai client (pip install .[test])")
 from _frontend_golden import QUESTION, cached_chat, golden_model, golden_set, second_image, subprocess_env
 
-from tgllava import _C, chat
+from tgllava import _C, chat, tokenize
+from tgllava import image as image_mod
 from tgllava.errors import ShapeError
-from tgllava.serve import ServerThread
+from tgllava.serve import ServerThread, build_app
+from tgllava.serve import app as app_mod
 
 L15, TGV = "llava15-tiny", "tg-vicuna-tiny"
 CONTEXT = 1024
@@ -261,9 +275,10 @@ def _conn(srv, timeout=600):
     return http.client.HTTPConnection(srv.host, srv.port, timeout=timeout)
 
 
-def _request_raw(srv, method, path, body=None, key=None, timeout=600):
-    """(status, parsed JSON) of one raw request; body bytes are sent as they are, other bodies as JSON."""
-    headers = {"Content-Type": "application/json"}
+def _request_raw(srv, method, path, body=None, key=None, timeout=600, headers=None):
+    """(status, parsed JSON) of one raw request; body bytes are sent as they are, other bodies as JSON;
+    `headers` add to (or replace; None: leave out) Content-Type: application/json."""
+    headers = {k: v for k, v in {"Content-Type": "application/json", **(headers or {})}.items() if v is not None}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     if body is not None and not isinstance(body, bytes):
@@ -381,7 +396,7 @@ def _hang_up_frees_the_slot(conn, eng):
     assert eng.running == 0 and eng.steps - steps < 250
 
 
-def test_full_queue_503_and_disconnect_frees_the_slot(small_server):
+def test_full_queue_503_before_decoding_and_disconnect_frees_the_slot(small_server):
     eng = small_server.engine
     img = golden_set(L15)[2]
     body = json.dumps({"messages": user(QUESTION, img), "max_tokens": 300, "stream": True}).encode()
@@ -394,6 +409,10 @@ def test_full_queue_503_and_disconnect_frees_the_slot(small_server):
     assert eng.running == 1
     status, err = _post(small_server, {"messages": user("hi"), "max_tokens": 2}, key="sesame")
     assert status == 503 and err["error"]["type"] == "server_overloaded"
+    not_png = "data:image/png;base64," + base64.b64encode(b"not a picture").decode()
+    status, err = _post(small_server, {"messages": [{"role": "user", "content": [  # refused before decoding
+        {"type": "image_url", "image_url": {"url": not_png}}]}]}, key="sesame")
+    assert status == 503 and err["error"]["code"] == "queue_full", err
     _hang_up_frees_the_slot(c, eng)
     r = client(small_server, "sesame").chat.completions.create(model="x", messages=user("hi"), max_tokens=2)
     assert r.choices[0].message.content is not None
@@ -422,13 +441,278 @@ def test_internal_error_gets_500(small_server, monkeypatch):
     assert status == 500 and "exploded" in err["error"]["message"] and err["error"]["type"] == "server_error"
 
 
+# ---- hostile and careless clients ---------------------------------------------------
+
+def test_huge_prompt_is_refused_before_tokenizing(server, monkeypatch):
+    calls = []
+    tokenize_prompt = tokenize.tokenizer_image_token
+    monkeypatch.setattr(tokenize, "tokenizer_image_token", lambda *a, **k: calls.append(1) or tokenize_prompt(*a, **k))
+    text = "many words " * 100_000  # 1.1 MB: far more than 1024 positions can hold
+    assert len(text) > server.engine.max_prompt_chars
+    status, err = _post(server, {"messages": [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": text}]})
+    assert status == 400 and err["error"]["code"] == "context_length_exceeded", err
+    assert calls == []
+    status, _ = _post(server, {"messages": user("hi"), "max_tokens": 1})  # a prompt that fits is tokenized
+    assert status == 200 and calls == [1]
+
+
+def test_cpu_work_runs_off_the_event_loop(server, monkeypatch):
+    """JSON parsing, tokenizing and picture decoding run on worker threads, never on the event loop's
+    (the ServerThread's "tgllava-serve"), where they would stall every other client."""
+    threads = []
+
+    def on_thread(name, f):
+        def run(*a, **k):
+            threads.append((name, threading.current_thread().name))
+            return f(*a, **k)
+        return run
+
+    monkeypatch.setattr(app_mod, "json", types.SimpleNamespace(loads=on_thread("json", json.loads), dumps=json.dumps))
+    monkeypatch.setattr(tokenize, "tokenizer_image_token", on_thread("tokenize", tokenize.tokenizer_image_token))
+    monkeypatch.setattr(image_mod, "preprocess", on_thread("decode", image_mod.preprocess))
+    status, _ = _post(server, {"messages": user(QUESTION, golden_set(L15)[2]), "max_tokens": 1})
+    assert status == 200
+    assert sorted(name for name, _ in threads) == ["decode", "json", "tokenize"]
+    assert all(thread != "tgllava-serve" for _, thread in threads), threads
+
+
+def test_deeply_nested_json_is_400(server):
+    status, err = _post(server, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "nested too deeply" in err["error"]["message"], err
+    assert err["error"]["type"] == "invalid_request_error"
+
+
+def test_body_is_dropped_once_parsed(server, monkeypatch):
+    """While the answer runs, the parsed request (its base64 picture included) is no longer held."""
+    class Body(dict):  # a dict that weak references can follow
+        pass
+
+    bodies = []
+
+    def loads(raw):
+        body = Body(json.loads(raw))
+        bodies.append(weakref.ref(body))
+        return body
+
+    monkeypatch.setattr(app_mod, "json", types.SimpleNamespace(loads=loads, dumps=json.dumps))
+    eng = server.engine
+    c = _conn(server)
+    c.request("POST", "/v1/chat/completions", body=json.dumps({"messages": user(QUESTION, golden_set(L15)[2]),
+                                                                "max_tokens": 300}).encode(),
+              headers={"Content-Type": "application/json"})
+    deadline = time.monotonic() + 120
+    while not eng.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert eng.running == 1 and len(bodies) == 1
+    gc.collect()
+    assert bodies[0]() is None
+    _hang_up_frees_the_slot(c, eng)
+
+
+def test_picture_decodes_share_a_memory_budget(monkeypatch):
+    """With a budget smaller than one picture, pictures are decoded one at a time."""
+    running, most = [0], [0]
+    lock = threading.Lock()
+    preprocess = image_mod.preprocess
+
+    def slow_preprocess(*a, **k):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(1.0)  # long enough for the other requests to arrive
+            return preprocess(*a, **k)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(image_mod, "preprocess", slow_preprocess)
+    statuses = []
+    with ServerThread(golden_model(L15), max_batch=4, context=CONTEXT, max_decode_bytes=1) as srv:
+        body = {"messages": user(QUESTION, golden_set(L15)[2]), "max_tokens": 1}
+        threads = [threading.Thread(target=lambda: statuses.append(_post(srv, body)[0])) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert statuses == [200] * 4 and most[0] == 1
+
+
+def test_empty_api_key_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        ServerThread(golden_model(L15), api_key="")
+    with pytest.raises(ValueError, match="empty"):
+        ServerThread(golden_model(L15), api_key="  ")
+
+
+def test_cross_site_requests_are_refused(server):
+    hi = {"messages": user("hi"), "max_tokens": 1}
+    local = f"localhost:{server.port}"
+    assert _request_raw(server, "GET", "/health", headers={"Host": local})[0] == 200
+    assert _post(server, hi)[0] == 200
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example"):  # DNS rebinding
+        status, err = _request_raw(server, "GET", "/health", headers={"Host": host})
+        assert status == 400 and err["error"]["code"] == "invalid_host", (host, err)
+        assert _request_raw(server, "GET", "/v1/models", headers={"Host": host})[0] == 400
+    for origin in ("http://evil.example", "null", f"http://{local}"):  # a web page, even one served here
+        status, err = _request_raw(server, "POST", "/v1/chat/completions", hi, headers={"Origin": origin})
+        assert status == 403 and err["error"]["code"] == "origin_not_allowed", (origin, err)
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None):  # CSRF
+        status, err = _post_as(server, hi, content_type)
+        assert status == 415 and "application/json" in err["error"]["message"], (content_type, err)
+    assert _post_as(server, hi, "Application/JSON; charset=utf-8")[0] == 200
+
+
+def _post_as(srv, body, content_type):
+    return _request_raw(srv, "POST", "/v1/chat/completions", body, headers={"Content-Type": content_type})
+
+
+def test_allowed_origin_gets_cors_answers():
+    origin = "http://app.example"
+    with ServerThread(golden_model(L15), max_batch=1, context=CONTEXT, allow_origins=[origin]) as srv:
+        c = _conn(srv)
+        c.request("OPTIONS", "/v1/chat/completions", headers={  # the browser's preflight
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200 and r.getheader("access-control-allow-origin") == origin
+        c.request("POST", "/v1/chat/completions", body=json.dumps({"messages": user("hi"), "max_tokens": 1}),
+                  headers={"Origin": origin, "Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["choices"]
+        assert r.getheader("access-control-allow-origin") == origin
+        c.close()
+        assert _request_raw(srv, "GET", "/v1/models", headers={"Origin": "http://evil.example"})[0] == 403
+
+
+def _asgi_get(app, path, host):
+    """Status of a GET on the ASGI app itself, with this Host header (no socket needed)."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", host.encode())], "client": ("127.0.0.1", 5000), "server": ("0.0.0.0", 8000)}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_host_check_follows_the_configured_host():
+    for host, answered, refused in (("gpu-box", ["gpu-box:8000", "GPU-BOX", "localhost:8000", "[::1]:8000"],
+                                     ["evil.example", "gpu-box.evil.example:8000"]),
+                                    ("0.0.0.0", ["evil.example", "10.1.2.3:8000"], [])):  # every interface
+        app, engine = build_app(golden_model(L15), max_batch=1, context=CONTEXT, host=host)
+        try:
+            assert [_asgi_get(app, "/health", h) for h in answered] == [200] * len(answered), host
+            assert [_asgi_get(app, "/health", h) for h in refused] == [400] * len(refused), host
+        finally:
+            engine.close()
+
+
+def _closed_by_server(sock, timeout=60):
+    """True once the server closed the connection (what it sent before is ignored)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
+def test_idle_and_slow_connections_are_closed():
+    with ServerThread(golden_model(L15), max_batch=1, context=CONTEXT, read_timeout=1,
+                      keep_alive_timeout=60) as srv:
+        silent = socket.create_connection((srv.host, srv.port))
+        slow_headers = socket.create_connection((srv.host, srv.port))
+        after_answer = _conn(srv)  # one answer, then the next request's headers stall
+        slow_body = socket.create_connection((srv.host, srv.port))
+        try:
+            slow_headers.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            after_answer.request("GET", "/health")
+            assert after_answer.getresponse().read()
+            after_answer.sock.sendall(b"GET /health HTTP/1.1\r\n")
+            slow_body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                              b"application/json\r\nContent-Length: 1000\r\n\r\n{\"messages\"")
+            slow_body.settimeout(60)
+            assert slow_body.recv(65536).startswith(b"HTTP/1.1 408 ")
+            for sock in (silent, slow_headers, after_answer.sock, slow_body):
+                assert _closed_by_server(sock)
+        finally:  # (a server still waiting for a body would not stop)
+            for sock in (silent, slow_headers, slow_body):
+                sock.close()
+            after_answer.close()
+        assert _request_raw(srv, "GET", "/health")[0] == 200
+
+
+def test_connections_are_limited():
+    with ServerThread(golden_model(L15), max_batch=1, context=CONTEXT, max_connections=2, read_timeout=120,
+                      keep_alive_timeout=120) as srv:
+        held = [_conn(srv), _conn(srv)]
+        for c in held:  # two connections, kept open after their answers
+            c.request("GET", "/health")
+            r = c.getresponse()
+            assert r.status == 200 and r.read()
+        assert _health_status(srv) == 503  # uvicorn's plain-text answer
+        held[0].close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _health_status(srv) != 200:
+            time.sleep(0.05)
+        assert _health_status(srv) == 200
+        held[1].close()
+
+
+def _health_status(srv):
+    c = _conn(srv, 60)
+    try:
+        c.request("GET", "/health")
+        return c.getresponse().status
+    finally:
+        c.close()
+
+
+def test_one_access_log_line_per_request(server, caplog):
+    caplog.set_level(logging.INFO, logger="tgllava.serve.access")
+    r = client(server).chat.completions.create(model="x", messages=user("hi"), max_tokens=3)
+    chunks = list(client(server).chat.completions.create(model="x", messages=user("hello"), max_tokens=2,
+                                                         stream=True, stream_options={"include_usage": True}))
+    assert _request_raw(server, "GET", "/v1/nothing")[0] == 404
+    assert _post_as(server, {"messages": user("hi")}, "text/plain")[0] == 415
+    want = [rf'"POST /v1/chat/completions HTTP/1.1" 200 \d+\.\d{{3}}s prompt_tokens={r.usage.prompt_tokens} '
+            rf'completion_tokens={r.usage.completion_tokens}$',
+            rf'"POST /v1/chat/completions HTTP/1.1" 200 \d+\.\d{{3}}s prompt_tokens={chunks[-1].usage.prompt_tokens} '
+            rf'completion_tokens={chunks[-1].usage.completion_tokens}$',
+            r'"GET /v1/nothing HTTP/1.1" 404 \d+\.\d{3}s$',
+            r'"POST /v1/chat/completions HTTP/1.1" 415 \d+\.\d{3}s$']
+    def lines():
+        return [rec.getMessage() for rec in caplog.records if rec.name == "tgllava.serve.access"]
+
+    deadline = time.monotonic() + 60  # a line is written once its answer was sent: it may come just after
+    while len(lines()) < len(want) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lines = lines()
+    assert len(lines) == len(want), lines
+    for line, pattern in zip(lines, want):
+        assert re.match(r"127\.0\.0\.1:\d+ ", line) and re.search(pattern, line), (line, pattern)
+
 # ---- the command line ----------------------------------------------------------------
 
 def test_cli_serve_starts_and_stops():
+    """The key comes from $TGLLAVA_API_KEY (out of `ps`); each request gets an access line on stderr."""
     llm_dir, clip_dir, _ = golden_set(L15)
     p = subprocess.Popen([sys.executable, "-m", "tgllava.cli", "serve", "--model", llm_dir, "--clip", clip_dir,
-                          "--port", "0", "--api-key", "k", "--max-batch", "2", "--context", "800"],
-                         stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=tempfile.gettempdir())
+                          "--port", "0", "--max-batch", "2", "--context", "800"],
+                         stderr=subprocess.PIPE, text=True, env=dict(subprocess_env(), TGLLAVA_API_KEY="k"),
+                         cwd=tempfile.gettempdir())
     try:
         line = ""
         deadline = time.monotonic() + 300
@@ -442,7 +726,12 @@ def test_cli_serve_starts_and_stops():
         assert _request_raw(srv, "GET", "/v1/models")[0] == 401
         assert _request_raw(srv, "GET", "/v1/models", key="k")[1]["data"][0]["id"] == "llm"
         p.send_signal(signal.SIGINT)
-        assert p.wait(60) == 0
+        _, rest = p.communicate(timeout=60)
+        assert p.returncode == 0
+        access = [re.sub(r"^127\.0\.0\.1:\d+ | \d+\.\d{3}s$", "", line)  # client port and seconds vary
+                  for line in rest.splitlines() if "HTTP/" in line]
+        assert access == ['"GET /health HTTP/1.1" 200', '"GET /v1/models HTTP/1.1" 401',
+                          '"GET /v1/models HTTP/1.1" 200'], rest
     finally:
         if p.poll() is None:
             p.kill()
@@ -451,6 +740,15 @@ def test_cli_serve_starts_and_stops():
 
 def test_cli_serve_checks_arguments():
     llm_dir, clip_dir, _ = golden_set(L15)
-    r = subprocess.run([sys.executable, "-m", "tgllava.cli", "serve", "--model", llm_dir, "--max-batch", "0"],
-                       capture_output=True, text=True, env=subprocess_env(), cwd=tempfile.gettempdir())
+
+    def serve(*args, **env):
+        return subprocess.run([sys.executable, "-m", "tgllava.cli", "serve", "--model", llm_dir, *args],
+                              capture_output=True, text=True, env=dict(subprocess_env(), **env),
+                              cwd=tempfile.gettempdir(), timeout=300)
+
+    r = serve("--max-batch", "0")
     assert r.returncode == 1 and "--max-batch" in r.stderr
+    r = serve("--api-key", "")  # an unset variable must not turn authentication off
+    assert r.returncode == 1 and "--api-key is empty" in r.stderr, r.stderr
+    r = serve(TGLLAVA_API_KEY="")
+    assert r.returncode == 1 and "$TGLLAVA_API_KEY is empty" in r.stderr, r.stderr

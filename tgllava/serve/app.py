@@ -15,27 +15,46 @@ TG switches `use_fom` / `use_dp` as extra fields; `n` other than 1 is refused.  
 built exactly as tgllava.chat builds it (the model's chat template, "<image>\\n" in front of the
 turn holding the picture, the CLIP text guide from that turn), so a greedy answer equals
 Model.chat's.  Failures come back in OpenAI's error body {"error": {"message", "type", "param",
-"code"}} with status 400 (malformed request, bad image, prompt too long), 401 (missing or wrong
-key when an API key is set), 404/405 (no such route), 413 (body or image too large), 503 (the
-waiting line is full) or 500 (an internal error, with its message).  A client that goes away
-(mid-stream or while waiting for a plain answer) has its job cancelled: the slot is free before
-the next decode step.
+"code"}} with status 400 (malformed request, bad image, prompt too long, a Host header naming
+neither a loopback name nor the configured host), 401 (missing or wrong key when an API key is
+set), 403 (a browser Origin not allowed with allow_origins), 404/405 (no such route), 408 (a body
+that stalls for read_timeout seconds), 413 (body or image too large), 415 (a POST body not sent
+as application/json), 503 (the waiting line is full) or 500 (an internal error, with its message).
+The Host, Origin and Content-Type checks keep web pages from using the server through the
+user's browser (cross-site requests, DNS rebinding).  A client that goes away (mid-stream or
+while waiting for a plain answer) has its job cancelled: the slot is free before the next decode
+step.
+
+Nothing CPU-heavy runs on the event loop: the JSON body is parsed, the prompt tokenized and the
+picture decoded on worker threads, in that order, after the body was read in full (at most
+max_body_bytes) and after a place in the waiting line was reserved (a full server answers 503
+before any of that work).  The prompt's text is bounded before it is tokenized (no text longer
+than Engine.max_prompt_chars fits in the context), picture decodes share a memory budget
+(max_decode_bytes: those that would exceed it wait), and the parsed body is dropped once it
+became a job.  Each answered request logs one line to the "tgllava.serve.access" logger: client,
+request line, status, latency and, for completions, the token counts.
 """
 
 import asyncio
 import base64
 import binascii
 import dataclasses
+import contextlib
 import hmac
 import io
+import ipaddress
 import json
+import logging
 import os
+import threading
 import time
 import uuid
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
@@ -43,13 +62,18 @@ from .. import conversation, tokenize
 from .. import chat as chat_mod
 from .. import image as image_mod
 from ..errors import ShapeError, TgError
+from . import READ_TIMEOUT
 from .engine import Job, QueueFull
 
 MAX_BODY_BYTES = 32 << 20    # a request body (JSON with a base64 picture)
 MAX_IMAGE_BYTES = 20 << 20   # one encoded picture
 MAX_IMAGE_PIXELS = 50_000_000
+MAX_DECODE_BYTES = 1 << 30   # picture decodes at once, by their estimated peak memory (_decode_bytes)
 MAX_STOPS = 4
 DEFAULT_MAX_TOKENS = 512     # Model.chat's default
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+access_log = logging.getLogger("tgllava.serve.access")
 
 
 class ApiError(Exception):
@@ -58,9 +82,8 @@ class ApiError(Exception):
     def __init__(self, status, message, param=None, code=None, kind=None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-                             405: "invalid_request_error", 413: "invalid_request_error",
-                             503: "server_overloaded"}.get(status, "server_error")
+        self.kind = kind or ("server_overloaded" if status == 503 else
+                             "invalid_request_error" if 400 <= status < 500 else "server_error")
 
 
 def error_response(status, message, param=None, code=None, kind=None):
@@ -79,13 +102,54 @@ class ServeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_decode_bytes: int = MAX_DECODE_BYTES
+    read_timeout: float = READ_TIMEOUT
     conv_mode: str = None
+    host: str = "127.0.0.1"      # the address served: Host headers may name it (or a loopback name)
+    allow_origins: tuple = ()    # browser Origins answered (with CORS headers); "*" for any
+
+    def __post_init__(self):
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty (an unset variable?): give a key, or none to serve without one")
+        self.allow_origins = tuple(self.allow_origins or ())
 
 
-# ---- request parsing (runs in a worker thread: image decoding is CPU work)
+class DecodeBudget:
+    """Picture decodes at once, bounded by their estimated memory: `with budget.hold(nbytes):` waits until
+    the decodes running leave room.  A decode larger than the whole budget runs alone."""
+
+    def __init__(self, limit):
+        self.limit, self.used = int(limit), 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes):
+        nbytes = min(nbytes, self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + nbytes <= self.limit)
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+# ---- request parsing (runs in worker threads: JSON, tokenizing and image decoding are CPU work)
 
 def _bad(message, param=None, code=None):
     return ApiError(400, message, param, code)
+
+
+def parse_json(raw):
+    """The JSON value of a request body, or a 400 (malformed, or nested too deeply to parse)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad(f"the request body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise _bad("the request body is JSON nested too deeply") from None
 
 
 def _number(body, key, low, high, default, integer=False):
@@ -136,7 +200,13 @@ def _image_bytes(url, cfg):
     return raw
 
 
-def _pixels(model, raw, cfg):
+def _decode_bytes(w, h):
+    """Peak memory of decoding and preprocessing a w x h picture, roughly: PIL holds 4 bytes a pixel, for
+    the picture and for the square it may be padded to."""
+    return 4 * (w * h + max(w, h) ** 2)
+
+
+def _pixels(model, raw, cfg, decodes):
     from PIL import Image
 
     try:
@@ -148,7 +218,8 @@ def _pixels(model, raw, cfg):
         raise ApiError(413, f"the image has {w}x{h} pixels, more than the limit of {cfg.max_image_pixels}",
                        "messages")
     try:
-        return image_mod.preprocess(raw, mode=image_mod.mode_from_config(model.config), size=model.image_size)
+        with decodes.hold(_decode_bytes(w, h)):
+            return image_mod.preprocess(raw, mode=image_mod.mode_from_config(model.config), size=model.image_size)
     except (TgError, ValueError) as e:
         raise _bad(f"bad image: {e}", "messages", "invalid_image") from None
 
@@ -193,8 +264,9 @@ def _content(message, i):
     return "\n".join(texts), image
 
 
-def parse_request(body, engine, cfg):
-    """A Job (without its sink) and the request's stream settings, or ApiError."""
+def parse_request(body, engine, cfg, decodes):
+    """A Job (without its sink) and the request's stream settings, or ApiError; pictures are decoded
+    within the DecodeBudget `decodes`."""
     model = engine.model
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
@@ -210,12 +282,17 @@ def parse_request(body, engine, cfg):
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty list", "messages")
     template = conversation.get_template(cfg.conv_mode or chat_mod.default_conv_mode(model))
-    turns, image_turn, image_url = [], None, None
+    turns, image_turn, image_url, chars = [], None, None, 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise _bad(f"messages[{i}] must be an object", "messages")
         role = m.get("role")
         text, url = _content(m, i)
+        chars += len(text)
+        if chars > engine.max_prompt_chars:  # before tokenizing: its cost grows with the text
+            raise _bad(f"the messages hold more than {engine.max_prompt_chars} characters of text: more than the "
+                       f"{engine.context} positions a request may use can hold", "messages",
+                       "context_length_exceeded")
         if role in ("system", "developer"):
             if turns or url is not None:
                 raise _bad("a system message must come first and hold text only", "messages")
@@ -265,7 +342,7 @@ def parse_request(body, engine, cfg):
                    "text without a literal '<image>'", "messages")
     pixels = text_ids = None
     if image_url is not None:
-        pixels = _pixels(model, _image_bytes(image_url, cfg), cfg)
+        pixels = _pixels(model, _image_bytes(image_url, cfg), cfg, decodes)
         if model.has_tg and (flags["use_fom"] or flags["use_dp"]):
             text_ids = clip_tok.encode(chat_mod.text_guide(turns[image_turn]))
     try:
@@ -289,60 +366,113 @@ def parse_request(body, engine, cfg):
 
 # ---- the app
 
+def _host_name(header):
+    """The name a Host header gives, lower case, without its port or IPv6 brackets."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")]
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def _is_loopback(name):
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(engine, cfg):
     """The Starlette app serving `engine` (an Engine) with settings `cfg` (a ServeConfig)."""
+    decodes = DecodeBudget(cfg.max_decode_bytes)
+    served_host = cfg.host.strip("[]").lower()
+
+    def refusal(request, needs_key=True, json_body=False):
+        """The error answer to a request the server must not serve, or None."""
+        host = request.headers.get("host")
+        if host is not None and served_host not in WILDCARD_HOSTS and not _is_loopback(_host_name(host)) \
+                and _host_name(host) != served_host:
+            return error_response(400, f"Host {host!r} is not this server's: use a loopback name or {cfg.host}",
+                                  None, "invalid_host")
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in cfg.allow_origins and "*" not in cfg.allow_origins:
+            return error_response(403, f"requests from web pages ({origin}) are refused: start the server with "
+                                       f"--allow-origin {origin} to answer them", None, "origin_not_allowed")
+        if needs_key and cfg.api_key and not authorised(request):
+            return error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
+                                  "invalid_api_key")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if json_body and content_type != "application/json":
+            return error_response(415, "the request body must be sent as 'Content-Type: application/json'", None,
+                                  "unsupported_media_type")
+        return None
 
     def authorised(request):
-        if not cfg.api_key:
-            return True
         got = request.headers.get("authorization", "")
         scheme, _, token = got.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), cfg.api_key.encode())
-
-    def unauthorised():
-        return error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
-                              "invalid_api_key")
 
     async def read_body(request):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
             raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
+        stream = request.stream()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), cfg.read_timeout)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request body stalled for {cfg.read_timeout:g} s") from None
             size += len(chunk)
             if size > cfg.max_body_bytes:
                 raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
             chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_job(request):
+        """The request's Job and include_usage, holding a place in the engine's line (QueueFull when none is
+        left, checked before any CPU work); the body exists only in here."""
+        raw = await read_body(request)
+        engine.reserve()
         try:
-            return json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _bad(f"the request body is not valid JSON ({e})") from None
+            body = await run_in_threadpool(parse_json, raw)
+            del raw
+            return await run_in_threadpool(parse_request, body, engine, cfg, decodes)
+        except BaseException:
+            engine.release()
+            raise
 
     async def health(request):
+        refused = refusal(request, needs_key=False)
+        if refused:
+            return refused
         return JSONResponse({"status": "ok", "model": cfg.model_name, "running": engine.running,
                              "waiting": engine.waiting, "slots": engine.max_batch})
 
     async def models(request):
-        if not authorised(request):
-            return unauthorised()
+        refused = refusal(request)
+        if refused:
+            return refused
         return JSONResponse({"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
                                                          "owned_by": "tgllava"}]})
 
     async def completions(request):
-        if not authorised(request):
-            return unauthorised()
+        refused = refusal(request, json_body=True)
+        if refused:
+            return refused
         try:
-            body = await read_body(request)
-            job, include_usage = await run_in_threadpool(parse_request, body, engine, cfg)
+            job, include_usage = await read_job(request)
         except ApiError as e:
             return error_response(e.status, e.message, e.param, e.code, e.kind)
+        except QueueFull as e:
+            return error_response(503, str(e), None, "queue_full")
         loop = asyncio.get_running_loop()
         events = asyncio.Queue()
         job.sink = lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-        try:
-            engine.submit(job)
-        except QueueFull as e:
-            return error_response(503, str(e), None, "queue_full")
+        engine.submit(job, reserved=True)
         rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
         disconnected = asyncio.ensure_future(_wait_disconnect(request))
         try:
@@ -364,6 +494,7 @@ def create_app(engine, cfg):
                 return error_response(400, "the client went away")
             finally:
                 disconnected.cancel()
+            request.state.usage = value
             return JSONResponse({
                 "id": rid, "object": "chat.completion", "created": created, "model": cfg.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": value.text},
@@ -386,6 +517,7 @@ def create_app(engine, cfg):
                     if kind == "piece":
                         yield chunk({"content": value})
                     elif kind == "done":
+                        request.state.usage = value
                         yield chunk({}, _reason(value.finish_reason))
                         if include_usage:
                             yield chunk(None, usage=_usage(value), choices=False)
@@ -410,7 +542,44 @@ def create_app(engine, cfg):
     routes = [Route("/v1/chat/completions", completions, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/health", health, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: internal})
+    middleware = [Middleware(AccessLog)]
+    if cfg.allow_origins:  # browsers need CORS answers (preflight included) to use the origins allowed
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.allow_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={HTTPException: not_found, Exception: internal})
+    app.state.config = cfg
+    return app
+
+
+class AccessLog:
+    """ASGI middleware: one line per HTTP request to the "tgllava.serve.access" logger, once its answer
+    ended: client, request line, status, seconds taken and, for completions, the token counts."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), 500  # 500 unless an answer starts (an exception escapes)
+        state = scope.setdefault("state", {})  # the completion's Completion lands in state["usage"]
+
+        async def send_noting_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            client = "%s:%d" % tuple(scope["client"][:2]) if scope.get("client") else "-"
+            usage = state.get("usage")
+            tokens = f" prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}" \
+                if usage is not None else ""
+            access_log.info('%s "%s %s HTTP/%s" %d %.3fs%s', client, scope["method"], scope["path"],
+                            scope["http_version"], status, time.perf_counter() - t0, tokens)
 
 
 class _Gone(Exception):

@@ -16,8 +16,12 @@ Answers follow tgllava.chat exactly: the same stop-string rule (generation stops
 string appears in the decoded text, the text is cut there and stripped) and the same streamed
 pieces (they join to the final text), so with greedy decoding a job's answer equals Model.chat's
 for the same prompt.  The waiting line is bounded: `submit` raises QueueFull when `max_batch`
-jobs run and `max_queue` more wait.  `cancel(job)` ends a job; its slot is
-free before the next decode step.  Vision-tower
+jobs run and `max_queue` more wait; `reserve()` takes a place in it for a request still being read
+(the server reserves before it decodes a picture, so a full server spends nothing on a request it
+refuses).  `cancel(job)` ends a job; its slot is free before the next decode step.
+`max_prompt_chars` bounds the text a prompt can have, checked before tokenizing (whose cost grows
+with the text): `context` tokens of at most the longest token's length (no LLaVA tokenizer's
+normalizer shrinks text, so no longer text fits).  Vision-tower
 outputs are cached by image content (SHA-256 of the pixels) up to `feature_cache_bytes`, so the
 same picture asked about again skips the vision tower.
 """
@@ -82,11 +86,14 @@ class Engine:
         self.eos_ids = list(self.tokenizer.eos_ids) or model._eos(None)
         self.sched = model.scheduler(int(max_batch), context, decode_rows)  # decode_rows None: the device's default
         self.max_batch, self.context, self.max_queue = int(max_batch), self.sched.context, int(max_queue)
+        longest_token = max(len(t) for t in map(self.tokenizer.id_to_token, range(self.tokenizer.vocab_size)) if t)
+        self.max_prompt_chars = self.context * longest_token
         self._cond = threading.Condition()
         self._pending = collections.deque()
         self._cancels = []
         self._active = {}
         self._admitting = 0  # jobs taken from the line, not yet in a slot
+        self._reserved = 0   # places held by reserve() for requests still being read
         self._closed = False
         self._features = collections.OrderedDict()
         self._feature_bytes, self._feature_limit = 0, int(feature_cache_bytes)
@@ -96,17 +103,36 @@ class Engine:
         self._thread.start()
 
     # ---- called from any thread
-    def submit(self, job):
-        """Queue a job; QueueFull when every slot runs a job and max_queue more are waiting."""
+    def submit(self, job, reserved=False):
+        """Queue a job; QueueFull when every slot runs a job and max_queue more are waiting.  reserved=True:
+        the job takes the place an earlier reserve() held (it is never refused for room)."""
         with self._cond:
-            if self._closed:
-                raise TgError("the engine is closed")
-            if len(self._pending) + len(self._active) + self._admitting >= self.max_batch + self.max_queue:
-                raise QueueFull(f"the server is busy: {len(self._active)} requests are running and "
-                                f"{len(self._pending)} waiting (--max-batch {self.max_batch}, --max-queue "
-                                f"{self.max_queue}); retry later")
+            if reserved:
+                self._reserved -= 1
+            self._check_room()
             self._pending.append(job)
             self._cond.notify_all()
+
+    def reserve(self):
+        """Hold a place in the line for a request still being read (QueueFull when there is none); hand it
+        to submit(job, reserved=True) or give it back with release()."""
+        with self._cond:
+            self._check_room()
+            self._reserved += 1
+
+    def release(self):
+        """Give back a place reserve() held."""
+        with self._cond:
+            self._reserved -= 1
+
+    def _check_room(self):
+        if self._closed:
+            raise TgError("the engine is closed")
+        taken = len(self._pending) + len(self._active) + self._admitting + self._reserved
+        if taken >= self.max_batch + self.max_queue:
+            raise QueueFull(f"the server is busy: {len(self._active)} requests are running and "
+                            f"{taken - len(self._active)} waiting (--max-batch {self.max_batch}, --max-queue "
+                            f"{self.max_queue}); retry later")
 
     def cancel(self, job):
         """End a job (a client went away): waiting, it is dropped; running, its slot is freed before
@@ -198,7 +224,7 @@ class Engine:
             job.finished = True
             return
         try:
-            seq = dict(job.sequence)
+            seq, job.sequence = dict(job.sequence), None  # the pixels are not kept while the answer runs
             if seq.get("pixels") is not None and self._feature_limit > 0:
                 seq["features"] = self._cached_features(seq)
             job.sid = self.sched.admit(seq, max_new_tokens=job.max_new_tokens, temperature=job.temperature,
