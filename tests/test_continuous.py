@@ -208,3 +208,14 @@ def test_two_threads_stepping_one_scheduler_each_get_their_own_events():
             tokens = [tok for ev in steps for j, tok, _ in ev if j == i]
             finished = [fin for ev in steps for j, _, fin in ev if j == i and fin]
             assert collections.Counter(tokens) == collections.Counter(w) and finished == [2], (attempt, i)
+
+
+def test_compact_formats_decode_all_rows_in_one_product_and_equal_single_runs():
+    """Compact CPU formats are exact per row for any batch (matmul.c), so the scheduler decodes all its rows
+    in one product: 20 sequences at once still give each one its own generate() tokens."""
+    from golden_util import checkpoint
+    m = tgllava.load(*checkpoint("llava15-tiny"), dtype="int8")
+    reqs = _mixed_requests("llava15-tiny", 20)
+    got = m.generate_batch(reqs, eos_token_id=[], max_batch=20)
+    for r, g in zip(reqs, got):
+        assert _single(m, r) == g

@@ -607,13 +607,14 @@ class Model:
     def scheduler(self, slots, context=None, decode_rows=None):
         """A continuous-batching scheduler on this model (tgllava._C.Scheduler; generate_many and
         `tgllava serve` drive one): `slots` KV-cache slots of `context` positions each (default: the
-        model's max_len), its own cache beside the one generate uses.  On the CPU its decode step runs
+        model's max_len), its own cache beside the one generate uses.  Every sequence's tokens are
+        bitwise those of its own generate() call whatever runs beside it: a float32 CPU model decodes
         in chunks of at most _C.CPU_EXACT_ROWS (16) rows (decode_rows; 0 = all rows in one product),
-        so every sequence's tokens are bitwise those of its own generate() call whatever runs beside
-        it.  Its calls are counted like the model's own, so an unread stream gives the model up to it
+        whose products are exact per row; compact CPU formats are exact per row for any number of
+        rows, so they decode all rows in one product.  Its calls are counted like the model's own, so an unread stream gives the model up to it
         (streaming.py)."""
         if decode_rows is None:
-            decode_rows = _C.CPU_EXACT_ROWS if self.device == "cpu" else 0
+            decode_rows = _C.CPU_EXACT_ROWS if self.device == "cpu" and self.dtype == "float32" else 0
         return self._core.counted(_C.Scheduler(self._core._core, int(slots), int(context or 0), int(decode_rows)))
 
     def _positions(self, seq, max_new_tokens):
