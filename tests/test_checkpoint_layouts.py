@@ -379,8 +379,10 @@ def test_generate_tg_without_clip_tokenizer_fails_before_reading_weights(tmp_pat
 
 
 def test_generate_with_a_missing_tower_fails_before_reading_weights(tmp_path, capsys, no_weight_bytes, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     llm = copy_llm(tmp_path)
     demo.write_llm_tokenizer(llm, vocab_size=1000)
     edit_config(llm, {"mm_vision_tower": "org/not-here", "mm_text_tower": None})

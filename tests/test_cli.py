@@ -102,13 +102,23 @@ def test_generate_stream_and_ablation_flags(capsys):
 
 # --- info --------------------------------------------------------------------------
 
+def offline_hub(monkeypatch, cache):
+    """huggingface_hub offline over the cache folder `cache` (it reads its environment once, at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 def test_info_tg_checkpoint_with_tower_in_hf_cache(capsys, tmp_path, monkeypatch):
     llm, clip, _ = golden_set(TGV)
-    snap = tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / "abc123"
+    repo = tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336"
+    snap = repo / "snapshots" / "abc123"
     snap.parent.mkdir(parents=True)
     os.symlink(clip, snap)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    offline_hub(monkeypatch, tmp_path / "hub")
     rc, out, err = run_main(capsys, "info", llm)
     assert rc == 0 and err == ""
     assert f"{llm}: TG-LLaVA" in out
@@ -128,7 +138,7 @@ def test_info_tg_checkpoint_with_tower_in_hf_cache(capsys, tmp_path, monkeypatch
 
 
 def test_info_plain_llava_and_clip(capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    offline_hub(monkeypatch, tmp_path / "empty-hub")
     llm, clip, _ = golden_set(L15)
     rc, out, _ = run_main(capsys, "info", llm)
     assert rc == 0
@@ -223,8 +233,7 @@ def test_missing_model_folder_subprocess(tmp_path):
 
 
 def test_missing_clip_tower_names_the_option(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_hub(monkeypatch, tmp_path / "empty-hub")
     llm, _, img = golden_set(TGV)
     rc, _, err = run_main(capsys, "generate", "--model", llm, "--image", img, "--question", "q")
     _one_line_error(rc, err)
