@@ -80,6 +80,7 @@ def test_generate_llava15_equals_chat(capsys):
     assert err.startswith("timings: preprocess") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_generate_tg_equals_chat(capsys):
     # DP off keeps this cheap on a small CPU (the full FOM+DP path is covered by test_frontend_e2e)
     llm, clip, img = golden_set(TGV)
@@ -89,6 +90,7 @@ def test_generate_tg_equals_chat(capsys):
     assert out == cached_chat(TGV, img, max_new_tokens=8, use_dp=False).text + "\n"
 
 
+@pytest.mark.slow
 def test_generate_stream_and_ablation_flags(capsys):
     llm, clip, img = golden_set(TGV)
     rc, out, err = run_main(capsys, "generate", "--model", llm, "--clip", clip, "--image", img,
@@ -264,6 +266,7 @@ def test_bad_conv_mode_and_debug(capsys):
         cli.main(["--debug"] + argv)
 
 
+@pytest.mark.slow
 def test_llava_hf_folder_through_cli(capsys, tmp_path):
     from test_frontend_e2e import _make_llava_hf
 

@@ -3,7 +3,6 @@ resolution through local folders and fake Hugging Face cache folders.
 The network is never used: huggingface_hub's snapshot_download is replaced by a fake."""
 
 import json
-import os
 
 import pytest
 
