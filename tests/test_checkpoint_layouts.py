@@ -238,6 +238,7 @@ def text_model_folder(folder, name=TGV, prefixed=True):
     return write_folder(folder, tensors, config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefixed,label", [(True, "CLIPVisionModel"), (False, "CLIPVisionModel, unprefixed")])
 def test_clip_vision_model_folders_load(tmp_path, capsys, prefixed, label):
     tower = vision_model_folder(tmp_path / "tower", prefixed=prefixed)
@@ -251,6 +252,7 @@ def test_clip_vision_model_folders_load(tmp_path, capsys, prefixed, label):
     assert f"tensor layout: {label}" in out and "vision: width 1024, 3 layers, image 336, patch 14" in out
 
 
+@pytest.mark.slow
 def test_tg_text_tower_from_its_own_folder(tmp_path):
     """TG-LLaVA with a transformers-5 CLIPVisionModel folder and a CLIPTextModel folder named by mm_text_tower."""
     vision = vision_model_folder(tmp_path / "vision", TGV, prefixed=False)
@@ -336,6 +338,7 @@ def llava_hf_folder(folder, parts):
     return write_folder(folder, tensors, config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", range(len(layout.LLAVA_HF_NAMINGS)))
 def test_every_llava_hf_naming_loads_like_the_official_folder(tmp_path, capsys, row):
     versions, parts = layout.LLAVA_HF_NAMINGS[row]
@@ -379,8 +382,10 @@ def test_generate_tg_without_clip_tokenizer_fails_before_reading_weights(tmp_pat
 
 
 def test_generate_with_a_missing_tower_fails_before_reading_weights(tmp_path, capsys, no_weight_bytes, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     llm = copy_llm(tmp_path)
     demo.write_llm_tokenizer(llm, vocab_size=1000)
     edit_config(llm, {"mm_vision_tower": "org/not-here", "mm_text_tower": None})

@@ -80,6 +80,7 @@ def test_generate_llava15_equals_chat(capsys):
     assert err.startswith("timings: preprocess") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_generate_tg_equals_chat(capsys):
     # DP off keeps this cheap on a small CPU (the full FOM+DP path is covered by test_frontend_e2e)
     llm, clip, img = golden_set(TGV)
@@ -89,6 +90,7 @@ def test_generate_tg_equals_chat(capsys):
     assert out == cached_chat(TGV, img, max_new_tokens=8, use_dp=False).text + "\n"
 
 
+@pytest.mark.slow
 def test_generate_stream_and_ablation_flags(capsys):
     llm, clip, img = golden_set(TGV)
     rc, out, err = run_main(capsys, "generate", "--model", llm, "--clip", clip, "--image", img,
@@ -102,13 +104,23 @@ def test_generate_stream_and_ablation_flags(capsys):
 
 # --- info --------------------------------------------------------------------------
 
+def offline_hub(monkeypatch, cache):
+    """huggingface_hub offline over the cache folder `cache` (it reads its environment once, at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 def test_info_tg_checkpoint_with_tower_in_hf_cache(capsys, tmp_path, monkeypatch):
     llm, clip, _ = golden_set(TGV)
-    snap = tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / "abc123"
+    repo = tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336"
+    snap = repo / "snapshots" / "abc123"
     snap.parent.mkdir(parents=True)
     os.symlink(clip, snap)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    offline_hub(monkeypatch, tmp_path / "hub")
     rc, out, err = run_main(capsys, "info", llm)
     assert rc == 0 and err == ""
     assert f"{llm}: TG-LLaVA" in out
@@ -128,7 +140,7 @@ def test_info_tg_checkpoint_with_tower_in_hf_cache(capsys, tmp_path, monkeypatch
 
 
 def test_info_plain_llava_and_clip(capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    offline_hub(monkeypatch, tmp_path / "empty-hub")
     llm, clip, _ = golden_set(L15)
     rc, out, _ = run_main(capsys, "info", llm)
     assert rc == 0
@@ -223,8 +235,7 @@ def test_missing_model_folder_subprocess(tmp_path):
 
 
 def test_missing_clip_tower_names_the_option(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_hub(monkeypatch, tmp_path / "empty-hub")
     llm, _, img = golden_set(TGV)
     rc, _, err = run_main(capsys, "generate", "--model", llm, "--image", img, "--question", "q")
     _one_line_error(rc, err)
@@ -255,6 +266,7 @@ def test_bad_conv_mode_and_debug(capsys):
         cli.main(["--debug"] + argv)
 
 
+@pytest.mark.slow
 def test_llava_hf_folder_through_cli(capsys, tmp_path):
     from test_frontend_e2e import _make_llava_hf
 

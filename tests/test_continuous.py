@@ -30,6 +30,7 @@ def _single(m, r, **kw):
     return m.generate(**one, max_new_tokens=r["max_new_tokens"], eos_token_id=[], **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tg-vicuna-tiny", "llava15-tiny"])
 def test_batch_through_few_slots_equals_single_runs(name):
     m = model(name)
@@ -40,6 +41,7 @@ def test_batch_through_few_slots_equals_single_runs(name):
         assert _single(m, r) == g  # bitwise: the same greedy tokens
 
 
+@pytest.mark.slow
 def test_sampled_tokens_equal_single_runs_with_the_same_seed():
     m = model("tg-qwen2-tiny")
     reqs = _mixed_requests("tg-qwen2-tiny", 5)
@@ -74,6 +76,7 @@ def test_requests_are_read_only_as_slots_free():
     assert sorted([first[0]] + [i for i, _ in rest]) == list(range(6)) and pulled == list(range(6))
 
 
+@pytest.mark.slow
 def test_a_longer_request_later_grows_the_cache():
     name = "llava15-tiny"
     d, m = io(name), model(name)

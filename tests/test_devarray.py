@@ -189,6 +189,7 @@ def test_cuda_model_checks_the_layout_first():
 
 # ---- the Model methods -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_model_stages_take_dlpack_producers():
     m, d = model("tg-vicuna-tiny"), io("tg-vicuna-tiny")
     pix = np.ascontiguousarray(d["pixel_values"][None], dtype=np.float32)

@@ -361,6 +361,7 @@ def _write_tokenizers(ckpt):
     (ckpt / "clip" / "merges.txt").write_text("#version: 0.2\n")
 
 
+@pytest.mark.slow
 def test_eval_end_to_end_golden(tmp_path):
     """A run of the golden tiny TG-LLaVA checkpoint through tgllava.load and the eval adapter.
 

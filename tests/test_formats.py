@@ -259,6 +259,7 @@ def compact_models():
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", COMPACT)
 @pytest.mark.parametrize("name", SETS)
 def test_golden_logits_in_compact_formats(name, fmt, compact_models):

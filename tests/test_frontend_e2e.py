@@ -101,6 +101,7 @@ def test_chat_matches_manual_pipeline_llava15():
     assert a.text == tok.decode(want).strip()
 
 
+@pytest.mark.slow
 def test_chat_matches_manual_pipeline_tg_with_text_guide():
     m = golden_model(TGV)
     llm_dir, clip_dir, img = golden_set(TGV)
@@ -124,6 +125,7 @@ def test_text_guide_rule():
     assert chat.text_guide("  Count <image> the cats") == "Count  the cats"
 
 
+@pytest.mark.slow
 def test_chat_full_tg_path():
     img = golden_set(TGV)[2]
     full = cached_chat(TGV, img, max_new_tokens=NEW)
@@ -131,6 +133,7 @@ def test_chat_full_tg_path():
     assert full.timings["generate"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw", [(L15, {}), (TGV, {"use_dp": False})])
 def test_stream_pieces_join_to_text(name, kw):
     img = golden_set(name)[2]
@@ -152,6 +155,7 @@ def test_stream_can_be_abandoned():
     assert again.token_ids == cached_chat(L15, img, max_new_tokens=NEW).token_ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw", [(L15, {}), (TGV, {"use_dp": False})])
 def test_batch_equals_single(name, kw):
     img, img2 = golden_set(name)[2], second_image(name)
@@ -180,6 +184,7 @@ def test_chat_errors():
         chat.chat_batch(m, [golden_set(L15)[2]])
 
 
+@pytest.mark.slow
 def test_chat_is_attached_to_model():
     a = golden_model(L15).chat(golden_set(L15)[2], QUESTION, max_new_tokens=NEW)
     assert a.token_ids == cached_chat(L15, golden_set(L15)[2], max_new_tokens=NEW).token_ids
@@ -285,6 +290,7 @@ def _make_llava_hf(out, newer_layout=False):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("newer_layout", [False, True])
 def test_llava_hf_gives_official_logits(tmp_path, newer_layout):
     folder = _make_llava_hf(str(tmp_path / "llava-hf"), newer_layout)
@@ -313,6 +319,7 @@ def test_llava_hf_errors(tmp_path):
         hf_load.load_llava_hf(str(folder))
 
 
+@pytest.mark.slow
 def test_llava_hf_through_tgllava_load(tmp_path):
     folder = _make_llava_hf(str(tmp_path / "llava-hf"))
     m = tgllava.load(folder)

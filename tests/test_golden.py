@@ -8,6 +8,7 @@ from golden_util import SETS, io, model
 FEAT_TOL = 1e-3   # SPEC 5: features
 LOGIT_TOL = 2e-3  # SPEC 5: logits
 TG_SETS = [s for s in SETS if s != "llava15-tiny"]
+pytestmark = pytest.mark.slow  # every test loads a golden model
 
 
 def maxdiff(a, b):

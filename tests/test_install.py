@@ -70,7 +70,8 @@ def test_extension_imports_in_a_fresh_interpreter():
 
 @pytest.mark.parametrize("dist,module", [("numpy", "numpy"), ("pillow", "PIL"), ("tqdm", "tqdm"),
                                          ("tokenizers", "tokenizers"), ("sentencepiece", "sentencepiece"),
-                                         ("scipy-openblas32", "scipy_openblas32")])
+                                         ("scipy-openblas32", "scipy_openblas32"),
+                                         ("huggingface-hub", "huggingface_hub")])
 def test_default_path_imports_are_plain_dependencies(dist, module):
     """The installed metadata requires them without an extra, and they import."""
     from importlib import metadata

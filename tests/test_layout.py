@@ -1,12 +1,8 @@
 """Tests for tgllava.layout: llava-hf name and config mapping, and tower
 resolution through local folders and fake Hugging Face cache folders.
-The network is never used: huggingface_hub is replaced by a fake."""
+The network is never used: huggingface_hub's snapshot_download is replaced by a fake."""
 
 import json
-import os
-import sys
-import time
-import types
 
 import pytest
 
@@ -204,29 +200,33 @@ def test_llava_hf_config_refusals(change, match):
 # --- tower resolution ------------------------------------------------------------
 
 @pytest.fixture
-def no_network(monkeypatch):
-    """Replace huggingface_hub by a fake that records calls and never touches the network."""
+def no_network(monkeypatch, tmp_path):
+    """huggingface_hub online over an empty cache (tmp_path/hub), with a snapshot_download that records
+    calls and never touches the network."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
     calls = []
-    fake = types.ModuleType("huggingface_hub")
 
     def snapshot_download(repo_id, allow_patterns=None, **kw):
         calls.append((repo_id, allow_patterns))
         raise OSError("network disabled in tests")
 
-    fake.snapshot_download = snapshot_download
-    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return calls
 
 
-def make_snapshot(cache, repo, rev, with_config=True, mtime=None):
-    folder = cache / ("models--" + repo.replace("/", "--")) / "snapshots" / rev
+def make_snapshot(cache, repo, rev, with_config=True, main=False):
+    root = cache / ("models--" + repo.replace("/", "--"))
+    folder = root / "snapshots" / rev
     folder.mkdir(parents=True)
     if with_config:
         (folder / "config.json").write_text("{}")
-    if mtime is not None:
-        os.utime(folder, (mtime, mtime))
+    if main:
+        (root / "refs").mkdir(exist_ok=True)
+        (root / "refs" / "main").write_text(rev)
     return folder
 
 
@@ -236,47 +236,33 @@ def test_local_folder_is_returned(tmp_path, no_network):
     assert no_network == []
 
 
-def test_hf_cache_prefers_refs_main(tmp_path, monkeypatch, no_network):
+def test_hf_cache_snapshot_of_refs_main(tmp_path, no_network):
     cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    now = time.time()
-    old = make_snapshot(cache, "openai/clip-vit-large-patch14-336", "aaa", mtime=now - 100)
-    make_snapshot(cache, "openai/clip-vit-large-patch14-336", "bbb", mtime=now)
-    refs = cache / "models--openai--clip-vit-large-patch14-336" / "refs"
-    refs.mkdir()
-    (refs / "main").write_text("aaa\n")
-    assert layout.resolve_tower("openai/clip-vit-large-patch14-336") == str(old)
+    make_snapshot(cache, "openai/clip-vit-large-patch14-336", "bbb")
+    main = make_snapshot(cache, "openai/clip-vit-large-patch14-336", "aaa", main=True)
+    assert layout.resolve_tower("openai/clip-vit-large-patch14-336") == str(main)
+    assert layout.find_in_hf_cache("openai/clip-vit-large-patch14-336") == str(main)
     assert no_network == []
 
 
-def test_hf_cache_newest_snapshot_with_config(tmp_path, monkeypatch, no_network):
+def test_hf_cache_needs_refs_main_and_config(tmp_path, no_network):
+    """The hub's rule: no refs/main (or no config.json in its snapshot) is not a cached tower."""
     cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    now = time.time()
-    make_snapshot(cache, "org/tower", "old", mtime=now - 100)
-    newest = make_snapshot(cache, "org/tower", "new", mtime=now - 10)
-    make_snapshot(cache, "org/tower", "partial", with_config=False, mtime=now)
-    assert layout.resolve_tower("org/tower") == str(newest)
-
-
-def test_hf_home_and_default_cache(tmp_path, monkeypatch, no_network):
-    home = tmp_path / "hfhome"
-    monkeypatch.setenv("HF_HOME", str(home))
-    snap = make_snapshot(home / "hub", "org/tower", "r1")
-    assert layout.hf_cache_dir() == str(home / "hub")
-    assert layout.resolve_tower("org/tower") == str(snap)
-    monkeypatch.delenv("HF_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    snap = make_snapshot(tmp_path / "user" / ".cache" / "huggingface" / "hub", "org/tower", "r2")
-    assert layout.resolve_tower("org/tower") == str(snap)
+    make_snapshot(cache, "org/tower", "old")
+    make_snapshot(cache, "org/partial", "new", with_config=False, main=True)
+    assert layout.find_in_hf_cache("org/tower") is None
+    assert layout.find_in_hf_cache("org/partial") is None
+    other = make_snapshot(tmp_path / "other", "org/tower", "r1", main=True)
+    assert layout.find_in_hf_cache("org/tower", cache_dir=str(tmp_path / "other")) == str(other)
 
 
 def test_download_only_when_online(tmp_path, monkeypatch, no_network):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert layout.resolve_tower("org/missing") is None
     assert no_network == []
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert layout.resolve_tower("org/missing", kind="text") is None  # fake download fails
     assert no_network and no_network[0][0] == "org/missing"
     patterns = no_network[0][1]
@@ -289,12 +275,11 @@ def test_download_only_when_online(tmp_path, monkeypatch, no_network):
     assert no_network == []
 
 
-def test_download_success_and_missing_hub(tmp_path, monkeypatch, no_network):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    sys.modules["huggingface_hub"].snapshot_download = lambda repo_id, allow_patterns=None: "/fake/snap"
+def test_download_success(monkeypatch, no_network):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None: "/fake/snap")
     assert layout.resolve_tower("org/tower") == "/fake/snap"
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
-    assert layout.resolve_tower("org/tower") is None
 
 
 def test_resolve_tower_arguments(no_network):

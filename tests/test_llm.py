@@ -8,6 +8,7 @@ import tgllava
 from golden_util import checkpoint, io, model, tiny_llama_folder
 
 
+@pytest.mark.slow
 def test_kv_cache_equals_recomputation():
     name = "llava15-tiny"
     d, m = io(name), model(name)
@@ -20,6 +21,7 @@ def test_kv_cache_equals_recomputation():
         ids.append(t)
 
 
+@pytest.mark.slow
 def test_batch_of_different_lengths_equals_single_runs():
     name = "tg-vicuna-tiny"
     d, m = io(name), model(name)
@@ -182,6 +184,7 @@ def test_inputs_not_modified_and_no_leaks():
     assert (sys.getrefcount(pix), sys.getrefcount(ids)) == refs
 
 
+@pytest.mark.slow
 def test_cached_vision_features_give_the_same_answer():
     name = "tg-vicuna-tiny"
     d, m = io(name), model(name)

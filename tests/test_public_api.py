@@ -38,6 +38,7 @@ class PublicOnly:
         return getattr(self._m, name)
 
 
+@pytest.mark.slow
 def test_attention_maps_use_only_the_public_api():
     m, d = model(TGV), io(TGV)
     ids, pix, tid = d["input_ids"], d["pixel_values"], d["text_guide_ids"]

@@ -428,6 +428,7 @@ def test_non_streaming_disconnect_cancels(small_server):
     deadline = time.monotonic() + 120
     while not eng.running and time.monotonic() < deadline:  # wait until it runs, then hang up
         time.sleep(0.01)
+    assert eng.running == 1, "the request never started"
     _hang_up_frees_the_slot(c, eng)
 
 

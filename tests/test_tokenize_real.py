@@ -86,7 +86,7 @@ def toks(shared, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clips(shared, tmp_path_factory):
-    """The CLIP tokenizer twice: pure Python over vocab.json + merges.txt, and tokenizer.json."""
+    """The CLIP tokenizer twice: built from vocab.json + merges.txt, and the tokenizer.json transformers wrote."""
     tj = _folder(str(tmp_path_factory.mktemp("clip")),
                  [(os.path.join(shared, "derived", "clip", "tokenizer.json.gz"), "tokenizer.json"),
                   (os.path.join(shared, "clip", "tokenizer_config.json"), "tokenizer_config.json"),
@@ -139,6 +139,26 @@ def test_text_guide_ids_match_the_runner(clips):
     for i, question in enumerate(REF["questions"]):
         for clip in clips:
             assert clip.encode(conversation.text_guide(question)) == REF["text_guide_ids"][i], question
+
+
+def test_clip_from_vocab_merges_is_the_transformers_tokenizer(clips):
+    """The tokenizer built from vocab.json + merges.txt is the one transformers converts them to, on odd text too:
+    unicode (final sigma, ligatures, combining marks, emoji), whitespace runs, upper case, special tokens
+    written in the text, html entities, and texts cut to 77 ids."""
+    built, ref = clips
+    for part in ("normalizer", "pre_tokenizer", "added_tokens", "model"):
+        assert json.loads(built._backend.to_str())[part] == json.loads(ref._backend.to_str())[part], part
+    rng = random.Random(0)
+    alphabet = list("abcdehlorstwHELLOW0123456789 .,!?'\"-&;:\t\n\r\x0b\x0c") + \
+        list("éüßİΣςﬁÅ中文😀\u0301\u00a0\u2003\u3000\u200b\u2028\u0085٣") + \
+        ["'s", "'ll", "'D", "&amp;", "cat", "hello", "world", "  ", "<|endoftext|>", "<|STARTOFTEXT|>"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(500)]
+    for text in texts + [" ".join(["Hello"] * 100), "", " \t\n "]:
+        ids = ref.encode(text)
+        assert built.encode(text) == ids, repr(text)
+        assert len(ids) <= 77 and ids[0] == 49406
+    assert built.encode("ΣΑΣ") == ref.encode("σασ") != ref.encode("ΣΑΣ".lower())  # no final sigma, unlike str.lower
+    assert built.decode(built.encode("Hello,  World!")) == "hello , world !"
 
 
 class _FakeModel:

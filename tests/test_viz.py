@@ -141,6 +141,7 @@ def perceiver_image_probs(W, tile_feats, text_hidden, heads=16, eps=1e-5):
 
 # ---------------------------------------------------------------- maps against NumPy
 
+@pytest.mark.slow
 def test_llm_map_matches_numpy_llava15():
     m, d = model("llava15-tiny"), golden_io("llava15-tiny")
     ids, pix = d["input_ids"], d["pixel_values"]
@@ -169,6 +170,7 @@ def vicuna_maps():
     return m, d, attention_map(m, input_ids=d["input_ids"], pixels=d["pixel_values"], text_ids=d["text_guide_ids"])
 
 
+@pytest.mark.slow
 def test_dp_map_matches_numpy(vicuna_maps):
     m, d, maps = vicuna_maps
     feats = m.vision_features(tgllava.tile(d["pixel_values"])).reshape(-1, 1024).astype(np.float64)
@@ -185,6 +187,7 @@ def test_dp_map_matches_numpy(vicuna_maps):
     assert np.array_equal(tile_mosaic(np.arange(4 * 576), 24)[:24, 24:], np.arange(576, 1152).reshape(24, 24))
 
 
+@pytest.mark.slow
 def test_fom_map_is_mask_norm(vicuna_maps):
     _, d, maps = vicuna_maps
     expected = np.linalg.norm(d["fom_mask"].astype(np.float64), axis=1).reshape(24, 24)
@@ -203,6 +206,7 @@ def test_maps_switched_off(vicuna_maps):
 
 # ---------------------------------------------------------------- ablation switches
 
+@pytest.mark.slow
 def test_ablation_switches_match_golden():
     m, d = model("tg-vicuna-tiny"), golden_io("tg-vicuna-tiny")
     pix, tid = d["pixel_values"], d["text_guide_ids"]
@@ -310,6 +314,7 @@ def _write_tokenizers(llm, clip):
         f.write("#version: 0.2\n")
 
 
+@pytest.mark.slow
 def test_viz_cli_writes_figure(tmp_path):
     llm, clip = checkpoint("tg-vicuna-tiny")
     _write_tokenizers(llm, clip)

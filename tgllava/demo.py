@@ -98,13 +98,12 @@ def write_llm_tokenizer(folder, vocab_size=512, corpus=CORPUS):
 
 def _learn_clip_merges(corpus, n_merges):
     """Plain BPE learning over CLIP pre-tokens (byte alphabet, "</w>" word ends)."""
-    from .tokenize import bytes_to_unicode, clip_normalize, clip_pre_tokenize
+    from .tokenize import clip_pipeline
 
-    byte_map = bytes_to_unicode()
+    normalizer, pre_tokenizer = clip_pipeline()
     words = collections.Counter()
-    for w in clip_pre_tokenize(clip_normalize(corpus)):
-        mapped = "".join(byte_map[b] for b in w.encode("utf-8"))
-        words[tuple(mapped[:-1]) + (mapped[-1] + "</w>",)] += 1
+    for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(corpus)):
+        words[tuple(w[:-1]) + (w[-1] + "</w>",)] += 1
     merges = []
     while len(merges) < n_merges:
         pairs = collections.Counter()

@@ -29,8 +29,8 @@ a single naming:
   the config file and the key.
 
 It also finds tower folders (a local path, a snapshot in the Hugging Face
-cache, or, when `huggingface_hub` is installed and HF_HUB_OFFLINE is not
-set, a download), lists tensor names, dtypes and shapes from file headers,
+cache, or, unless the hub is offline, a download; all through
+`huggingface_hub`), lists tensor names, dtypes and shapes from file headers,
 and checks everything that can be checked without tensor bytes (tokenizer
 files, tower folders, tensor names and shapes against what the C core
 needs) before a load reads any weight.
@@ -38,7 +38,6 @@ needs) before a load reads any weight.
 
 import math
 import os
-import re
 
 from .errors import CheckpointError
 
@@ -783,62 +782,40 @@ def read_tower(folder):
 
 # --- tower resolution ---------------------------------------------------------
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.json", "*.txt"]
 
 
-def hf_cache_dir():
-    """The Hugging Face hub cache folder, following the hub's own environment variables."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return os.path.expanduser(os.environ[var])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "huggingface", "hub")
+def _is_repo_id(name):
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-
-def _offline():
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return value.strip().lower() not in ("", "0", "false", "no", "off")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def find_in_hf_cache(repo_id, cache_dir=None):
     """The cached snapshot folder of `repo_id` holding config.json, or None.
 
-    Prefers the snapshot `refs/main` points to, else the most recently
-    modified one.
+    The hub's own lookup (`try_to_load_from_cache`: the snapshot `refs/main`
+    points to, in the cache its environment variables name), as
+    transformers uses when loading a tower by name offline.
     """
-    if not _REPO_ID.match(repo_id or ""):
+    from huggingface_hub import try_to_load_from_cache
+
+    if not repo_id or not _is_repo_id(repo_id):
         return None
-    root = os.path.join(cache_dir or hf_cache_dir(), "models--" + repo_id.replace("/", "--"))
-    snapshots = os.path.join(root, "snapshots")
-    if not os.path.isdir(snapshots):
-        return None
-    candidates = []
-    try:
-        with open(os.path.join(root, "refs", "main"), encoding="utf-8") as f:
-            main = f.read().strip()
-        if main:
-            candidates.append(os.path.join(snapshots, main))
-    except OSError:
-        pass
-    others = [os.path.join(snapshots, d) for d in os.listdir(snapshots)]
-    others = [d for d in others if os.path.isdir(d)]
-    others.sort(key=lambda d: os.path.getmtime(d), reverse=True)
-    candidates += others
-    for folder in candidates:
-        if os.path.isfile(os.path.join(folder, "config.json")):
-            return folder
-    return None
+    path = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    return os.path.dirname(path) if isinstance(path, str) else None
 
 
 def resolve_tower(name_or_path, kind="vision"):
     """Find the folder of a tower checkpoint (`mm_vision_tower` / `mm_text_tower`).
 
     A local folder is returned as given; otherwise the name is looked up in
-    the Hugging Face cache; otherwise, if `huggingface_hub` is importable
-    and HF_HUB_OFFLINE is not set, the config, weights and tokenizer files
+    the Hugging Face cache; otherwise, unless the hub is offline
+    (HF_HUB_OFFLINE), the config, weights and tokenizer files
     are downloaded with `snapshot_download`.  Returns None when nothing is
     found (or the download fails).
     """
@@ -852,11 +829,9 @@ def resolve_tower(name_or_path, kind="vision"):
     found = find_in_hf_cache(name_or_path)
     if found is not None:
         return found
-    if _offline() or not _REPO_ID.match(name_or_path) or "/" not in name_or_path:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
+    from huggingface_hub import constants, snapshot_download
+
+    if constants.HF_HUB_OFFLINE or "/" not in name_or_path or not _is_repo_id(name_or_path):
         return None
     try:
         return snapshot_download(name_or_path, allow_patterns=list(_DOWNLOAD_PATTERNS))

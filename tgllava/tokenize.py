@@ -25,10 +25,10 @@ tokenize each chunk, keep a single leading BOS, and put IMAGE_TOKEN_INDEX
 Llama-3's does.  `StreamDecoder` turns generated ids into text
 incrementally; its pieces join to exactly the one-shot decode.  `ClipTokenizer` produces the TG-LLaVA text-guide ids:
 <|startoftext|> + CLIP BPE + <|endoftext|>, then cut to 77 positions (so a
-long question loses its EOS, a reference quirk).  It uses tokenizer.json
-when present, else a pure-Python CLIP BPE over vocab.json + merges.txt that
-follows the fast tokenizer (NFC, whitespace collapse, lower case, CLIP's
-split pattern, byte-level alphabet, "</w>" word ends).
+long question loses its EOS, a reference quirk).  It runs tokenizer.json,
+else builds from vocab.json + merges.txt the `tokenizers` object that
+transformers' CLIP converter makes (NFC, whitespace collapse, lower case,
+CLIP's split pattern, byte-level alphabet, "</w>" word ends).
 """
 
 import functools
@@ -36,7 +36,6 @@ import html
 import json
 import os
 import re
-import unicodedata
 
 from .errors import CheckpointError, TgError
 
@@ -72,71 +71,6 @@ def _special_splitter(tokens):
     if not tokens:
         return None
     return re.compile("(" + "|".join(re.escape(t) for t in tokens) + ")")
-
-
-# --- SentencePiece model without the dummy prefix ------------------------------
-
-def _varint(data, pos):
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _put_varint(value):
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        out.append(b | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _proto_fields(data):
-    """Split a serialized protobuf message into (field, wire_type, raw_bytes) records."""
-    pos, out = 0, []
-    while pos < len(data):
-        start = pos
-        key, pos = _varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            n, pos = _varint(data, pos)
-            pos += n
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        out.append((field, wire, data[start:pos]))
-    return out
-
-
-def _without_dummy_prefix(model_proto):
-    """Serialized SentencePiece ModelProto with normalizer_spec.add_dummy_prefix = false.
-
-    This is what transformers' LlamaTokenizer does for legacy=False (it uses
-    protobuf; we edit the wire format directly: ModelProto field 3 is the
-    NormalizerSpec, whose field 3 is add_dummy_prefix).
-    """
-    out = bytearray()
-    for field, wire, raw in _proto_fields(model_proto):
-        if field == 3 and wire == 2:
-            key, pos = _varint(raw, 0)
-            length, pos = _varint(raw, pos)
-            spec = raw[pos:pos + length]
-            kept = b"".join(r for f, w, r in _proto_fields(spec) if f != 3)
-            spec = kept + b"\x18\x00"
-            raw = _put_varint(key) + _put_varint(len(spec)) + spec
-        out += raw
-    return bytes(out)
 
 
 # --- the clean-up of spaces in decoded text --------------------------------------
@@ -205,7 +139,7 @@ class LlmTokenizer:
             sp = backend
             self.legacy = bool(self.config.get("legacy", True))
             if self.legacy is False:
-                self._sp_nodummy = _load_sp(model_proto=_without_dummy_prefix(sp.serialized_model_proto()))
+                self._sp_nodummy = _load_sp(model_proto=_without_dummy_prefix(sp))
                 self._unk_text = special("unk_token") or (sp.id_to_piece(sp.unk_id()) if sp.unk_id() >= 0 else "<unk>")
                 self._unk_len = len(self._sp_nodummy.encode(self._unk_text))
             self.bos_token = special("bos_token") or _sp_piece(sp, sp.bos_id())
@@ -536,6 +470,20 @@ def _load_sp(model_file=None, model_proto=None):
     return sp
 
 
+def _without_dummy_prefix(sp):
+    """`sp`'s serialized model with normalizer_spec.add_dummy_prefix = false (transformers' legacy=False).
+
+    sentencepiece's own normalizer writes the changed NormalizerSpec (as a
+    ModelProto holding only that field); protobuf merges a message parsed
+    after another field by field, so appending it to the model overrides
+    add_dummy_prefix and keeps everything else.
+    """
+    import sentencepiece as spm
+
+    model = sp.serialized_model_proto()
+    return model + spm.SentencePieceNormalizer(model_proto=model, add_dummy_prefix=False).serialized_model_proto()
+
+
 def _sp_piece(sp, idx):
     return sp.id_to_piece(idx) if 0 <= idx < sp.get_piece_size() else None
 
@@ -664,16 +612,12 @@ class StreamDecoder:
 # --- CLIP ---------------------------------------------------------------------
 
 CLIP_MAX_LENGTH = 77
-
-# Unicode White_Space (what \s matches in the Rust regex the fast tokenizer uses).
-_WHITESPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000")
-_WHITESPACE |= {chr(c) for c in range(0x2000, 0x200B)}
-_CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
+_CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 @functools.lru_cache(maxsize=1)
 def bytes_to_unicode():
-    """GPT-2/CLIP byte -> printable character table."""
+    """GPT-2/CLIP byte -> printable character table, in vocabulary order."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -685,181 +629,104 @@ def bytes_to_unicode():
     return dict(zip(bs, map(chr, cs)))
 
 
-def _char_class(c):
-    cat = unicodedata.category(c)
-    return cat[0] if cat[0] in "LN" else ("S" if c in _WHITESPACE else "P")
+def clip_pipeline():
+    """CLIP's (normalizer, pre-tokenizer) as transformers' CLIP converter builds them.
 
-
-def clip_pre_tokenize(text):
-    """CLIP's split: contractions | letter runs | single digits | other-symbol runs."""
-    words, i, n = [], 0, len(text)
-    while i < n:
-        for con in _CONTRACTIONS:
-            if text.startswith(con, i):
-                words.append(con)
-                i += len(con)
-                break
-        else:
-            kind = _char_class(text[i])
-            if kind == "S":
-                i += 1
-                continue
-            if kind == "N":
-                words.append(text[i])
-                i += 1
-                continue
-            j = i + 1
-            while j < n and _char_class(text[j]) == kind:
-                j += 1
-            words.append(text[i:j])
-            i = j
-    return words
-
-
-def clip_normalize(text, html_unescape=False):
-    """The fast CLIP tokenizer's normaliser: NFC, whitespace runs -> " ", lower case.
-
-    html_unescape=True also applies OpenAI CLIP's basic_clean (html.unescape
-    twice, strip), which transformers' tokenizers do not do.
+    NFC, whitespace runs -> " ", lower case; then CLIP's split (contractions,
+    letter runs, single digits, other-symbol runs) and the byte-level alphabet.
     """
-    if html_unescape:
-        text = html.unescape(html.unescape(text)).strip()
-    text = unicodedata.normalize("NFC", text)
-    out, prev_space = [], False
-    for c in text:
-        if c in _WHITESPACE:
-            if not prev_space:
-                out.append(" ")
-            prev_space = True
-        else:
-            out.append(c)
-            prev_space = False
-    return "".join(out).lower()
+    from tokenizers import Regex, normalizers, pre_tokenizers
+
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                       normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    return normalizer, pre_tokenizer
+
+
+def _clip_from_vocab_merges(folder, names):
+    """vocab.json + merges.txt as the `tokenizers` object transformers (4.37) converts CLIPTokenizer to."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    vocab_path = os.path.join(folder, "vocab.json")
+    merges_path = os.path.join(folder, "merges.txt")
+    vocab = _read_json(vocab_path)
+    if vocab is None or not os.path.isfile(merges_path):
+        raise CheckpointError(f"{folder}: no CLIP tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    with open(merges_path, encoding="utf-8") as f:
+        lines = [line for line in f.read().split("\n") if line.strip() and not line.startswith("#version")]
+    merges = [tuple(line.split()) for line in lines]
+    for line, merge in zip(lines, merges):
+        if len(merge) != 2:
+            raise CheckpointError(f"{merges_path}: bad merge line {line!r}")
+    try:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="",
+                                   end_of_word_suffix="</w>", fuse_unk=False, unk_token=names["unk_token"]))
+    except Exception as e:
+        raise CheckpointError(f"{vocab_path}: cannot build the BPE model ({e})") from None
+    tok.normalizer, tok.pre_tokenizer = clip_pipeline()
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(names[k], special=True, normalized=True) for k in ("bos_token", "eos_token")
+                            if names[k] in vocab])
+    return tok
 
 
 class ClipTokenizer:
-    """CLIP BPE tokenizer for the TG-LLaVA text tower.
+    """CLIP BPE tokenizer for the TG-LLaVA text tower, run by the `tokenizers` library.
 
     encode(text) = [BOS] + BPE ids + [EOS], then cut to `max_length` (77).
     """
 
-    def __init__(self, encoder, merges, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                 pad_token=None, max_length=CLIP_MAX_LENGTH, html_unescape=False, backend=None):
-        self.encoder = dict(encoder)
-        self.decoder = {v: k for k, v in self.encoder.items()}
-        self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
+    def __init__(self, backend, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token=None,
+                 max_length=CLIP_MAX_LENGTH, html_unescape=False):
+        self._backend = backend
         self.max_length = max_length
         self.html_unescape = html_unescape
-        self._backend = backend
-        self.kind = "tokenizers" if backend is not None else "python"
         self.bos_token, self.eos_token = bos_token, eos_token
         self.bos_id = self._lookup(bos_token, "BOS")
         self.eos_id = self._lookup(eos_token, "EOS")
         self.pad_id = self._lookup(pad_token, "pad") if pad_token else self.eos_id
-        self._byte_encoder = bytes_to_unicode()
-        self._byte_decoder = {v: k for k, v in self._byte_encoder.items()}
-        self._splitter = _special_splitter([bos_token, eos_token])
-        self._cache = {}
 
     def _lookup(self, token, what):
-        idx = self.encoder.get(token)
-        if idx is None and self._backend is not None:
-            idx = self._backend.token_to_id(token)
+        idx = self._backend.token_to_id(token)
         if idx is None:
             raise CheckpointError(f"CLIP vocabulary has no {what} token {token!r}")
         return idx
 
     @classmethod
-    def from_folder(cls, folder, max_length=CLIP_MAX_LENGTH, backend="auto", html_unescape=False):
-        """Load from tokenizer.json (backend "auto"/"tokenizers") or vocab.json + merges.txt ("python")."""
+    def from_folder(cls, folder, max_length=CLIP_MAX_LENGTH, html_unescape=False):
+        """Load tokenizer.json, else vocab.json + merges.txt (built as transformers' fast CLIP tokenizer is)."""
         folder = os.fspath(folder)
-        if backend not in ("auto", "tokenizers", "python"):
-            raise ValueError(f"backend must be 'auto', 'tokenizers' or 'python', got {backend!r}")
         config = _read_json(os.path.join(folder, "tokenizer_config.json")) or {}
         stm = _read_json(os.path.join(folder, "special_tokens_map.json")) or {}
         names = {}
-        for key, default in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"), ("pad_token", None)):
+        for key, default in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"),
+                             ("unk_token", "<|endoftext|>"), ("pad_token", None)):
             names[key] = _token_text(config.get(key)) or _token_text(stm.get(key)) or default
         tj = os.path.join(folder, "tokenizer.json")
-        if backend in ("auto", "tokenizers") and os.path.isfile(tj):
+        if os.path.isfile(tj):
+            from tokenizers import Tokenizer
             try:
-                from tokenizers import Tokenizer
-                tok = Tokenizer.from_file(tj)
-            except ImportError:
-                raise TgError("reading tokenizer.json needs the 'tokenizers' package") from None
+                backend = Tokenizer.from_file(tj)
             except Exception as e:
                 raise CheckpointError(f"{tj}: cannot load tokenizer ({e})") from None
-            return cls(tok.get_vocab(with_added_tokens=True), [], max_length=max_length,
-                       html_unescape=html_unescape, backend=tok, **names)
-        if backend == "tokenizers":
-            raise CheckpointError(f"{folder}: no tokenizer.json")
-        vocab_path = os.path.join(folder, "vocab.json")
-        merges_path = os.path.join(folder, "merges.txt")
-        vocab = _read_json(vocab_path)
-        if vocab is None or not os.path.isfile(merges_path):
-            raise CheckpointError(f"{folder}: no CLIP tokenizer (tokenizer.json, or vocab.json + merges.txt)")
-        with open(merges_path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        merges = []
-        for line in lines:
-            if not line.strip() or line.startswith("#version"):
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise CheckpointError(f"{merges_path}: bad merge line {line!r}")
-            merges.append(tuple(parts))
-        return cls(vocab, merges, max_length=max_length, html_unescape=html_unescape, **names)
-
-    def bpe(self, word):
-        """BPE of one pre-token (already mapped to the byte alphabet); returns sub-tokens."""
-        cached = self._cache.get(word)
-        if cached is not None:
-            return cached
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            pairs = list(zip(parts, parts[1:]))
-            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
-            if best not in self.bpe_ranks:
-                break
-            first, second = best
-            merged, i = [], 0
-            while i < len(parts):
-                if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        if len(self._cache) < 100_000:
-            self._cache[word] = parts
-        return parts
+        else:
+            backend = _clip_from_vocab_merges(folder, names)
+        del names["unk_token"]
+        return cls(backend, max_length=max_length, html_unescape=html_unescape, **names)
 
     def tokenize(self, text):
         """BPE token strings of `text` (no BOS/EOS)."""
-        tokens = []
-        pieces = self._splitter.split(text) if self._splitter else [text]
-        for i, piece in enumerate(pieces):
-            if i % 2 == 1:
-                tokens.append(piece)
-                continue
-            for word in clip_pre_tokenize(clip_normalize(piece, self.html_unescape)):
-                mapped = "".join(self._byte_encoder[b] for b in word.encode("utf-8"))
-                tokens.extend(self.bpe(mapped))
-        return tokens
+        return self._backend.encode(text, add_special_tokens=False).tokens
 
     def encode(self, text):
         """[BOS] + ids + [EOS], cut to max_length (a cut drops the EOS)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if self._backend is not None:
-            if self.html_unescape:
-                text = html.unescape(html.unescape(text)).strip()
-            body = list(self._backend.encode(text, add_special_tokens=False).ids)
-        else:
-            unk = self.encoder.get("<|endoftext|>", self.eos_id)
-            body = [self.encoder.get(t, unk) for t in self.tokenize(text)]
-        ids = [self.bos_id] + body + [self.eos_id]
+        if self.html_unescape:  # OpenAI CLIP's basic_clean, which transformers' tokenizers do not do
+            text = html.unescape(html.unescape(text)).strip()
+        ids = [self.bos_id] + self._backend.encode(text, add_special_tokens=False).ids + [self.eos_id]
         return ids[: self.max_length]
 
     def encode_batch(self, texts):
@@ -868,14 +735,5 @@ class ClipTokenizer:
 
     def decode(self, ids):
         """Approximate text of ids (BOS/EOS dropped, word ends become spaces)."""
-        data = bytearray()
-        for i in ids:
-            if int(i) in (self.bos_id, self.eos_id):
-                continue
-            token = self.decoder.get(int(i), "")
-            word_end = token.endswith("</w>")
-            body = token[:-4] if word_end else token
-            data += bytes(self._byte_decoder.get(c, ord("?")) for c in body)
-            if word_end:
-                data += b" "
-        return data.decode("utf-8", errors="replace").strip()
+        text = self._backend.decode([int(i) for i in ids], skip_special_tokens=True)
+        return text.replace("</w>", " ").strip()
