@@ -213,6 +213,7 @@ def test_two_threads_stepping_one_scheduler_each_get_their_own_events():
             assert collections.Counter(tokens) == collections.Counter(w) and finished == [2], (attempt, i)
 
 
+@pytest.mark.slow
 def test_compact_formats_decode_all_rows_in_one_product_and_equal_single_runs():
     """Compact CPU formats are exact per row for any batch (matmul.c), so the scheduler decodes all its rows
     in one product: 20 sequences at once still give each one its own generate() tokens."""

@@ -265,7 +265,6 @@ def compact_models():
 def test_golden_logits_in_compact_formats(name, fmt, compact_models):
     d, m = io(name), compact_models(name, fmt)
     lg = m.logits(d["input_ids"], d["pixel_values"], d.get("text_guide_ids"))
-    print(f"{name} {fmt} cosine {cosine(lg, d['logits']):.6f}")
     assert cosine(lg, d["logits"]) >= COSINE[fmt]
     if fmt != "int4":
         assert int(np.argmax(lg[-1])) == int(np.argmax(d["logits"][-1]))
