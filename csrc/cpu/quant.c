@@ -231,44 +231,56 @@ AVX2_FN float avx2_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* rows [n0, n1) for a compile-time M (the m loops unroll).  Even and odd 8-feature steps go to two
+/* rows [n0, n1) for a compile-time M and R (the loops unroll).  Even and odd 8-feature steps go to two
  * accumulators, so the sum's latency does not set the pace of a single row; every M sums in the same
  * order, so a row of a batch gets bitwise the result it gets alone */
-AVX2_FN void avx2_gemv_m(const float *w, const float *x, float *y, const int M, int64_t N, int64_t K, int64_t n0,
-                         int64_t n1, int accumulate) {
+AVX2_FN void avx2_gemv_m(const float *w, const float *x, float *y, const int M, const int R, int64_t N, int64_t K,
+                         int64_t n0, int64_t n1, int accumulate) {
     const int64_t K16 = K / 16 * 16;
-    for (int64_t n = n0; n < n1; n++) {
-        const float *row = w + n * K;
-        __m256 acc[8], acc2[8];
-        for (int m = 0; m < M; m++) acc[m] = acc2[m] = _mm256_setzero_ps();
-        for (int64_t k = 0; k < K16; k += 16) {
-            _mm_prefetch((const char *)(row + k) + 1024, _MM_HINT_T0);
-            const __m256 w0 = _mm256_loadu_ps(row + k), w1 = _mm256_loadu_ps(row + k + 8);
-            for (int m = 0; m < M; m++) {
-                acc[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * K + k), acc[m]);
-                acc2[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * K + k + 8), acc2[m]);
+    for (int64_t n = n0; n + R <= n1; n += R) { /* R weight rows streamed together (R = 4 for one input row) */
+        __m256 acc[8][4], acc2[8][4];
+        for (int m = 0; m < M; m++)
+            for (int r = 0; r < R; r++) acc[m][r] = acc2[m][r] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < K16; k += 16)
+            for (int r = 0; r < R; r++) {
+                const float *row = w + (n + r) * K;
+                _mm_prefetch((const char *)(row + k) + 1024, _MM_HINT_T0);
+                const __m256 w0 = _mm256_loadu_ps(row + k), w1 = _mm256_loadu_ps(row + k + 8);
+                for (int m = 0; m < M; m++) {
+                    acc[m][r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * K + k), acc[m][r]);
+                    acc2[m][r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * K + k + 8), acc2[m][r]);
+                }
             }
-        }
-        for (int m = 0; m < M; m++) {
-            float s = avx2_hsum(_mm256_add_ps(acc[m], acc2[m]));
-            for (int64_t k = K16; k < K; k++) s += row[k] * x[m * K + k];
-            y[m * N + n] = accumulate ? y[m * N + n] + s : s;
-        }
+        for (int m = 0; m < M; m++)
+            for (int r = 0; r < R; r++) {
+                const float *row = w + (n + r) * K;
+                float s = avx2_hsum(_mm256_add_ps(acc[m][r], acc2[m][r]));
+                for (int64_t k = K16; k < K; k++) s += row[k] * x[m * K + k];
+                y[m * N + n + r] = accumulate ? y[m * N + n + r] + s : s;
+            }
     }
+}
+
+/* rows [n0, n1): R at a time, the last few one by one (each row is summed the same way in both) */
+AVX2_FN void avx2_gemv_rows(const float *w, const float *x, float *y, const int M, const int R, int64_t N, int64_t K,
+                            int64_t n0, int64_t n1, int accumulate) {
+    const int64_t whole = n0 + (n1 - n0) / R * R;
+    avx2_gemv_m(w, x, y, M, R, N, K, n0, whole, accumulate);
+    avx2_gemv_m(w, x, y, M, 1, N, K, whole, n1, accumulate);
 }
 
 __attribute__((target("avx2,fma,f16c"))) static void gemv_avx2(const float *w, const float *x, float *y, int64_t M,
                                                                int64_t N, int64_t K, int64_t n0, int64_t n1,
                                                                int accumulate) {
     switch (M) { /* one specialised copy per M */
-    case 1: avx2_gemv_m(w, x, y, 1, N, K, n0, n1, accumulate); break;
-    case 2: avx2_gemv_m(w, x, y, 2, N, K, n0, n1, accumulate); break;
-    case 3: avx2_gemv_m(w, x, y, 3, N, K, n0, n1, accumulate); break;
-    case 4: avx2_gemv_m(w, x, y, 4, N, K, n0, n1, accumulate); break;
-    case 5: avx2_gemv_m(w, x, y, 5, N, K, n0, n1, accumulate); break;
-    case 6: avx2_gemv_m(w, x, y, 6, N, K, n0, n1, accumulate); break;
-    case 7: avx2_gemv_m(w, x, y, 7, N, K, n0, n1, accumulate); break;
-    default: avx2_gemv_m(w, x, y, 8, N, K, n0, n1, accumulate); break;
+    case 1: avx2_gemv_rows(w, x, y, 1, 4, N, K, n0, n1, accumulate); break;
+    case 2: avx2_gemv_rows(w, x, y, 2, 2, N, K, n0, n1, accumulate); break;
+    case 3: avx2_gemv_m(w, x, y, 3, 1, N, K, n0, n1, accumulate); break;
+    case 4: avx2_gemv_m(w, x, y, 4, 1, N, K, n0, n1, accumulate); break;
+    case 5: avx2_gemv_m(w, x, y, 5, 1, N, K, n0, n1, accumulate); break;
+    case 6: avx2_gemv_m(w, x, y, 6, 1, N, K, n0, n1, accumulate); break;
+    case 7: avx2_gemv_m(w, x, y, 7, 1, N, K, n0, n1, accumulate); break;
+    default: avx2_gemv_m(w, x, y, 8, 1, N, K, n0, n1, accumulate); break;
     }
 }
 #endif
