@@ -9,7 +9,7 @@
 # It writes
 #   device/golden/            copy of $SHARED/golden (the golden sets; tests import weights.py from it)
 #   device/pytorch_flow.py    copy of $SHARED/bench/pytorch_flow.py (the PyTorch baseline)
-#   device/wheels/            wheels of what tgllava needs and the GPU image lacks: only scipy-openblas32
+#   device/wheels/            wheels of what tgllava needs and the GPU image lacks: scipy-openblas32, and setuptools + wheel
 #                             (build and run time: OpenBLAS for the CPU backend).  The image already has
 #                             python 3.12, numpy, torch, pytest, pillow, tqdm, tokenizers, sentencepiece,
 #                             regex (see the device tool's KINDS.md), so nothing else is carried.
@@ -46,6 +46,10 @@ mkdir -p "$DEV/wheels"
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$DEV/wheels" "$spec" \
     || die "pip download $spec failed"
+# setuptools and wheel (pure Python): the install builds without isolation, and the GPU image's Python may
+# have neither (a 3.12 venv has no setuptools; setuptools before 70.1 needs wheel for bdist_wheel)
+"$PY" -m pip download -q --no-deps --only-binary=:all: -d "$DEV/wheels" setuptools wheel \
+    || die "pip download setuptools wheel failed"
 n=$(ls "$DEV"/wheels/scipy_openblas32-*.whl 2>/dev/null | wc -l)
 [ "$n" -eq 1 ] || die "expected one scipy_openblas32 wheel in device/wheels, found $n"
 # its own requirements (none expected): each would have to be carried too
