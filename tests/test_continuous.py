@@ -25,6 +25,16 @@ def _mixed_requests(name, n):
     return out
 
 
+def _in_two_threads(work):
+    """work(0) and work(1) in two threads at once; returns when both are done."""
+    import threading
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _single(m, r, **kw):
     one = {k: v for k, v in r.items() if k != "max_new_tokens"}
     return m.generate(**one, max_new_tokens=r["max_new_tokens"], eos_token_id=[], **kw)
@@ -153,7 +163,6 @@ def test_an_unfinished_iterator_frees_its_scheduler():
 
 def test_batches_from_two_threads_interleave_and_stay_exact():
     """Each generate_batch has its own scheduler and cache; their decode steps interleave on the model's lock."""
-    import threading
     m = model("llava15-tiny")
     jobs = [[dict(input_ids=[1, 2 + i + 10 * k, 9], max_new_tokens=3 + i) for i in range(4)] for k in range(2)]
     want = [m.generate_batch(reqs, eos_token_id=[], max_batch=2) for reqs in jobs]
@@ -165,11 +174,7 @@ def test_batches_from_two_threads_interleave_and_stay_exact():
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_two_threads(work)
     assert not errors and got == want
 
 
@@ -198,11 +203,7 @@ def test_two_threads_stepping_one_scheduler_each_get_their_own_events():
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _in_two_threads(work)
         s.close()
         assert not errors
         steps = got[0] + got[1]

@@ -120,6 +120,17 @@ def test_rank_without_world_size_is_refused():
     assert tuple(detect_shard("0/1", environ={"RANK": "1"}))[:2] == (0, 1)  # an explicit shard wins
 
 
+def _record_loads(monkeypatch):
+    """tgllava.load replaced by a fake that records the paths it was asked for (the list returned)."""
+    loaded = []
+
+    def fake_load(path, **kw):
+        loaded.append(path)
+        return FakeModel()
+    monkeypatch.setattr(tgllava, "load", fake_load, raising=False)
+    return loaded
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "-3"], "--batch-size"),
@@ -130,12 +141,7 @@ def test_rank_without_world_size_is_refused():
 ])
 def test_eval_cli_checks_arguments_before_loading_the_model(tmp_path, monkeypatch, capsys, extra, message):
     data = _mmbench(tmp_path)
-    loaded = []
-
-    def fake_load(path, **kw):
-        loaded.append(path)
-        return FakeModel()
-    monkeypatch.setattr(tgllava, "load", fake_load, raising=False)
+    loaded = _record_loads(monkeypatch)
     monkeypatch.setenv("LMUData", str(tmp_path))
     parser = argparse.ArgumentParser(prog="tgllava")
     ev.add_subparser(parser.add_subparsers())
@@ -163,12 +169,7 @@ def _without_openpyxl(monkeypatch):
 def test_xlsx_without_openpyxl_fails_before_loading_the_model(tmp_path, monkeypatch, capsys, how):
     """issue 21 item 18: not after the whole inference."""
     data = _mmbench(tmp_path)
-    loaded = []
-
-    def fake_load(path, **kw):
-        loaded.append(path)
-        return FakeModel()
-    monkeypatch.setattr(tgllava, "load", fake_load, raising=False)
+    loaded = _record_loads(monkeypatch)
     _without_openpyxl(monkeypatch)
     extra = ["--pred-format", "xlsx"] if how == "option" else []
     if how == "environment":

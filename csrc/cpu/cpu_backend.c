@@ -3,9 +3,8 @@
  * Matrix products go through OpenBLAS cblas_sgemm (from the scipy-openblas32
  * wheel, symbols prefixed scipy_); everything else is C11 loops parallelised
  * with OpenMP.  Weights may be stored compact (float16, bfloat16, int8/int4
- * blocks: quant.c): products of few rows (decoding) stream them through the
- * GEMV of quant.c; larger products dequantise panels of rows into float32 and
- * hand them to sgemm.  Memory is ordinary host memory, so to_device/to_host are
+ * blocks: quant.c), whose products are matmul.c's kernels for every M; float32
+ * products of few rows (decoding) use the GEMV of quant.c, larger ones sgemm.  Memory is ordinary host memory, so to_device/to_host are
  * memcpy.  Attention is computed per (batch, head) in blocks of query rows:
  * a (block x Tk) score slab, never the whole (Tq x Tk) matrix, plus a direct
  * path for the few-query case of decoding.  This backend is also the
@@ -44,8 +43,8 @@ double tg_cpu_gemm_seconds(int reset) {
 typedef struct {
     float *scratch; /* score slabs, grows on demand */
     size_t scratch_len;
-    float *panel; /* activations of a compact-weight product in the weight's precision (matmul.c) */
-    size_t panel_len;
+    float *acts; /* activations of a compact-weight product in the weight's precision (matmul.c) */
+    size_t acts_len;
 } cpu_impl;
 
 static int fail(tg_backend *be, const char *msg) {
@@ -165,7 +164,7 @@ static int product(tg_backend *be, const float *x, const tg_weight *w, float *y,
     if (w->dtype != TG_F32) {
         cpu_impl *im = be->impl;
         const size_t bytes = tg_matmul_scratch_bytes(w->dtype, M, K);
-        float *buf = grow(&im->panel, &im->panel_len, bytes / sizeof(float) + 1);
+        float *buf = grow(&im->acts, &im->acts_len, bytes / sizeof(float) + 1);
         if (!buf) return fail(be, "linear: out of memory for the activations");
         tg_matmul(w->dtype, w->data, x, y, M, N, K, accumulate, buf);
     } else if (M <= TG_CPU_EXACT_ROWS) {
@@ -485,7 +484,7 @@ static void cpu_destroy(tg_backend *be) {
     cpu_impl *im = be->impl;
     if (im) {
         free(im->scratch);
-        free(im->panel);
+        free(im->acts);
     }
     free(im);
     free(be);

@@ -47,7 +47,6 @@
 #define PAR_MIN 32768     /* below this many weights times rows a product runs on one thread */
 #define F16_MAX 65504.0f
 
-#define GROUP_BYTES(dtype) ((dtype) == TG_Q8 ? 16 + 8 * TG_QBLOCK : 16 + 4 * TG_QBLOCK) /* one group block */
 
 /* ---- activations in the weight's precision ---- */
 
@@ -69,7 +68,6 @@ static inline float round_f16(float x) {
     x = x > F16_MAX ? F16_MAX : x < -F16_MAX ? -F16_MAX : x; /* NaN passes through */
     return tg_half_to_float(tg_float_to_half(x));
 }
-static inline int32_t round_even(float x) { return (int32_t)((x + 12582912.0f) - 12582912.0f); }
 
 /* one block of 32 activations -> d and q (q8_0's rule); returns d (NaN when a value is not finite) */
 static float quantize_x(const float *v, int32_t *q) {
@@ -80,13 +78,13 @@ static float quantize_x(const float *v, int32_t *q) {
     }
     const float d = amax / 127.0f + probe, id = d > 0.0f ? 1.0f / d : 0.0f;
     for (int j = 0; j < TG_QBLOCK; j++) {
-        const int32_t t = d > 0.0f ? round_even(v[j] * id) : 0; /* |v * id| <= 127 + rounding */
+        const int32_t t = d > 0.0f ? tg_round_even(v[j] * id) : 0; /* |v * id| <= 127 + rounding */
         q[j] = t > 127 ? 127 : t < -127 ? -127 : t;
     }
     return d;
 }
 
-void tg_quantize_x(int dtype, const float *v, void *out) {
+static void quantize_xblock(int dtype, const float *v, void *out) {
     int32_t q[TG_QBLOCK], sum = 0;
     const float d = quantize_x(v, q);
     if (dtype == TG_Q8) {
@@ -110,7 +108,7 @@ static void prepare_portable(int dtype, const float *x, void *dst, int64_t M, in
 #pragma omp parallel for schedule(static) if (M * K > PAR_MIN)
         for (int64_t m = 0; m < M; m++)
             for (int64_t b = 0; b < nb; b++)
-                tg_quantize_x(dtype, x + m * K + b * TG_QBLOCK,
+                quantize_xblock(dtype, x + m * K + b * TG_QBLOCK,
                               dtype == TG_Q8 ? (void *)((tg_xq8 *)dst + m * nb + b) : (void *)((tg_xq4 *)dst + m * nb + b));
         return;
     }
@@ -128,7 +126,7 @@ static void prepare_portable(int dtype, const float *x, void *dst, int64_t M, in
 
 /* ---- portable kernels: the same lanes and order, in plain C ---- */
 
-static inline float lanes_sum(const float *a) { /* the pairwise order of avx2_hsum */
+static inline float lanes_sum(const float *a) { /* the pairwise order of tg_avx2_hsum */
     const float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
     return (s0 + s2) + (s1 + s3);
 }
@@ -149,7 +147,7 @@ static float dot16_portable(int dtype, const float *x, const uint16_t *w, int64_
 
 /* element (m, n) of a block-format product: one float32 sum, fma(block integer sum, d_w * d_x) per block */
 static float dotq_portable(int dtype, const void *x, const uint8_t *w, int64_t n, int64_t nb) {
-    const size_t gb = GROUP_BYTES(dtype);
+    const size_t gb = TG_GROUP_BYTES(dtype);
     const int c = (int)(n % 8);
     const uint8_t *g = w + (size_t)(n / 8) * (size_t)nb * gb;
     float acc = 0.0f;
@@ -197,15 +195,8 @@ static void cols_portable(int dtype, const void *w, const void *xp, float *y, in
 #define AVX2_INLINE static inline __attribute__((target("avx2,fma,f16c"), always_inline))
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 
-AVX2_INLINE float avx2_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 static AVX2_FN void prepare_avx2(int dtype, const float *x, void *dst, int64_t M, int64_t K) {
-    if (dtype == TG_Q8 || dtype == TG_Q4) { /* as tg_quantize_xblock, 32 values at a time */
+    if (dtype == TG_Q8 || dtype == TG_Q4) { /* as quantize_xblock, 32 values at a time */
         const int64_t nb = K / TG_QBLOCK;
         const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
 #pragma omp parallel for schedule(static) if (M * K > PAR_MIN)
@@ -221,7 +212,7 @@ static AVX2_FN void prepare_avx2(int dtype, const float *x, void *dst, int64_t M
                 __m128 h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
                 h = _mm_max_ps(h, _mm_movehl_ps(h, h));
                 h = _mm_max_ss(h, _mm_movehdup_ps(h));
-                const float d = _mm_cvtss_f32(h) / 127.0f + avx2_hsum(probe), id = d > 0.0f ? 1.0f / d : 0.0f;
+                const float d = _mm_cvtss_f32(h) / 127.0f + tg_avx2_hsum(probe), id = d > 0.0f ? 1.0f / d : 0.0f;
                 const __m256 idv = _mm256_set1_ps(id), lim = _mm256_set1_ps(127.0f);
                 __m256i qi[4];
                 for (int j = 0; j < 4; j++) {
@@ -334,7 +325,7 @@ AVX2_INLINE void tile16(const int bf, const float *x, int64_t Kp, const uint16_t
 
 /* rows [m0, m0 + MR) x columns [n0, n1) of a 16-bit product: NR columns at a time (single columns at the
  * end), features in blocks of KBLOCK when MR rows share the weights, so the block of x stays in L1 while
- * every column of the chunk uses it; then each element's 8 lanes are summed (avx2_hsum) into y */
+ * every column of the chunk uses it; then each element's 8 lanes are summed (tg_avx2_hsum) into y */
 #define KBLOCK 256
 AVX2_INLINE void strip16(const int bf, const float *xp, const uint16_t *w, float *y, int64_t N, int64_t K,
                          int64_t m0, int64_t n0, int64_t n1, const int MR, const int NR, int accumulate) {
@@ -350,7 +341,7 @@ AVX2_INLINE void strip16(const int bf, const float *xp, const uint16_t *w, float
     for (int m = 0; m < MR; m++)
         for (int64_t n = n0; n < n1; n++) {
             float *o = y + (m0 + m) * N + n;
-            const float v = avx2_hsum(state[m * CHUNK + (n - n0)]);
+            const float v = tg_avx2_hsum(state[m * CHUNK + (n - n0)]);
             *o = accumulate ? *o + v : v;
         }
 }
@@ -359,7 +350,7 @@ AVX2_INLINE void strip16(const int bf, const float *xp, const uint16_t *w, float
  * each column is one lane of acc[m][g]: acc = fma(integer block sum, d_w * d_x, acc), block after block */
 AVX2_INLINE void tile_groups(const int q4, const void *x, int64_t nb, const uint8_t *w, size_t gstride, float *y,
                              int64_t ldy, int64_t n0, int64_t ncols, const int MR, const int NG, int accumulate) {
-    const size_t gb = q4 ? GROUP_BYTES(TG_Q4) : GROUP_BYTES(TG_Q8);
+    const size_t gb = q4 ? TG_GROUP_BYTES(TG_Q4) : TG_GROUP_BYTES(TG_Q8);
     __m256 acc[4][4];
     for (int m = 0; m < MR; m++)
         for (int g = 0; g < NG; g++) acc[m][g] = _mm256_setzero_ps();
@@ -439,7 +430,7 @@ AVX2_INLINE void tile_groups(const int q4, const void *x, int64_t nb, const uint
 AVX2_INLINE void cols_groups(const int q4, const void *w, const void *xp, float *y, int64_t M, int64_t N, int64_t K,
                              int64_t n0, int64_t n1, int accumulate) {
     const int64_t nb = K / TG_QBLOCK;
-    const size_t gstride = (size_t)nb * (q4 ? GROUP_BYTES(TG_Q4) : GROUP_BYTES(TG_Q8)), xs = q4 ? sizeof(tg_xq4) : sizeof(tg_xq8);
+    const size_t gstride = (size_t)nb * (q4 ? TG_GROUP_BYTES(TG_Q4) : TG_GROUP_BYTES(TG_Q8)), xs = q4 ? sizeof(tg_xq4) : sizeof(tg_xq8);
     const uint8_t *wg = (const uint8_t *)w + (size_t)(n0 / 8) * gstride;
 #define GROUPS(MR, NG) tile_groups(q4, (const char *)xp + (size_t)(m0 * nb) * xs, nb, wg + (size_t)((n - n0) / 8) * gstride, \
                                    gstride, y + m0 * N, N, n, n1 - n, MR, NG, accumulate)

@@ -81,13 +81,10 @@ const char *tg_cpu_kernels(void) { return tg_cpu_avx2() ? "avx2" : "portable"; }
 
 /* ---- storage (load time) ---- */
 
-/* round to nearest even for |x| < 2^22 without a libm call (the adds are not reassociated: no -ffast-math) */
-static inline int32_t round_even(float x) { return (int32_t)((x + 12582912.0f) - 12582912.0f); }
 
 /* the group block of (row, block b) in a block-format weight, and the row's slot c in it */
 static inline uint8_t *group_block(int dtype, void *base, int64_t row, int64_t b, int64_t cols) {
-    const size_t gb = 8 * (tg_cpu_row_bytes(dtype, cols) / (size_t)(cols / TG_QBLOCK)); /* bytes per group block */
-    return (uint8_t *)base + ((size_t)(row / 8) * (size_t)(cols / TG_QBLOCK) + (size_t)b) * gb;
+    return (uint8_t *)base + ((size_t)(row / 8) * (size_t)(cols / TG_QBLOCK) + (size_t)b) * TG_GROUP_BYTES(dtype);
 }
 
 /* quantise 32 values to one block: q (int8: -127..127, int4: 0..15) and its float16 scale; returns 1 when
@@ -104,7 +101,7 @@ static int quantize_block(int dtype, const float *v, int8_t *q, uint16_t *d_out)
     *d_out = tg_float_to_half(scale);
     const float d = tg_half_to_float(*d_out), id = d != 0.0f ? 1.0f / d : 0.0f;
     for (int j = 0; j < TG_QBLOCK; j++) {
-        int32_t t = round_even(v[j] * id); /* |v * id| <= 127 (int8) or 8 (int4) + rounding */
+        int32_t t = tg_round_even(v[j] * id); /* |v * id| <= 127 (int8) or 8 (int4) + rounding */
         if (dtype == TG_Q8) q[j] = (int8_t)(t > 127 ? 127 : t < -127 ? -127 : t);
         else q[j] = (int8_t)(t + 8 > 15 ? 15 : t + 8 < 0 ? 0 : t + 8);
     }
@@ -224,13 +221,6 @@ static void gemv_portable(const float *w, const float *x, float *y, int64_t M, i
 #ifdef TG_X86
 #define AVX2_FN static inline __attribute__((target("avx2,fma,f16c"), always_inline))
 
-AVX2_FN float avx2_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* rows [n0, n1) for a compile-time M and R (the loops unroll).  Even and odd 8-feature steps go to two
  * accumulators, so the sum's latency does not set the pace of a single row; every M sums in the same
  * order, so a row of a batch gets bitwise the result it gets alone */
@@ -254,7 +244,7 @@ AVX2_FN void avx2_gemv_m(const float *w, const float *x, float *y, const int M, 
         for (int m = 0; m < M; m++)
             for (int r = 0; r < R; r++) {
                 const float *row = w + (n + r) * K;
-                float s = avx2_hsum(_mm256_add_ps(acc[m][r], acc2[m][r]));
+                float s = tg_avx2_hsum(_mm256_add_ps(acc[m][r], acc2[m][r]));
                 for (int64_t k = K16; k < K; k++) s += row[k] * x[m * K + k];
                 y[m * N + n + r] = accumulate ? y[m * N + n + r] + s : s;
             }

@@ -5,6 +5,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
+
+/* bytes of one group block of a block-format weight: 8 float16 scales, then the 8 rows' 32 features (quant.c) */
+#define TG_GROUP_BYTES(dtype) ((dtype) == TG_Q8 ? 16 + 8 * TG_QBLOCK : 16 + 4 * TG_QBLOCK)
+
+/* round to nearest even for |x| < 2^22 without a libm call (the adds are not reassociated: no -ffast-math) */
+static inline int32_t tg_round_even(float x) { return (int32_t)((x + 12582912.0f) - 12582912.0f); }
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+/* the sum of 8 lanes in one fixed pairwise order ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) */
+static inline __attribute__((target("avx2,fma,f16c"), always_inline)) float tg_avx2_hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
 /* bytes of a (rows, cols) weight in dtype (block formats: whole groups of 8 rows, quant.c) */
 size_t tg_cpu_weight_bytes(int dtype, int64_t rows, int64_t cols);
 /* Store rows [row0, row0 + n) of a (?, cols) weight at base from float32 (n, cols); returns how many values
@@ -32,8 +51,6 @@ typedef struct {
     int32_t corr;
     int8_t q[32];
 } tg_xq4;
-/* one block of 32 activations for a product with dtype (TG_Q8: a tg_xq8, TG_Q4: a tg_xq4) */
-void tg_quantize_x(int dtype, const float *x, void *out);
 /* scratch bytes tg_matmul needs for x (M, K) in dtype's activation precision */
 size_t tg_matmul_scratch_bytes(int dtype, int64_t M, int64_t K);
 /* y (M, N) (+)= x (M, K) @ w^T for w stored (N, K) in F16, BF16, Q8 or Q4, any M, with the activation rule of
