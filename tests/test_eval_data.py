@@ -9,7 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from tgllava.errors import TgError
-from tgllava.eval.data import dataset_rules, is_circular, load_dataset, parse_list_cell
+from tgllava.eval.benchmarks import find_benchmark, is_circular
+from tgllava.eval.data import load_dataset, parse_list_cell
 from tgllava.eval.errors import DatasetError
 from tgllava.eval.tables import read_table, render_tsv_columns, write_table
 from tgllava.eval.testing import png_b64, write_tsv
@@ -84,6 +85,11 @@ def test_image_path_datasets(tmp_path):
     bad = load_dataset(write_tsv(str(tmp_path / "Bad.tsv"), [
         dict(index=0, image_path="nope.png", question="q", answer="a")]))
     assert bad.image_keys == [None] and "nope.png" in bad.row_errors[0]
+
+
+def dataset_rules(name, columns=(), rows=()):
+    bench = find_benchmark(name, columns, rows)
+    return bench.kind, bench.scorer
 
 
 def test_dataset_kinds_by_name_then_columns():

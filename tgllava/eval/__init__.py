@@ -13,8 +13,9 @@ over processes, GPUs and nodes.
     tgllava.eval.score("MME", "work_dir/m/m_MME.xlsx")   # re-score any file
     tgllava.eval.merge("./work_dir", "m", "MMBench_DEV_EN")  # join shards
 
-Modules: data (dataset files, images, dataset kinds), prompts, extract
-(answer extraction), metrics (scores), judge (optional LLM judge),
+Modules: benchmarks (the table of dataset families: name rule, kind,
+prompt, answer budget, scoring), data (dataset files, images), prompts,
+extract (answer extraction), metrics (scores), judge (optional LLM judge),
 scoring (score files), runner (run, merge, resume), settings (what a
 checkpoint records, so a resume never mixes answers), shard (launchers),
 tables (TSV/XLSX/JSON without pandas), protocol (the model interface),

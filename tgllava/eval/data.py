@@ -25,10 +25,9 @@ share a key; the runner passes it to the model so the vision tower runs
 once per picture, keeps such rows in one shard and schedules them
 together.
 
-The kind of a dataset (MCQ, Y/N, VQA) and its prompt and scoring rules
-come from its name, as in VLMEvalKit's DATASET_TYPE and dataset classes;
-an unknown name falls back to the columns (options A and B -> MCQ; answers
-all Yes/No -> Y/N; otherwise VQA).
+A dataset's family - its kind (MCQ, Y/N, VQA), prompt, answer budget and
+scoring - is the record of benchmarks.py that its name (else its columns)
+selects, as VLMEvalKit's DATASET_TYPE and dataset classes do.
 """
 
 import ast
@@ -36,36 +35,10 @@ import base64
 import hashlib
 import io
 import os
-import re
 
+from .benchmarks import find_benchmark
 from .errors import DatasetError
 from .tables import read_table
-
-MCQ, YORN, VQA = "MCQ", "Y/N", "VQA"
-
-# (case-insensitive substring of the dataset name, kind, scorer), first match wins.
-# Scorer names are the evaluate() of the VLMEvalKit class that owns the set.
-_NAME_RULES = [
-    ("mmbench", MCQ, "mcq"), ("ccbench", MCQ, "mcq"), ("mmstar", MCQ, "mcq"),
-    ("mmmu", MCQ, "mcq"), ("ai2d", MCQ, "mcq"), ("scienceqa", MCQ, "mcq"),
-    ("seedbench", MCQ, "mcq"), ("realworldqa", MCQ, "mcq"), ("a-okvqa", MCQ, "mcq"),
-    ("mmt-bench", MCQ, "mcq"), ("blink", MCQ, "mcq"), ("circular", MCQ, "mcq"),
-    ("hallusionbench", YORN, "hallusion"), ("pope", YORN, "pope"), ("amber", YORN, "amber"),
-    ("textvqa", VQA, "textvqa"), ("docvqa", VQA, "anls"), ("infovqa", VQA, "anls"),
-    ("chartqa", VQA, "chartqa"), ("ocrvqa", VQA, "ocrvqa"), ("gqa", VQA, "gqa"),
-    ("ocrbench", VQA, "ocrbench"), ("mathvista", VQA, "mathvista"),
-    ("llavabench", VQA, "llavabench"), ("mmvet", VQA, "mmvet"), ("mm-vet", VQA, "mmvet"),
-]
-_MME_RE = re.compile(r"^mme($|[^a-z])", re.IGNORECASE)  # MME, MME_mini; not MMERealWorld
-
-# VQA sets whose VLMEvalKit class is ImageVQADataset: the prompt gets the
-# short-answer instruction.  OCRBench, MathVista, LLaVABench, MMVet and
-# unknown sets use the bare question (ImageBaseDataset.build_prompt).
-_SHORT_ANSWER_SCORERS = frozenset(["textvqa", "anls", "chartqa", "ocrvqa", "gqa"])
-# Open-ended sets whose answers are long: they get a larger token budget.
-_LONG_ANSWER_SCORERS = frozenset(["mathvista", "llavabench", "mmvet"])
-
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def lmu_data_root():
@@ -94,33 +67,6 @@ def resolve_dataset_path(data):
         "(set $LMUData or pass the path of the TSV)")
 
 
-def dataset_rules(name, columns=(), rows=()):
-    """(kind, scorer) for a dataset, by name like VLMEvalKit, else by columns."""
-    if _MME_RE.match(name):
-        return YORN, "mme"
-    low = name.lower()
-    for sub, kind, scorer in _NAME_RULES:
-        if sub in low:
-            return kind, scorer
-    if "A" in columns and "B" in columns:
-        return MCQ, "mcq"
-    answers = [r.get("answer") for r in rows]
-    if answers and all(a in ("Yes", "No") for a in answers):
-        return YORN, "yorn"
-    return VQA, "vqa"
-
-
-def is_circular(name):
-    """MMBench-style circular evaluation, as VLMEvalKit decides it by name."""
-    low = name.lower()
-    return any(s in low for s in ("mmbench", "ccbench", "circular", "mmcr"))
-
-
-def option_letters(row):
-    """The option columns A..Z present and not missing in a row, in order."""
-    return [c for c in _LETTERS if row.get(c) is not None]
-
-
 def parse_list_cell(s):
     """VLMEvalKit's toliststr: '[...]' is a Python list literal, else one item."""
     if isinstance(s, str) and len(s) > 1 and s[0] == "[" and s[-1] == "]":
@@ -137,21 +83,20 @@ class Dataset:
     """One benchmark: rows, their images and the rules that apply to it.
 
     Attributes: `name`, `path`, `columns` (file order, with `image`),
-    `rows` (list of dicts, cells str or None), `kind` (MCQ, Y/N, VQA),
-    `scorer` (which VLMEvalKit evaluate() it follows), `image_keys` (one
+    `rows` (list of dicts, cells str or None), `benchmark` (its family in
+    benchmarks.py) with its `kind` (MCQ, Y/N, VQA) and `scorer` (which
+    VLMEvalKit evaluate() it follows), `image_keys` (one
     per row; None for a bad row), `row_errors` ({position: reason} of the
     rows whose picture is known to be unusable).  Images are decoded on
     demand by `images(row)`.
     """
 
-    def __init__(self, name, path, columns, rows, kind=None, scorer=None, meta_only=False):
+    def __init__(self, name, path, columns, rows, meta_only=False):
         self.name = name
         self.path = path
         self.columns = list(columns)
         self.rows = rows
-        auto_kind, auto_scorer = dataset_rules(name, self.columns, rows)
-        self.kind = kind or auto_kind
-        self.scorer = scorer or auto_scorer
+        self.benchmark = find_benchmark(name, self.columns, rows)
         self._by_index = {}
         for pos, row in enumerate(rows):
             idx = row.get("index")
@@ -173,6 +118,14 @@ class Dataset:
 
     def __len__(self):
         return len(self.rows)
+
+    @property
+    def kind(self):
+        return self.benchmark.kind
+
+    @property
+    def scorer(self):
+        return self.benchmark.scorer
 
     @property
     def has_images(self):
@@ -289,7 +242,7 @@ class Dataset:
         return len(self._list_cell(row, row["image_path"]))
 
 
-def load_dataset(data, kind=None, scorer=None):
+def load_dataset(data):
     """Load a dataset by name (under $LMUData) or path; return a Dataset.
 
     Rows without an image are dropped when the file has an `image` column
@@ -299,7 +252,7 @@ def load_dataset(data, kind=None, scorer=None):
     if isinstance(data, Dataset):
         return data
     name, path, columns, rows = _read_rows(data)
-    return Dataset(name, path, columns, rows, kind=kind, scorer=scorer)
+    return Dataset(name, path, columns, rows)
 
 
 def _read_rows(data):

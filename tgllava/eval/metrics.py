@@ -436,17 +436,6 @@ def vqa_match(row, method):
     raise ValueError(f"unknown VQA method {method}")
 
 
-VQA_METHODS = {
-    # scorer: (process_line method, hit rule)
-    "textvqa": ("vqa_score", "mean"),
-    "chartqa": ("relaxed_accuracy", "max"),
-    "ocrvqa": ("accuracy", "max"),
-    "gqa": ("accuracy", "mean"),
-    "anls": ("anls", "anls"),
-    "vqa": ("vqa_score", "mean"),
-}
-
-
 def vqa_hit(match, rule, anls_threshold=0.5):
     """hit_calculate for one row."""
     if rule == "anls":

@@ -25,14 +25,15 @@ Two styles wrap it into the LLM prompt:
   ``"USER: "``, ``" <image> "`` per picture (concat_tilist), the text and
   ``" ASSISTANT: "``.
 
-The TG-LLaVA text guide is the user text with ``<image>`` removed and
+Which rule a dataset gets is its family's `prompt` in benchmarks.py.  The
+TG-LLaVA text guide is the user text with ``<image>`` removed and
 stripped, as the authors' runner builds it (SPEC 1).
 """
 
 import re
 
-from .data import MCQ, VQA, YORN, option_letters
 from .errors import DatasetError
+from .extract import row_choices
 
 PROMPT_STYLES = ("llava", "vlmevalkit")
 
@@ -67,7 +68,7 @@ def mcq_text(row):
     hint = row.get("hint")
     if hint is not None:
         question = f"{hint}\n{question}"
-    letters = option_letters(row)
+    letters = list(row_choices(row))
     for k in letters:
         question += f"\n{k}. {row[k]}"
     if letters:
@@ -77,18 +78,24 @@ def mcq_text(row):
     return question
 
 
-def user_text(dataset, row):
-    """The instruction text for one row of a dataset (no image marker)."""
-    from .data import _SHORT_ANSWER_SCORERS
+def bare_question(row):
+    """The question as it is (ImageBaseDataset.build_prompt, ImageYORNDataset)."""
+    return _text(row.get("question"))
 
-    if dataset.kind == MCQ:
-        return mcq_text(row)
-    question = _text(row.get("question"))
-    if dataset.kind == YORN:
-        return question + YES_NO_SUFFIX if dataset.scorer == "amber" else question
-    if dataset.kind == VQA and dataset.scorer in _SHORT_ANSWER_SCORERS:
-        return question + SHORT_ANSWER_SUFFIX
-    return question
+
+def short_answer_text(row):
+    """ImageVQADataset's prompt: the question and the short-answer instruction."""
+    return _text(row.get("question")) + SHORT_ANSWER_SUFFIX
+
+
+def yes_no_text(row):
+    """AMBER's prompt: the question and the yes-or-no instruction."""
+    return _text(row.get("question")) + YES_NO_SUFFIX
+
+
+def user_text(dataset, row):
+    """The instruction text for one row of a dataset (no image marker): its family's prompt rule."""
+    return dataset.benchmark.prompt(row)
 
 
 def text_guide(text):

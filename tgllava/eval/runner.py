@@ -52,7 +52,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .adapter import as_eval_model
-from .data import MCQ, YORN, _LONG_ANSWER_SCORERS, load_dataset
+from .data import load_dataset
 from .errors import DatasetError, EvalError, ShardError
 from .prompts import PROMPT_STYLES, build_item_prompt, default_conv_mode
 from .judge import judge_name, make_judge
@@ -81,15 +81,6 @@ def model_name_of(model):
 
 def safe_name(name):
     return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name)) or "model"
-
-
-def default_max_new_tokens(dataset):
-    """Token budget by answer length: 1024 for long-form sets, 128 otherwise."""
-    if dataset.kind in (MCQ, YORN):
-        return 128
-    if dataset.scorer in _LONG_ANSWER_SCORERS:
-        return 1024
-    return 128 if dataset.scorer in ("textvqa", "gqa", "ocrvqa", "ocrbench", "chartqa", "anls") else 512
 
 
 def resolve_pred_format(fmt=None):
@@ -403,7 +394,7 @@ def run(model, data, work_dir="./work_dir", model_name=None, batch_size=8, limit
 
     if prompt_style == "llava" and conv_mode is None:
         conv_mode = default_conv_mode(model)
-    settings = run_settings(model, prompt_style, conv_mode, max_new_tokens or default_max_new_tokens(dataset),
+    settings = run_settings(model, prompt_style, conv_mode, max_new_tokens or dataset.benchmark.max_new_tokens,
                             use_fom, use_dp)
     positions = list(range(len(dataset)))[:limit]
     owner = partition([dataset.image_keys[p] for p in positions], info.world)
