@@ -13,6 +13,7 @@ import tgllava.eval as ev
 from tgllava.eval.errors import ShardError
 from tgllava.eval.runner import checkpoint_path
 from tgllava.eval.shard import detect_shard, parse_shard, partition, resolve_device
+from tgllava.eval.tables import read_table
 from tgllava.eval.testing import FakeModel, png_b64, write_tsv
 
 COLORS = [(i * 40 % 256, 100, 200 - i * 20) for i in range(6)]
@@ -47,13 +48,14 @@ def test_run_writes_predictions_and_scores(tmp_path):
     res = ev.run(model, data, work_dir=str(tmp_path / "wd"), batch_size=4, progress=False,
                  prompt_style="vlmevalkit")
     folder = tmp_path / "wd" / "fake"
-    assert _files(folder) == ["fake_MMBench_DEV_EN.tsv", "fake_MMBench_DEV_EN_acc.csv",
-                              "fake_MMBench_DEV_EN_exact_matching_result.tsv"]
-    # groups 0,1,2,3,5 right in every rotation, group 4 wrong: 5/6
-    assert res["headline"] == {"Overall": pytest.approx(500 / 6)}
-    lines = open(res["predictions"], encoding="utf-8").read().splitlines()
-    assert lines[0] == '"index"\t"question"\t"hint"\t"A"\t"B"\t"C"\t"D"\t"answer"\t"category"\t"split"\t"prediction"'
-    assert lines[1].endswith('"A"') and len(lines) == 17
+    # xlsx by default, as VLMEvalKit
+    assert _files(folder) == ["fake_MMBench_DEV_EN.xlsx", "fake_MMBench_DEV_EN_acc.csv",
+                              "fake_MMBench_DEV_EN_exact_matching_result.xlsx"]
+    # groups 0,1,2,3,5 right in every rotation, group 4 wrong: 5/6, as the _acc.csv holds it
+    assert res["headline"] == {"Overall": pytest.approx(5 / 6)}
+    columns, rows = read_table(res["predictions"])
+    assert columns == ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "split", "prediction"]
+    assert rows[0]["prediction"] == "A" and len(rows) == 16
     # every prompt has one image, rows of a picture were scheduled together
     keys = [it["image_key"] for it in model.items]
     assert len(keys) == 16 and len(set(keys)) == 6
@@ -98,7 +100,7 @@ def test_resume_after_a_kill(tmp_path):
     clean = tmp_path / "clean"
     ev.run(FakeModel(name="fake"), data, work_dir=str(clean), batch_size=5, progress=False,
            prompt_style="vlmevalkit")
-    assert filecmp.cmp(res["predictions"], clean / "fake" / "fake_MMBench_DEV_EN.tsv", shallow=False)
+    assert filecmp.cmp(res["predictions"], clean / "fake" / "fake_MMBench_DEV_EN.xlsx", shallow=False)
     # a finished run resumes to nothing and rewrites the same files
     again = FakeModel(name="fake")
     ev.run(again, data, work_dir=wd, batch_size=3, progress=False, prompt_style="vlmevalkit")
@@ -157,13 +159,13 @@ def test_two_shards_and_merge_equal_one_run(tmp_path):
     m0, m1 = FakeModel(name="fake"), FakeModel(name="fake")
     r0 = ev.run(m0, data, work_dir=str(two), batch_size=4, progress=False, prompt_style="vlmevalkit", shard=(0, 2))
     assert r0 == {"dataset": "MMBench_DEV_EN", "shard": [0, 2], "rows": len(m0.items), "merged": False, "failed": []}
-    assert not os.path.exists(two / "fake" / "fake_MMBench_DEV_EN.tsv")
+    assert not os.path.exists(two / "fake" / "fake_MMBench_DEV_EN.xlsx")
     # the second shard comes from a launcher's environment and, being last, merges
     r1 = ev.run(m1, data, work_dir=str(two), batch_size=4, progress=False, prompt_style="vlmevalkit",
                 environ={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
     assert len(m0.items) + len(m1.items) == 16 and m0.items and m1.items
     assert not {it["image_key"] for it in m0.items} & {it["image_key"] for it in m1.items}
-    assert r1["headline"] == {"Overall": pytest.approx(500 / 6)}
+    assert r1["headline"] == {"Overall": pytest.approx(5 / 6)}
     names = _files(one / "fake")
     assert _files(two / "fake") == names
     match, mismatch, errors = filecmp.cmpfiles(one / "fake", two / "fake", names, shallow=False)
@@ -297,10 +299,10 @@ def test_cli_scores_a_predictions_file(tmp_path, capsys):
     out = tmp_path / "rescored"
     assert ev.main(["--data", data, "--predictions", res["predictions"], "--work-dir", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "MMBench_DEV_EN" in text and "83.33" in text
+    assert "MMBench_DEV_EN" in text and "0.833333" in text
     assert filecmp.cmp(out / "fake_MMBench_DEV_EN_acc.csv",
                        tmp_path / "wd" / "fake" / "fake_MMBench_DEV_EN_acc.csv", shallow=False)
-    assert ev.main(["--predictions", res["predictions"]]) == 2
+    assert ev.main(["--predictions", res["predictions"]]) == 1
     assert "error" in capsys.readouterr().err
 
 
@@ -325,11 +327,11 @@ def test_cli_run_and_merge(tmp_path, monkeypatch, capsys):
         assert args.func(args) == 0
     assert [x[2] for x in loaded] == ["cuda:0", "cuda:1"]
     text = capsys.readouterr().out
-    assert "shard 0/2 done" in text and "83.33" in text
-    os.unlink(os.path.join(wd, "ckpt", "ckpt_MMBench_DEV_EN.tsv"))
+    assert "shard 0/2 done" in text and "0.833333" in text
+    os.unlink(os.path.join(wd, "ckpt", "ckpt_MMBench_DEV_EN.xlsx"))
     args = parser.parse_args(["eval", "--merge", "--model-name", "ckpt", "--data", data, "--work-dir", wd])
     assert args.func(args) == 0
-    assert os.path.exists(os.path.join(wd, "ckpt", "ckpt_MMBench_DEV_EN.tsv"))
+    assert os.path.exists(os.path.join(wd, "ckpt", "ckpt_MMBench_DEV_EN.xlsx"))
 
 
 # ---------------------------------------------------------------- the real model
@@ -483,9 +485,9 @@ def test_a_dataset_without_answers_is_inference_only(tmp_path, capsys, name):
     res = ev.run(FakeModel(name="fake"), data, work_dir=str(wd), progress=False, prompt_style="vlmevalkit")
     note = f"{name} has no answer column: inference only (as in VLMEvalKit), predictions written but not scored"
     assert res["headline"] == {} and res["scores"] == {} and res["files"] == [] and res["note"] == note
-    assert _files(wd / "fake") == [f"fake_{name}.tsv"]
-    lines = open(res["predictions"], encoding="utf-8").read().splitlines()
-    assert [line.split("\t")[-1] for line in lines] == ['"prediction"', '"A"', '"B"', '"A"', '"B"']
+    assert _files(wd / "fake") == [f"fake_{name}.xlsx"]
+    columns, rows = read_table(res["predictions"])
+    assert columns[-1] == "prediction" and [r["prediction"] for r in rows] == ["A", "B", "A", "B"]
     # scoring the file by hand says the same, and the command line prints it
     assert ev.score(data, res["predictions"])["note"] == note
     assert ev.main(["--data", data, "--predictions", res["predictions"]]) == 0

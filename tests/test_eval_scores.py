@@ -73,7 +73,11 @@ def test_mcq_accuracy_per_split_category_and_l2(tmp_path):
         '"split","Overall","L1","L2","catX","catY"\n'
         '"dev","0.6666666666666666","0.5","1.0","0.5","1.0"\n'
         '"test","0.3333333333333333","0.5","0.0","1.0","0.0"\n')
-    assert res["headline"] == {"Overall[dev]": pytest.approx(200 / 3), "Overall[test]": pytest.approx(100 / 3)}
+    # the headline and the printed table hold the csv's numbers, not percentages of them
+    assert res["headline"] == {"Overall[dev]": 0.6666666666666666, "Overall[test]": 0.3333333333333333}
+    summary = format_summary([res]).splitlines()
+    assert "value (as in the score csv)" in summary[0]
+    assert summary[2].split() == ["ScienceQA_VAL", "Overall[dev]", "0.666667", "exact_matching"]
     cols, rec = read_table(str(out / "m_ScienceQA_VAL_exact_matching_result.tsv"))
     assert cols[-2:] == ["hit", "log"] and [r["hit"] for r in rec] == ["1", "0", "1", "0", "1", "0"]
 

@@ -9,7 +9,7 @@ over processes, GPUs and nodes.
     import tgllava, tgllava.eval
     model = tgllava.load("path/to/tg-llava-7b", device="cuda")
     result = tgllava.eval.run(model, "MMBench_DEV_EN", batch_size=16)
-    result["headline"]                     # {'Overall': 66.2}
+    result["headline"]                     # {'Overall': 0.662}, as in the _acc.csv
     tgllava.eval.score("MME", "work_dir/m/m_MME.xlsx")   # re-score any file
     tgllava.eval.merge("./work_dir", "m", "MMBench_DEV_EN")  # join shards
 

@@ -105,7 +105,7 @@ def score_mcq(job):
     job.table("_acc", cols, table)
     for r in table:
         key = "Overall" if len(table) == 1 else f"Overall[{r['split']}]"
-        job.headline[key] = r["Overall"] * 100
+        job.headline[key] = r["Overall"]
 
 
 # ------------------------------------------------------------------ yes / no

@@ -1,20 +1,9 @@
 """The `tgllava eval` command line.
 
-tgllava/cli.py registers the subcommand with `add_subparser(subparsers)`
-and calls `run_cli(args)`; `main(argv)` runs it on its own
-(``python -m tgllava.eval ...``).  Three modes:
-
-    tgllava eval --model DIR --data NAME_OR_TSV [--data ...] [options]   # run and score
-    tgllava eval --data NAME_OR_TSV --predictions FILE [--judge ...]     # score a file
-    tgllava eval --merge --model-name NAME --data NAME_OR_TSV            # join shards
-
-Under torchrun, srun or mpirun each process evaluates its shard on
-``cuda:<local rank>`` (with --device cuda) and the last one to finish
-writes the merged files; ``--shard i/n`` does the same by hand.
-
-Exit status: 0 when every row was answered, 1 when some rows failed (bad
-rows: each is listed with its reason, counted in the summary, and retried
-by the next run), 2 on an error (nothing is scored).
+tgllava/cli.py registers it with `add_subparser(subparsers)`, which makes
+`run_cli(args)` the subcommand's function; `main(argv)` runs it on its own
+(``python -m tgllava.eval ...``) through the same parser.  DESCRIPTION is
+what `tgllava eval --help` says.
 """
 
 import argparse
@@ -26,44 +15,88 @@ from tgllava.errors import TgError
 from .prompts import PROMPT_STYLES
 from .tables import PRED_FORMATS
 
+DESCRIPTION = """\
+Run a TG-LLaVA or LLaVA-1.5 checkpoint on VLMEvalKit benchmarks and score the answers as
+VLMEvalKit does, or score a predictions file made elsewhere.
+
+examples:
+  tgllava eval --model LLM_DIR --clip CLIP_DIR --data MMBench_DEV_EN --data MME --batch-size 16
+  tgllava eval --data MMBench_DEV_EN --predictions work_dir/NAME/NAME_MMBench_DEV_EN.xlsx   (score a file again)
+  tgllava eval --model LLM_DIR --data MME --shard 0/2     (and --shard 1/2 on another GPU or machine)
+  tgllava eval --merge --model-name NAME --data MME       (join finished shards by hand)
+
+A dataset is a VLMEvalKit TSV: give its path, or its name to read NAME.tsv from $LMUData
+(default ~/LMUData).  Files go to WORK_DIR/MODEL_NAME/: the predictions MODEL_NAME_DATASET.xlsx,
+as VLMEvalKit writes them (--pred-format tsv or json for another format), and next to them
+VLMEvalKit's score files (*_acc.csv, *_score.csv, ...).  Answers are checkpointed as they come:
+rerun the same command after a crash or a kill and it goes on where it stopped.  Under torchrun,
+srun or mpirun each process evaluates its share of the rows (on cuda:LOCAL_RANK with --device
+cuda) and the last one to finish writes the merged files.
+
+The table printed at the end shows each score as the dataset's score csv holds it: multiple-choice
+accuracy from 0 to 1 (0.75 = 75 %), the other accuracies in percent, MME and OCRBench in points.
+
+exit status: 0 when every row was answered; 1 on an error or when some rows failed (a picture
+that cannot be read: each one is listed on stderr with its reason, and rerunning the command
+retries them).
+"""
+
 
 def add_arguments(p):
-    p.add_argument("--model", help="model folder (TG-LLaVA or LLaVA-1.5 checkpoint)")
-    p.add_argument("--clip", default=None, help="CLIP folder for the TG text tower, if not found next to the model")
+    p.add_argument("--model", metavar="DIR", help="checkpoint folder to evaluate (the LLM folder of a TG-LLaVA "
+                   "or LLaVA-1.5 checkpoint, or a llava-hf folder)")
+    p.add_argument("--clip", metavar="DIR", default=None,
+                   help="CLIP folder (default: the model config's mm_vision_tower, locally or in the HF cache)")
     p.add_argument("--data", action="append", default=[], metavar="NAME_OR_TSV",
-                   help="dataset name under $LMUData (default ~/LMUData) or a TSV path; repeatable")
+                   help="dataset: a name under $LMUData (default ~/LMUData) or a TSV path; repeat for several")
     p.add_argument("--predictions", default=None, metavar="FILE",
-                   help="score this predictions file (ours or VLMEvalKit's xlsx/tsv/json) instead of running")
-    p.add_argument("--merge", action="store_true", help="merge finished shards into the final files and score")
-    p.add_argument("--work-dir", default=None, help="output folder (default ./work_dir; with --predictions: "
-                   "next to the file)")
-    p.add_argument("--model-name", default=None, help="name used in output paths (default: the model folder's name)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="answers generated together (continuous batching: a finished one's slot goes to the next "
-                        "row at once); also how many answers are checkpointed at a time (default 8)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows of each dataset")
-    p.add_argument("--judge", default="exact_matching",
-                   help="exact_matching (default) or the URL of an OpenAI-compatible endpoint")
-    p.add_argument("--judge-model", default=None, help="model name for a URL judge (default gpt-4o-mini)")
-    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="llava")
-    p.add_argument("--conv-mode", default=None, help="chat template for --prompt-style llava")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
+                   help="score this predictions file (ours or VLMEvalKit's xlsx/tsv/json) instead of running a model")
+    p.add_argument("--merge", action="store_true",
+                   help="join the answers of finished shards (--shard or a launcher) into the final files and score")
+    p.add_argument("--work-dir", default=None, metavar="DIR", help="output folder (default ./work_dir; with "
+                   "--predictions: the file's folder)")
+    p.add_argument("--model-name", default=None, metavar="NAME",
+                   help="name in output paths, WORK_DIR/NAME/NAME_DATASET.xlsx (default: the model folder's name)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="answers generated together (a finished one's slot goes to the next row at once) and "
+                        "checkpointed at a time (default 8)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows of each dataset")
+    p.add_argument("--judge", default="exact_matching", metavar="URL",
+                   help="exact_matching (default: rules only, as VLMEvalKit without an API key) or the URL of an "
+                        "OpenAI-compatible endpoint to use as VLMEvalKit's judge (MathVista, MMVet and LLaVABench "
+                        "scores need one)")
+    p.add_argument("--judge-model", default=None, metavar="NAME", help="model name for a URL judge "
+                   "(default gpt-4o-mini)")
+    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="llava",
+                   help="how a row becomes a prompt: llava (default) = the checkpoint's chat template, as "
+                        "LLaVA's own evaluation; vlmevalkit = the prompt of VLMEvalKit's LLaVA wrapper")
+    p.add_argument("--conv-mode", default=None, metavar="NAME",
+                   help="chat template for --prompt-style llava: vicuna_v1, llava_v1, llava_v0, llama_3, qwen_2, "
+                        "plain (default: chosen from the model config)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
-                   help="weight storage (int8/int4: cpu only; default: the rule of tgllava.load)")
-    p.add_argument("--shard", default=None, metavar="I/N", help="run part I (from 0) of N")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--no-fom", action="store_true", help="switch TG-FOM off")
-    p.add_argument("--no-dp", action="store_true", help="switch TG-DP off")
+                   help="weight storage (int8/int4: cpu only; default: float32 on cpu up to 1.5 B parameters, the "
+                        "checkpoint's 16-bit dtype up to 4 B, int8 above; bfloat16 on cuda)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="evaluate part I (from 0) of N; run every part with the same --work-dir, and the last "
+                        "to finish writes the merged files (default: from torchrun, srun or mpirun, else 0/1)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="answer length limit (default: the dataset's: 128 for multiple-choice, yes/no and "
+                        "short-answer sets such as TextVQA or OCRBench, 1024 for MathVista, MMVet and LLaVABench, "
+                        "512 for other open questions)")
+    p.add_argument("--no-fom", action="store_true", help="switch TG-FOM off (ablation)")
+    p.add_argument("--no-dp", action="store_true", help="switch TG-DP off (ablation)")
     p.add_argument("--pred-format", choices=PRED_FORMATS, default=None,
-                   help="predictions file format (default $PRED_FORMAT or tsv)")
-    p.add_argument("--no-progress", action="store_true")
+                   help="format of the predictions and per-row score files (default: $PRED_FORMAT, else xlsx "
+                        "as VLMEvalKit)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 
 
 def add_subparser(subparsers):
     """Register `eval` on an argparse subparsers object; returns the parser."""
     p = subparsers.add_parser("eval", help="evaluate on VLMEvalKit benchmarks, or score predictions",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run_cli)
     return p
@@ -136,8 +169,10 @@ def run_cli(args):
                     max_new_tokens=args.max_new_tokens, pred_format=args.pred_format,
                     judge_model=args.judge_model))
     except (TgError, ValueError, OSError) as e:
+        if getattr(args, "debug", False):
+            raise
         print(f"tgllava eval: error: {e}", file=sys.stderr)
-        return 2
+        return 1
     scored = [r for r in results if "headline" in r]
     for r in results:
         if r.get("merged") is False:
@@ -160,7 +195,7 @@ def run_cli(args):
 
 
 def main(argv=None):
-    """Stand-alone entry: python -m tgllava.eval [args]."""
-    p = add_arguments(argparse.ArgumentParser(prog="tgllava eval", description=__doc__,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter))
-    return run_cli(p.parse_args(argv))
+    """Stand-alone entry, python -m tgllava.eval [args]: the same as `tgllava eval [args]`."""
+    from tgllava.cli import main as tgllava_main
+
+    return tgllava_main(["eval"] + list(sys.argv[1:] if argv is None else argv))

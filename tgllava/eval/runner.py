@@ -24,7 +24,8 @@
    recorded as failed, with the reason, and retried by the next run;
 4. when every row of the dataset has an answer or failed (in this
    process's checkpoint or, for shards, in all of them), write
-   ``<model>_<dataset>.<fmt>`` - the dataset's columns but `image`, in the
+   ``<model>_<dataset>.<fmt>`` (xlsx as VLMEvalKit's, unless `pred_format` or
+   $PRED_FORMAT asks for tsv or json) - the dataset's columns but `image`, in the
    dataset's order, plus `prediction` (empty for a failed row) - and score
    it (scoring.py), unless rows failed (the result lists them and says why
    there is no score) or the dataset has no `answer` column (inference
@@ -84,11 +85,12 @@ def safe_name(name):
 
 
 def resolve_pred_format(fmt=None):
-    """tsv (default), xlsx or json; $PRED_FORMAT as in VLMEvalKit when not given.
+    """xlsx (default, as VLMEvalKit's), tsv or json; $PRED_FORMAT as in VLMEvalKit when not given.
 
-    Checked before any work: xlsx without openpyxl is a DatasetError here, not after the inference.
+    Checked before any work: xlsx without openpyxl (a broken install) is a DatasetError here, not after
+    the inference.
     """
-    fmt = (fmt or os.environ.get("PRED_FORMAT") or "tsv").lower()
+    fmt = (fmt or os.environ.get("PRED_FORMAT") or "xlsx").lower()
     if fmt not in PRED_FORMATS:
         raise ValueError(f"prediction format {fmt!r}: expected one of {', '.join(PRED_FORMATS)}")
     check_format_available(fmt)

@@ -24,7 +24,9 @@ without one they get exact-match scores, and the result says so
 (``exact_matching: True`` and a note).
 
 The result is a dict: dataset, kind, scorer, judge, exact_matching, note,
-headline (the numbers people quote, in percent or OCRBench points), scores
+headline (the numbers people quote, each as its score csv holds it:
+multiple-choice accuracy from 0 to 1, the other accuracies in percent, MME
+and OCRBench in points), scores
 (every cell of the score tables, flattened), files (paths written).
 
 A dataset without an `answer` column (LLaVABench: nor `gpt4_ans`; a test
@@ -175,7 +177,7 @@ def unscored_result(name, kind, scorer, judge_label, note):
 # ------------------------------------------------------------------ summary
 
 def format_summary(results):
-    """A plain-text table of the headline numbers of several results."""
+    """A plain-text table of the headline numbers of several results, as their score csv files hold them."""
     lines = []
     for res in results:
         judge = res.get("judge", "")
@@ -186,7 +188,7 @@ def format_summary(results):
             lines.append((res["dataset"], "failed rows", str(len(res["failed"])), judge))
         for metric, value in (res.get("headline") or {}).items():
             lines.append((res["dataset"], metric, _fmt(value), judge + tag))
-    header = ("dataset", "metric", "value", "judge")
+    header = ("dataset", "metric", "value (as in the score csv)", "judge")
     widths = [max(len(str(x[i])) for x in lines + [header]) for i in range(4)]
 
     def row(cells):
@@ -199,5 +201,5 @@ def format_summary(results):
 
 def _fmt(v):
     if isinstance(v, float):
-        return f"{v:.2f}"
+        return f"{v:.6g}"  # the csv's number to 6 significant digits
     return str(v)

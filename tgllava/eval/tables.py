@@ -16,16 +16,19 @@ is not always the text in the file:
 This module reproduces those rules (`render_tsv_columns`, `render_typed`)
 and hands the rest of the package plain rows: ``dict`` column -> ``str`` or
 ``None`` (missing).  Writers use QUOTE_ALL TSV/CSV with ``\\n`` line ends
-(what pandas writes on Linux), XLSX through openpyxl when it is installed
-(optional: a clear error otherwise) and JSON as a list of records.
+(what pandas writes on Linux), XLSX through openpyxl (a dependency; a clear
+error if it is missing all the same) with every time stamp fixed, so that one
+table is always the same bytes, and JSON as a list of records.
 """
 
 import csv
+import io
 import json
 import math
 import os
 import re
 import sys
+import zipfile
 
 from .errors import DatasetError
 
@@ -42,7 +45,7 @@ _INT_RE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
 _FLOAT_RE = re.compile(r"^\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity)\s*$", re.IGNORECASE)
 _INT_MIN, _UINT_MAX = -(2 ** 63), 2 ** 64 - 1
 
-PRED_FORMATS = ("tsv", "xlsx", "json")
+PRED_FORMATS = ("xlsx", "tsv", "json")  # the first is the default
 
 
 def _raise_field_limit():
@@ -262,8 +265,8 @@ def _openpyxl():
         import openpyxl
     except ImportError:
         raise DatasetError(
-            "reading or writing .xlsx files needs openpyxl (pip install openpyxl); "
-            "use the tsv or json format otherwise") from None
+            "reading or writing .xlsx files needs openpyxl, a dependency of tgllava that is not installed "
+            "(pip install openpyxl); or use the tsv or json format (--pred-format tsv)") from None
     return openpyxl
 
 
@@ -340,10 +343,12 @@ def write_delimited(path, columns, rows, delimiter="\t"):
 
 
 _XLSX_ILLEGAL = re.compile(r"[\000-\010]|[\013-\014]|[\016-\037]")
+_XLSX_TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")  # docProps/core.xml's created, modified
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def write_xlsx(path, columns, rows):
-    """Write an .xlsx table (text cells, never formulas); needs openpyxl."""
+    """Write an .xlsx table (text cells, never formulas), the same bytes for the same table; needs openpyxl."""
     openpyxl = _openpyxl()
     from openpyxl.cell import WriteOnlyCell
     wb = openpyxl.Workbook(write_only=True)
@@ -363,8 +368,15 @@ def write_xlsx(path, columns, rows):
     ws.append(cells(columns))
     for row in rows:
         ws.append(cells([row.get(c) for c in columns]))
+    saved = io.BytesIO()
+    wb.save(saved)
     tmp = f"{path}.tmp{os.getpid()}.xlsx"
-    wb.save(tmp)
+    with zipfile.ZipFile(saved) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():  # the same parts, their save times replaced by a fixed one
+            data = zin.read(info)
+            if info.filename == "docProps/core.xml":
+                data = _XLSX_TIME.sub(b"1980-01-01T00:00:00Z", data)
+            zout.writestr(zipfile.ZipInfo(info.filename, _FIXED_TIME), data, zipfile.ZIP_DEFLATED)
     os.replace(tmp, path)
 
 
