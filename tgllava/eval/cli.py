@@ -42,7 +42,10 @@ retries them).
 """
 
 
-def add_arguments(p):
+def add_subparser(subparsers):
+    """Register `eval` on an argparse subparsers object; returns the parser."""
+    p = subparsers.add_parser("eval", help="evaluate on VLMEvalKit benchmarks, or score predictions",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="DIR", help="checkpoint folder to evaluate (the LLM folder of a TG-LLaVA "
                    "or LLaVA-1.5 checkpoint, or a llava-hf folder)")
     p.add_argument("--clip", metavar="DIR", default=None,
@@ -90,14 +93,6 @@ def add_arguments(p):
                    help="format of the predictions and per-row score files (default: $PRED_FORMAT, else xlsx "
                         "as VLMEvalKit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return p
-
-
-def add_subparser(subparsers):
-    """Register `eval` on an argparse subparsers object; returns the parser."""
-    p = subparsers.add_parser("eval", help="evaluate on VLMEvalKit benchmarks, or score predictions",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
     p.set_defaults(func=run_cli)
     return p
 

@@ -139,10 +139,9 @@ def score(data, predictions_file, judge=None, work_dir=None, judge_model=None, i
     meta = _try_meta(data)
     name = _dataset_name(data, meta)
     bench = meta.benchmark if meta is not None else find_benchmark(name, columns, rows)
-    references = bench.references
-    if not any(c in (meta.columns if meta is not None else columns) for c in references):
+    if not any(c in (meta.columns if meta is not None else columns) for c in bench.references):
         return unscored_result(name, bench.kind, bench.scorer, judge_name(judge),
-                               f"{name} has no {' or '.join(references)} column: inference only (as in "
+                               f"{name} has no {' or '.join(bench.references)} column: inference only (as in "
                                "VLMEvalKit), predictions written but not scored")
     for r in rows:
         r["prediction"] = "nan" if r.get("prediction") is None else str(r["prediction"])
