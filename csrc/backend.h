@@ -110,6 +110,13 @@ struct tg_backend {
     int (*copy)(tg_backend *be, void *dst, const void *src, size_t bytes);
     int (*sync)(tg_backend *be);
 
+    /* What the backend stores and how its products treat rows (ggml's supports_op habit: model code asks
+     * the backend, never a backend's own functions).  row_bytes: bytes of one stored row of `cols` features
+     * in `dtype`, 0 when the backend cannot store dtype.  exact_rows: a `linear` with weights in dtype of at
+     * most this many rows gives every row the same bits as that row alone; 0 = of any number of rows. */
+    size_t (*row_bytes)(tg_backend *be, int dtype, int64_t cols);
+    int (*exact_rows)(tg_backend *be, int dtype);
+
     /* Weights are filled in slices so that a checkpoint is never expanded to float32 as a whole:
      * weight_alloc gives w (rows, cols) storage in `dtype` (a backend refuses a dtype it cannot store,
      * and the block formats need cols % TG_QBLOCK == 0); weight_write converts rows [row0, row0 + n)

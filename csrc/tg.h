@@ -51,6 +51,8 @@ void tg_error_set(int code);
 
 /* Temperatures below this sample greedily (x / T would overflow or pick the least likely tokens). */
 #define TG_MIN_TEMPERATURE 1e-5f
+#define TG_IMAGE_TOKEN (-200) /* the id that stands for the image's visual tokens in a sequence's ids */
+#define TG_MAX_BATCH 256      /* sequences of one tg_generate call, slots of one scheduler */
 /* Polled once per decode step; nonzero stops generate with TG_ERR_INTERRUPTED (Ctrl-C). */
 typedef int (*tg_interrupt_fn)(void *user);
 
@@ -131,20 +133,24 @@ int tg_visual_token_count(const tg_model *m, int use_dp, int n_latents);
 int tg_logits(tg_model *m, const tg_sequence *seq, int all_positions, float *logits, int *n_rows);
 int tg_spliced_length(const tg_model *m, const tg_sequence *seq);
 
-/* Generate for B sequences together; out_tokens (B, max_new_tokens), n_out (B);
- * last_logits (B, V): the logits each sequence's last token was sampled from. */
+/* Generate for B sequences together (a client of the scheduler below); out_tokens (B, max_new_tokens),
+ * n_out (B); last_logits (B, V): the logits each sequence's last token was sampled from.  The callback
+ * may stop a sequence; sp->interrupt is asked between prefill groups and between steps. */
 int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *sp, tg_token_callback cb, void *user,
                 int32_t *out_tokens, int *n_out, float *last_logits /* (B,V) or NULL */);
 
-/* Continuous batching (sched.c): a persistent generation state of `slots` KV-cache slots of `ctx`
- * positions (0: the context length) with its own cache.  admit() computes one sequence's visual
- * tokens and prefills it into a free slot, with its own sampling settings (interrupt not used);
- * step() gives every running sequence one event -- a new token and/or its end -- and advances the
- * running ones by one position in one batched forward, cut into chunks of at most decode_rows rows
- * (0 = no limit; on the CPU <= 8 keeps every sequence bitwise equal to its own tg_generate); a
- * sequence ends at a stop token (not reported as a token) or after max_new_tokens, and its slot is
- * free at once.  cancel() ends a running sequence now (returns 1, or 0 for an unknown id).
- * events must hold `slots` entries.  Calls on one model (and its schedulers) must not overlap. */
+/* Continuous batching (sched.c), the one generation loop: a persistent generation state of `slots`
+ * (<= TG_MAX_BATCH) KV-cache slots of `ctx` positions (0: the context length) with its own cache.
+ * admit() computes n sequences' visual tokens and prefills them into free slots, each with its own
+ * sampling settings (sps[0].interrupt is asked between prefill groups), and writes their ids; where the
+ * backend's products are exact for any number of rows (CPU compact formats) their prefills share one
+ * product.  step() gives every running sequence one event -- a new token and/or its end -- and advances
+ * the running ones by one position in one batched forward, cut into chunks of at most decode_rows rows
+ * (0: as many as the backend computes exactly, TG_CPU_EXACT_ROWS for CPU float32); so every sequence's
+ * tokens are bitwise those of its own run.  A sequence ends at a stop token (not reported as a token)
+ * or after max_new_tokens, and its slot is free at once.  cancel() ends a running sequence now
+ * (returns 1, or 0 for an unknown id).  events must hold `slots` entries.  Calls on one model (and its
+ * schedulers) must not overlap. */
 typedef struct tg_sched tg_sched;
 enum tg_finish { TG_FINISH_NONE = 0, TG_FINISH_EOS = 1, TG_FINISH_LENGTH = 2 };
 typedef struct tg_sched_event {
@@ -154,7 +160,7 @@ typedef struct tg_sched_event {
 } tg_sched_event;
 int tg_sched_create(tg_model *m, int slots, int ctx, int decode_rows, tg_sched **out);
 void tg_sched_free(tg_sched *s);
-int tg_sched_admit(tg_sched *s, const tg_sequence *seq, const tg_sampling *sp, int64_t *id);
+int tg_sched_admit(tg_sched *s, const tg_sequence *seqs, const tg_sampling *sps, int n, int64_t *ids);
 int tg_sched_step(tg_sched *s, tg_sched_event *events, int *n_events);
 int tg_sched_cancel(tg_sched *s, int64_t id);
 int tg_sched_active(const tg_sched *s);
@@ -168,8 +174,6 @@ int tg_llm_attention(tg_model *m, const tg_sequence *seq, int q0, int q1, int k0
 /* DP attention map: latents over [4*Np tile patches, latents] of the image layer -> (latents, 4*Np + latents). */
 int tg_dp_attention(tg_model *m, const float *pix, const int32_t *text_ids, int n_text, float *out);
 
-/* Tiling on the host: (B,3,S,S) -> (B,4,3,S,S). */
-int tg_tile(const float *pix, int B, int C, int S, float *out, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

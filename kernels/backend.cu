@@ -195,6 +195,17 @@ int tg_cuda_wait_stream(tg_backend *be, uintptr_t stream) {
 
 /* ---- weights ------------------------------------------------------------ */
 
+static size_t cuda_row_bytes(tg_backend *be, int dtype, int64_t cols) {
+    (void)be;
+    return dtype == TG_F32 ? (size_t)cols * 4 : (dtype == TG_F16 || dtype == TG_BF16) ? (size_t)cols * 2 : 0;
+}
+
+/* products of up to 16 rows give every row its bits alone (gemm.cu's small-M path); cuBLASLt above */
+static int cuda_exact_rows(tg_backend *be, int dtype) {
+    (void)be, (void)dtype;
+    return 16;
+}
+
 static int cuda_weight_alloc(tg_backend *be, tg_weight *w, int64_t rows, int64_t cols, int dtype) {
     TG_CUDA_USE(be);
     w->data = NULL;
@@ -386,6 +397,8 @@ extern "C" tg_backend *tg_cuda_backend_create(int device, char *err, size_t errl
     be->upscale_tiles = cuda_upscale_tiles;
     be->rope = cuda_rope;
     be->argmax = cuda_argmax;
+    be->row_bytes = cuda_row_bytes;
+    be->exact_rows = cuda_exact_rows;
     return be;
 
 fail:

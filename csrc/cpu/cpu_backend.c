@@ -82,6 +82,17 @@ static int cpu_memcpy(tg_backend *be, void *dst, const void *src, size_t n) {
 }
 static int cpu_sync(tg_backend *be) { (void)be; return 0; }
 
+static size_t cpu_row_bytes(tg_backend *be, int dtype, int64_t cols) {
+    (void)be;
+    return tg_cpu_row_bytes(dtype, cols);
+}
+
+/* float32 rows above TG_CPU_EXACT_ROWS go through sgemm; the compact formats are exact for every M (matmul.c) */
+static int cpu_exact_rows(tg_backend *be, int dtype) {
+    (void)be;
+    return dtype == TG_F32 ? TG_CPU_EXACT_ROWS : 0;
+}
+
 static int cpu_weight_alloc(tg_backend *be, tg_weight *w, int64_t rows, int64_t cols, int dtype) {
     w->data = NULL;
     if (dtype < 0 || dtype >= TG_DTYPE_COUNT) return fail(be, "weight_alloc: unknown dtype");
@@ -525,5 +536,7 @@ tg_backend *tg_cpu_backend_create(char *err, size_t errlen) {
     be->upscale_tiles = cpu_upscale_tiles;
     be->rope = cpu_rope;
     be->argmax = cpu_argmax;
+    be->row_bytes = cpu_row_bytes;
+    be->exact_rows = cpu_exact_rows;
     return be;
 }

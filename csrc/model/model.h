@@ -45,6 +45,14 @@ typedef struct llm_layer {
     param in_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, post_norm, gate_up_w, down_w;
 } llm_layer;
 
+/* A KV cache: run state apart from the weights, owned by its caller (the model's one-call entry points or a
+ * scheduler) and passed into the LLM.  Per layer, keys and values of (slots, len, kv_heads*head_dim) floats
+ * in backend memory; a sequence lives in one slot, its position p in row p of that slot. */
+typedef struct tg_kv_cache {
+    float **k, **v; /* (layers) */
+    int slots, len;
+} tg_kv_cache;
+
 typedef struct registry_entry {
     char name[256];
     param *p;
@@ -87,9 +95,7 @@ struct tg_model {
     registry_entry *reg;
     int n_reg, cap_reg;
 
-    /* KV cache: per layer (slots, max_len, kv_heads*head_dim) for k and v */
-    float **cache_k, **cache_v;
-    int cache_slots, cache_len;
+    tg_kv_cache cache; /* the run state of the one-call entry points (tg_logits, tg_generate, attention maps) */
 };
 
 /* params.c */
@@ -109,10 +115,21 @@ int dp_forward(tg_model *m, const float *tile_feats, const float *text_hidden, c
 /* projector (in tgllava.c) */
 int projector_forward(tg_model *m, const float *x, int64_t rows, float *out);
 /* llm.c */
-int llm_cache_reserve(tg_model *m, int slots, int len);
-int llm_forward(tg_model *m, const float *x, int64_t T, int slot, int pos0, float *hidden_out, float *probs_accum);
-int llm_decode_step(tg_model *m, const float *x, int B, const int32_t *slots_host, const int32_t *pos_host,
-                    float *hidden_out);
+/* make kv hold at least slots x len positions (it grows, keeping neither size smaller; contents are lost
+ * when it grows); kv_release frees it */
+int kv_reserve(tg_model *m, tg_kv_cache *kv, int slots, int len);
+void kv_release(tg_model *m, tg_kv_cache *kv);
+/* rows of one product that give every row its bits alone for this model's storage (0: any number) */
+int llm_exact_rows(tg_model *m);
+/* One forward of the LLM over n_seg segments stacked by rows in x (sum of len rows, H): segment s holds
+ * positions [pos0[s], pos0[s] + len[s]) of the sequence in cache slot slot[s], whose earlier positions are
+ * in kv.  Its keys and values are written to kv and every row attends causally over its own slot, so a
+ * prefill is one segment of the prompt and a decode step B segments of one row.  The products run over
+ * all rows together; attention runs per segment (one batched call for consecutive one-row segments).
+ * hidden_out (rows, H) is after the final norm.  probs_accum (rows, pos0+len) is for one segment only.
+ * slot, pos0 and len are host arrays; slots are distinct. */
+int llm_forward(tg_model *m, tg_kv_cache *kv, const float *x, int n_seg, const int32_t *slot, const int32_t *pos0,
+                const int32_t *len, float *hidden_out, float *probs_accum);
 int llm_head(tg_model *m, const float *hidden, int64_t rows, float *logits);
 /* tgllava.c helpers shared with sched.c: begin a call (weights loaded, arena reset), download, id checks,
  * visual tokens of one sequence (vis NULL without pixels), splice, sampling checks and one sampled token
@@ -120,7 +137,7 @@ int llm_head(tg_model *m, const float *hidden, int64_t rows, float *logits);
 int model_begin(tg_model *m);
 int model_download(tg_model *m, void *dst, const float *src, int64_t n);
 int model_check_ids(tg_model *m, const tg_sequence *s);
-int model_visuals(tg_model *m, const tg_sequence *seq, float **vis);
+int model_visuals(tg_model *m, const tg_sequence *seqs, int n, float **vis); /* vis (n) */
 int model_splice(tg_model *m, const tg_sequence *s, const float *vis, float **emb, int *n);
 int model_check_sampling(tg_model *m, const tg_sampling *sp);
 size_t model_sample_scratch(int V);

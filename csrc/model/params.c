@@ -335,14 +335,7 @@ void model_release_params(tg_model *m) {
 void tg_model_free(tg_model *m) {
     if (!m) return;
     model_release_params(m);
-    if (m->cache_k) {
-        for (int l = 0; l < m->c.layers; l++) {
-            if (m->cache_k[l]) m->be->release(m->be, m->cache_k[l]);
-            if (m->cache_v[l]) m->be->release(m->be, m->cache_v[l]);
-        }
-    }
-    free(m->cache_k);
-    free(m->cache_v);
+    kv_release(m, &m->cache);
     tg_arena_free(&m->arena);
     free(m->v_layers);
     free(m->t_layers);
@@ -412,7 +405,7 @@ int tg_model_storage(const tg_model *m, int i, size_t *bytes) {
     const param *p = m->reg[i].p;
     const int dt = p->is_matrix ? tg_weight_storage(&m->c, p->cols, p->is_head) : TG_F32;
     if (bytes) {
-        size_t rb = tg_cpu_row_bytes(dt, p->cols); /* the same sizes on every backend that stores dt */
+        size_t rb = m->be->row_bytes(m->be, dt, p->cols);
         *bytes = m->reg[i].part == 0 ? rb * (size_t)p->rows : 0; /* a stacked param counts once */
     }
     return dt;

@@ -5,10 +5,9 @@
  * concat[projector(F + FOM mask), DP tokens]; with DP on, the main images
  * and their 4 tiles go through the vision tower as one batch of 5B images.
  * The splice (SPEC 3) replaces the -200 id by the visual tokens and cuts the
- * sequence at max_len.  Generation prefills each sequence into its own KV
- * cache slot, then decodes all sequences together one token per step;
- * sampling (repetition penalty, temperature, top-k, top-p, seeded) runs on
- * the host from the downloaded logits.
+ * sequence at max_len.  Generation (tg_generate and the scheduler) lives in
+ * sched.c; the sampler here (repetition penalty, temperature, top-k, top-p,
+ * seeded) runs on the host from the downloaded logits.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -19,7 +18,6 @@
 #include "fail.h"
 #include "model.h"
 
-#define IMAGE_TOKEN (-200)
 
 /* ---- error codes (fail.h): per calling thread, like errno ---- */
 
@@ -225,7 +223,7 @@ static int check_ids(tg_model *m, const tg_sequence *s, int *img_pos) {
     if (s->n_ids <= 0) return model_fail(m, "input_ids is empty");
     for (int i = 0; i < s->n_ids; i++) {
         int32_t id = s->ids[i];
-        if (id == IMAGE_TOKEN) {
+        if (id == TG_IMAGE_TOKEN) {
             if (*img_pos >= 0) return model_fail(m, "input_ids holds more than one image token (-200) at positions %d and %d", *img_pos, i);
             *img_pos = i;
         } else if (id < 0 || id >= m->c.vocab) {
@@ -242,7 +240,7 @@ static int check_ids(tg_model *m, const tg_sequence *s, int *img_pos) {
 int tg_spliced_length(const tg_model *m, const tg_sequence *s) {
     int n = s->n_ids;
     for (int i = 0; i < s->n_ids; i++)
-        if (s->ids[i] == IMAGE_TOKEN) n += seq_visual_count(m, s) - 1;
+        if (s->ids[i] == TG_IMAGE_TOKEN) n += seq_visual_count(m, s) - 1;
     return n < m->c.max_len ? n : m->c.max_len;
 }
 
@@ -277,7 +275,8 @@ static int splice(tg_model *m, const tg_sequence *s, const float *vis, float **e
 static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vis) {
     const int64_t S = m->c.v_image, img = 3 * S * S, H = m->c.hidden;
     for (int b = 0; b < B; b++) vis[b] = NULL;
-    /* group sequences with pixels and identical switches; one batch per group */
+    /* group sequences with pixels, identical switches and text guides of one length (a padded guide would shift
+     * the DP perceiver's keys, and its attention sums would round differently); one batch per group */
     for (int b = 0; b < B; b++) {
         if (!seqs[b].pixels || vis[b]) continue;
         const tg_sequence *s0 = &seqs[b];
@@ -285,7 +284,7 @@ static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vi
         for (int j = b; j < B && nm < 512; j++) {
             const tg_sequence *s = &seqs[j];
             if (!s->pixels || vis[j] || s->use_fom != s0->use_fom || s->use_dp != s0->use_dp || s->n_latents != s0->n_latents ||
-                (s->features != NULL) != (s0->features != NULL))
+                (s->features != NULL) != (s0->features != NULL) || (s->text_ids ? s->n_text : 0) != (s0->text_ids ? s0->n_text : 0))
                 continue;
             members[nm++] = j;
             if (s->n_text > T) T = s->n_text;
@@ -338,6 +337,13 @@ static int batch_visuals(tg_model *m, const tg_sequence *seqs, int B, float **vi
 
 /* ---- logits ---- */
 
+/* one sequence of n rows through the LLM, in slot 0 of the model's one-call cache */
+static int one_forward(tg_model *m, const float *emb, int n, float *hid, float *probs) {
+    const int32_t slot = 0, pos0 = 0, len = n;
+    if (kv_reserve(m, &m->cache, 1, n)) return -1;
+    return llm_forward(m, &m->cache, emb, 1, &slot, &pos0, &len, hid, probs);
+}
+
 int tg_logits(tg_model *m, const tg_sequence *seq, int all_positions, float *logits, int *n_rows) {
     if (ready(m)) return -1;
     const int64_t H = m->c.hidden, V = m->c.vocab;
@@ -345,9 +351,8 @@ int tg_logits(tg_model *m, const tg_sequence *seq, int all_positions, float *log
     int n;
     if (batch_visuals(m, seq, 1, &vis)) return -1;
     if (splice(m, seq, vis, &emb, &n)) return -1;
-    if (llm_cache_reserve(m, 1, n)) return -1;
     ALLOC(hid, (int64_t)n * H);
-    if (llm_forward(m, emb, n, 0, 0, hid, NULL)) return -1;
+    if (one_forward(m, emb, n, hid, NULL)) return -1;
     const int64_t rows = all_positions ? n : 1;
     ALLOC(lg, rows * V);
     if (llm_head(m, hid + (n - rows) * H, rows, lg)) return -1;
@@ -363,7 +368,6 @@ int tg_llm_attention(tg_model *m, const tg_sequence *seq, int q0, int q1, int k0
     if (batch_visuals(m, seq, 1, &vis)) return -1;
     if (splice(m, seq, vis, &emb, &n)) return -1;
     if (q0 < 0 || q1 > n || q0 >= q1 || k0 < 0 || k1 > n || k0 >= k1) return model_fail(m, "attention map ranges outside the sequence of %d tokens", n);
-    if (llm_cache_reserve(m, 1, n)) return -1;
     ALLOC(hid, (int64_t)n * H);
     ALLOC(probs, (int64_t)n * n);
     float *zeros = calloc((size_t)n * n, sizeof(float));
@@ -373,7 +377,7 @@ int tg_llm_attention(tg_model *m, const tg_sequence *seq, int q0, int q1, int k0
         free(zeros);
         return be_fail(m, "upload");
     }
-    rc = llm_forward(m, emb, n, 0, 0, hid, probs) || download(m, zeros, probs, (int64_t)n * n);
+    rc = one_forward(m, emb, n, hid, probs) || download(m, zeros, probs, (int64_t)n * n);
     if (!rc)
         for (int i = q0; i < q1; i++) memcpy(out + (int64_t)(i - q0) * (k1 - k0), zeros + (int64_t)i * n + k0, (size_t)(k1 - k0) * 4);
     free(zeros);
@@ -474,126 +478,7 @@ static int is_eos(const tg_sampling *sp, int32_t t) {
     return 0;
 }
 
-/* ---- generation ---- */
-
-int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *sp, tg_token_callback cb, void *user,
-                int32_t *out_tokens, int *n_out, float *last_logits) {
-    if (ready(m)) return -1;
-    if (B <= 0 || B > 256) return model_fail(m, "batch of %d sequences: between 1 and 256 are supported", B);
-    if (model_check_sampling(m, sp)) return -1;
-    const int64_t H = m->c.hidden, V = m->c.vocab;
-    const int maxnew = sp->max_new_tokens;
-    int rc = -1, maxlen = 0;
-    float **vis = calloc((size_t)B, sizeof(float *)), *host = malloc((size_t)(B * V) * sizeof(float));
-    int32_t *pos = calloc((size_t)B, sizeof(int32_t)), *tok = calloc((size_t)B, sizeof(int32_t));
-    scored *order = malloc((size_t)V * sizeof(scored));
-    int *done = calloc((size_t)B, sizeof(int));
-    uint64_t *rng = calloc((size_t)B, sizeof(uint64_t));
-    if (!vis || !host || !pos || !tok || !order || !done || !rng) {
-        model_oom(m, "generation state");
-        goto cleanup;
-    }
-    for (int b = 0; b < B; b++) {
-        int img;
-        if (check_ids(m, &seqs[b], &img)) goto cleanup;
-        int n = tg_spliced_length(m, &seqs[b]);
-        if (n > maxlen) maxlen = n;
-        n_out[b] = 0;
-        rng[b] = sp->seed;
-    }
-    if (llm_cache_reserve(m, B, maxlen + maxnew + 1)) goto cleanup;
-    if (batch_visuals(m, seqs, B, vis)) goto cleanup;
-    tg_arena_mark mark;
-    float *hid, *lg, *x;
-    /* prefill each sequence into its slot */
-    for (int b = 0; b < B; b++) {
-        tg_arena_save(&m->arena, &mark);
-        float *emb;
-        int n;
-        if (splice(m, &seqs[b], vis[b], &emb, &n)) goto cleanup;
-        if (!(hid = tg_arena_floats(&m->arena, (size_t)(n * H))) || !(lg = tg_arena_floats(&m->arena, (size_t)V))) {
-            be_fail(m, "arena");
-            goto cleanup;
-        }
-        if (llm_forward(m, emb, n, b, 0, hid, NULL) || llm_head(m, hid + (int64_t)(n - 1) * H, 1, lg) ||
-            download(m, host + b * V, lg, V))
-            goto cleanup;
-        pos[b] = n;
-        tg_arena_restore(&m->arena, &mark);
-        if (b + 1 < B && sp->interrupt && sp->interrupt(sp->interrupt_user)) {
-            model_fail_code(m, TG_ERR_INTERRUPTED, "generation interrupted");
-            goto cleanup;
-        }
-    }
-    /* decode: sample from the current logits, feed the token, repeat */
-    tg_arena_save(&m->arena, &mark);
-    for (int step = 0; step <= maxnew; step++) {
-        int active = 0;
-        for (int b = 0; b < B; b++) {
-            if (done[b]) continue;
-            if (step == maxnew) {
-                done[b] = 1;
-                continue;
-            }
-            if (last_logits) memcpy(last_logits + b * V, host + b * V, (size_t)V * 4);
-            int32_t t = sample(host + b * V, (int)V, sp, out_tokens + (int64_t)b * maxnew, n_out[b], &rng[b], order);
-            if (is_eos(sp, t)) {
-                done[b] = 1;
-                continue;
-            }
-            out_tokens[(int64_t)b * maxnew + n_out[b]++] = t;
-            tok[b] = t;
-            if (cb && cb(user, b, t)) done[b] = 1;
-            if (n_out[b] == maxnew) done[b] = 1;
-            active += !done[b];
-        }
-        if (!active) break;
-        if (sp->interrupt && sp->interrupt(sp->interrupt_user)) { /* Ctrl-C: stop between two steps */
-            model_fail_code(m, TG_ERR_INTERRUPTED, "generation interrupted");
-            goto cleanup;
-        }
-        tg_arena_restore(&m->arena, &mark);
-        if (!(x = tg_arena_floats(&m->arena, (size_t)(B * H))) || !(hid = tg_arena_floats(&m->arena, (size_t)(B * H))) ||
-            !(lg = tg_arena_floats(&m->arena, (size_t)(B * V)))) {
-            be_fail(m, "arena");
-            goto cleanup;
-        }
-        float *ids = tg_arena_floats(&m->arena, (size_t)B);
-        if (!ids || BE->to_device(BE, ids, tok, (size_t)B * 4)) {
-            be_fail(m, "token upload");
-            goto cleanup;
-        }
-        if (BE->embedding(BE, &m->embed.w, (const int32_t *)ids, x, B)) {
-            be_fail(m, "embedding");
-            goto cleanup;
-        }
-        if (llm_decode_step(m, x, B, NULL, pos, hid) || llm_head(m, hid, B, lg) || download(m, host, lg, B * V)) goto cleanup;
-        for (int b = 0; b < B; b++)
-            if (!done[b]) pos[b]++;
-    }
-    rc = 0;
-cleanup:
-    free(vis);
-    free(host);
-    free(pos);
-    free(tok);
-    free(order);
-    free(done);
-    free(rng);
-    return rc;
-}
-
-/* ---- tiling on the host (the CPU op, usable without a model) ---- */
-
-int tg_tile(const float *pix, int B, int C, int S, float *out, char *err, size_t errlen) {
-    tg_backend *be = tg_cpu_backend_create(err, errlen);
-    if (!be) return -1;
-    int rc = be->upscale_tiles(be, pix, out, B, C, S);
-    be->destroy(be);
-    return rc;
-}
-
-/* ---- shared with the continuous-batching scheduler (sched.c) ---- */
+/* ---- shared with the generation loop (sched.c) ---- */
 
 int model_begin(tg_model *m) { return ready(m); }
 
@@ -604,7 +489,7 @@ int model_check_ids(tg_model *m, const tg_sequence *s) {
     return check_ids(m, s, &img);
 }
 
-int model_visuals(tg_model *m, const tg_sequence *seq, float **vis) { return batch_visuals(m, seq, 1, vis); }
+int model_visuals(tg_model *m, const tg_sequence *seqs, int n, float **vis) { return batch_visuals(m, seqs, n, vis); }
 
 int model_splice(tg_model *m, const tg_sequence *s, const float *vis, float **emb, int *n) {
     return splice(m, s, vis, emb, n);

@@ -1071,40 +1071,6 @@ tg_backend *tg_py_model_backend(PyObject *o) { return tg_py_model(o) ? ((ModelOb
 
 /* ------------------------------------------------------------------ module functions */
 
-static PyObject *py_tile(PyObject *mod, PyObject *args) {
-    PyObject *o;
-    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
-    PyArrayObject *pix = tg_py_array(o, NPY_FLOAT32, 4, "pixels");
-    npy_intp want[4] = {-1, -1, -1, -1};
-    if (!pix || tg_py_check_dims(pix, want, 4, "pixels")) {
-        Py_XDECREF(pix);
-        return NULL;
-    }
-    int B = (int)PyArray_DIM(pix, 0), C = (int)PyArray_DIM(pix, 1), S = (int)PyArray_DIM(pix, 2), rc;
-    if (PyArray_DIM(pix, 3) != S) {
-        Py_DECREF(pix);
-        PyErr_SetString(TgErr_Shape, "pixels must be square (B, C, S, S)");
-        return NULL;
-    }
-    npy_intp od[5] = {B, 4, C, S, S};
-    PyArrayObject *out = new_f32(5, od);
-    char err[256];
-    if (!out) {
-        Py_DECREF(pix);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    rc = tg_tile(PyArray_DATA(pix), B, C, S, PyArray_DATA(out), err, sizeof err);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(pix);
-    if (rc) {
-        Py_DECREF(out);
-        PyErr_SetString(TgErr_Base, err);
-        return NULL;
-    }
-    return (PyObject *)out;
-}
-
 static PyObject *py_has_cuda(PyObject *mod, PyObject *noargs) {
 #ifdef TG_WITH_CUDA
     Py_RETURN_TRUE;
@@ -1159,7 +1125,6 @@ static PyMethodDef module_methods[] = {
     {"weight_storage", py_weight_storage, METH_VARARGS, "weight_storage(dtype, cols, is_head) -> (stored dtype, row bytes)"},
     {"cpu_kernels", py_cpu_kernels, METH_NOARGS, "CPU kernels in use: 'avx2' or 'portable' (TGLLAVA_CPU_KERNELS=portable forces it)"},
     {"cpu_gemm_seconds", py_gemm_seconds, METH_VARARGS, "cpu_gemm_seconds(reset=False): time the CPU backend spent in matrix products"},
-    {"tile", py_tile, METH_VARARGS, "tile(pixels (B,C,S,S)) -> (B,4,C,S,S): bilinear 2x upscale and 4 crops"},
     {"built_with_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA backend was compiled in"},
     {NULL}};
 

@@ -3,7 +3,8 @@
  * Scheduler(model, slots, context=0, decode_rows=0) wraps a tg_sched on a _C.Model (it keeps a
  * reference, so the model outlives it).  admit(sequence, max_new_tokens=..., temperature=...,
  * top_p=..., top_k=..., repetition_penalty=..., seed=..., eos_ids=...) prefills one sequence (the
- * dict Model.generate takes) and returns its id; step() advances every running sequence by one
+ * dict Model.generate takes) and returns its id; admit_many([dict of admit's arguments, ...]) admits
+ * several in one call (one batched prefill where the backend allows) and returns their ids; step() advances every running sequence by one
  * token and returns [(id, token or -1, finish)] with finish 0 (running), 1 (stop token) or 2
  * (max_new_tokens); cancel(id) ends one at once.  Every call takes the model's lock with the GIL
  * released, like the Model methods (so a scheduler and generate() on one model never overlap),
@@ -123,40 +124,127 @@ static void Sched_dealloc(SchedObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Sched_admit(SchedObject *self, PyObject *args, PyObject *kw) {
-    if (sched_ready(self)) return NULL;
+/* one admission's arguments (admit's signature) parsed into q; refs and eos_ids are released by admission_free */
+typedef struct {
+    tg_sequence sq;
+    tg_sampling sp;
+    PyObject *refs[5];
+    int32_t *eos_ids;
+    int where; /* the sequence's float inputs: host (0) or device (1) arrays, -1 none */
+} admission;
+
+static void admission_free(admission *q) {
+    for (int i = 0; i < 5; i++) Py_CLEAR(q->refs[i]);
+    PyMem_Free(q->eos_ids);
+    q->eos_ids = NULL;
+}
+
+static int admission_parse(SchedObject *self, PyObject *args, PyObject *kw, admission *q) {
     static char *kwlist[] = {"sequence", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
                              "seed", "eos_ids", NULL};
     PyObject *d, *eos = Py_None;
-    int maxnew = 256, top_k = 0, rc;
+    int maxnew = 256, top_k = 0, n_eos = 0;
     double temp = 0.0, top_p = 1.0, rep = 1.0;
     unsigned long long seed = 0;
+    memset(q, 0, sizeof *q);
+    q->where = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|iddidKO", kwlist, &d, &maxnew, &temp, &top_p, &top_k, &rep, &seed,
                                      &eos))
-        return NULL;
-    tg_sequence sq;
-    PyObject *refs[5] = {NULL};
-    int32_t *eos_ids = NULL;
-    int n_eos = 0;
-    int64_t id = 0;
-    PyObject *result = NULL;
-    int where = -1; /* the sequence's float inputs: host or device arrays */
-    tg_model *m = tg_py_model(self->model);
-    if (tg_py_parse_sequence(self->model, d, &sq, refs, &where)) goto done;
-    if (tg_py_eos_ids(eos, &eos_ids, &n_eos)) goto done;
+        return -1;
+    if (tg_py_parse_sequence(self->model, d, &q->sq, q->refs, &q->where) || tg_py_eos_ids(eos, &q->eos_ids, &n_eos)) {
+        admission_free(q);
+        return -1;
+    }
     /* below TG_MIN_TEMPERATURE sampling is greedy; the C core checks every value (NaN, inf, ranges) */
     tg_sampling sp = {maxnew, temp >= 0 && temp < TG_MIN_TEMPERATURE ? 0.0f : (float)temp, (float)top_p, top_k,
-                      (float)rep, (uint64_t)seed, eos_ids, n_eos, NULL, NULL};
+                      (float)rep, (uint64_t)seed, q->eos_ids, n_eos, NULL, NULL};
+    q->sp = sp;
+    return 0;
+}
+
+/* admit the n parsed admissions in one call; a list of their ids */
+static PyObject *admit_parsed(SchedObject *self, admission *q, int n) {
+    tg_sequence *seqs = PyMem_Calloc((size_t)n, sizeof *seqs);
+    tg_sampling *sps = PyMem_Calloc((size_t)n, sizeof *sps);
+    int64_t *ids = PyMem_Calloc((size_t)n, sizeof *ids);
+    PyObject *result = NULL;
+    int where = -1, rc;
+    if (!seqs || !sps || !ids) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        seqs[i] = q[i].sq, sps[i] = q[i].sp;
+        if (q[i].where < 0) continue;
+        if (where >= 0 && q[i].where != where) {
+            PyErr_SetString(TgErr_Shape, "admit_many: the sequences' arrays are all host arrays or all device arrays");
+            goto done;
+        }
+        where = q[i].where;
+    }
+    tg_model *m = tg_py_model(self->model);
     tg_sched *s;
-    SCHED_CALL(self, rc, (tg_model_set_buffers(m, where == 1, 0), tg_sched_admit(s, &sq, &sp, &id)));
+    SCHED_CALL(self, rc, (tg_model_set_buffers(m, where == 1, 0), tg_sched_admit(s, seqs, sps, n, ids)));
     if (rc) {
         tg_py_raise_failure(TgErr_Shape);
         goto done;
     }
-    result = PyLong_FromLongLong((long long)id);
+    result = PyList_New(n);
+    for (int i = 0; result && i < n; i++) {
+        PyObject *id = PyLong_FromLongLong((long long)ids[i]);
+        if (!id) Py_CLEAR(result);
+        else PyList_SET_ITEM(result, i, id);
+    }
 done:
-    for (int i = 0; i < 5; i++) Py_XDECREF(refs[i]);
-    PyMem_Free(eos_ids);
+    PyMem_Free(seqs);
+    PyMem_Free(sps);
+    PyMem_Free(ids);
+    return result;
+}
+
+static PyObject *Sched_admit(SchedObject *self, PyObject *args, PyObject *kw) {
+    if (sched_ready(self)) return NULL;
+    admission q;
+    if (admission_parse(self, args, kw, &q)) return NULL;
+    PyObject *ids = admit_parsed(self, &q, 1), *id = NULL;
+    admission_free(&q);
+    if (ids) id = Py_NewRef(PyList_GET_ITEM(ids, 0));
+    Py_XDECREF(ids);
+    return id;
+}
+
+static PyObject *Sched_admit_many(SchedObject *self, PyObject *arg) {
+    if (sched_ready(self)) return NULL;
+    PyObject *seq = PySequence_Fast(arg, "admit_many takes a list of dicts of admit's arguments");
+    if (!seq) return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > self->slots) {
+        PyErr_Format(TgErr_Shape, "admit_many: %zd admissions; between 1 and the %d slots", n, self->slots);
+        Py_DECREF(seq);
+        return NULL;
+    }
+    admission *q = PyMem_Calloc((size_t)n, sizeof *q);
+    PyObject *empty = PyTuple_New(0), *result = NULL;
+    Py_ssize_t parsed = 0;
+    if (!q || !empty) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; parsed < n; parsed++) {
+        PyObject *kw = PySequence_Fast_GET_ITEM(seq, parsed);
+        if (!PyDict_Check(kw)) {
+            PyErr_Format(PyExc_TypeError, "admit_many: admission %zd is a %s, not a dict of admit's arguments", parsed,
+                         Py_TYPE(kw)->tp_name);
+            goto done;
+        }
+        if (admission_parse(self, empty, kw, &q[parsed])) goto done;
+    }
+    result = admit_parsed(self, q, (int)n);
+done:
+    for (Py_ssize_t i = 0; q && i < parsed; i++) admission_free(&q[i]);
+    PyMem_Free(q);
+    Py_XDECREF(empty);
+    Py_DECREF(seq);
     return result;
 }
 
@@ -216,6 +304,9 @@ static PyMethodDef Sched_methods[] = {
     {"admit", (PyCFunction)(void (*)(void))Sched_admit, METH_VARARGS | METH_KEYWORDS,
      "admit(sequence, max_new_tokens=256, temperature=0, top_p=1, top_k=0, repetition_penalty=1, seed=0, "
      "eos_ids=None) -> id: prefill one sequence into a free slot"},
+    {"admit_many", (PyCFunction)Sched_admit_many, METH_O,
+     "admit_many([dict(sequence=..., max_new_tokens=..., ...), ...]) -> [id]: admit several sequences in one call "
+     "(their prefills share one product where that keeps every row exact: CPU compact formats)"},
     {"step", (PyCFunction)Sched_step, METH_NOARGS,
      "step() -> [(id, token or -1, finish)]: one token for every running sequence (finish 0 running, 1 stop "
      "token, 2 max_new_tokens)"},
