@@ -17,7 +17,7 @@ import pytest
 from _frontend_golden import FIXTURES, GOLDEN, QUESTION, cached_chat, golden_model, golden_set, second_image
 
 import tgllava
-from tgllava import chat, conversation, demo, hf_load, image, tokenize
+from tgllava import chat, conversation, fixtures, hf_load, image, tokenize
 from tgllava.checkpoint import read_tensors
 from tgllava.errors import CheckpointError
 
@@ -219,7 +219,7 @@ class ScriptedModel:
 @pytest.fixture(scope="module")
 def scripted_tokenizer(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("scripted-tok"))
-    demo.write_llm_tokenizer(folder, vocab_size=400)
+    fixtures.write_llm_tokenizer(folder, vocab_size=400)
     return folder, tokenize.LlmTokenizer.from_folder(folder)
 
 
@@ -274,7 +274,7 @@ def _make_llava_hf(out, newer_layout=False):
         if name.startswith("vision_model."):
             tensors[tower + name] = a
     os.makedirs(out, exist_ok=True)
-    demo.save_safetensors(os.path.join(out, "model.safetensors"), tensors)
+    fixtures.save_safetensors(os.path.join(out, "model.safetensors"), tensors)
     text_keys = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size",
                  "vocab_size", "rms_norm_eps", "rope_theta", "max_position_embeddings", "hidden_act")
     config = {
@@ -286,7 +286,7 @@ def _make_llava_hf(out, newer_layout=False):
     }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f)
-    demo.write_llm_tokenizer(out, vocab_size=1000)
+    fixtures.write_llm_tokenizer(out, vocab_size=1000)
     return out
 
 

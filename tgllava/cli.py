@@ -143,7 +143,7 @@ def load_model(model_dir, clip_dir=None, device="cpu", dtype=None, preflight=Fal
     import tgllava
     try:
         if preflight:
-            from .api import preflight as check
+            from .loader import preflight as check
             check(model_dir, clip_dir)
         return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
     except CheckpointError as e:
@@ -162,7 +162,7 @@ def _run_generate(args):
         raise FileNotFoundError(f"--image {args.image}: no such file")
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be at least 1")
-    from .api import check_sampling
+    from .model import check_sampling
     check_sampling(args.max_new_tokens, args.temperature, args.top_p)  # NaN/inf/out of range: before loading
     if args.conv_mode is not None:
         conversation.get_template(args.conv_mode)

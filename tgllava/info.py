@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from . import conversation, layout
+from . import configs, conversation, hub, tensor_names
 from .checkpoint import read_json, safetensors_refs
 from .errors import CheckpointError
 
@@ -77,14 +77,14 @@ def _find_tower(name, folder):
     for cand in (name, os.path.join(folder, name)):
         if os.path.isdir(cand):
             return cand
-    return layout.find_in_hf_cache(name)
+    return hub.find_in_hf_cache(name)
 
 
 def storage_plan(shapes, dtype, tied=False):
     """How load(dtype=...) stores these tensors (the C core's rule): bytes per stored dtype and the matrices
     that fall back to float16 because int8/int4 cannot block their input features."""
     from . import _C
-    from .api import _DTYPES
+    from .loader import _DTYPES
     names = {v: k for k, v in _DTYPES.items()}
     total, fallback = collections.Counter(), []
     for name, (_, shape) in shapes.items():
@@ -122,12 +122,12 @@ def describe(folder, dtype=None):
             info["storage"] = storage_plan(shapes, dtype)
         return info
 
-    hf = layout.is_llava_hf(config, list(shapes))
-    hf = layout.is_llava_hf(config)
+    hf = tensor_names.is_llava_hf(config, list(shapes))
+    hf = tensor_names.is_llava_hf(config)
     if hf:
-        info["llava_hf_naming"] = layout.llava_hf_naming(list(shapes))
-        llm_cfg = layout.llava_hf_config(config, os.path.join(folder, "config.json"))
-        llm_map, clip_map = layout.map_llava_hf_names(list(shapes), strict=False)
+        info["llava_hf_naming"] = tensor_names.llava_hf_naming(list(shapes))
+        llm_cfg = configs.llava_hf_config(config, os.path.join(folder, "config.json"))
+        llm_map, clip_map = tensor_names.map_llava_hf_names(list(shapes), strict=False)
         official = {new: shapes[old] for new, old in llm_map.items()}
         official.update({new: shapes[old] for new, old in clip_map.items()})
         shapes = official
@@ -195,7 +195,7 @@ def describe(folder, dtype=None):
             if path:
                 try:
                     tshapes, _ = tensor_shapes(path)
-                    label, mapping = layout.clip_tower_names(list(tshapes), path)
+                    label, mapping = tensor_names.clip_tower_names(list(tshapes), path)
                     prefix = "vision_model." if what == "vision" else "text_model."
                     entry["layout"] = label
                     entry["params"] = _count({n: tshapes[o] for n, o in mapping.items()},
@@ -215,7 +215,7 @@ def describe(folder, dtype=None):
 def _rope(llm_cfg, path):
     """The rotary base loading would use, or the reason loading refuses the config's rotary settings."""
     try:
-        return layout.rope_theta(llm_cfg, path)
+        return configs.rope_theta(llm_cfg, path)
     except CheckpointError as e:
         return f"invalid ({e})"
 
@@ -223,18 +223,18 @@ def _rope(llm_cfg, path):
 def _describe_clip(info, config, shapes, folder):
     """The CLIP part of describe(): tensor layout, and each tower's settings as loading will use them."""
     path = os.path.join(folder, "config.json")
-    label, mapping = layout.clip_tower_names(list(shapes), folder)
+    label, mapping = tensor_names.clip_tower_names(list(shapes), folder)
     official = {new: shapes[old] for new, old in mapping.items()}
     info["kind"] = "CLIP"
     info["clip_layout"] = label
     info["params"] = {"vision tower": _count(official, lambda n: n.startswith("vision_model.")),
                       "text tower": _count(official, lambda n: n.startswith("text_model.")),
                       "other": _count(shapes, lambda n, used=set(mapping.values()): n not in used)}
-    configs = layout.clip_configs(config, path)
-    info["vision"] = configs["vision_config"]
-    info["text"] = configs["text_config"]
-    info["defaulted"] = configs["defaulted"]
-    info["legacy_config"] = configs["legacy"]
+    towers = configs.clip_configs(config, path)
+    info["vision"] = towers["vision_config"]
+    info["text"] = towers["text_config"]
+    info["defaulted"] = towers["defaulted"]
+    info["legacy_config"] = towers["legacy"]
     return info
 
 
@@ -262,7 +262,7 @@ def format_info(info):
             lines.append(f"  float16 fallback (input features not a multiple of 32): {', '.join(st['float16_fallback'])}")
     if info["kind"] == "CLIP":
         label = info.get("clip_layout", "?")
-        note = layout.CLIP_LAYOUT_NOTES.get(label)
+        note = tensor_names.CLIP_LAYOUT_NOTES.get(label)
         lines.append(f"  tensor layout: {label}" + (f" ({note})" if note else ""))
         v, t = info.get("vision"), info.get("text")
         defaulted = info.get("defaulted") or {}

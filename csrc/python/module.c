@@ -3,7 +3,7 @@
  * _C.Model wraps a tg_model.  Every method follows one path: parse and check
  * the NumPy arguments (dtype, rank, sizes, C-contiguity; byte-swapped or
  * misaligned arrays are copied to native ones; integers are range-checked,
- * never cut to 32 bits; the Python layer in tgllava/api.py converts
+ * never cut to 32 bits; the Python layer in tgllava/model.py converts
  * friendlier inputs before calling), allocate the
  * output array, release the GIL and take the model's lock while C computes,
  * then turn a failure into the right tgllava exception from the error code

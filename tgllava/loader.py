@@ -1,0 +1,422 @@
+"""Loading a checkpoint: tgllava.load() and everything it does before the model runs.
+
+load() resolves the folders (the LLM folder's config.json and tensor headers,
+the CLIP tower folders its config names or clip_dir gives, or a llava-hf
+folder with the tower inside: hf_load.py), works out every size the C core
+needs from the configs and the tensor shapes (with SPEC section 4 defaults
+for what shapes do not tell), checks tensor names, dtypes and shapes, and
+tokenizer files (preflight), all before any weight byte is read; then it
+creates the C model on the chosen backend, streams the tensors into it and
+returns a model.Model.
+"""
+import os
+import sys
+
+import numpy as np
+
+from . import _C
+from . import config_schema, configs
+from .checkpoint import TensorRef, folder_refs, read_json
+from .errors import CheckpointError
+from .hub import resolve_tower
+from .model import Model
+from .tensor_names import IGNORED_SUFFIXES, clip_tower_names, count_layers, is_llava_hf
+
+_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int4": 4}
+GPU_DTYPES = ("float32", "float16", "bfloat16")
+# the CPU's default storage (README): exact float32 for small models, the checkpoint's own 16-bit dtype up to
+# 4 B parameters, int8 above (a 7B model then needs ~8 GB and loads on a 16 GB machine)
+FLOAT32_MAX_PARAMS = 1.5e9
+SIXTEEN_BIT_MAX_PARAMS = 4e9
+
+# TG module sizes fixed by the reference code (SPEC 4), used where shapes are silent
+TG_DEFAULTS = {"q_heads": 16, "q_eps": 1e-12, "q_cross_freq": 2, "p_heads": 16, "p_eps": 1e-5}
+
+
+def _find_tower(name, llm_dir):
+    """The folder a tower name in an LLM config points to (local path, relative to the LLM folder,
+    Hugging Face cache or download via hub.resolve_tower), or None."""
+    if not isinstance(name, str) or not name:
+        return None
+    for cand in (name, os.path.join(llm_dir, name)):
+        if os.path.isdir(cand):
+            return cand
+    return resolve_tower(name)
+
+
+def _resolve_clip_dir(cfg, llm_dir, clip_dir):
+    """The CLIP vision tower folder: clip_dir when given, else what mm_vision_tower (or mm_text_tower) names."""
+    if clip_dir is not None:
+        if not os.path.isdir(clip_dir):
+            raise CheckpointError(f"{clip_dir}: no such CLIP tower folder")
+        return os.fspath(clip_dir)
+    for key in ("mm_vision_tower", "mm_text_tower"):
+        found = _find_tower(cfg.get(key), llm_dir)
+        if found:
+            return found
+    raise CheckpointError(
+        f"{llm_dir}: cannot find the CLIP tower '{cfg.get('mm_vision_tower')}': pass clip_dir=... "
+        "(a folder with vision_model.* / text_model.* tensors)")
+
+
+def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_path="config.json",
+                 clip_path="config.json"):
+    """The flat size dictionary of the C core (tg_config) from configs and tensor shapes.
+
+    llm_cfg is an official-layout LLM config, clip_cfg any CLIP tower config
+    (read with configs.clip_configs: legacy *_config_dict keys, transformers'
+    defaults for missing keys).  Every value is checked: a size that is not
+    an integer in range, a non-finite or non-positive epsilon or rotary
+    base, an unknown activation, rotary scaling, layer counts that disagree
+    with the tensors, raise CheckpointError naming the config file
+    (llm_path / clip_path; clip_path may be a (vision, text) pair when the
+    towers come from two folders) and the key.  Only names and shapes of
+    `refs` are used.  The result has exactly the fields its modules need
+    (config_schema.check: a key outside the schema of csrc/config_fields.h is
+    a bug and raises TgError).
+    """
+    def shape(name):
+        if name not in refs:
+            raise CheckpointError(f"missing tensor {name}")
+        return refs[name].shape
+
+    vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
+    towers = configs.clip_configs(clip_cfg, vision_path)
+    vc, tc = towers["vision_config"], towers["text_config"]
+    names = list(refs)
+    if vc is None:
+        raise CheckpointError(f"{vision_path}: has no vision tower config (needed for the vision tower)")
+    c = configs.vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
+    check_layer_count(names, "vision_model.encoder.layers.", c["v_layers"], vision_path,
+                             "vision_config.num_hidden_layers")
+    if llm_cfg.get("mm_vision_select_feature", "patch") != "patch":
+        raise CheckpointError(f"{llm_path}: mm_vision_select_feature {llm_cfg.get('mm_vision_select_feature')!r} "
+                              "is not supported (only 'patch')")
+    has_fom = any(n.startswith("model.mm_cross_attn.") for n in names)
+    has_dp = any(n.startswith("model.mm_patch_encoder.") for n in names)
+    c.update(has_fom=int(has_fom), has_dp=int(has_dp))
+    if has_fom or has_dp:
+        if tc is None:
+            raise CheckpointError(f"{text_path}: has no text tower config, and this TG-LLaVA checkpoint needs the "
+                                  "CLIP text tower")
+        c.update(configs.text_sizes(tc, text_path))
+        check_layer_count(names, "text_model.encoder.layers.", c["t_layers"], text_path,
+                                 "text_config.num_hidden_layers")
+    d = dict(TG_DEFAULTS)
+    d.update(overrides or {})
+    if has_fom:
+        pf = "model.mm_cross_attn.Qformer.bert.encoder.layer."
+        c.update(q_layers=count_layers(names, pf), q_heads=d["q_heads"], q_eps=d["q_eps"], q_cross_freq=d["q_cross_freq"],
+                 q_ffn=shape(pf + "0.intermediate_query.dense.weight")[0],
+                 q_queries=shape("model.mm_cross_attn.query_tokens")[-2])
+    if has_dp:
+        pf = "model.mm_patch_encoder.perceiver.layers."
+        heads = d["p_heads"]
+        qrows = shape(pf + "0.self_attn.q_proj.weight")[0]
+        hd = qrows // heads
+        if hd <= 0:
+            raise CheckpointError(f"{pf}0.self_attn.q_proj.weight has {qrows} rows, fewer than the {heads} "
+                                  "perceiver heads")
+        c.update(p_layers=count_layers(names, pf), p_heads=heads, p_head_dim=hd,
+                 p_kv_heads=shape(pf + "0.self_attn.k_proj.weight")[0] // hd,
+                 p_latents=shape("model.mm_patch_encoder.perceiver.latents")[0],
+                 p_ffn=shape(pf + "0.mlp.gate_proj.weight")[0],
+                 p_positions=shape("model.mm_patch_encoder.position_embedding.weight")[0], p_eps=d["p_eps"])
+    ptype = llm_cfg.get("mm_projector_type", "mlp2x_gelu" if "model.mm_projector.0.weight" in refs else "linear")
+    if ptype not in ("mlp2x_gelu", "linear"):
+        raise CheckpointError(f"{llm_path}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu or linear)")
+    c["proj_mlp"] = int(ptype == "mlp2x_gelu")
+    m = configs.llm_sizes(llm_cfg, llm_path)
+    check_layer_count(names, "model.layers.", m["layers"], llm_path, "num_hidden_layers")
+    c.update(hidden=m["hidden"], heads=m["heads"], kv_heads=m["kv_heads"], head_dim=m["head_dim"],
+             layers=m["layers"], ffn=m["ffn"], vocab=m["vocab"],
+             qkv_bias=int("model.layers.0.self_attn.q_proj.bias" in refs),
+             tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs),
+             max_len=m["max_len"], rms_eps=m["rms_eps"], rope_theta=m["rope_theta"],
+             dtype=_DTYPES[dtype])
+    return config_schema.check(c)
+
+
+def check_device_dtype(device, dtype):
+    """Refuse an unknown device or a storage dtype the device cannot hold (None is resolved later)."""
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype is not None and device != "cpu" and dtype not in GPU_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is a CPU format; on {device} use one of {', '.join(GPU_DTYPES)}")
+
+
+def default_dtype(device, refs):
+    """The storage dtype load() picks when none is given (the rule is stated in the README)."""
+    if device != "cpu":
+        return "bfloat16"
+    params = sum(int(np.prod(r.shape)) for r in refs.values())
+    if params <= FLOAT32_MAX_PARAMS:
+        return "float32"
+    if params <= SIXTEEN_BIT_MAX_PARAMS:
+        f16 = sum(int(np.prod(r.shape)) for r in refs.values() if r.dtype == "F16")
+        return "float16" if 2 * f16 > params else "bfloat16"
+    return "int8"
+
+
+def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_overrides=None):
+    """Load a TG-LLaVA or LLaVA-1.5 checkpoint onto `device`; every layout goes through here.
+
+    llm_dir is an official LLM folder (TG-LLaVA or LLaVA-1.5; the CLIP folder is clip_dir, or
+    found from mm_vision_tower) or a llava-hf folder (LlavaForConditionalGeneration, the vision
+    tower inside it: clip_dir is not used).
+
+    dtype: storage of the large matrices (Linear weights, embedding tables): "float32" (exact, the
+    conformance mode), "float16", "bfloat16", and on the CPU "int8" / "int4" (blocks of 32 input
+    features with a float16 scale).  None: on CUDA bfloat16; on the CPU float32 up to 1.5 B parameters,
+    the checkpoint's own 16-bit dtype up to 4 B, int8 above.  Weights go from the checkpoint's bytes
+    straight into that format, a slice at a time.  progress: a bar on a terminal for loads over a
+    second (None), always (True) or never (False).
+    """
+    check_device_dtype(device, dtype)
+    plan = resolve_folders(llm_dir, clip_dir)
+    if plan["kind"] == "llava-hf":
+        from .hf_load import load_llava_hf  # lazily: hf_load builds on this module
+        return load_llava_hf(llm_dir, device=device, dtype=dtype, progress=progress)
+    llm_cfg, refs = plan["llm_config"], plan["refs"]
+    if dtype is None:
+        dtype = default_dtype(device, refs)
+    cfg = build_config(llm_cfg, plan["clip_config"], refs, dtype, tg_overrides, plan["llm_config_path"],
+                       plan["clip_config_paths"])
+
+    def missing(name):
+        if name.startswith("text_model."):
+            return plan["text_dir"]
+        return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
+    check_tensors(cfg, refs, missing)  # names, dtypes and shapes, before any weight byte is read
+    core = build_core(cfg, device, refs, missing, progress)
+    return Model(core, llm_cfg, plan["clip_config"], llm_dir, plan["clip_dir"], dtype)
+
+
+def resolve_folders(llm_dir, clip_dir=None):
+    """Everything load() learns before reading a weight: configs, tower folders, tensor headers.
+
+    Returns a dict: kind ("llava-hf" or "official"); for an official folder
+    also llm_config (+ llm_config_path), vision_dir and text_dir (the
+    folders the two CLIP towers come from; text_dir None without TG
+    modules), clip_dir (the folder a Model reports: the text tower's when
+    TG-LLaVA needs it, for its CLIP tokenizer, else the vision tower's),
+    clip_config ({"model_type": "clip", "vision_config", "text_config"},
+    complete), clip_config_paths, tower_layouts ({"vision": label,
+    "text": label}) and refs (official name -> TensorRef from headers,
+    bytes unread).  A TG-LLaVA checkpoint whose vision folder has no text
+    tower takes it from the folder mm_text_tower names.
+    """
+    llm_dir = os.fspath(llm_dir)
+    if not os.path.isdir(llm_dir):
+        raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
+    llm_config_path = os.path.join(llm_dir, "config.json")
+    llm_cfg = read_json(llm_config_path)
+    if not isinstance(llm_cfg, dict):
+        raise CheckpointError(f"{llm_config_path}: not a JSON object")
+    llm_refs = folder_refs(llm_dir)
+    if is_llava_hf(llm_cfg, list(llm_refs)):
+        return {"kind": "llava-hf", "llm_config": llm_cfg, "llm_config_path": llm_config_path}
+    has_tg = any(n.startswith(("model.mm_cross_attn.", "model.mm_patch_encoder.")) for n in llm_refs)
+    vision = read_tower(_resolve_clip_dir(llm_cfg, llm_dir, clip_dir))
+    if not vision["has_vision"]:
+        raise CheckpointError(f"{vision['folder']}: no CLIP vision tower tensors (found: {vision['layout']}); "
+                              "expected vision_model.* or a CLIPVisionModel's embeddings.* / encoder.layers.*")
+    text = None
+    if has_tg:
+        text = vision
+        if not vision["has_text"]:
+            name = llm_cfg.get("mm_text_tower")
+            other = _find_tower(name, llm_dir)
+            if other and os.path.realpath(other) != os.path.realpath(vision["folder"]):
+                text = read_tower(other)
+            if not text["has_text"]:
+                raise CheckpointError(
+                    f"{vision['folder']}: this TG-LLaVA checkpoint needs the CLIP text tower (text_model.*), but the "
+                    f"folder holds a {vision['layout']} and mm_text_tower {name!r} was not found with one")
+    refs = {n: r for n, r in vision["refs"].items() if n.startswith("vision_model.")}
+    if text is not None:
+        refs.update({n: r for n, r in text["refs"].items() if n.startswith("text_model.")})
+    refs.update(llm_refs)
+    clip_config = {"model_type": "clip", "vision_config": vision["configs"]["vision_config"],
+                   "text_config": (text or vision)["configs"]["text_config"]}
+    return {"kind": "official", "llm_config": llm_cfg, "llm_config_path": llm_config_path,
+            "vision_dir": vision["folder"], "text_dir": text["folder"] if text else None,
+            "clip_dir": text["folder"] if text else vision["folder"], "clip_config": clip_config,
+            "clip_config_paths": (vision["config_path"], (text or vision)["config_path"]),
+            "tower_layouts": {"vision": vision["layout"], "text": text["layout"] if text else None},
+            "has_tg": has_tg, "refs": refs}
+
+
+def preflight(llm_dir, clip_dir=None, tokenizers=True):
+    """Check what a load and a chat need that can be checked without reading a weight.
+
+    Configs (every value), tower folders, tensor names, dtypes and shapes
+    from the headers, and (tokenizers=True) the tokenizer files chat needs:
+    the LLM tokenizer in llm_dir and, for TG-LLaVA, the CLIP tokenizer in
+    the text tower's folder.  Raises CheckpointError on the first problem;
+    returns resolve_folders()'s dict.  `tgllava generate` calls this before
+    loading, so a folder without tokenizer files fails in a moment, not
+    after reading every weight.
+    """
+    plan = resolve_folders(llm_dir, clip_dir)
+    if plan["kind"] == "llava-hf":
+        from .hf_load import llava_hf_refs
+        llm_cfg, clip_cfg, refs = llava_hf_refs(llm_dir)
+        path = plan["llm_config_path"]
+        cfg = build_config(llm_cfg, clip_cfg, refs, "float32", llm_path=path, clip_path=path)
+        check_tensors(cfg, refs, lambda name: f"{llm_dir} (llava-hf layout)")
+    else:
+        cfg = build_config(plan["llm_config"], plan["clip_config"], plan["refs"], "float32", None,
+                           plan["llm_config_path"], plan["clip_config_paths"])
+
+        def missing(name):
+            if name.startswith("text_model."):
+                return plan["text_dir"]
+            return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
+        check_tensors(cfg, plan["refs"], missing)
+    if tokenizers:
+        check_tokenizer_files(llm_dir, "llm", " (needed to turn the question into token ids)")
+        if plan.get("has_tg"):
+            check_tokenizer_files(plan["text_dir"], "clip",
+                                         " (TG-LLaVA needs the CLIP tokenizer of its text tower for the text guide)")
+    return plan
+
+
+def _stderr_is_terminal():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def build_core(cfg, device, refs, where_missing, progress=None):
+    """The C model for size dict `cfg` on `device`, filled from `refs` (name -> TensorRef).
+    where_missing(name) names the folder blamed for an absent tensor.  Each tensor goes from its
+    checkpoint bytes (memory-mapped) into the stored format; a progress bar on a terminal counts the
+    bytes read when loading takes over a second (progress=True: always, False: never)."""
+    core = _C.Model(cfg, device)
+    required = core.required()
+    for name, _, _ in required:
+        if name not in refs:
+            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+    total = sum(int(np.prod(refs[name].shape)) * refs[name].itemsize for name, _, _ in required)
+    bar = None
+    if progress or (progress is None and _stderr_is_terminal()):
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", delay=0 if progress else 1.0,
+                   leave=False)
+    try:
+        for name, shape, _ in required:
+            ref = refs[name]
+            if ref.src_code is None:
+                raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+            try:
+                core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
+            except CheckpointError as e:
+                raise CheckpointError(f"{ref.path}: {e}") from None
+            if bar:
+                bar.update(int(np.prod(shape)) * ref.itemsize)
+    finally:
+        if bar:
+            bar.close()
+    core.finish()
+    return core
+
+
+# ---- what can be checked before a weight byte is read -------------------------------
+
+def check_layer_count(names, prefix, configured, path, key):
+    """Refuse a config whose layer count disagrees with the layers the tensors hold (before the C
+    core registers `configured` layers: a count of 2**31 - 1 must not get that far)."""
+    have = count_layers(names, prefix)
+    if have != configured:
+        raise CheckpointError(f"{path}: {key} is {configured} but the weights hold {have} layers "
+                              f"({prefix}0..{max(have - 1, 0)})")
+
+
+def tokenizer_files(folder, kind="llm"):
+    """The tokenizer files of `folder` the loader would use, or None when there are none.
+
+    kind "llm": tokenizer.json, tokenizer.model, or vocab.json + merges.txt
+    (what tokenize.LlmTokenizer.from_folder reads); kind "clip":
+    tokenizer.json or vocab.json + merges.txt (ClipTokenizer.from_folder).
+    """
+    def has(n):
+        return os.path.isfile(os.path.join(folder, n))
+    if has("tokenizer.json"):
+        return ["tokenizer.json"]
+    if kind == "llm" and has("tokenizer.model"):
+        return ["tokenizer.model"]
+    if has("vocab.json") and has("merges.txt"):
+        return ["vocab.json", "merges.txt"]
+    return None
+
+
+def check_tokenizer_files(folder, kind="llm", why=""):
+    """CheckpointError when `folder` has no tokenizer files of `kind` (see tokenizer_files)."""
+    if tokenizer_files(folder, kind) is None:
+        wanted = ("tokenizer.json, tokenizer.model or vocab.json + merges.txt" if kind == "llm"
+                  else "tokenizer.json or vocab.json + merges.txt")
+        raise CheckpointError(f"{folder}: no {'LLM' if kind == 'llm' else 'CLIP'} tokenizer files ({wanted}){why}")
+
+
+def check_tensors(cfg, refs, where_missing):
+    """Check tensor names, dtypes and shapes against what the C core for size dict `cfg` needs.
+
+    Uses only the names, dtypes and shapes of `refs` (name -> TensorRef, as
+    read from file headers): no tensor byte is read and no weight memory is
+    allocated (the requirement list comes from a CPU core that registers
+    parameters without allocating them).  Also refuses LLM layer tensors the
+    core has no place for (o_proj / MLP biases, q/k norms: another model
+    variant), which would otherwise be dropped silently.
+    """
+    probe = _C.Model(dict(cfg, dtype=0), "cpu")
+    required = probe.required()
+    del probe
+    needed = set()
+    for name, shape, _ in required:
+        needed.add(name)
+        ref = refs.get(name)
+        if ref is None:
+            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+        if ref.src_code is None:
+            raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+        if tuple(ref.shape) != tuple(shape):
+            raise CheckpointError(f"{ref.path}: tensor {name} has shape {tuple(ref.shape)}, expected {tuple(shape)}")
+    for name in sorted(refs):
+        if (name.startswith(("model.layers.", "model.norm.", "model.embed_tokens.")) and name not in needed
+                and not name.endswith(IGNORED_SUFFIXES)):
+            raise CheckpointError(f"{refs[name].path}: tensor {name} has no place in the model tgllava builds "
+                                  "(a Llama / Qwen2 variant with extra parameters is not supported)")
+
+
+def read_tower(folder):
+    """A CLIP tower folder from its config and tensor headers: no tensor byte is read.
+
+    Returns a dict: folder, config_path, configs (clip_configs), layout
+    (clip_tower_names' label), refs ({official name: TensorRef} of the tower
+    tensors, renamed to vision_model.* / text_model.*), has_vision, has_text.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{folder}: no such CLIP tower folder")
+    config_path = os.path.join(folder, "config.json")
+    tower_configs = configs.clip_configs(read_json(config_path), config_path)
+    raw = folder_refs(folder)
+    label, mapping = clip_tower_names(list(raw), folder)
+    refs = {}
+    for new, old in mapping.items():
+        r = raw[old]
+        refs[new] = r if new == old else TensorRef(new, r.path, r.dtype, r.shape, r.start, r.array_fn)
+    has_vision = any(n.startswith("vision_model.") for n in refs)
+    has_text = any(n.startswith("text_model.") for n in refs)
+    if has_vision and tower_configs["vision_config"] is None:
+        raise CheckpointError(f"{config_path}: the folder holds a vision tower ({label}) but the config has no "
+                              "vision settings (a CLIPTextConfig)")
+    if has_text and tower_configs["text_config"] is None:
+        tower_configs["text_config"] = None  # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
+        has_text = False
+    return {"folder": folder, "config_path": config_path, "configs": tower_configs, "layout": label,
+            "refs": refs, "has_vision": has_vision, "has_text": has_text}
