@@ -24,7 +24,7 @@ import pytest
 from golden_util import GOLDEN, checkpoint, io
 
 import tgllava
-from tgllava import cli, fixtures, loader, tensor_names
+from tgllava import cli, fixtures, info, loader, tensor_names
 from tgllava.checkpoint import TensorRef, read_tensors
 from tgllava.errors import CheckpointError
 
@@ -273,6 +273,40 @@ def test_tg_text_tower_from_its_own_folder(tmp_path):
     edit_config(llm, {"mm_text_tower": str(tmp_path / "nowhere")})
     with pytest.raises(CheckpointError, match=r"needs the CLIP text tower .* CLIPVisionModel, unprefixed"):
         tgllava.load(llm, vision, progress=False)
+
+
+# --- `tgllava info` reports what load() resolves -----------------------------------------------------------
+
+def test_info_names_the_text_tower_load_uses(tmp_path, capsys):
+    """A TG-LLaVA whose vision folder holds both towers takes its text tower from there, whatever
+    mm_text_tower names; info used to look mm_text_tower up on its own and report another folder."""
+    clip = checkpoint(TGV)[1]
+    elsewhere = text_model_folder(tmp_path / "text", TGV)
+    llm = copy_llm(tmp_path, TGV)
+    edit_config(llm, {"mm_vision_tower": clip, "mm_text_tower": elsewhere})
+    m = tgllava.load(llm, progress=False)
+    towers = info.describe(llm)["towers"]
+    assert towers["vision"]["path"] == towers["text"]["path"] == m.clip_dir == clip
+    assert cli.main(["info", llm]) == 0
+    out = capsys.readouterr().out
+    assert f"text tower: {clip} -> {clip}" in out and elsewhere not in out and "load check: passed" in out
+
+
+def test_info_and_load_agree_on_a_folder_known_by_its_tensor_names(tmp_path):
+    """A config that says neither layout (no mm_* keys, no text_config / vision_config, no
+    LlavaForConditionalGeneration) over llava-hf tensor names: the names decide, once, for load()
+    and info alike.  info used to decide from the config alone and describe an official LLaVA-1.5
+    while load() took the llava-hf path; now both read LlavaConfig's defaults (as transformers
+    does) and refuse the folder with the same error."""
+    versions, parts = tensor_names.LLAVA_HF_NAMINGS[0]
+    folder = llava_hf_folder(tmp_path / "hf", parts)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "llava"}, f)
+    with pytest.raises(CheckpointError, match="vision_config.num_hidden_layers is 24 but the weights hold 3") as e:
+        tgllava.load(folder, progress=False)
+    described = info.describe(folder)
+    assert described["kind"] == "llava-hf LLaVA-1.5" and described["llava_hf_naming"] == versions
+    assert described["load_check"] == str(e.value)
 
 
 def test_info_on_compact_clip_config_prints_the_defaults(tmp_path, capsys):

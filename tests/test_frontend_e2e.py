@@ -1,5 +1,5 @@
 """End-to-end tests of the front end: chat (plain, streaming, batched), read_tensors on
-PyTorch .bin fixtures, and llava-hf folders loaded through tgllava.hf_load.
+PyTorch .bin fixtures, and llava-hf folders loaded through tgllava.load.
 
 Golden checkpoints (SPEC 5) are materialized once per process with tokenizer
 files the tests write (tests/_frontend_golden.py).  The TG-LLaVA full path
@@ -17,7 +17,7 @@ import pytest
 from _frontend_golden import FIXTURES, GOLDEN, QUESTION, cached_chat, golden_model, golden_set, second_image
 
 import tgllava
-from tgllava import chat, conversation, fixtures, hf_load, image, tokenize
+from tgllava import chat, conversation, fixtures, image, tokenize
 from tgllava.checkpoint import read_tensors
 from tgllava.errors import CheckpointError
 
@@ -294,7 +294,7 @@ def _make_llava_hf(out, newer_layout=False):
 @pytest.mark.parametrize("newer_layout", [False, True])
 def test_llava_hf_gives_official_logits(tmp_path, newer_layout):
     folder = _make_llava_hf(str(tmp_path / "llava-hf"), newer_layout)
-    hf = hf_load.load_llava_hf(folder, "cpu", None, False)
+    hf = tgllava.load(folder, progress=False)
     official = golden_model(L15)
     io = np.load(os.path.join(GOLDEN, L15, "io.npz"))
     got = hf.logits(io["input_ids"], io["pixel_values"])
@@ -308,20 +308,3 @@ def test_llava_hf_gives_official_logits(tmp_path, newer_layout):
         a = chat.chat(hf, golden_set(L15)[2], QUESTION, max_new_tokens=4)
         assert len(a.token_ids) <= 4
 
-
-def test_llava_hf_errors(tmp_path):
-    with pytest.raises(CheckpointError):
-        hf_load.load_llava_hf(str(tmp_path / "missing"))
-    folder = tmp_path / "not-hf"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llava_llama"}))
-    with pytest.raises(CheckpointError, match="not a llava-hf"):
-        hf_load.load_llava_hf(str(folder))
-
-
-@pytest.mark.slow
-def test_llava_hf_through_tgllava_load(tmp_path):
-    folder = _make_llava_hf(str(tmp_path / "llava-hf"))
-    m = tgllava.load(folder)
-    io = np.load(os.path.join(GOLDEN, L15, "io.npz"))
-    assert np.abs(m.logits(io["input_ids"], io["pixel_values"]) - io["logits"]).max() <= 2e-3

@@ -1,7 +1,7 @@
 """The `tgllava` command line.
 
     tgllava generate --model DIR [--clip DIR] --image PATH --question TEXT [options]
-    tgllava info DIR
+    tgllava info DIR [--clip DIR]
     tgllava demo
     tgllava eval ...     (tgllava.eval.cli: run or score VLMEvalKit benchmarks)
     tgllava viz ...      (tgllava.viz: attention-map figures)
@@ -64,9 +64,11 @@ def _add_generate(sub):
 
 def _add_info(sub):
     p = sub.add_parser("info", help="describe a checkpoint folder (no weights are loaded)",
-                       description="Architecture, parameter counts, TG modules and tower paths of a checkpoint, "
-                                   "read from config.json and tensor headers only.")
+                       description="Architecture, parameter counts, TG modules, tower paths and the outcome of "
+                                   "load()'s checks, read from config.json and tensor headers only.")
     p.add_argument("folder", metavar="DIR", help="LLM, llava-hf or CLIP checkpoint folder")
+    p.add_argument("--clip", metavar="DIR", default=None,
+                   help="CLIP tower folder, as for generate (default: the towers the LLM config names)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
                    help="also show how loading with this weight storage would store the tensors")
@@ -147,9 +149,14 @@ def load_model(model_dir, clip_dir=None, device="cpu", dtype=None, preflight=Fal
             check(model_dir, clip_dir)
         return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
     except CheckpointError as e:
-        if "clip_dir=" in str(e):  # say it in command-line terms
-            raise CheckpointError(str(e).replace("clip_dir=...", "--clip DIR")) from None
+        if "clip_dir=" in str(e):
+            raise CheckpointError(_in_cli_terms(str(e))) from None
         raise
+
+
+def _in_cli_terms(text):
+    """The loader's advice in command-line terms."""
+    return text.replace("clip_dir=...", "--clip DIR")
 
 
 def _run_generate(args):
@@ -188,12 +195,12 @@ def _run_generate(args):
 def _run_info(args):
     from .info import describe, format_info
 
-    info = describe(args.folder, args.dtype)
+    info = describe(args.folder, args.dtype, args.clip)
     if args.json:
         import json
         print(json.dumps(info, indent=1, default=str))
     else:
-        print(format_info(info))
+        print(_in_cli_terms(format_info(info)))
     return 0
 
 

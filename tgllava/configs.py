@@ -23,7 +23,7 @@ is a CheckpointError naming the config file and the key.
 import math
 
 from .errors import CheckpointError
-from .tensor_names import is_llava_hf
+from .tensor_names import has_official_keys
 
 
 # ---- transformers' config class defaults ---------------------------------------
@@ -373,10 +373,14 @@ def llava_hf_config(config, path="config.json"):
     "pad" as LLaVA-1.5 was trained, image_token_index) and `vision_config`,
     a complete CLIP vision config for the tower stored in the same folder.
     Invalid values raise CheckpointError naming `path` and the key.
+    Whether a folder is a llava-hf one is decided before (from its config
+    and its tensor names: tensor_names.is_llava_hf); a config without
+    text_config / vision_config takes LlavaConfig's defaults, as
+    transformers does.  A config with the official LLaVA keys is refused.
     """
-    if not is_llava_hf(config):
-        raise CheckpointError(f"{path}: not a llava-hf config (no text_config / vision_config / "
-                              "LlavaForConditionalGeneration)")
+    if not isinstance(config, dict) or has_official_keys(config):
+        raise CheckpointError(f"{path}: not a llava-hf config (it has the official LLaVA keys mm_vision_tower / "
+                              "mm_projector_type / mm_hidden_size / mm_text_tower)")
     text_config = config.get("text_config")
     if text_config is not None and not isinstance(text_config, dict):
         raise CheckpointError(f"{path}: text_config must be a JSON object, got {text_config!r}")

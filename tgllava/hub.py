@@ -3,7 +3,8 @@
 `mm_vision_tower` / `mm_text_tower` of an LLM config name a folder or a Hub
 repository (openai/clip-vit-large-patch14-336).  `resolve_tower` finds it
 through `huggingface_hub` (its cache lookup, its environment variables, its
-offline switch); `find_in_hf_cache` only looks in the cache.
+offline switch); with download=False (what `tgllava info` asks) it never
+goes to the network.  `find_in_hf_cache` only looks in the cache.
 """
 
 import os
@@ -36,14 +37,14 @@ def find_in_hf_cache(repo_id, cache_dir=None):
     return os.path.dirname(path) if isinstance(path, str) else None
 
 
-def resolve_tower(name_or_path, kind="vision"):
+def resolve_tower(name_or_path, kind="vision", download=True):
     """Find the folder of a tower checkpoint (`mm_vision_tower` / `mm_text_tower`).
 
     A local folder is returned as given; otherwise the name is looked up in
-    the Hugging Face cache; otherwise, unless the hub is offline
-    (HF_HUB_OFFLINE), the config, weights and tokenizer files
-    are downloaded with `snapshot_download`.  Returns None when nothing is
-    found (or the download fails).
+    the Hugging Face cache; otherwise, unless download=False or the hub is
+    offline (HF_HUB_OFFLINE), the config, weights and tokenizer files are
+    downloaded with `snapshot_download`.  Returns None when nothing is found
+    (or the download fails).
     """
     if kind not in ("vision", "text"):
         raise ValueError(f"kind must be 'vision' or 'text', got {kind!r}")
@@ -57,7 +58,7 @@ def resolve_tower(name_or_path, kind="vision"):
         return found
     from huggingface_hub import constants, snapshot_download
 
-    if constants.HF_HUB_OFFLINE or "/" not in name_or_path or not _is_repo_id(name_or_path):
+    if not download or constants.HF_HUB_OFFLINE or "/" not in name_or_path or not _is_repo_id(name_or_path):
         return None
     try:
         return snapshot_download(name_or_path, allow_patterns=list(_DOWNLOAD_PATTERNS))

@@ -20,7 +20,8 @@ from .checkpoint import TensorRef, folder_refs, read_json
 from .errors import CheckpointError
 from .hub import resolve_tower
 from .model import Model
-from .tensor_names import IGNORED_SUFFIXES, clip_tower_names, count_layers, is_llava_hf
+from .tensor_names import (DP_PREFIX, FOM_PREFIX, IGNORED_SUFFIXES, PROJECTOR_PREFIX, clip_tower_names,
+                           count_layers, is_llava_hf)
 
 _DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int4": 4}
 GPU_DTYPES = ("float32", "float16", "bfloat16")
@@ -33,30 +34,76 @@ SIXTEEN_BIT_MAX_PARAMS = 4e9
 TG_DEFAULTS = {"q_heads": 16, "q_eps": 1e-12, "q_cross_freq": 2, "p_heads": 16, "p_eps": 1e-5}
 
 
-def _find_tower(name, llm_dir):
+def _find_tower(name, llm_dir, download=True):
     """The folder a tower name in an LLM config points to (local path, relative to the LLM folder,
-    Hugging Face cache or download via hub.resolve_tower), or None."""
+    Hugging Face cache or, with download, a download via hub.resolve_tower), or None."""
     if not isinstance(name, str) or not name:
         return None
     for cand in (name, os.path.join(llm_dir, name)):
         if os.path.isdir(cand):
             return cand
-    return resolve_tower(name)
+    return resolve_tower(name, download=download)
 
 
-def _resolve_clip_dir(cfg, llm_dir, clip_dir):
-    """The CLIP vision tower folder: clip_dir when given, else what mm_vision_tower (or mm_text_tower) names."""
+def _resolve_clip_dir(cfg, llm_dir, clip_dir, download=True):
+    """(the CLIP vision tower folder, the name it was found by): clip_dir when given, else what
+    mm_vision_tower (or mm_text_tower) names."""
     if clip_dir is not None:
         if not os.path.isdir(clip_dir):
             raise CheckpointError(f"{clip_dir}: no such CLIP tower folder")
-        return os.fspath(clip_dir)
+        return os.fspath(clip_dir), os.fspath(clip_dir)
     for key in ("mm_vision_tower", "mm_text_tower"):
-        found = _find_tower(cfg.get(key), llm_dir)
+        found = _find_tower(cfg.get(key), llm_dir, download)
         if found:
-            return found
+            return found, cfg.get(key)
     raise CheckpointError(
         f"{llm_dir}: cannot find the CLIP tower '{cfg.get('mm_vision_tower')}': pass clip_dir=... "
         "(a folder with vision_model.* / text_model.* tensors)")
+
+
+def tg_sizes(refs, overrides=None):
+    """The TG part of the size dict from tensor names and shapes: has_fom, has_dp, and the sizes of the
+    FOM Q-former (q_*) and the DP perceiver (p_*) when present; TG_DEFAULTS (updated with `overrides`)
+    give what the shapes do not tell."""
+    def shape(name):
+        if name not in refs:
+            raise CheckpointError(f"missing tensor {name}")
+        return refs[name].shape
+
+    names = list(refs)
+    has_fom = any(n.startswith(FOM_PREFIX) for n in names)
+    has_dp = any(n.startswith(DP_PREFIX) for n in names)
+    c = {"has_fom": int(has_fom), "has_dp": int(has_dp)}
+    d = dict(TG_DEFAULTS)
+    d.update(overrides or {})
+    if has_fom:
+        pf = FOM_PREFIX + "Qformer.bert.encoder.layer."
+        c.update(q_layers=count_layers(names, pf), q_heads=d["q_heads"], q_eps=d["q_eps"], q_cross_freq=d["q_cross_freq"],
+                 q_ffn=shape(pf + "0.intermediate_query.dense.weight")[0],
+                 q_queries=shape(FOM_PREFIX + "query_tokens")[-2])
+    if has_dp:
+        pf = DP_PREFIX + "perceiver.layers."
+        heads = d["p_heads"]
+        qrows = shape(pf + "0.self_attn.q_proj.weight")[0]
+        hd = qrows // heads
+        if hd <= 0:
+            raise CheckpointError(f"{pf}0.self_attn.q_proj.weight has {qrows} rows, fewer than the {heads} "
+                                  "perceiver heads")
+        c.update(p_layers=count_layers(names, pf), p_heads=heads, p_head_dim=hd,
+                 p_kv_heads=shape(pf + "0.self_attn.k_proj.weight")[0] // hd,
+                 p_latents=shape(DP_PREFIX + "perceiver.latents")[0],
+                 p_ffn=shape(pf + "0.mlp.gate_proj.weight")[0],
+                 p_positions=shape(DP_PREFIX + "position_embedding.weight")[0], p_eps=d["p_eps"])
+    return c
+
+
+def projector_type(llm_cfg, refs, llm_path="config.json"):
+    """mm_projector_type as loading reads it: the config's, else mlp2x_gelu when the tensors hold a
+    two-layer projector, else linear; any other type raises CheckpointError."""
+    ptype = llm_cfg.get("mm_projector_type", "mlp2x_gelu" if PROJECTOR_PREFIX + "0.weight" in refs else "linear")
+    if ptype not in ("mlp2x_gelu", "linear"):
+        raise CheckpointError(f"{llm_path}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu or linear)")
+    return ptype
 
 
 def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_path="config.json",
@@ -75,11 +122,6 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     (config_schema.check: a key outside the schema of csrc/config_fields.h is
     a bug and raises TgError).
     """
-    def shape(name):
-        if name not in refs:
-            raise CheckpointError(f"missing tensor {name}")
-        return refs[name].shape
-
     vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
     towers = configs.clip_configs(clip_cfg, vision_path)
     vc, tc = towers["vision_config"], towers["text_config"]
@@ -88,44 +130,20 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
         raise CheckpointError(f"{vision_path}: has no vision tower config (needed for the vision tower)")
     c = configs.vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
     check_layer_count(names, "vision_model.encoder.layers.", c["v_layers"], vision_path,
-                             "vision_config.num_hidden_layers")
+                      "vision_config.num_hidden_layers")
     if llm_cfg.get("mm_vision_select_feature", "patch") != "patch":
         raise CheckpointError(f"{llm_path}: mm_vision_select_feature {llm_cfg.get('mm_vision_select_feature')!r} "
                               "is not supported (only 'patch')")
-    has_fom = any(n.startswith("model.mm_cross_attn.") for n in names)
-    has_dp = any(n.startswith("model.mm_patch_encoder.") for n in names)
-    c.update(has_fom=int(has_fom), has_dp=int(has_dp))
-    if has_fom or has_dp:
+    tg = tg_sizes(refs, overrides)
+    if tg["has_fom"] or tg["has_dp"]:
         if tc is None:
             raise CheckpointError(f"{text_path}: has no text tower config, and this TG-LLaVA checkpoint needs the "
                                   "CLIP text tower")
         c.update(configs.text_sizes(tc, text_path))
         check_layer_count(names, "text_model.encoder.layers.", c["t_layers"], text_path,
-                                 "text_config.num_hidden_layers")
-    d = dict(TG_DEFAULTS)
-    d.update(overrides or {})
-    if has_fom:
-        pf = "model.mm_cross_attn.Qformer.bert.encoder.layer."
-        c.update(q_layers=count_layers(names, pf), q_heads=d["q_heads"], q_eps=d["q_eps"], q_cross_freq=d["q_cross_freq"],
-                 q_ffn=shape(pf + "0.intermediate_query.dense.weight")[0],
-                 q_queries=shape("model.mm_cross_attn.query_tokens")[-2])
-    if has_dp:
-        pf = "model.mm_patch_encoder.perceiver.layers."
-        heads = d["p_heads"]
-        qrows = shape(pf + "0.self_attn.q_proj.weight")[0]
-        hd = qrows // heads
-        if hd <= 0:
-            raise CheckpointError(f"{pf}0.self_attn.q_proj.weight has {qrows} rows, fewer than the {heads} "
-                                  "perceiver heads")
-        c.update(p_layers=count_layers(names, pf), p_heads=heads, p_head_dim=hd,
-                 p_kv_heads=shape(pf + "0.self_attn.k_proj.weight")[0] // hd,
-                 p_latents=shape("model.mm_patch_encoder.perceiver.latents")[0],
-                 p_ffn=shape(pf + "0.mlp.gate_proj.weight")[0],
-                 p_positions=shape("model.mm_patch_encoder.position_embedding.weight")[0], p_eps=d["p_eps"])
-    ptype = llm_cfg.get("mm_projector_type", "mlp2x_gelu" if "model.mm_projector.0.weight" in refs else "linear")
-    if ptype not in ("mlp2x_gelu", "linear"):
-        raise CheckpointError(f"{llm_path}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu or linear)")
-    c["proj_mlp"] = int(ptype == "mlp2x_gelu")
+                          "text_config.num_hidden_layers")
+    c.update(tg)
+    c["proj_mlp"] = int(projector_type(llm_cfg, refs, llm_path) == "mlp2x_gelu")
     m = configs.llm_sizes(llm_cfg, llm_path)
     check_layer_count(names, "model.layers.", m["layers"], llm_path, "num_hidden_layers")
     c.update(hidden=m["hidden"], heads=m["heads"], kv_heads=m["kv_heads"], head_dim=m["head_dim"],
@@ -176,37 +194,39 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
     """
     check_device_dtype(device, dtype)
     plan = resolve_folders(llm_dir, clip_dir)
-    if plan["kind"] == "llava-hf":
-        from .hf_load import load_llava_hf  # lazily: hf_load builds on this module
-        return load_llava_hf(llm_dir, device=device, dtype=dtype, progress=progress)
-    llm_cfg, refs = plan["llm_config"], plan["refs"]
     if dtype is None:
-        dtype = default_dtype(device, refs)
-    cfg = build_config(llm_cfg, plan["clip_config"], refs, dtype, tg_overrides, plan["llm_config_path"],
-                       plan["clip_config_paths"])
-
-    def missing(name):
-        if name.startswith("text_model."):
-            return plan["text_dir"]
-        return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
-    check_tensors(cfg, refs, missing)  # names, dtypes and shapes, before any weight byte is read
-    core = build_core(cfg, device, refs, missing, progress)
-    return Model(core, llm_cfg, plan["clip_config"], llm_dir, plan["clip_dir"], dtype)
+        dtype = default_dtype(device, plan["refs"])
+    cfg = checked_config(plan, dtype, tg_overrides)
+    core = build_core(cfg, device, plan["refs"], lambda name: blamed_folder(plan, name), progress)
+    return Model(core, plan["llm_config"], plan["clip_config"], plan["llm_dir"], plan["clip_dir"], dtype)
 
 
-def resolve_folders(llm_dir, clip_dir=None):
+def resolve_folders(llm_dir, clip_dir=None, download=True):
     """Everything load() learns before reading a weight: configs, tower folders, tensor headers.
 
-    Returns a dict: kind ("llava-hf" or "official"); for an official folder
-    also llm_config (+ llm_config_path), vision_dir and text_dir (the
-    folders the two CLIP towers come from; text_dir None without TG
-    modules), clip_dir (the folder a Model reports: the text tower's when
-    TG-LLaVA needs it, for its CLIP tokenizer, else the vision tower's),
-    clip_config ({"model_type": "clip", "vision_config", "text_config"},
-    complete), clip_config_paths, tower_layouts ({"vision": label,
-    "text": label}) and refs (official name -> TensorRef from headers,
-    bytes unread).  A TG-LLaVA checkpoint whose vision folder has no text
-    tower takes it from the folder mm_text_tower names.
+    read_llm_folder's dict, with the CLIP towers of an official folder
+    found (find_towers; download=False: never from the network).  Keys:
+    kind ("official" or "llava-hf"), llm_dir, llm_config (official keys),
+    llm_config_path, files (the LLM folder's weight files), has_tg,
+    vision_dir and text_dir (the folders the two CLIP towers come from;
+    text_dir None without TG modules), tower_names ({"vision", "text"}:
+    what each was found by), tower_layouts ({"vision", "text"}: labels),
+    clip_dir (the folder a Model reports: the text tower's when TG-LLaVA
+    needs it, for its CLIP tokenizer, else the vision tower's), clip_config
+    (complete), clip_config_paths, and refs (official name -> TensorRef
+    from headers, bytes unread, every tensor the model may use).
+    """
+    return find_towers(read_llm_folder(llm_dir), clip_dir, download)
+
+
+def read_llm_folder(llm_dir):
+    """The LLM folder as load() reads it, before any tower folder: resolve_folders's keys but the towers'.
+
+    Which layout the folder is in is decided here, once, from the config
+    and the tensor names (tensor_names.is_llava_hf).  A llava-hf folder
+    holds its vision tower: its dict is complete (hf_load.llava_hf_refs
+    renames its tensors and converts its config; llava_hf_naming says which
+    naming it uses).
     """
     llm_dir = os.fspath(llm_dir)
     if not os.path.isdir(llm_dir):
@@ -216,71 +236,97 @@ def resolve_folders(llm_dir, clip_dir=None):
     if not isinstance(llm_cfg, dict):
         raise CheckpointError(f"{llm_config_path}: not a JSON object")
     llm_refs = folder_refs(llm_dir)
+    plan = {"llm_dir": llm_dir, "llm_config_path": llm_config_path,
+            "files": sorted({os.path.basename(r.path) for r in llm_refs.values()})}
     if is_llava_hf(llm_cfg, list(llm_refs)):
-        return {"kind": "llava-hf", "llm_config": llm_cfg, "llm_config_path": llm_config_path}
-    has_tg = any(n.startswith(("model.mm_cross_attn.", "model.mm_patch_encoder.")) for n in llm_refs)
-    vision = read_tower(_resolve_clip_dir(llm_cfg, llm_dir, clip_dir))
+        from .hf_load import llava_hf_refs  # lazily: hf_load builds on this module
+        hf_cfg, clip_cfg, refs = llava_hf_refs(llm_cfg, llm_refs, llm_config_path)
+        plan.update(kind="llava-hf", llm_config=hf_cfg, refs=refs, has_tg=False, llava_hf_naming=hf_cfg["llava_hf_naming"],
+                    vision_dir=llm_dir, text_dir=None, clip_dir=llm_dir, clip_config=clip_cfg,
+                    clip_config_paths=(llm_config_path, llm_config_path),
+                    tower_names={"vision": "(inside the folder)", "text": None},
+                    tower_layouts={"vision": "llava-hf vision_tower", "text": None})
+        return plan
+    has_tg = any(n.startswith((FOM_PREFIX, DP_PREFIX)) for n in llm_refs)
+    plan.update(kind="official", llm_config=llm_cfg, refs=llm_refs, has_tg=has_tg)
+    return plan
+
+
+def find_towers(plan, clip_dir=None, download=True):
+    """read_llm_folder's dict of an official folder, completed with its CLIP towers (see resolve_folders).
+
+    The vision tower is clip_dir, or the folder mm_vision_tower (else
+    mm_text_tower) names; a TG-LLaVA checkpoint takes its text tower from
+    the same folder, or when that folder has none, from the one
+    mm_text_tower names.  A llava-hf dict comes back as it is.
+    """
+    if plan["kind"] == "llava-hf":
+        return plan
+    llm_cfg, llm_dir = plan["llm_config"], plan["llm_dir"]
+    vision_dir, vision_name = _resolve_clip_dir(llm_cfg, llm_dir, clip_dir, download)
+    vision = read_tower(vision_dir)
     if not vision["has_vision"]:
         raise CheckpointError(f"{vision['folder']}: no CLIP vision tower tensors (found: {vision['layout']}); "
                               "expected vision_model.* or a CLIPVisionModel's embeddings.* / encoder.layers.*")
-    text = None
-    if has_tg:
-        text = vision
+    text, text_name = None, None
+    if plan["has_tg"]:
+        text, text_name = vision, vision_name
         if not vision["has_text"]:
-            name = llm_cfg.get("mm_text_tower")
-            other = _find_tower(name, llm_dir)
+            text_name = llm_cfg.get("mm_text_tower")
+            other = _find_tower(text_name, llm_dir, download)
             if other and os.path.realpath(other) != os.path.realpath(vision["folder"]):
                 text = read_tower(other)
             if not text["has_text"]:
                 raise CheckpointError(
                     f"{vision['folder']}: this TG-LLaVA checkpoint needs the CLIP text tower (text_model.*), but the "
-                    f"folder holds a {vision['layout']} and mm_text_tower {name!r} was not found with one")
+                    f"folder holds a {vision['layout']} and mm_text_tower {text_name!r} was not found with one")
     refs = {n: r for n, r in vision["refs"].items() if n.startswith("vision_model.")}
     if text is not None:
         refs.update({n: r for n, r in text["refs"].items() if n.startswith("text_model.")})
-    refs.update(llm_refs)
+    refs.update(plan["refs"])
     clip_config = {"model_type": "clip", "vision_config": vision["configs"]["vision_config"],
                    "text_config": (text or vision)["configs"]["text_config"]}
-    return {"kind": "official", "llm_config": llm_cfg, "llm_config_path": llm_config_path,
-            "vision_dir": vision["folder"], "text_dir": text["folder"] if text else None,
-            "clip_dir": text["folder"] if text else vision["folder"], "clip_config": clip_config,
-            "clip_config_paths": (vision["config_path"], (text or vision)["config_path"]),
-            "tower_layouts": {"vision": vision["layout"], "text": text["layout"] if text else None},
-            "has_tg": has_tg, "refs": refs}
+    return dict(plan, vision_dir=vision["folder"], text_dir=text["folder"] if text else None,
+                clip_dir=text["folder"] if text else vision["folder"], clip_config=clip_config,
+                clip_config_paths=(vision["config_path"], (text or vision)["config_path"]),
+                tower_names={"vision": vision_name, "text": text_name},
+                tower_layouts={"vision": vision["layout"], "text": text["layout"] if text else None}, refs=refs)
+
+
+def blamed_folder(plan, name):
+    """The folder of a resolve_folders dict that a tensor `name` should come from."""
+    if name.startswith("text_model."):
+        return plan["text_dir"]
+    return plan["vision_dir"] if name.startswith("vision_model.") else plan["llm_dir"]
+
+
+def checked_config(plan, dtype="float32", overrides=None):
+    """build_config for a resolve_folders dict, with its tensors' names, dtypes and shapes checked
+    against what that C core needs (check_tensors): everything a load checks before reading a weight."""
+    cfg = build_config(plan["llm_config"], plan["clip_config"], plan["refs"], dtype, overrides,
+                       plan["llm_config_path"], plan["clip_config_paths"])
+    check_tensors(cfg, plan["refs"], lambda name: blamed_folder(plan, name))
+    return cfg
 
 
 def preflight(llm_dir, clip_dir=None, tokenizers=True):
     """Check what a load and a chat need that can be checked without reading a weight.
 
     Configs (every value), tower folders, tensor names, dtypes and shapes
-    from the headers, and (tokenizers=True) the tokenizer files chat needs:
-    the LLM tokenizer in llm_dir and, for TG-LLaVA, the CLIP tokenizer in
-    the text tower's folder.  Raises CheckpointError on the first problem;
-    returns resolve_folders()'s dict.  `tgllava generate` calls this before
-    loading, so a folder without tokenizer files fails in a moment, not
-    after reading every weight.
+    from the headers (checked_config), and (tokenizers=True) the tokenizer
+    files chat needs: the LLM tokenizer in llm_dir and, for TG-LLaVA, the
+    CLIP tokenizer in the text tower's folder.  Raises CheckpointError on
+    the first problem; returns resolve_folders()'s dict.  `tgllava generate`
+    calls this before loading, so a folder without tokenizer files fails in
+    a moment, not after reading every weight.
     """
     plan = resolve_folders(llm_dir, clip_dir)
-    if plan["kind"] == "llava-hf":
-        from .hf_load import llava_hf_refs
-        llm_cfg, clip_cfg, refs = llava_hf_refs(llm_dir)
-        path = plan["llm_config_path"]
-        cfg = build_config(llm_cfg, clip_cfg, refs, "float32", llm_path=path, clip_path=path)
-        check_tensors(cfg, refs, lambda name: f"{llm_dir} (llava-hf layout)")
-    else:
-        cfg = build_config(plan["llm_config"], plan["clip_config"], plan["refs"], "float32", None,
-                           plan["llm_config_path"], plan["clip_config_paths"])
-
-        def missing(name):
-            if name.startswith("text_model."):
-                return plan["text_dir"]
-            return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
-        check_tensors(cfg, plan["refs"], missing)
+    checked_config(plan)
     if tokenizers:
-        check_tokenizer_files(llm_dir, "llm", " (needed to turn the question into token ids)")
-        if plan.get("has_tg"):
+        check_tokenizer_files(plan["llm_dir"], "llm", " (needed to turn the question into token ids)")
+        if plan["has_tg"]:
             check_tokenizer_files(plan["text_dir"], "clip",
-                                         " (TG-LLaVA needs the CLIP tokenizer of its text tower for the text guide)")
+                                  " (TG-LLaVA needs the CLIP tokenizer of its text tower for the text guide)")
     return plan
 
 
@@ -397,7 +443,8 @@ def read_tower(folder):
 
     Returns a dict: folder, config_path, configs (clip_configs), layout
     (clip_tower_names' label), refs ({official name: TensorRef} of the tower
-    tensors, renamed to vision_model.* / text_model.*), has_vision, has_text.
+    tensors, renamed to vision_model.* / text_model.*), other (the rest:
+    projections, logit_scale), files (the weight files), has_vision, has_text.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -418,5 +465,8 @@ def read_tower(folder):
     if has_text and tower_configs["text_config"] is None:
         tower_configs["text_config"] = None  # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
         has_text = False
+    used = set(mapping.values())
+    other = {n: r for n, r in raw.items() if n not in used}
     return {"folder": folder, "config_path": config_path, "configs": tower_configs, "layout": label,
-            "refs": refs, "has_vision": has_vision, "has_text": has_text}
+            "refs": refs, "other": other, "files": sorted({os.path.basename(r.path) for r in raw.values()}),
+            "has_vision": has_vision, "has_text": has_text}

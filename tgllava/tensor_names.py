@@ -21,6 +21,12 @@ module maps each onto that one naming:
 from .errors import CheckpointError
 
 
+# the official names of an LLM folder's multimodal parts (the C core's own names)
+PROJECTOR_PREFIX = "model.mm_projector."
+FOM_PREFIX = "model.mm_cross_attn."  # TG-FOM: the Q-former of the text-guided mask
+DP_PREFIX = "model.mm_patch_encoder."  # TG-DP: the perceiver over the 2x tiles
+
+
 # ---- CLIP tensor layouts -----------------------------------------------------------
 
 _BARE_VISION = ("embeddings.patch_embedding.weight", "pre_layrnorm.weight")
