@@ -51,6 +51,10 @@ void tg_error_set(int code);
 
 /* Temperatures below this sample greedily (x / T would overflow or pick the least likely tokens). */
 #define TG_MIN_TEMPERATURE 1e-5f
+/* The id that marks where a sequence's image goes in its LLM ids (LLaVA's IMAGE_TOKEN_INDEX). */
+#define TG_IMAGE_TOKEN (-200)
+/* The most sequences one tg_generate call or one scheduler (its slots) runs together. */
+#define TG_MAX_BATCH 256
 /* Polled once per decode step; nonzero stops generate with TG_ERR_INTERRUPTED (Ctrl-C). */
 typedef int (*tg_interrupt_fn)(void *user);
 
@@ -73,7 +77,7 @@ typedef struct tg_sampling {
  * return nonzero to stop that sequence. */
 typedef int (*tg_token_callback)(void *user, int seq, int32_t token);
 
-/* One sequence to run: its LLM ids (at most one -200 image slot) and its
+/* One sequence to run: its LLM ids (at most one TG_IMAGE_TOKEN image slot) and its
  * image, given either as pixels (3,S,S) plus an optional CLIP text guide, or
  * as precomputed visual tokens (n_visual, hidden).  use_fom/use_dp switch
  * the TG modules (ablations); n_latents <= 0 means all DP latents. */
@@ -141,7 +145,8 @@ int tg_generate(tg_model *m, const tg_sequence *seqs, int B, const tg_sampling *
  * tokens and prefills it into a free slot, with its own sampling settings (interrupt not used);
  * step() gives every running sequence one event -- a new token and/or its end -- and advances the
  * running ones by one position in one batched forward, cut into chunks of at most decode_rows rows
- * (0 = no limit; on the CPU <= 8 keeps every sequence bitwise equal to its own tg_generate); a
+ * (0 = no limit; on a float32 CPU model at most TG_CPU_EXACT_ROWS keeps every sequence bitwise equal
+ * to its own tg_generate, compact CPU formats are exact per row for any number of rows); a
  * sequence ends at a stop token (not reported as a token) or after max_new_tokens, and its slot is
  * free at once.  cancel() ends a running sequence now (returns 1, or 0 for an unknown id).
  * events must hold `slots` entries.  Calls on one model (and its schedulers) must not overlap. */

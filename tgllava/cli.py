@@ -20,6 +20,8 @@ import argparse
 import os
 import sys
 
+from . import _C
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line on stderr and exit status 1."""
@@ -44,7 +46,7 @@ def _add_generate(sub):
     p.add_argument("--image", required=True, metavar="PATH", help="picture file")
     p.add_argument("--question", required=True, metavar="TEXT", help="the question (without <image>)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="weight storage (int8/int4: cpu only; default: float32 on cpu up to 1.5 B parameters, "
                         "the checkpoint's 16-bit dtype up to 4 B, int8 above; bfloat16 on cuda)")
     p.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="answer length limit (default 512)")
@@ -70,7 +72,7 @@ def _add_info(sub):
     p.add_argument("--clip", metavar="DIR", default=None,
                    help="CLIP tower folder, as for generate (default: the towers the LLM config names)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="also show how loading with this weight storage would store the tensors")
     _debug_flag(p)
     p.set_defaults(func=_run_info)
@@ -167,10 +169,8 @@ def _run_generate(args):
         raise FileNotFoundError(f"--model {args.model}: no such folder")
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"--image {args.image}: no such file")
-    if args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be at least 1")
     from .model import check_sampling
-    check_sampling(args.max_new_tokens, args.temperature, args.top_p)  # NaN/inf/out of range: before loading
+    check_sampling(args.max_new_tokens, args.temperature, args.top_p, min_new_tokens=1)  # bad values: before loading
     if args.conv_mode is not None:
         conversation.get_template(args.conv_mode)
     model = load_model(args.model, args.clip, args.device, args.dtype, preflight=True)

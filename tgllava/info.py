@@ -42,7 +42,7 @@ def storage_plan(cfg, dtype):
     """How load(dtype=...) stores the model of size dict `cfg` (the C core's own plan, from a core that
     allocates nothing): bytes per stored dtype, and the matrices that fall back to float16 because
     int8/int4 cannot block their input features."""
-    probe = _C.Model(dict(cfg, dtype=loader._DTYPES[dtype]), "cpu")
+    probe = _C.Model(dict(cfg, dtype=_C.DTYPES.index(dtype)), "cpu")
     total, fallback = collections.Counter(), []
     for name, stored, nbytes in probe.storage():
         total[stored] += nbytes
@@ -71,7 +71,8 @@ def describe(folder, dtype=None, clip_dir=None):
     plan = loader.read_llm_folder(folder)
     llm_cfg, refs, path = plan["llm_config"], plan["refs"], plan["llm_config_path"]
     hf = plan["kind"] == "llava-hf"
-    info.update(files=plan["files"], n_tensors=len(refs), dtypes=dict(collections.Counter(r.dtype for r in refs.values())))
+    info.update(files=plan["files"], n_tensors=len(refs),
+                dtypes=dict(collections.Counter(r.dtype for r in refs.values())))
     if hf:
         info["llava_hf_naming"] = plan["llava_hf_naming"]
     has_fom = any(n.startswith(FOM_PREFIX) for n in refs)

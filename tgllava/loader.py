@@ -23,7 +23,7 @@ from .model import Model
 from .tensor_names import (DP_PREFIX, FOM_PREFIX, IGNORED_SUFFIXES, PROJECTOR_PREFIX, clip_tower_names,
                            count_layers, is_llava_hf)
 
-_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int4": 4}
+# storage dtypes: _C.DTYPES (their names, indexed by the C core's code); these the CUDA backend holds
 GPU_DTYPES = ("float32", "float16", "bfloat16")
 # the CPU's default storage (README): exact float32 for small models, the checkpoint's own 16-bit dtype up to
 # 4 B parameters, int8 above (a 7B model then needs ~8 GB and loads on a 16 GB machine)
@@ -151,7 +151,7 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
              qkv_bias=int("model.layers.0.self_attn.q_proj.bias" in refs),
              tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs),
              max_len=m["max_len"], rms_eps=m["rms_eps"], rope_theta=m["rope_theta"],
-             dtype=_DTYPES[dtype])
+             dtype=_C.DTYPES.index(dtype))
     return config_schema.check(c)
 
 
@@ -159,8 +159,8 @@ def check_device_dtype(device, dtype):
     """Refuse an unknown device or a storage dtype the device cannot hold (None is resolved later)."""
     if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype is not None and dtype not in _C.DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_C.DTYPES)}, got {dtype!r}")
     if dtype is not None and device != "cpu" and dtype not in GPU_DTYPES:
         raise ValueError(f"dtype {dtype!r} is a CPU format; on {device} use one of {', '.join(GPU_DTYPES)}")
 
@@ -241,8 +241,8 @@ def read_llm_folder(llm_dir):
     if is_llava_hf(llm_cfg, list(llm_refs)):
         from .hf_load import llava_hf_refs  # lazily: hf_load builds on this module
         hf_cfg, clip_cfg, refs = llava_hf_refs(llm_cfg, llm_refs, llm_config_path)
-        plan.update(kind="llava-hf", llm_config=hf_cfg, refs=refs, has_tg=False, llava_hf_naming=hf_cfg["llava_hf_naming"],
-                    vision_dir=llm_dir, text_dir=None, clip_dir=llm_dir, clip_config=clip_cfg,
+        plan.update(kind="llava-hf", llm_config=hf_cfg, refs=refs, has_tg=False,
+                    llava_hf_naming=hf_cfg["llava_hf_naming"], vision_dir=llm_dir, text_dir=None, clip_dir=llm_dir, clip_config=clip_cfg,
                     clip_config_paths=(llm_config_path, llm_config_path),
                     tower_names={"vision": "(inside the folder)", "text": None},
                     tower_layouts={"vision": "llava-hf vision_tower", "text": None})

@@ -15,8 +15,6 @@ from . import devarray
 from .errors import DeviceError, ShapeError
 from .streaming import CountedCore, TokenStream
 
-IMAGE_TOKEN_INDEX = -200
-
 
 def tile(pixels):
     """(B,3,S,S) or (3,S,S) normalised images -> (B,4,3,S,S) tiles: bilinear 2x upscale, 4 crops (SPEC 2.5)."""
@@ -30,9 +28,6 @@ def tile(pixels):
     return out[0] if single else out
 
 
-MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (the C core's TG_MIN_TEMPERATURE)
-
-
 def resolve_seed(seed):
     """The 64-bit sampling seed: `seed` taken modulo 2**64, or a random one when it is None."""
     if seed is None:
@@ -40,13 +35,17 @@ def resolve_seed(seed):
     return int(seed) & ((1 << 64) - 1)
 
 
-def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_len=None):
-    """Checked generation settings (max_new_tokens, temperature, top_p, top_k, repetition_penalty).
+def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_len=None,
+                   min_new_tokens=0):
+    """Checked generation settings (max_new_tokens, temperature, top_p, top_k, repetition_penalty): the one
+    rule of the model, `tgllava serve` and the command line.
 
-    Raises ShapeError for a non-number, a non-finite value (NaN, inf), or one out of range:
-    0 <= max_new_tokens <= max_len (the context length, when given), temperature >= 0,
-    0 < top_p <= 1, top_k >= 0, repetition_penalty > 0.  A temperature below MIN_TEMPERATURE
-    comes back as 0 (greedy): dividing logits by 1e-39 would overflow.
+    Values are converted here (a bool, a non-number or a non-integral count raises ShapeError); the
+    ranges are the C core's (_C.check_sampling, which the extension's generate applies too): finite
+    values, 0 <= max_new_tokens <= max_len (the context length, when given), temperature >= 0,
+    0 < top_p <= 1, top_k >= 0, repetition_penalty > 0.  Front ends that must answer something ask
+    for min_new_tokens=1.  A temperature below _C.MIN_TEMPERATURE comes back as 0 (greedy: dividing
+    logits by 1e-39 would overflow), a top_k above 2**30 as 2**30 (no vocabulary is that large).
     """
     def integer(v, name):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
@@ -58,28 +57,17 @@ def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repe
     def number(v, name):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise ShapeError(f"{name} must be a number, got {v!r}")
-        v = float(v)
-        if not np.isfinite(v):
-            raise ShapeError(f"{name} must be finite, got {v}")
-        return v
+        return float(v)
 
-    max_new_tokens, top_k = integer(max_new_tokens, "max_new_tokens"), integer(top_k, "top_k")
+    max_new_tokens, top_k = integer(max_new_tokens, "max_new_tokens"), min(integer(top_k, "top_k"), 1 << 30)
     temperature, top_p = number(temperature, "temperature"), number(top_p, "top_p")
     repetition_penalty = number(repetition_penalty, "repetition_penalty")
-    if max_new_tokens < 0 or (max_len is not None and max_new_tokens > max_len):
-        bound = f"[0, {max_len}] (the model's context length)" if max_len is not None else ">= 0"
-        raise ShapeError(f"max_new_tokens {max_new_tokens} is outside {bound}")
-    if temperature < 0:
-        raise ShapeError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ShapeError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ShapeError(f"top_k must be >= 0, got {top_k}")
-    if repetition_penalty <= 0:
-        raise ShapeError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    if temperature < MIN_TEMPERATURE:
+    if max_new_tokens < min_new_tokens:
+        raise ShapeError(f"max_new_tokens must be at least {min_new_tokens}, got {max_new_tokens}")
+    _C.check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, -1 if max_len is None else max_len)
+    if temperature < _C.MIN_TEMPERATURE:
         temperature = 0.0
-    return max_new_tokens, temperature, top_p, min(top_k, 1 << 30), repetition_penalty
+    return max_new_tokens, temperature, top_p, top_k, repetition_penalty
 
 
 def _float_array(x, what, device="cpu"):
@@ -249,8 +237,8 @@ class Model:
         if a.ndim > 2 or (a.ndim == 2 and a.shape[0] != 1):
             raise ShapeError(f"input_ids must be one sequence (T,) or (1, T), got shape {a.shape}; "
                              "use generate_batch for several sequences")
-        ids = _id_array(a.reshape(-1), "input_ids", IMAGE_TOKEN_INDEX, self.sizes["vocab"])
-        bad = ids[(ids < 0) & (ids != IMAGE_TOKEN_INDEX)]
+        ids = _id_array(a.reshape(-1), "input_ids", _C.IMAGE_TOKEN, self.sizes["vocab"])
+        bad = ids[(ids < 0) & (ids != _C.IMAGE_TOKEN)]
         if bad.size:
             raise ShapeError(f"input_ids: id {int(bad[0])} is outside [0, {self.sizes['vocab']})")
         seq = {"ids": ids, "use_fom": bool(use_fom), "use_dp": bool(use_dp), "n_latents": int(n_latents or 0)}
@@ -475,7 +463,7 @@ class Model:
             raise ShapeError("this checkpoint has no TG-DP module")
         if text_ids is None:
             raise ShapeError("dp_attention needs text_ids (the CLIP tokens of the question)")
-        seq = self._sequence([IMAGE_TOKEN_INDEX], pixels, text_ids, use_fom=True, use_dp=True)
+        seq = self._sequence([_C.IMAGE_TOKEN], pixels, text_ids, use_fom=True, use_dp=True)
         return self._core.dp_attention(seq)
 
     def attention_map(self, *args, **kw):

@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 
+from tgllava import _C
 from tgllava.errors import TgError
 
 from .prompts import PROMPT_STYLES
@@ -48,7 +49,7 @@ def add_arguments(p):
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="llava")
     p.add_argument("--conv-mode", default=None, help="chat template for --prompt-style llava")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="weight storage (int8/int4: cpu only; default: the rule of tgllava.load)")
     p.add_argument("--shard", default=None, metavar="I/N", help="run part I (from 0) of N")
     p.add_argument("--max-new-tokens", type=int, default=None)
