@@ -93,7 +93,7 @@ def read_bandwidth_GBps():
 
 def bench_1b(rows, bw, read_bw):
     """Llama-shaped ~1B model (hidden 2048, 16 layers, ffn 5632, vocab 32000), random weights, text only."""
-    from tgllava.api import build_config
+    from tgllava.loader import build_config
     cfg_llm = dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=16, num_hidden_layers=16,
                    intermediate_size=5632, vocab_size=32000, rms_norm_eps=1e-5, mm_vision_select_layer=-2,
                    mm_projector_type="linear", tokenizer_model_max_length=2048)

@@ -47,7 +47,7 @@ class _Shape:
 def required_tensors(llm_cfg):
     """(name, shape) of every tensor a LLaVA model of this config needs (asked from the C core itself)."""
     from tgllava import _C
-    from tgllava.api import build_config
+    from tgllava.loader import build_config
     refs = {"model.mm_projector.0.weight": _Shape((llm_cfg["hidden_size"], 1024))}
     refs.update({f"vision_model.encoder.layers.{i}.x": _Shape((1,)) for i in range(24)})  # layer counts
     refs.update({f"model.layers.{i}.x": _Shape((1,)) for i in range(llm_cfg["num_hidden_layers"])})

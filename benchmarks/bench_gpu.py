@@ -14,7 +14,7 @@ import numpy as np
 
 import tgllava
 from tgllava import _C
-from tgllava.api import build_config
+from tgllava.loader import build_config
 
 
 class _Shape:

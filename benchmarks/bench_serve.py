@@ -1,7 +1,7 @@
 """Serving benchmark: `tgllava serve` (continuous batching) under N concurrent clients, against the same
 requests sent one at a time and against static Model.generate_batch batches.
 
-The model is a ~0.8B Llama-shaped TG-LLaVA with random weights built by tgllava.demo (hidden 2048,
+The model is a ~0.8B Llama-shaped TG-LLaVA with random weights built by tgllava.fixtures (hidden 2048,
 16 layers, ffn 5632, a small vision tower; about 3.3 GB written to a temporary folder), or --tiny
 (the demo's sizes, for a smoke run), or a real checkpoint (--model DIR [--clip DIR] [--device cuda]).
 Requests ask different questions about two pictures with answers of mixed lengths (max_tokens
@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 import tgllava
-from tgllava import chat, demo
+from tgllava import chat, fixtures
 from tgllava.serve import ServerThread
 
 ONE_B = {"hidden": 2048, "heads": 16, "layers": 16, "ffn": 5632}
@@ -41,13 +41,13 @@ QUESTIONS = ["What is in this image?", "Describe the picture in detail.", "What 
 def build_model(args, tmp):
     if args.model:
         return tgllava.load(args.model, clip_dir=args.clip, device=args.device, dtype=args.dtype), None
-    llm_dir, clip_dir, image = demo.build(tmp, None if args.tiny else ONE_B)
+    llm_dir, clip_dir, image = fixtures.build(tmp, None if args.tiny else ONE_B)
     return tgllava.load(llm_dir, clip_dir=clip_dir, device=args.device, dtype=args.dtype, progress=False), image
 
 
 def pictures(image_path):
     from PIL import Image
-    im = Image.open(image_path).convert("RGB") if image_path else demo.demo_image()
+    im = Image.open(image_path).convert("RGB") if image_path else fixtures.demo_image()
     out = []
     for pic in (im, im.transpose(Image.FLIP_LEFT_RIGHT)):
         buf = io.BytesIO()

@@ -4,7 +4,7 @@
  * the order of the struct.  It generates the C struct tg_config (tg.h), the
  * Python binding's parser of the config dict, its complete export back to
  * Python (_C.Model.config) and the schema Python sees (_C.config_fields()),
- * which tgllava.api.build_config checks its result against.  Add a field here
+ * which tgllava.loader.build_config checks its result against.  Add a field here
  * and all four follow.
  *
  *   type     int or float (a C int / float; Python int / float)

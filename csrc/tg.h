@@ -51,8 +51,10 @@ void tg_error_set(int code);
 
 /* Temperatures below this sample greedily (x / T would overflow or pick the least likely tokens). */
 #define TG_MIN_TEMPERATURE 1e-5f
-#define TG_IMAGE_TOKEN (-200) /* the id that stands for the image's visual tokens in a sequence's ids */
-#define TG_MAX_BATCH 256      /* sequences of one tg_generate call, slots of one scheduler */
+/* The id that marks where a sequence's image goes in its LLM ids (LLaVA's IMAGE_TOKEN_INDEX). */
+#define TG_IMAGE_TOKEN (-200)
+/* The most sequences one tg_generate call or one scheduler (its slots) runs together. */
+#define TG_MAX_BATCH 256
 /* Polled once per decode step; nonzero stops generate with TG_ERR_INTERRUPTED (Ctrl-C). */
 typedef int (*tg_interrupt_fn)(void *user);
 
@@ -75,7 +77,7 @@ typedef struct tg_sampling {
  * return nonzero to stop that sequence. */
 typedef int (*tg_token_callback)(void *user, int seq, int32_t token);
 
-/* One sequence to run: its LLM ids (at most one -200 image slot) and its
+/* One sequence to run: its LLM ids (at most one TG_IMAGE_TOKEN image slot) and its
  * image, given either as pixels (3,S,S) plus an optional CLIP text guide, or
  * as precomputed visual tokens (n_visual, hidden).  use_fom/use_dp switch
  * the TG modules (ablations); n_latents <= 0 means all DP latents. */

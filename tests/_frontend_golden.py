@@ -2,7 +2,7 @@
 
 `golden_set(name)` materializes a golden set (SPEC 5) once per test process
 into a temporary folder and gives both folders tokenizer files written by
-tgllava.demo's builders: a byte-level BPE tokenizer.json for the LLM (its
+tgllava.fixtures' builders: a byte-level BPE tokenizer.json for the LLM (its
 ids stay below the golden vocab of 1000) and a CLIP vocab.json + merges.txt
 whose ids stay below the golden CLIP text vocab of 1024, with
 <|startoftext|> = 1022 and <|endoftext|> = 1023 as in the golden text
@@ -50,13 +50,13 @@ def _materialize_module():
 def golden_set(name):
     """(llm_dir, clip_dir, image_path) of golden set `name`, with tokenizer files."""
     if name not in _sets:
-        from tgllava import demo
+        from tgllava import fixtures
 
         mat = _materialize_module()
         out = os.path.join(_tmpdir(), name)
         clip_dir, llm_dir = mat.materialize(os.path.join(GOLDEN, name), out)
-        assert demo.write_llm_tokenizer(llm_dir, vocab_size=1000) <= 1000
-        assert demo.write_clip_tokenizer(clip_dir, vocab_size=1024) == (1022, 1023)
+        assert fixtures.write_llm_tokenizer(llm_dir, vocab_size=1000) <= 1000
+        assert fixtures.write_clip_tokenizer(clip_dir, vocab_size=1024) == (1022, 1023)
         _sets[name] = (llm_dir, clip_dir, os.path.join(GOLDEN, name, "image.png"))
     return _sets[name]
 

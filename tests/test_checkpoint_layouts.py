@@ -6,7 +6,7 @@ tgllava.load and compared with the golden folder.  Covered: `rope_parameters`
 (transformers 5) vs `rope_theta` give the same logits, rotary scaling and
 disagreeing values are refused; CLIP towers in the CLIPVisionModel /
 CLIPTextModel layouts, prefixed or not, and a TG-LLaVA text tower taken from
-its own folder; every llava-hf naming of layout.LLAVA_HF_NAMINGS; the
+its own folder; every llava-hf naming of tensor_names.LLAVA_HF_NAMINGS; the
 released liuhaotian/llava-v1.5-7b config keys; bad config values as
 CheckpointErrors naming file and key, raised before any tensor byte is read;
 `tgllava generate` on a folder without tokenizer files failing before any
@@ -24,7 +24,7 @@ import pytest
 from golden_util import GOLDEN, checkpoint, io
 
 import tgllava
-from tgllava import api, cli, demo, layout
+from tgllava import cli, fixtures, info, loader, tensor_names
 from tgllava.checkpoint import TensorRef, read_tensors
 from tgllava.errors import CheckpointError
 
@@ -59,7 +59,7 @@ def edit_config(folder, change=None, drop=()):
 
 def write_folder(folder, tensors, config):
     os.makedirs(folder, exist_ok=True)
-    demo.save_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    fixtures.save_safetensors(os.path.join(folder, "model.safetensors"), tensors)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f)
     return str(folder)
@@ -79,7 +79,7 @@ def no_weight_bytes(monkeypatch):
         raise AssertionError("build_core was called")
 
     monkeypatch.setattr(TensorRef, "raw", raw)
-    monkeypatch.setattr(api, "build_core", build_core)
+    monkeypatch.setattr(loader, "build_core", build_core)
     return calls
 
 
@@ -182,10 +182,10 @@ def test_unknown_text_act_and_pooling_refused_for_tg(tmp_path, no_weight_bytes):
 def test_shapes_and_extra_tensors_checked_before_any_byte_is_read(tmp_path, request):
     t = read_tensors(os.path.join(checkpoint(L15)[0], "model.safetensors"))
     short = copy_llm(tmp_path, label="short")
-    demo.save_safetensors(os.path.join(short, "model.safetensors"),
+    fixtures.save_safetensors(os.path.join(short, "model.safetensors"),
                           dict(t, **{"lm_head.weight": t["lm_head.weight"][:-1]}))  # among the last tensors loaded
     extra = copy_llm(tmp_path, label="extra")  # a Llama variant the engine does not build
-    demo.save_safetensors(os.path.join(extra, "model.safetensors"),
+    fixtures.save_safetensors(os.path.join(extra, "model.safetensors"),
                           dict(t, **{"model.layers.0.self_attn.o_proj.bias": np.zeros(256, np.float32)}))
     calls = request.getfixturevalue("no_weight_bytes")
     with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor lm_head.weight has shape \(999, 256\), "
@@ -209,7 +209,7 @@ def test_released_llava_v15_config_keys_load_as_the_official_layout(tmp_path):
     cfg = dict(LLAVA_V15_7B_CONFIG, **sizes)  # the file's keys (model_type "llava", no rope_theta), golden sizes
     with open(os.path.join(llm, "config.json"), "w") as f:
         json.dump(cfg, f)
-    assert api.resolve_folders(llm, checkpoint(L15)[1])["kind"] == "official"
+    assert loader.resolve_folders(llm, checkpoint(L15)[1])["kind"] == "official"
     m = tgllava.load(llm, checkpoint(L15)[1], progress=False)
     assert np.array_equal(m.logits(TEXT_IDS), golden(L15).logits(TEXT_IDS))
 
@@ -242,7 +242,7 @@ def text_model_folder(folder, name=TGV, prefixed=True):
 @pytest.mark.parametrize("prefixed,label", [(True, "CLIPVisionModel"), (False, "CLIPVisionModel, unprefixed")])
 def test_clip_vision_model_folders_load(tmp_path, capsys, prefixed, label):
     tower = vision_model_folder(tmp_path / "tower", prefixed=prefixed)
-    assert layout.read_tower(tower)["layout"] == label
+    assert loader.read_tower(tower)["layout"] == label
     m = tgllava.load(checkpoint(L15)[0], tower, progress=False)
     px = io(L15)["pixel_values"]
     assert np.array_equal(m.vision_features(px), golden(L15).vision_features(px))
@@ -259,7 +259,7 @@ def test_tg_text_tower_from_its_own_folder(tmp_path):
     text = text_model_folder(tmp_path / "text", TGV, prefixed=False)
     llm = copy_llm(tmp_path, TGV)
     edit_config(llm, {"mm_text_tower": text})
-    plan = api.resolve_folders(llm, vision)
+    plan = loader.resolve_folders(llm, vision)
     assert (plan["vision_dir"], plan["text_dir"], plan["clip_dir"]) == (vision, text, text)
     assert plan["tower_layouts"] == {"vision": "CLIPVisionModel, unprefixed", "text": "CLIPTextModel, unprefixed"}
     m = tgllava.load(llm, vision, progress=False)
@@ -273,6 +273,40 @@ def test_tg_text_tower_from_its_own_folder(tmp_path):
     edit_config(llm, {"mm_text_tower": str(tmp_path / "nowhere")})
     with pytest.raises(CheckpointError, match=r"needs the CLIP text tower .* CLIPVisionModel, unprefixed"):
         tgllava.load(llm, vision, progress=False)
+
+
+# --- `tgllava info` reports what load() resolves -----------------------------------------------------------
+
+def test_info_names_the_text_tower_load_uses(tmp_path, capsys):
+    """A TG-LLaVA whose vision folder holds both towers takes its text tower from there, whatever
+    mm_text_tower names; info used to look mm_text_tower up on its own and report another folder."""
+    clip = checkpoint(TGV)[1]
+    elsewhere = text_model_folder(tmp_path / "text", TGV)
+    llm = copy_llm(tmp_path, TGV)
+    edit_config(llm, {"mm_vision_tower": clip, "mm_text_tower": elsewhere})
+    m = tgllava.load(llm, progress=False)
+    towers = info.describe(llm)["towers"]
+    assert towers["vision"]["path"] == towers["text"]["path"] == m.clip_dir == clip
+    assert cli.main(["info", llm]) == 0
+    out = capsys.readouterr().out
+    assert f"text tower: {clip} -> {clip}" in out and elsewhere not in out and "load check: passed" in out
+
+
+def test_info_and_load_agree_on_a_folder_known_by_its_tensor_names(tmp_path):
+    """A config that says neither layout (no mm_* keys, no text_config / vision_config, no
+    LlavaForConditionalGeneration) over llava-hf tensor names: the names decide, once, for load()
+    and info alike.  info used to decide from the config alone and describe an official LLaVA-1.5
+    while load() took the llava-hf path; now both read LlavaConfig's defaults (as transformers
+    does) and refuse the folder with the same error."""
+    versions, parts = tensor_names.LLAVA_HF_NAMINGS[0]
+    folder = llava_hf_folder(tmp_path / "hf", parts)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "llava"}, f)
+    with pytest.raises(CheckpointError, match="vision_config.num_hidden_layers is 24 but the weights hold 3") as e:
+        tgllava.load(folder, progress=False)
+    described = info.describe(folder)
+    assert described["kind"] == "llava-hf LLaVA-1.5" and described["llava_hf_naming"] == versions
+    assert described["load_check"] == str(e.value)
 
 
 def test_info_on_compact_clip_config_prints_the_defaults(tmp_path, capsys):
@@ -302,7 +336,7 @@ def test_info_on_legacy_clip_config_says_how_it_is_read(tmp_path, capsys):
     assert "vision: width 1024, 24 layers, image 336, patch 14" in out
 
 
-# --- llava-hf namings: every row of layout.LLAVA_HF_NAMINGS, built here from the golden LLaVA-1.5 ---------------
+# --- llava-hf namings: every row of tensor_names.LLAVA_HF_NAMINGS, built here from the golden LLaVA-1.5 ---------------
 
 def llava_hf_folder(folder, parts):
     llm_dir, clip_dir = checkpoint(L15)
@@ -339,9 +373,9 @@ def llava_hf_folder(folder, parts):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("row", range(len(layout.LLAVA_HF_NAMINGS)))
+@pytest.mark.parametrize("row", range(len(tensor_names.LLAVA_HF_NAMINGS)))
 def test_every_llava_hf_naming_loads_like_the_official_folder(tmp_path, capsys, row):
-    versions, parts = layout.LLAVA_HF_NAMINGS[row]
+    versions, parts = tensor_names.LLAVA_HF_NAMINGS[row]
     folder = llava_hf_folder(tmp_path / "hf", parts)
     m = tgllava.load(folder, progress=False)
     ref = golden(L15)
@@ -349,7 +383,7 @@ def test_every_llava_hf_naming_loads_like_the_official_folder(tmp_path, capsys, 
         tied = copy_llm(tmp_path, label="tied")
         t = read_tensors(os.path.join(tied, "model.safetensors"))
         del t["lm_head.weight"]
-        demo.save_safetensors(os.path.join(tied, "model.safetensors"), t)
+        fixtures.save_safetensors(os.path.join(tied, "model.safetensors"), t)
         edit_config(tied, {"tie_word_embeddings": True})
         ref = tgllava.load(tied, checkpoint(L15)[1], progress=False)
     px = io(L15)["pixel_values"]
@@ -372,7 +406,7 @@ def test_generate_without_tokenizer_files_fails_before_reading_weights(capsys, n
 
 def test_generate_tg_without_clip_tokenizer_fails_before_reading_weights(tmp_path, capsys, no_weight_bytes):
     llm = copy_llm(tmp_path, TGV)
-    demo.write_llm_tokenizer(llm, vocab_size=1000)
+    fixtures.write_llm_tokenizer(llm, vocab_size=1000)
     clip = checkpoint(TGV)[1]
     img = os.path.join(GOLDEN, TGV, "image.png")
     rc = cli.main(["generate", "--model", llm, "--clip", clip, "--image", img, "--question", "q"])
@@ -387,7 +421,7 @@ def test_generate_with_a_missing_tower_fails_before_reading_weights(tmp_path, ca
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     llm = copy_llm(tmp_path)
-    demo.write_llm_tokenizer(llm, vocab_size=1000)
+    fixtures.write_llm_tokenizer(llm, vocab_size=1000)
     edit_config(llm, {"mm_vision_tower": "org/not-here", "mm_text_tower": None})
     rc = cli.main(["generate", "--model", llm, "--image", os.path.join(GOLDEN, L15, "image.png"), "--question", "q"])
     err = capsys.readouterr().err

@@ -145,7 +145,8 @@ def test_info_plain_llava_and_clip(capsys, monkeypatch, tmp_path):
     rc, out, _ = run_main(capsys, "info", llm)
     assert rc == 0
     assert f"{llm}: LLaVA-1.5" in out and "FOM no; DP no" in out and "chat template: vicuna_v1" in out
-    assert "NOT FOUND" in out and "text tower" not in out
+    assert "load check: FAILED" in out and "cannot find the CLIP tower" in out and "--clip DIR" in out
+    assert "text tower" not in out
     rc, out, _ = run_main(capsys, "info", clip)
     assert rc == 0 and f"{clip}: CLIP" in out and "vision: width 1024, 3 layers, image 336, patch 14" in out
 

@@ -1,7 +1,7 @@
 """Tests of the one schema of the model config (csrc/config_fields.h, issue 12 section 3).
 
 The C struct tg_config, the extension's parser, its export (_C.Model.config) and
-_C.config_fields() all come from one X-macro list; api.build_config checks its result
+_C.config_fields() all come from one X-macro list; loader.build_config checks its result
 against that list (tgllava.config_schema).  These tests check that the export has exactly
 the schema's fields with the right Python types, that build_config produces only schema
 keys and every key the modules need, that a stray or missing key fails clearly (in Python
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import golden_util
-from tgllava import _C, api, config_schema, layout
+from tgllava import _C, config_schema, configs, loader
 from tgllava.errors import ShapeError, TgError
 
 NEEDED = {"always", "has_fom or has_dp", "has_fom", "has_dp"}
@@ -22,8 +22,8 @@ PY_TYPES = {"int": int, "float": float}
 def built_config(name, dtype="float32"):
     """The dict build_config produces for golden set `name` (the one load() passes to the C core)."""
     llm, clip = golden_util.checkpoint(name)
-    plan = api.resolve_folders(llm, clip)
-    return api.build_config(plan["llm_config"], plan["clip_config"], plan["refs"], dtype, None,
+    plan = loader.resolve_folders(llm, clip)
+    return loader.build_config(plan["llm_config"], plan["clip_config"], plan["refs"], dtype, None,
                             plan["llm_config_path"], plan["clip_config_paths"])
 
 
@@ -85,12 +85,12 @@ def test_build_config_keys_are_what_the_modules_need(name):
 
 
 def test_build_config_with_a_stray_key_raises(monkeypatch):
-    real = layout.vision_sizes
+    real = configs.vision_sizes
 
     def drifted(*args, **kwargs):
         return dict(real(*args, **kwargs), v_hidden_size=64)  # a key the C core has no field for
 
-    monkeypatch.setattr(layout, "vision_sizes", drifted)
+    monkeypatch.setattr(configs, "vision_sizes", drifted)
     with pytest.raises(TgError, match="v_hidden_size") as e:
         built_config("llava15-tiny")
     assert "config_fields" in str(e.value)

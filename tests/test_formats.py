@@ -287,7 +287,7 @@ def test_compact_weights_are_smaller(compact_models):
 
 
 def test_default_dtype_rule():
-    from tgllava.api import default_dtype
+    from tgllava.loader import default_dtype
     from tgllava.checkpoint import TensorRef
 
     def refs(n, dt="BF16"):

@@ -1,5 +1,5 @@
 """End-to-end tests of the front end: chat (plain, streaming, batched), read_tensors on
-PyTorch .bin fixtures, and llava-hf folders loaded through tgllava.hf_load.
+PyTorch .bin fixtures, and llava-hf folders loaded through tgllava.load.
 
 Golden checkpoints (SPEC 5) are materialized once per process with tokenizer
 files the tests write (tests/_frontend_golden.py).  The TG-LLaVA full path
@@ -17,7 +17,7 @@ import pytest
 from _frontend_golden import FIXTURES, GOLDEN, QUESTION, cached_chat, golden_model, golden_set, second_image
 
 import tgllava
-from tgllava import chat, conversation, demo, hf_load, image, tokenize
+from tgllava import chat, conversation, fixtures, image, tokenize
 from tgllava.checkpoint import read_tensors
 from tgllava.errors import CheckpointError
 
@@ -219,7 +219,7 @@ class ScriptedModel:
 @pytest.fixture(scope="module")
 def scripted_tokenizer(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("scripted-tok"))
-    demo.write_llm_tokenizer(folder, vocab_size=400)
+    fixtures.write_llm_tokenizer(folder, vocab_size=400)
     return folder, tokenize.LlmTokenizer.from_folder(folder)
 
 
@@ -274,7 +274,7 @@ def _make_llava_hf(out, newer_layout=False):
         if name.startswith("vision_model."):
             tensors[tower + name] = a
     os.makedirs(out, exist_ok=True)
-    demo.save_safetensors(os.path.join(out, "model.safetensors"), tensors)
+    fixtures.save_safetensors(os.path.join(out, "model.safetensors"), tensors)
     text_keys = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size",
                  "vocab_size", "rms_norm_eps", "rope_theta", "max_position_embeddings", "hidden_act")
     config = {
@@ -286,7 +286,7 @@ def _make_llava_hf(out, newer_layout=False):
     }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f)
-    demo.write_llm_tokenizer(out, vocab_size=1000)
+    fixtures.write_llm_tokenizer(out, vocab_size=1000)
     return out
 
 
@@ -294,7 +294,7 @@ def _make_llava_hf(out, newer_layout=False):
 @pytest.mark.parametrize("newer_layout", [False, True])
 def test_llava_hf_gives_official_logits(tmp_path, newer_layout):
     folder = _make_llava_hf(str(tmp_path / "llava-hf"), newer_layout)
-    hf = hf_load.load_llava_hf(folder, "cpu", None, False)
+    hf = tgllava.load(folder, progress=False)
     official = golden_model(L15)
     io = np.load(os.path.join(GOLDEN, L15, "io.npz"))
     got = hf.logits(io["input_ids"], io["pixel_values"])
@@ -308,20 +308,3 @@ def test_llava_hf_gives_official_logits(tmp_path, newer_layout):
         a = chat.chat(hf, golden_set(L15)[2], QUESTION, max_new_tokens=4)
         assert len(a.token_ids) <= 4
 
-
-def test_llava_hf_errors(tmp_path):
-    with pytest.raises(CheckpointError):
-        hf_load.load_llava_hf(str(tmp_path / "missing"))
-    folder = tmp_path / "not-hf"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llava_llama"}))
-    with pytest.raises(CheckpointError, match="not a llava-hf"):
-        hf_load.load_llava_hf(str(folder))
-
-
-@pytest.mark.slow
-def test_llava_hf_through_tgllava_load(tmp_path):
-    folder = _make_llava_hf(str(tmp_path / "llava-hf"))
-    m = tgllava.load(folder)
-    io = np.load(os.path.join(GOLDEN, L15, "io.npz"))
-    assert np.abs(m.logits(io["input_ids"], io["pixel_values"]) - io["logits"]).max() <= 2e-3

@@ -133,7 +133,7 @@ def test_host_out_of_memory_inside_the_model_is_a_memory_error(big_vocab_dir):
         resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), hard))
         try:
             # the C core's static batch holds the logits of all 128 rows at once (generate_batch's
-            # continuous batching only those of the 8 rows of a decode step)
+            # continuous batching only those of one decode step's rows, at most _C.CPU_EXACT_ROWS)
             m._core.generate([m._sequence(r["input_ids"]) for r in reqs], max_new_tokens=1, eos_ids=[])
             print("no error")
         except Exception as e:
@@ -159,6 +159,25 @@ def test_non_finite_sampling_values_are_refused():
     for kw in (dict(temperature=nan), dict(top_p=nan), dict(repetition_penalty=nan), dict(temperature=inf)):
         with pytest.raises(tgllava.ShapeError, match="finite"):
             m._core.generate(seq, max_new_tokens=2, **kw)
+
+
+def test_one_sampling_rule_for_python_and_the_extension():
+    """model.check_sampling (what Model, serve and the CLI apply) and the extension's generate refuse the
+    same values with the same message: both are _C.check_sampling."""
+    from tgllava.model import check_sampling
+
+    m = model("llava15-tiny")
+    n = m.sizes["max_len"]
+    seq = [{"ids": np.array([1, 2], np.int32)}]
+    for kw in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5),
+               dict(top_k=-1), dict(repetition_penalty=0.0), dict(repetition_penalty=1e39), dict(max_new_tokens=n + 1)):
+        kw = {"max_new_tokens": 2, **kw}
+        with pytest.raises(tgllava.ShapeError) as in_python:
+            check_sampling(**kw, max_len=n)
+        with pytest.raises(tgllava.ShapeError) as in_c:
+            m._core.generate(seq, **kw)
+        assert str(in_python.value) == str(in_c.value), kw
+    assert check_sampling(2, temperature=tgllava._C.MIN_TEMPERATURE / 2)[1] == 0.0  # greedy below the C minimum
 
 
 def test_tiny_temperatures_are_greedy():

@@ -1,12 +1,12 @@
-"""Tests for tgllava.layout: llava-hf name and config mapping, and tower
-resolution through local folders and fake Hugging Face cache folders.
+"""Checkpoint layouts (tgllava.configs, tensor_names, hub): llava-hf name and config mapping, CLIP
+configs and tower namings, and tower resolution through local folders and fake Hugging Face cache folders.
 The network is never used: huggingface_hub's snapshot_download is replaced by a fake."""
 
 import json
 
 import pytest
 
-from tgllava import layout
+from tgllava import configs, hub, tensor_names
 from tgllava.errors import CheckpointError
 
 LLAVA_HF_CONFIG = {
@@ -56,28 +56,28 @@ LLAVA_V15_7B_CONFIG = {
 
 
 def test_is_llava_hf_by_keys_not_model_type():
-    assert layout.is_llava_hf(LLAVA_HF_CONFIG)
-    assert layout.is_llava_hf({"architectures": ["LlavaForConditionalGeneration"]})
-    assert layout.is_llava_hf({"model_type": "llava", "text_config": {"model_type": "llama"}})
+    assert tensor_names.is_llava_hf(LLAVA_HF_CONFIG)
+    assert tensor_names.is_llava_hf({"architectures": ["LlavaForConditionalGeneration"]})
+    assert tensor_names.is_llava_hf({"model_type": "llava", "text_config": {"model_type": "llama"}})
     # the released original LLaVA-1.5 config says model_type "llava" too: its mm_* keys decide
     assert LLAVA_V15_7B_CONFIG["model_type"] == LLAVA_HF_CONFIG["model_type"] == "llava"
-    assert not layout.is_llava_hf(LLAVA_V15_7B_CONFIG)
+    assert not tensor_names.is_llava_hf(LLAVA_V15_7B_CONFIG)
     # an original LLaVA saved by a newer transformers gains a stub text_config: still the official layout
-    assert not layout.is_llava_hf(dict(LLAVA_V15_7B_CONFIG, text_config={"model_type": "llama"}))
-    assert not layout.is_llava_hf({"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"]})
+    assert not tensor_names.is_llava_hf(dict(LLAVA_V15_7B_CONFIG, text_config={"model_type": "llama"}))
+    assert not tensor_names.is_llava_hf({"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"]})
     # model_type alone decides nothing; the tensor names do when given
-    assert not layout.is_llava_hf({"model_type": "llava"})
-    assert layout.is_llava_hf({"model_type": "llava"}, ["language_model.model.norm.weight"])
-    assert not layout.is_llava_hf({"model_type": "llava"}, ["model.norm.weight", "model.mm_projector.0.weight"])
-    assert not layout.is_llava_hf({})
+    assert not tensor_names.is_llava_hf({"model_type": "llava"})
+    assert tensor_names.is_llava_hf({"model_type": "llava"}, ["language_model.model.norm.weight"])
+    assert not tensor_names.is_llava_hf({"model_type": "llava"}, ["model.norm.weight", "model.mm_projector.0.weight"])
+    assert not tensor_names.is_llava_hf({})
 
 
 def test_released_llava_v15_config_reads_as_official():
-    sizes = layout.llm_sizes(LLAVA_V15_7B_CONFIG, "llava-v1.5-7b/config.json")
+    sizes = configs.llm_sizes(LLAVA_V15_7B_CONFIG, "llava-v1.5-7b/config.json")
     assert sizes == {"hidden": 4096, "heads": 32, "kv_heads": 32, "head_dim": 128, "layers": 32, "ffn": 11008,
                      "vocab": 32000, "max_len": 4096, "rms_eps": 1e-5, "rope_theta": 10000.0, "tie": False}
     with pytest.raises(CheckpointError, match="not a llava-hf config"):
-        layout.llava_hf_config(LLAVA_V15_7B_CONFIG)
+        configs.llava_hf_config(LLAVA_V15_7B_CONFIG)
 
 
 def test_map_names_old_layout():
@@ -94,7 +94,7 @@ def test_map_names_old_layout():
         "vision_tower.vision_model.encoder.layers.3.mlp.fc1.bias",
         "vision_tower.vision_model.post_layernorm.weight",
     ]
-    llm, clip = layout.map_llava_hf_names(names)
+    llm, clip = tensor_names.map_llava_hf_names(names)
     assert llm == {
         "model.embed_tokens.weight": "language_model.model.embed_tokens.weight",
         "model.layers.0.self_attn.q_proj.weight": "language_model.model.layers.0.self_attn.q_proj.weight",
@@ -121,7 +121,7 @@ def test_map_names_new_layout():
         "model.multi_modal_projector.linear_2.bias",
         "model.vision_tower.vision_model.pre_layrnorm.bias",
     ]
-    llm, clip = layout.map_llava_hf_names(names)
+    llm, clip = tensor_names.map_llava_hf_names(names)
     assert llm == {
         "model.embed_tokens.weight": "model.language_model.embed_tokens.weight",
         "model.layers.1.mlp.down_proj.weight": "model.language_model.layers.1.mlp.down_proj.weight",
@@ -134,15 +134,15 @@ def test_map_names_new_layout():
 
 def test_map_names_unknown_and_duplicates():
     with pytest.raises(CheckpointError, match="image_newline"):
-        layout.map_llava_hf_names(["lm_head.weight", "image_newline"])
-    llm, clip = layout.map_llava_hf_names(["lm_head.weight", "image_newline"], strict=False)
+        tensor_names.map_llava_hf_names(["lm_head.weight", "image_newline"])
+    llm, clip = tensor_names.map_llava_hf_names(["lm_head.weight", "image_newline"], strict=False)
     assert llm == {"lm_head.weight": "lm_head.weight"} and clip == {}
     with pytest.raises(CheckpointError, match="both map to lm_head.weight"):
-        layout.map_llava_hf_names(["lm_head.weight", "language_model.lm_head.weight"])
+        tensor_names.map_llava_hf_names(["lm_head.weight", "language_model.lm_head.weight"])
 
 
 def test_llava_hf_config():
-    out = layout.llava_hf_config(LLAVA_HF_CONFIG)
+    out = configs.llava_hf_config(LLAVA_HF_CONFIG)
     assert out["model_type"] == "llava_llama" and out["architectures"] == ["LlavaLlamaForCausalLM"]
     # given values
     assert out["vocab_size"] == 32064 and out["max_position_embeddings"] == 4096
@@ -170,13 +170,13 @@ def test_llava_hf_config_variants():
     cfg["text_config"].update(hidden_size=5120, num_attention_heads=40, num_hidden_layers=40,
                               intermediate_size=13824)
     cfg["vision_feature_select_strategy"] = "full"
-    out = layout.llava_hf_config(cfg)
+    out = configs.llava_hf_config(cfg)
     assert (out["hidden_size"], out["num_key_value_heads"]) == (5120, 40)
     assert out["mm_vision_select_feature"] == "cls_patch"
     # no vision_config: LlavaConfig's CLIP-L/14-336 default
     cfg = {"model_type": "llava", "text_config": {"model_type": "qwen2", "hidden_size": 896,
                                                    "num_attention_heads": 14, "num_key_value_heads": 2}}
-    out = layout.llava_hf_config(cfg)
+    out = configs.llava_hf_config(cfg)
     assert out["model_type"] == "llava_qwen" and out["vocab_size"] == 151936
     assert out["num_key_value_heads"] == 2 and out["mm_hidden_size"] == 1024
     assert out["vision_config"]["patch_size"] == 14 and out["vision_config"]["image_size"] == 336
@@ -194,7 +194,7 @@ def test_llava_hf_config_variants():
 def test_llava_hf_config_refusals(change, match):
     cfg = dict(LLAVA_HF_CONFIG, **change)
     with pytest.raises(CheckpointError, match=match):
-        layout.llava_hf_config(cfg)
+        configs.llava_hf_config(cfg)
 
 
 # --- tower resolution ------------------------------------------------------------
@@ -231,8 +231,8 @@ def make_snapshot(cache, repo, rev, with_config=True, main=False):
 
 
 def test_local_folder_is_returned(tmp_path, no_network):
-    assert layout.resolve_tower(str(tmp_path)) == str(tmp_path)
-    assert layout.resolve_tower(tmp_path, kind="text") == str(tmp_path)
+    assert hub.resolve_tower(str(tmp_path)) == str(tmp_path)
+    assert hub.resolve_tower(tmp_path, kind="text") == str(tmp_path)
     assert no_network == []
 
 
@@ -240,8 +240,8 @@ def test_hf_cache_snapshot_of_refs_main(tmp_path, no_network):
     cache = tmp_path / "hub"
     make_snapshot(cache, "openai/clip-vit-large-patch14-336", "bbb")
     main = make_snapshot(cache, "openai/clip-vit-large-patch14-336", "aaa", main=True)
-    assert layout.resolve_tower("openai/clip-vit-large-patch14-336") == str(main)
-    assert layout.find_in_hf_cache("openai/clip-vit-large-patch14-336") == str(main)
+    assert hub.resolve_tower("openai/clip-vit-large-patch14-336") == str(main)
+    assert hub.find_in_hf_cache("openai/clip-vit-large-patch14-336") == str(main)
     assert no_network == []
 
 
@@ -250,28 +250,28 @@ def test_hf_cache_needs_refs_main_and_config(tmp_path, no_network):
     cache = tmp_path / "hub"
     make_snapshot(cache, "org/tower", "old")
     make_snapshot(cache, "org/partial", "new", with_config=False, main=True)
-    assert layout.find_in_hf_cache("org/tower") is None
-    assert layout.find_in_hf_cache("org/partial") is None
+    assert hub.find_in_hf_cache("org/tower") is None
+    assert hub.find_in_hf_cache("org/partial") is None
     other = make_snapshot(tmp_path / "other", "org/tower", "r1", main=True)
-    assert layout.find_in_hf_cache("org/tower", cache_dir=str(tmp_path / "other")) == str(other)
+    assert hub.find_in_hf_cache("org/tower", cache_dir=str(tmp_path / "other")) == str(other)
 
 
 def test_download_only_when_online(tmp_path, monkeypatch, no_network):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert layout.resolve_tower("org/missing") is None
+    assert hub.resolve_tower("org/missing") is None
     assert no_network == []
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert layout.resolve_tower("org/missing", kind="text") is None  # fake download fails
+    assert hub.resolve_tower("org/missing", kind="text") is None  # fake download fails
     assert no_network and no_network[0][0] == "org/missing"
     patterns = no_network[0][1]
     for p in ("config.json", "*.safetensors", "*.bin", "*.json", "*.txt"):
         assert p in patterns
     # paths that are not repo ids are never sent to the hub
     no_network.clear()
-    assert layout.resolve_tower(str(tmp_path / "no" / "such" / "dir")) is None
-    assert layout.resolve_tower("./relative/missing") is None
+    assert hub.resolve_tower(str(tmp_path / "no" / "such" / "dir")) is None
+    assert hub.resolve_tower("./relative/missing") is None
     assert no_network == []
 
 
@@ -279,17 +279,17 @@ def test_download_success(monkeypatch, no_network):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None: "/fake/snap")
-    assert layout.resolve_tower("org/tower") == "/fake/snap"
+    assert hub.resolve_tower("org/tower") == "/fake/snap"
 
 
 def test_resolve_tower_arguments(no_network):
     with pytest.raises(ValueError, match="kind"):
-        layout.resolve_tower("x", kind="audio")
-    assert layout.resolve_tower(None) is None
-    assert layout.resolve_tower("") is None
+        hub.resolve_tower("x", kind="audio")
+    assert hub.resolve_tower(None) is None
+    assert hub.resolve_tower("") is None
 
 
-# --- llava-hf namings: one case per row of layout.LLAVA_HF_NAMINGS, names built here ------------------------
+# --- llava-hf namings: one case per row of tensor_names.LLAVA_HF_NAMINGS, names built here ------------------------
 
 _LM_TAILS = ["embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight",
              "norm.weight"]
@@ -306,11 +306,11 @@ def _naming_names(parts):
     return names
 
 
-@pytest.mark.parametrize("row", range(len(layout.LLAVA_HF_NAMINGS)))
+@pytest.mark.parametrize("row", range(len(tensor_names.LLAVA_HF_NAMINGS)))
 def test_every_llava_hf_naming_maps_to_the_official_names(row):
-    versions, parts = layout.LLAVA_HF_NAMINGS[row]
+    versions, parts = tensor_names.LLAVA_HF_NAMINGS[row]
     names = _naming_names(parts)
-    llm, clip = layout.map_llava_hf_names(names)
+    llm, clip = tensor_names.map_llava_hf_names(names)
     want_llm = {"model." + t for t in _LM_TAILS} | {f"model.mm_projector.{k}.{w}" for k in (0, 2)
                                                      for w in ("weight", "bias")}
     if parts["lm_head"]:
@@ -318,20 +318,20 @@ def test_every_llava_hf_naming_maps_to_the_official_names(row):
     assert set(llm) == want_llm
     assert set(clip) == {"vision_model." + t for t in _TOWER_TAILS}
     assert all(old in names for old in list(llm.values()) + list(clip.values()))
-    assert layout.llava_hf_naming(names) == versions
+    assert tensor_names.llava_hf_naming(names) == versions
 
 
 def test_llava_hf_buffers_are_dropped_and_mixed_namings_named():
-    names = _naming_names(layout.LLAVA_HF_NAMINGS[0][1])
+    names = _naming_names(tensor_names.LLAVA_HF_NAMINGS[0][1])
     names += ["language_model.model.layers.0.self_attn.rotary_emb.inv_freq",
               "vision_tower.vision_model.embeddings.position_ids"]
-    llm, clip = layout.map_llava_hf_names(names)  # strict: the buffers are not "unexpected"
+    llm, clip = tensor_names.map_llava_hf_names(names)  # strict: the buffers are not "unexpected"
     assert not any("inv_freq" in n or "position_ids" in n for n in list(llm) + list(clip))
-    mixed = _naming_names(layout.LLAVA_HF_NAMINGS[0][1])[:-5] + \
+    mixed = _naming_names(tensor_names.LLAVA_HF_NAMINGS[0][1])[:-5] + \
         ["model.vision_tower." + t for t in _TOWER_TAILS]
-    assert layout.llava_hf_naming(mixed) == "mixed naming"
+    assert tensor_names.llava_hf_naming(mixed) == "mixed naming"
     with pytest.raises(CheckpointError, match="both map to vision_model.embeddings.class_embedding"):
-        layout.map_llava_hf_names(["vision_tower.vision_model.embeddings.class_embedding",
+        tensor_names.map_llava_hf_names(["vision_tower.vision_model.embeddings.class_embedding",
                                    "vision_tower.embeddings.class_embedding"])
 
 
@@ -347,7 +347,7 @@ def test_llava_hf_buffers_are_dropped_and_mixed_namings_named():
     ({"rope_parameters": {"rope_theta": 1e6}}, 1e6),
 ])
 def test_rope_theta_from_either_key(cfg, theta):
-    assert layout.rope_theta(cfg, "c.json") == theta
+    assert configs.rope_theta(cfg, "c.json") == theta
 
 
 @pytest.mark.parametrize("cfg,match", [
@@ -375,7 +375,7 @@ def test_rope_theta_from_either_key(cfg, theta):
 ])
 def test_rope_refusals_name_the_key(cfg, match):
     with pytest.raises(CheckpointError, match=match):
-        layout.rope_theta(cfg, "c.json")
+        configs.rope_theta(cfg, "c.json")
 
 
 # --- LLM config values (issue 13 items 9 and 14) ----------------------------------------------------------
@@ -411,24 +411,24 @@ def test_llm_config_values_are_checked(change, match):
     cfg.update(change)
     cfg = {k: v for k, v in cfg.items() if v is not None}
     with pytest.raises(CheckpointError, match=match):
-        layout.llm_sizes(cfg, "llm/config.json")
+        configs.llm_sizes(cfg, "llm/config.json")
 
 
 def test_llava_hf_text_config_values_are_named_under_text_config():
     cfg = json.loads(json.dumps(LLAVA_HF_CONFIG))
     cfg["text_config"]["rms_norm_eps"] = -1
     with pytest.raises(CheckpointError, match=r"hf/config\.json: text_config\.rms_norm_eps -1.0 is invalid"):
-        layout.llava_hf_config(cfg, "hf/config.json")
+        configs.llava_hf_config(cfg, "hf/config.json")
     cfg = json.loads(json.dumps(LLAVA_HF_CONFIG))
     cfg["text_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
-    assert layout.llava_hf_config(cfg)["rope_theta"] == 500000.0
+    assert configs.llava_hf_config(cfg)["rope_theta"] == 500000.0
     cfg["text_config"]["rope_parameters"]["rope_type"] = "llama3"
     with pytest.raises(CheckpointError, match="text_config.rope_parameters.rope_type 'llama3'"):
-        layout.llava_hf_config(cfg)
+        configs.llava_hf_config(cfg)
     cfg = json.loads(json.dumps(LLAVA_HF_CONFIG))
     cfg["vision_config"]["hidden_act"] = "gelu_new"
     with pytest.raises(CheckpointError, match="vision_config.hidden_act 'gelu_new' is not supported"):
-        layout.llava_hf_config(cfg)
+        configs.llava_hf_config(cfg)
 
 
 # --- CLIP configs, read as transformers reads them ----------------------------------------------------------
@@ -492,9 +492,9 @@ _CLIP_L_TEXT = {"t_hidden": 768, "t_heads": 12, "t_layers": 12, "t_ffn": 3072, "
 
 @pytest.mark.parametrize("config", [CLIP_L_336_CONFIG, CLIP_L_336_COMPACT], ids=["legacy", "compact"])
 def test_released_clip_configs_give_clip_l_336(config):
-    out = layout.clip_configs(config, "clip/config.json")
-    assert layout.vision_sizes(out["vision_config"], "clip/config.json") == _CLIP_L_VISION
-    assert layout.text_sizes(out["text_config"], "clip/config.json") == _CLIP_L_TEXT
+    out = configs.clip_configs(config, "clip/config.json")
+    assert configs.vision_sizes(out["vision_config"], "clip/config.json") == _CLIP_L_VISION
+    assert configs.text_sizes(out["text_config"], "clip/config.json") == _CLIP_L_TEXT
     # transformers >= 4.31: text_config_dict completed with CLIPTextConfig's defaults overrides text_config,
     # eos 2 included; either way the pooled position is argmax(ids) for CLIP's vocabulary (EOS 49407 = largest id)
     assert out["text_config"]["eos_token_id"] == 49407
@@ -502,14 +502,14 @@ def test_released_clip_configs_give_clip_l_336(config):
 
 
 def test_legacy_dicts_override_and_are_reported():
-    out = layout.clip_configs(CLIP_L_336_CONFIG)
+    out = configs.clip_configs(CLIP_L_336_CONFIG)
     assert "text_config_dict overrides text_config (bos_token_id, eos_token_id)" in out["legacy"]  # changed keys named
     assert "vision_config_dict overrides vision_config" in out["legacy"]  # same values
     # a vision_config_dict without image_size takes CLIPVisionConfig's 224, as transformers does
     cfg = json.loads(json.dumps(CLIP_L_336_CONFIG))
     del cfg["vision_config_dict"]["image_size"]
-    assert layout.clip_configs(cfg)["vision_config"]["image_size"] == 224
-    compact = layout.clip_configs(CLIP_L_336_COMPACT)
+    assert configs.clip_configs(cfg)["vision_config"]["image_size"] == 224
+    compact = configs.clip_configs(CLIP_L_336_COMPACT)
     assert {"num_hidden_layers", "vocab_size", "max_position_embeddings", "eos_token_id"} <= \
         set(compact["defaulted"]["text_config"])
     assert "num_hidden_layers" not in compact["defaulted"]["vision_config"]
@@ -518,14 +518,14 @@ def test_legacy_dicts_override_and_are_reported():
 def test_single_tower_configs():
     vision = {"model_type": "clip_vision_model", "hidden_size": 1024, "num_attention_heads": 16,
               "num_hidden_layers": 24, "intermediate_size": 4096, "image_size": 336, "patch_size": 14}
-    out = layout.clip_configs(vision)
-    assert out["text_config"] is None and layout.vision_sizes(out["vision_config"], "v") == _CLIP_L_VISION
+    out = configs.clip_configs(vision)
+    assert out["text_config"] is None and configs.vision_sizes(out["vision_config"], "v") == _CLIP_L_VISION
     text = {"architectures": ["CLIPTextModel"], "hidden_size": 768, "num_attention_heads": 12,
             "intermediate_size": 3072, "eos_token_id": 2}
-    out = layout.clip_configs(text)
-    assert out["vision_config"] is None and layout.text_sizes(out["text_config"], "t") == _CLIP_L_TEXT
+    out = configs.clip_configs(text)
+    assert out["vision_config"] is None and configs.text_sizes(out["text_config"], "t") == _CLIP_L_TEXT
     with pytest.raises(CheckpointError, match=r"x\.json: not a CLIP config \(model_type 'llama'"):
-        layout.clip_configs({"model_type": "llama"}, "x.json")
+        configs.clip_configs({"model_type": "llama"}, "x.json")
 
 
 @pytest.mark.parametrize("part,change,match", [
@@ -543,19 +543,19 @@ def test_single_tower_configs():
 def test_clip_config_values_are_checked(part, change, match):
     cfg = json.loads(json.dumps(CLIP_L_336_COMPACT))
     cfg[part].update(change)
-    out = layout.clip_configs(cfg, "clip/config.json")
+    out = configs.clip_configs(cfg, "clip/config.json")
     with pytest.raises(CheckpointError, match=match):
-        layout.vision_sizes(out["vision_config"], "clip/config.json")
-        layout.text_sizes(out["text_config"], "clip/config.json")
+        configs.vision_sizes(out["vision_config"], "clip/config.json")
+        configs.text_sizes(out["text_config"], "clip/config.json")
 
 
 def test_vision_select_layer_range():
-    vc = layout.clip_configs(CLIP_L_336_COMPACT)["vision_config"]
-    assert layout.vision_sizes(vc, "v", 0)["v_select"] == 0
-    assert layout.vision_sizes(vc, "v", -1)["v_select"] == 24
+    vc = configs.clip_configs(CLIP_L_336_COMPACT)["vision_config"]
+    assert configs.vision_sizes(vc, "v", 0)["v_select"] == 0
+    assert configs.vision_sizes(vc, "v", -1)["v_select"] == 24
     for bad in (25, -26):
         with pytest.raises(CheckpointError, match="mm_vision_select_layer"):
-            layout.vision_sizes(vc, "v", bad)
+            configs.vision_sizes(vc, "v", bad)
 
 
 # --- CLIP tensor layouts ------------------------------------------------------------------------------------
@@ -577,7 +577,7 @@ _TEXT = ["embeddings.token_embedding.weight", "embeddings.position_embedding.wei
     (list(_TEXT), "CLIPTextModel, unprefixed", False, True),
 ])
 def test_clip_tower_layouts(names, label, vision, text):
-    got, mapping = layout.clip_tower_names(names)
+    got, mapping = tensor_names.clip_tower_names(names)
     assert got == label
     assert all(old in names for old in mapping.values())
     assert ("vision_model.embeddings.patch_embedding.weight" in mapping) == vision
@@ -590,6 +590,6 @@ def test_clip_tower_layouts(names, label, vision, text):
 
 def test_clip_tower_layout_refusals():
     with pytest.raises(CheckpointError, match="cannot tell them apart"):
-        layout.clip_tower_names(_VISION + ["embeddings.token_embedding.weight"], "f")
+        tensor_names.clip_tower_names(_VISION + ["embeddings.token_embedding.weight"], "f")
     with pytest.raises(CheckpointError, match="stored twice"):
-        layout.clip_tower_names(_VISION + ["vision_model." + n for n in _VISION], "f")
+        tensor_names.clip_tower_names(_VISION + ["vision_model." + n for n in _VISION], "f")

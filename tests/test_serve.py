@@ -333,6 +333,15 @@ def test_bad_requests_get_400(server, body, param):
     assert err["error"]["param"] == param
 
 
+def test_sampling_values_follow_the_models_rule(server):
+    """Serve checks sampling values with model.check_sampling: a temperature above OpenAI's documented 2
+    is the model's to take, a top_p of 1.5 is refused with the model's message."""
+    status, _ = _post(server, {"messages": user("hi"), "max_tokens": 1, "temperature": 2.5})
+    assert status == 200
+    status, err = _post(server, {"messages": user("hi"), "max_tokens": 1, "top_p": 1.5})
+    assert status == 400 and err["error"]["param"] == "top_p" and "top_p must be in (0, 1]" in err["error"]["message"]
+
+
 def test_malformed_json_and_routes(server):
     status, err = _post(server, b"{not json")
     assert status == 400 and "JSON" in err["error"]["message"]

@@ -19,7 +19,8 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .errors import CheckpointError, DeviceError, ShapeError, TgError
 from . import _C
-from .api import Model, load, tile
+from .loader import load
+from .model import Model, tile
 from .checkpoint import read_tensors
 from .chat import Answer, AnswerStream
 

@@ -38,9 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _C
 from .errors import ShapeError
-
-IMAGE_TOKEN_INDEX = -200
 
 
 @dataclass
@@ -106,9 +105,9 @@ def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, u
         mode = conv_mode or guess_conv_mode(m.config, m.llm_dir)
         input_ids = tokenizer_image_token(build_prompt(question, mode), tok)
     input_ids = np.asarray(input_ids).reshape(-1).astype(np.int64)
-    n_images = int(np.sum(input_ids == IMAGE_TOKEN_INDEX))
+    n_images = int(np.sum(input_ids == _C.IMAGE_TOKEN))
     if n_images != 1:
-        raise ShapeError(f"input_ids must hold exactly one image token ({IMAGE_TOKEN_INDEX}), found {n_images}")
+        raise ShapeError(f"input_ids must hold exactly one image token ({_C.IMAGE_TOKEN}), found {n_images}")
 
     needs_text = m.has_tg and (use_fom or use_dp)
     if needs_text and text_ids is None:
@@ -130,7 +129,7 @@ def attention_map(m, image=None, question=None, conv_mode=None, use_fom=True, us
     g = grid_size(m)
     Np = g * g
     count = m.visual_token_count(use_dp, n_latents)
-    pos = int(np.flatnonzero(input_ids == IMAGE_TOKEN_INDEX)[0])
+    pos = int(np.flatnonzero(input_ids == _C.IMAGE_TOKEN)[0])
     n = min(len(input_ids) - 1 + count, m.sizes["max_len"])
     q0, q1 = pos + count, n
     if q0 >= q1:

@@ -1,7 +1,7 @@
 """The `tgllava` command line.
 
     tgllava generate --model DIR [--clip DIR] --image PATH --question TEXT [options]
-    tgllava info DIR
+    tgllava info DIR [--clip DIR]
     tgllava demo
     tgllava eval ...     (tgllava.eval.cli: run or score VLMEvalKit benchmarks)
     tgllava viz ...      (tgllava.viz: attention-map figures)
@@ -19,6 +19,8 @@ traceback instead.
 import argparse
 import os
 import sys
+
+from . import _C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +46,7 @@ def _add_generate(sub):
     p.add_argument("--image", required=True, metavar="PATH", help="picture file")
     p.add_argument("--question", required=True, metavar="TEXT", help="the question (without <image>)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="weight storage (int8/int4: cpu only; default: float32 on cpu up to 1.5 B parameters, "
                         "the checkpoint's 16-bit dtype up to 4 B, int8 above; bfloat16 on cuda)")
     p.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="answer length limit (default 512)")
@@ -64,11 +66,13 @@ def _add_generate(sub):
 
 def _add_info(sub):
     p = sub.add_parser("info", help="describe a checkpoint folder (no weights are loaded)",
-                       description="Architecture, parameter counts, TG modules and tower paths of a checkpoint, "
-                                   "read from config.json and tensor headers only.")
+                       description="Architecture, parameter counts, TG modules, tower paths and the outcome of "
+                                   "load()'s checks, read from config.json and tensor headers only.")
     p.add_argument("folder", metavar="DIR", help="LLM, llava-hf or CLIP checkpoint folder")
+    p.add_argument("--clip", metavar="DIR", default=None,
+                   help="CLIP tower folder, as for generate (default: the towers the LLM config names)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="also show how loading with this weight storage would store the tensors")
     _debug_flag(p)
     p.set_defaults(func=_run_info)
@@ -143,13 +147,18 @@ def load_model(model_dir, clip_dir=None, device="cpu", dtype=None, preflight=Fal
     import tgllava
     try:
         if preflight:
-            from .api import preflight as check
+            from .loader import preflight as check
             check(model_dir, clip_dir)
         return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
     except CheckpointError as e:
-        if "clip_dir=" in str(e):  # say it in command-line terms
-            raise CheckpointError(str(e).replace("clip_dir=...", "--clip DIR")) from None
+        if "clip_dir=" in str(e):
+            raise CheckpointError(_in_cli_terms(str(e))) from None
         raise
+
+
+def _in_cli_terms(text):
+    """The loader's advice in command-line terms."""
+    return text.replace("clip_dir=...", "--clip DIR")
 
 
 def _run_generate(args):
@@ -160,10 +169,8 @@ def _run_generate(args):
         raise FileNotFoundError(f"--model {args.model}: no such folder")
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"--image {args.image}: no such file")
-    if args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be at least 1")
-    from .api import check_sampling
-    check_sampling(args.max_new_tokens, args.temperature, args.top_p)  # NaN/inf/out of range: before loading
+    from .model import check_sampling
+    check_sampling(args.max_new_tokens, args.temperature, args.top_p, min_new_tokens=1)  # bad values: before loading
     if args.conv_mode is not None:
         conversation.get_template(args.conv_mode)
     model = load_model(args.model, args.clip, args.device, args.dtype, preflight=True)
@@ -188,12 +195,12 @@ def _run_generate(args):
 def _run_info(args):
     from .info import describe, format_info
 
-    info = describe(args.folder, args.dtype)
+    info = describe(args.folder, args.dtype, args.clip)
     if args.json:
         import json
         print(json.dumps(info, indent=1, default=str))
     else:
-        print(format_info(info))
+        print(_in_cli_terms(format_info(info)))
     return 0
 
 

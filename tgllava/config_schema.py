@@ -3,7 +3,7 @@
 The one list of fields is TG_CONFIG_FIELDS in csrc/config_fields.h; it generates the C struct,
 the extension's parser of the dict and its complete export (_C.Model.config), and reaches Python
 through _C.config_fields().  FIELDS holds it here, in tg_config order, and check() is what
-api.build_config runs on the dict it produced: a key that is not a field, or a field its modules
+loader.build_config runs on the dict it produced: a key that is not a field, or a field its modules
 need that is missing, is a bug in tgllava (TgError); a value of the wrong type is a ShapeError
 (the C parser raises the same).  A field is needed "always", when "has_fom or has_dp" (the CLIP
 text tower), when "has_fom" (the Q-former) or when "has_dp" (the perceiver); one that is not needed

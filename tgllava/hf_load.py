@@ -1,26 +1,21 @@
-"""Loading llava-hf checkpoints (`LlavaForConditionalGeneration` folders).
+"""llava-hf checkpoints (`LlavaForConditionalGeneration` folders) under the official names and config keys.
 
 A llava-hf folder holds a plain LLaVA-1.5 under other names than the
 official layout: `language_model.model.*` / `language_model.lm_head.*`, the
 projector as `multi_modal_projector.linear_1/linear_2`, and the CLIP vision
 tower inside the same folder as `vision_tower.vision_model.*` (newer
 transformers nest these under `model.` and transformers 5 drops the tower's
-`vision_model.` prefix: every naming is listed in layout.LLAVA_HF_NAMINGS).
+`vision_model.` prefix: every naming is listed in tensor_names.LLAVA_HF_NAMINGS).
 The config keeps the LLM under `text_config` and the tower under
-`vision_config`.  `load_llava_hf` renames tensors and converts the config
-with tgllava.layout, checks names, dtypes and shapes from the headers, then
-builds the C model exactly as api.load does for an official folder; the
-tokenizer is read from the same folder.  There is no text tower, so such a model is "both TG
-modules off" (SPEC 2.7).  api.load calls this when the LLM folder's config
-is a llava-hf one.
+`vision_config`.  loader.read_llm_folder decides that a folder is one and
+calls `llava_hf_refs`, which renames the tensors (tensor_names) and converts
+the config (configs); from there the folder loads exactly as an official
+one, its tokenizer read from the same folder.  There is no text tower, so
+such a model is "both TG modules off" (SPEC 2.7).
 """
 
-import os
-
-
-from . import api, layout
-from .checkpoint import TensorRef, folder_refs, read_json
-from .errors import CheckpointError
+from . import configs, tensor_names
+from .checkpoint import TensorRef
 
 
 def _renamed(refs, mapping):
@@ -32,50 +27,18 @@ def _renamed(refs, mapping):
     return out
 
 
-def llava_hf_refs(folder):
+def llava_hf_refs(config, raw, path):
     """(llm_config, clip_config, refs) of a llava-hf folder, under the official names and config keys.
 
-    Only the config and the tensor headers are read.  The naming (which
-    layout.LLAVA_HF_NAMINGS row) is recorded in llm_config["llava_hf_naming"].
+    config is the folder's config.json (read from `path`), raw its tensor
+    headers (name -> TensorRef).  The naming (which
+    tensor_names.LLAVA_HF_NAMINGS row) is recorded in llm_config["llava_hf_naming"].
     """
-    path = os.path.join(folder, "config.json")
-    config = read_json(path)
-    raw = None
-    if layout.is_llava_hf(config) or not layout.has_official_keys(config):
-        try:
-            raw = folder_refs(folder)
-        except CheckpointError:
-            if layout.is_llava_hf(config):
-                raise
-    if raw is None or not layout.is_llava_hf(config, list(raw)):
-        raise CheckpointError(f"{folder}: not a llava-hf checkpoint (config has no text_config / vision_config / "
-                              "LlavaForConditionalGeneration, tensors no language_model.* / vision_tower.*)")
-    llm_cfg = layout.llava_hf_config(config, path)
-    llm_map, clip_map = layout.map_llava_hf_names(list(raw), strict=False)
-    llm_cfg["llava_hf_naming"] = layout.llava_hf_naming(list(raw))
+    llm_cfg = configs.llava_hf_config(config, path)
+    llm_map, clip_map = tensor_names.map_llava_hf_names(list(raw), strict=False)
+    llm_cfg["llava_hf_naming"] = tensor_names.llava_hf_naming(list(raw))
     refs = _renamed(raw, clip_map)
     refs.update(_renamed(raw, llm_map))
     clip_cfg = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model",
                 "vision_config": llm_cfg["vision_config"]}
     return llm_cfg, clip_cfg, refs
-
-
-def load_llava_hf(folder, device="cpu", dtype=None, progress=None):
-    """Load a llava-hf LLaVA-1.5 folder onto `device`; returns an api.Model.
-
-    dtype: as api.load (None: api.default_dtype's rule).
-    """
-    api.check_device_dtype(device, dtype)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    llm_cfg, clip_cfg, refs = llava_hf_refs(folder)
-    if dtype is None:
-        dtype = api.default_dtype(device, refs)
-    path = os.path.join(folder, "config.json")
-    cfg = api.build_config(llm_cfg, clip_cfg, refs, dtype, llm_path=path, clip_path=path)
-
-    def where(name):
-        return f"{folder} (llava-hf layout)"
-    layout.check_tensors(cfg, refs, where)  # names, dtypes and shapes, before any weight byte is read
-    core = api.build_core(cfg, device, refs, where, progress)
-    return api.Model(core, llm_cfg, clip_cfg, folder, folder, dtype)

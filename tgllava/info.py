@@ -1,15 +1,17 @@
-"""`tgllava info`: describe a checkpoint folder from its configs and tensor headers, loading no weights.
+"""`tgllava info`: describe a checkpoint folder as loading sees it, reading no weights.
 
-`describe(folder)` reads config.json and the tensor directory of the folder
-(safetensors headers; for PyTorch .bin files the pickled metadata through
-torchbin.inspect_bin, never the tensor bytes) and returns a plain dict:
-the architecture and LLM sizes, parameter counts per part (LLM, projector,
-TG-FOM, TG-DP, vision and text towers), which TG modules are present, the
-chat template the model would use, the weight files, and where the CLIP
-towers named in the config are found (a local folder or the Hugging Face
-cache; nothing is downloaded).  `format_info` renders it as text.
-A llava-hf folder, a CLIP folder and an official LLM folder are all
-understood.
+`describe(folder)` runs the loader's own resolution on the folder
+(loader.read_llm_folder / find_towers: configs and tensor headers, the
+layout decided once, tower folders found as load() finds them but never
+downloaded) and its own size rules (configs.llm_sizes, loader.tg_sizes,
+loader.checked_config), and returns a plain dict: the architecture and LLM
+sizes, parameter counts per part (LLM, projector, TG-FOM, TG-DP, vision and
+text towers), which TG modules are present, the chat template the model
+would use, the weight files, the tower folders, and whether load()'s checks
+pass (or the error load() would raise).  With dtype, also how loading in
+that storage format stores the model (the C core's own plan).  A CLIP
+folder is described through loader.read_tower.  `format_info` renders the
+dict as text.
 """
 
 import collections
@@ -17,48 +19,14 @@ import os
 
 import numpy as np
 
-from . import conversation, layout
-from .checkpoint import read_json, safetensors_refs
+from . import _C, configs, conversation, loader
+from .checkpoint import read_json
 from .errors import CheckpointError
+from .tensor_names import CLIP_LAYOUT_NOTES, DP_PREFIX, FOM_PREFIX, PROJECTOR_PREFIX
 
 
-def tensor_shapes(folder):
-    """(name -> (dtype, shape), list of weight files) of a folder, from headers only."""
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    names = sorted(os.listdir(folder))
-    files = None
-    for idx in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if idx in names:
-            index = read_json(os.path.join(folder, idx))
-            wm = (index.get("weight_map") if isinstance(index, dict) else None) or {}
-            if not isinstance(wm, dict):
-                raise CheckpointError(f"{os.path.join(folder, idx)}: weight_map is not a JSON object")
-            from .torchbin import shard_path
-            for shard in set(wm.values()):
-                shard_path(os.path.join(folder, idx), shard)  # refuses names that leave the folder
-            files = sorted(set(wm.values()), key=str)
-            break
-    if files is None:
-        files = [n for n in names if n.endswith(".safetensors")]
-        files = files or [n for n in names if n.endswith(".bin") and not n.startswith("training_args")]
-    shapes = {}
-    for f in files:
-        path = os.path.join(folder, f)
-        if not os.path.exists(path):
-            raise CheckpointError(f"{path}: shard listed in the index is missing")
-        if f.endswith(".safetensors"):
-            for name, ref in safetensors_refs(path).items():
-                shapes[name] = (ref.dtype, ref.shape)
-        else:
-            from .torchbin import inspect_bin
-            for name, info in inspect_bin(path).items():
-                shapes[name] = (str(info.dtype), tuple(info.shape))
-    return shapes, files
-
-
-def _count(shapes, pred):
-    return sum(int(np.prod(s)) if s else 1 for n, (_, s) in shapes.items() if pred(n))
+def _count(refs, pred):
+    return sum(int(np.prod(r.shape)) for n, r in refs.items() if pred(n))
 
 
 def _fom_unused(name):
@@ -70,171 +38,116 @@ def _fom_unused(name):
                                    ".crossattention.output." not in name and ".output_query." not in name))
 
 
-def _find_tower(name, folder):
-    """Local folder or HF-cache snapshot of a tower name (never downloads); None when absent."""
-    if not name:
-        return None
-    for cand in (name, os.path.join(folder, name)):
-        if os.path.isdir(cand):
-            return cand
-    return layout.find_in_hf_cache(name)
-
-
-def storage_plan(shapes, dtype, tied=False):
-    """How load(dtype=...) stores these tensors (the C core's rule): bytes per stored dtype and the matrices
-    that fall back to float16 because int8/int4 cannot block their input features."""
-    from . import _C
-    from .api import _DTYPES
-    names = {v: k for k, v in _DTYPES.items()}
+def storage_plan(cfg, dtype):
+    """How load(dtype=...) stores the model of size dict `cfg` (the C core's own plan, from a core that
+    allocates nothing): bytes per stored dtype, and the matrices that fall back to float16 because
+    int8/int4 cannot block their input features."""
+    probe = _C.Model(dict(cfg, dtype=_C.DTYPES.index(dtype)), "cpu")
     total, fallback = collections.Counter(), []
-    for name, (_, shape) in shapes.items():
-        shape = tuple(int(d) for d in shape)
-        matrix = len(shape) >= 2 and name.endswith(".weight") and "position_embedding" not in name
-        if not matrix:
-            total["float32"] += 4 * int(np.prod(shape)) if shape else 4
-            continue
-        cols = int(np.prod(shape[1:]))
-        head = name.endswith("lm_head.weight") or (tied and name.endswith("embed_tokens.weight"))
-        dt, row_bytes = _C.weight_storage(_DTYPES[dtype], cols, head)
-        total[names[dt]] += row_bytes * shape[0]
-        if dtype in ("int8", "int4") and cols % 32:
+    for name, stored, nbytes in probe.storage():
+        total[stored] += nbytes
+        if dtype in ("int8", "int4") and stored == "float16":
             fallback.append(name)
     return {"dtype": dtype, "bytes": dict(total), "float16_fallback": fallback}
 
 
-def describe(folder, dtype=None):
-    """A dict describing the checkpoint in `folder` (see the module docstring); with dtype, also how
-    loading in that storage format would store it (storage_plan)."""
+def _is_clip_folder(config):
+    model_type = str(config.get("model_type") or "")
+    archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
+    return model_type in ("clip", "clip_vision_model", "clip_text_model") or any(
+        str(a).startswith("CLIP") for a in archs)
+
+
+def describe(folder, dtype=None, clip_dir=None):
+    """A dict describing the checkpoint in `folder` (see the module docstring); clip_dir as load()'s."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     config = read_json(os.path.join(folder, "config.json"))
-    shapes, files = tensor_shapes(folder)
-    dtypes = collections.Counter(dt for dt, _ in shapes.values())
     info = {"folder": folder, "architectures": config.get("architectures") or [],
-            "model_type": config.get("model_type"), "files": files, "n_tensors": len(shapes),
-            "dtypes": dict(dtypes)}
-    model_type = str(config.get("model_type") or "")
-    archs = [str(a) for a in info["architectures"]] if isinstance(info["architectures"], list) else []
-    if model_type in ("clip", "clip_vision_model", "clip_text_model") or any(a.startswith("CLIP") for a in archs):
-        info = _describe_clip(info, config, shapes, folder)
-        if dtype:
-            info["storage"] = storage_plan(shapes, dtype)
-        return info
-
-    hf = layout.is_llava_hf(config, list(shapes))
-    hf = layout.is_llava_hf(config)
+            "model_type": config.get("model_type")}
+    if _is_clip_folder(config):
+        return _describe_clip(info, folder, dtype)
+    plan = loader.read_llm_folder(folder)
+    llm_cfg, refs, path = plan["llm_config"], plan["refs"], plan["llm_config_path"]
+    hf = plan["kind"] == "llava-hf"
+    info.update(files=plan["files"], n_tensors=len(refs),
+                dtypes=dict(collections.Counter(r.dtype for r in refs.values())))
     if hf:
-        info["llava_hf_naming"] = layout.llava_hf_naming(list(shapes))
-        llm_cfg = layout.llava_hf_config(config, os.path.join(folder, "config.json"))
-        llm_map, clip_map = layout.map_llava_hf_names(list(shapes), strict=False)
-        official = {new: shapes[old] for new, old in llm_map.items()}
-        official.update({new: shapes[old] for new, old in clip_map.items()})
-        shapes = official
-    else:
-        llm_cfg = config
-    has_fom = any(n.startswith("model.mm_cross_attn.") for n in shapes)
-    has_dp = any(n.startswith("model.mm_patch_encoder.") for n in shapes)
-    info["kind"] = ("llava-hf LLaVA-1.5" if hf else ("TG-LLaVA" if (has_fom or has_dp) else "LLaVA-1.5"))
-    text_type = "qwen2" if "qwen" in (model_type + " ".join(info["architectures"])).lower() else "llama"
-    if hf:
-        text_type = str((config.get("text_config") or {}).get("model_type") or "llama")
-    info["llm"] = {
-        "family": text_type, "hidden_size": llm_cfg.get("hidden_size"),
-        "num_hidden_layers": llm_cfg.get("num_hidden_layers"),
-        "num_attention_heads": llm_cfg.get("num_attention_heads"),
-        "num_key_value_heads": llm_cfg.get("num_key_value_heads") or llm_cfg.get("num_attention_heads"),
-        "intermediate_size": llm_cfg.get("intermediate_size"), "vocab_size": llm_cfg.get("vocab_size"),
-        "rope_theta": _rope(llm_cfg, os.path.join(folder, "config.json")),
-        "max_length": llm_cfg.get("tokenizer_model_max_length") or llm_cfg.get("max_position_embeddings"),
-    }
-    tg = {"fom": has_fom, "dp": has_dp}
-    if has_fom:
-        q = shapes.get("model.mm_cross_attn.query_tokens")
-        tg["fom_queries"] = q[1][-2] if q else None
-        tg["fom_layers"] = len({n.split(".layer.")[1].split(".")[0] for n in shapes
-                                if n.startswith("model.mm_cross_attn.Qformer.bert.encoder.layer.")})
-    if has_dp:
-        lat = shapes.get("model.mm_patch_encoder.perceiver.latents")
-        pos = shapes.get("model.mm_patch_encoder.position_embedding.weight")
-        tg["dp_latents"] = lat[1][0] if lat else None
-        tg["dp_positions"] = pos[1][0] if pos else None
-        tg["dp_layers"] = len({n.split(".layers.")[1].split(".")[0] for n in shapes
-                               if n.startswith("model.mm_patch_encoder.perceiver.layers.")})
-    info["tg"] = tg
+        info["llava_hf_naming"] = plan["llava_hf_naming"]
+    has_fom = any(n.startswith(FOM_PREFIX) for n in refs)
+    has_dp = any(n.startswith(DP_PREFIX) for n in refs)
+    info["kind"] = "llava-hf LLaVA-1.5" if hf else ("TG-LLaVA" if plan["has_tg"] else "LLaVA-1.5")
+    family = "qwen2" if "qwen" in (str(llm_cfg.get("model_type")) + " ".join(map(str, info["architectures"]))).lower() \
+        else "llama"
+    info["llm"] = _checked(lambda: configs.llm_sizes(llm_cfg, path), family=family)
+    tg = _checked(lambda: loader.tg_sizes(refs), fom=has_fom, dp=has_dp)
+    info["tg"] = {key: tg[key] for key in ("fom", "dp", "error", "q_layers", "q_queries", "p_layers", "p_latents",
+                                           "p_positions") if key in tg}
 
     def is_llm(n):
-        return (n.startswith(("model.", "lm_head.")) and not n.startswith(
-            ("model.mm_projector.", "model.mm_cross_attn.", "model.mm_patch_encoder.")))
+        return n.startswith(("model.", "lm_head.")) and not n.startswith((PROJECTOR_PREFIX, FOM_PREFIX, DP_PREFIX))
 
-    params = {"llm": _count(shapes, is_llm),
-              "projector": _count(shapes, lambda n: n.startswith("model.mm_projector."))}
+    params = {"llm": _count(refs, is_llm), "projector": _count(refs, lambda n: n.startswith(PROJECTOR_PREFIX))}
     if has_fom:
-        params["tg-fom"] = _count(shapes, lambda n: n.startswith("model.mm_cross_attn."))
-        params["tg-fom (unused at inference)"] = _count(
-            shapes, lambda n: n.startswith("model.mm_cross_attn.") and _fom_unused(n))
+        params["tg-fom"] = _count(refs, lambda n: n.startswith(FOM_PREFIX))
+        params["tg-fom (unused at inference)"] = _count(refs, lambda n: n.startswith(FOM_PREFIX) and _fom_unused(n))
     if has_dp:
-        params["tg-dp"] = _count(shapes, lambda n: n.startswith("model.mm_patch_encoder."))
+        params["tg-dp"] = _count(refs, lambda n: n.startswith(DP_PREFIX))
     if hf:
-        params["vision tower (in folder)"] = _count(shapes, lambda n: n.startswith("vision_model."))
+        params["vision tower (in folder)"] = _count(refs, lambda n: n.startswith("vision_model."))
     info["params"] = params
-    info["projector_type"] = llm_cfg.get("mm_projector_type", "mlp2x_gelu")
+    try:
+        info["projector_type"] = loader.projector_type(llm_cfg, refs, path)
+    except CheckpointError as e:
+        info["projector_type"] = f"invalid ({e})"
     info["image_aspect_ratio"] = llm_cfg.get("image_aspect_ratio")
     info["conv_mode"] = conversation.guess_conv_mode(llm_cfg, folder)
-
-    towers = {}
-    if hf:
-        towers["vision"] = {"name": "(inside the folder)", "path": folder}
-    else:
-        for key, what in (("mm_vision_tower", "vision"), ("mm_text_tower", "text")):
-            name = config.get(key)
-            if not name or (what == "text" and not (has_fom or has_dp)):
-                continue
-            path = _find_tower(name, folder)
-            entry = {"name": name, "path": path}
-            if path:
-                try:
-                    tshapes, _ = tensor_shapes(path)
-                    label, mapping = layout.clip_tower_names(list(tshapes), path)
-                    prefix = "vision_model." if what == "vision" else "text_model."
-                    entry["layout"] = label
-                    entry["params"] = _count({n: tshapes[o] for n, o in mapping.items()},
-                                             lambda n, p=prefix: n.startswith(p))
-                except CheckpointError as e:
-                    entry["error"] = str(e)
-            towers[what] = entry
-    info["towers"] = towers
-    tok_files = [n for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-                 if os.path.isfile(os.path.join(folder, n))]
-    info["tokenizer_files"] = tok_files
+    info["tokenizer_files"] = [n for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+                               if os.path.isfile(os.path.join(folder, n))]
+    info["towers"] = {}
+    try:
+        plan = loader.find_towers(plan, clip_dir, download=False)
+        for what in ("vision", "text"):
+            if plan[f"{what}_dir"]:
+                info["towers"][what] = {
+                    "name": plan["tower_names"][what], "path": plan[f"{what}_dir"],
+                    "layout": plan["tower_layouts"][what],
+                    "params": _count(plan["refs"], lambda n, p=f"{what}_model.": n.startswith(p))}
+        cfg = loader.checked_config(plan)
+    except CheckpointError as e:
+        info["load_check"] = str(e)
+        return info
+    info["load_check"] = "passed"
     if dtype:
-        info["storage"] = storage_plan(shapes, dtype, bool(llm_cfg.get("tie_word_embeddings")))
+        info["storage"] = storage_plan(cfg, dtype)
     return info
 
 
-def _rope(llm_cfg, path):
-    """The rotary base loading would use, or the reason loading refuses the config's rotary settings."""
+def _checked(sizes, **always):
+    """sizes() with `always` added, or `always` with the CheckpointError loading would raise."""
     try:
-        return layout.rope_theta(llm_cfg, path)
+        return dict(sizes(), **always)
     except CheckpointError as e:
-        return f"invalid ({e})"
+        return dict(always, error=str(e))
 
 
-def _describe_clip(info, config, shapes, folder):
+def _describe_clip(info, folder, dtype):
     """The CLIP part of describe(): tensor layout, and each tower's settings as loading will use them."""
-    path = os.path.join(folder, "config.json")
-    label, mapping = layout.clip_tower_names(list(shapes), folder)
-    official = {new: shapes[old] for new, old in mapping.items()}
-    info["kind"] = "CLIP"
-    info["clip_layout"] = label
-    info["params"] = {"vision tower": _count(official, lambda n: n.startswith("vision_model.")),
-                      "text tower": _count(official, lambda n: n.startswith("text_model.")),
-                      "other": _count(shapes, lambda n, used=set(mapping.values()): n not in used)}
-    configs = layout.clip_configs(config, path)
-    info["vision"] = configs["vision_config"]
-    info["text"] = configs["text_config"]
-    info["defaulted"] = configs["defaulted"]
-    info["legacy_config"] = configs["legacy"]
+    tower = loader.read_tower(folder)
+    refs, towers = tower["refs"], tower["configs"]
+    info.update(kind="CLIP", clip_layout=tower["layout"], files=tower["files"],
+                n_tensors=len(refs) + len(tower["other"]),
+                dtypes=dict(collections.Counter(r.dtype for r in list(refs.values()) + list(tower["other"].values()))))
+    info["params"] = {"vision tower": _count(refs, lambda n: n.startswith("vision_model.")),
+                      "text tower": _count(refs, lambda n: n.startswith("text_model.")),
+                      "other": _count(tower["other"], lambda n: True)}
+    info["vision"] = towers["vision_config"]
+    info["text"] = towers["text_config"]
+    info["defaulted"] = towers["defaulted"]
+    info["legacy_config"] = towers["legacy"]
+    if dtype:
+        info["storage"] = "a tower is stored as part of a model: give the LLM folder"
     return info
 
 
@@ -251,18 +164,20 @@ def _fmt_count(n):
 def format_info(info):
     """Human-readable lines for a describe() dict."""
     lines = [f"{info['folder']}: {info['kind']}",
-             f"  architecture: {', '.join(info['architectures']) or '?'} (model_type {info['model_type']})",
+             f"  architecture: {', '.join(map(str, info['architectures'])) or '?'} (model_type {info['model_type']})",
              f"  weights: {', '.join(info['files']) or 'none'} ({info['n_tensors']} tensors; "
              + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())) + ")"]
     st = info.get("storage")
-    if st:
+    if isinstance(st, str):
+        lines.append(f"  storage plan: {st}")
+    elif st:
         parts = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in sorted(st["bytes"].items()) if v)
         lines.append(f"  stored as {st['dtype']}: {sum(st['bytes'].values()) / 1e9:.2f} GB ({parts})")
         if st["float16_fallback"]:
             lines.append(f"  float16 fallback (input features not a multiple of 32): {', '.join(st['float16_fallback'])}")
     if info["kind"] == "CLIP":
         label = info.get("clip_layout", "?")
-        note = layout.CLIP_LAYOUT_NOTES.get(label)
+        note = CLIP_LAYOUT_NOTES.get(label)
         lines.append(f"  tensor layout: {label}" + (f" ({note})" if note else ""))
         v, t = info.get("vision"), info.get("text")
         defaulted = info.get("defaulted") or {}
@@ -296,23 +211,30 @@ def format_info(info):
         if info.get("llava_hf_naming"):
             lines.append(f"  llava-hf tensor naming: {info['llava_hf_naming']}")
         m = info["llm"]
-        lines.append(f"  LLM: {m['family']}, hidden {m['hidden_size']}, {m['num_hidden_layers']} layers, "
-                     f"{m['num_attention_heads']} heads ({m['num_key_value_heads']} kv), ffn {m['intermediate_size']}, "
-                     f"vocab {m['vocab_size']}, rope_theta {m['rope_theta']}, max length {m['max_length']}")
+        if "error" in m:
+            lines.append(f"  LLM: {m['family']}, invalid config ({m['error']})")
+        else:
+            lines.append(f"  LLM: {m['family']}, hidden {m['hidden']}, {m['layers']} layers, {m['heads']} heads "
+                         f"({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}, rope_theta {m['rope_theta']}, "
+                         f"max length {m['max_len']}")
         tg = info["tg"]
-        fom = (f"yes ({tg['fom_layers']} Q-former layers, {tg['fom_queries']} queries)" if tg["fom"] else "no")
-        dp = (f"yes ({tg['dp_layers']} perceiver layers, {tg['dp_latents']} latents, {tg['dp_positions']} positions)"
-              if tg["dp"] else "no")
-        lines.append(f"  TG modules: FOM {fom}; DP {dp}")
+        if "error" in tg:
+            lines.append(f"  TG modules: FOM {'yes' if tg['fom'] else 'no'}; DP {'yes' if tg['dp'] else 'no'} "
+                         f"(invalid: {tg['error']})")
+        else:
+            fom = f"yes ({tg['q_layers']} Q-former layers, {tg['q_queries']} queries)" if tg["fom"] else "no"
+            dp = (f"yes ({tg['p_layers']} perceiver layers, {tg['p_latents']} latents, {tg['p_positions']} positions)"
+                  if tg["dp"] else "no")
+            lines.append(f"  TG modules: FOM {fom}; DP {dp}")
         lines.append(f"  projector: {info['projector_type']}; image preprocessing: "
                      f"{info['image_aspect_ratio'] or 'crop'}; chat template: {info['conv_mode']}")
         for what, t in info["towers"].items():
-            where = t["path"] or "NOT FOUND locally or in the Hugging Face cache (pass --clip DIR)"
-            extra = f", {_fmt_count(t['params'])} params" if t.get("params") is not None else ""
-            extra += f", {t['layout']} layout" if t.get("layout") else ""
-            extra += f" (unreadable: {t['error']})" if t.get("error") else ""
-            lines.append(f"  {what} tower: {t['name']} -> {where}{extra}")
+            lines.append(f"  {what} tower: {t['name']} -> {t['path']}, {_fmt_count(t['params'])} params, "
+                         f"{t['layout']} layout")
         lines.append(f"  tokenizer files: {', '.join(info['tokenizer_files']) or 'none'}")
+        check = info["load_check"]
+        lines.append("  load check: passed (configs, towers, tensor names and shapes; no weight read)" if check == "passed"
+                     else f"  load check: FAILED: {check}")
     lines.append("  parameters:")
     total = 0
     for k, v in info["params"].items():
@@ -320,7 +242,7 @@ def format_info(info):
         if "unused" not in k:
             total += v
     for t in info.get("towers", {}).values():
-        if t.get("params") is not None and t["path"] != info["folder"]:
+        if t["path"] != info["folder"]:
             total += t["params"]
     label = "total (with towers found)" if info.get("towers") else "total"
     lines.append(f"    {label:<30} {_fmt_count(total):>10}")

@@ -37,10 +37,11 @@ import json
 import os
 import re
 
+from . import _C
 from .errors import CheckpointError, TgError
 
 IMAGE_TOKEN = "<image>"
-IMAGE_TOKEN_INDEX = -200
+IMAGE_TOKEN_INDEX = _C.IMAGE_TOKEN  # the id the image slot gets (LLaVA's name for the C core's TG_IMAGE_TOKEN)
 
 # Extra end-of-turn tokens that stop generation when the vocabulary has them.
 EXTRA_STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")

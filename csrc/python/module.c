@@ -3,7 +3,7 @@
  * _C.Model wraps a tg_model.  Every method follows one path: parse and check
  * the NumPy arguments (dtype, rank, sizes, C-contiguity; byte-swapped or
  * misaligned arrays are copied to native ones; integers are range-checked,
- * never cut to 32 bits; the Python layer in tgllava/api.py converts
+ * never cut to 32 bits; the Python layer in tgllava/model.py converts
  * friendlier inputs before calling), allocate the
  * output array, release the GIL and take the model's lock while C computes,
  * then turn a failure into the right tgllava exception from the error code
@@ -25,6 +25,7 @@
 #include <Python.h>
 #define PY_ARRAY_UNIQUE_SYMBOL tgllava_ARRAY_API
 #include <numpy/arrayobject.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <pythread.h>
@@ -402,6 +403,43 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+/* The storage dtype names, by enum tg_dtype code (exported as _C.DTYPES). */
+static const char *const DTYPE_NAMES[TG_DTYPE_COUNT] = {"float32", "float16", "bfloat16", "int8", "int4"};
+
+/* The sampling rule of every generate call (exported as _C.check_sampling, which tgllava.model's
+ * check_sampling applies): finite values, 0 <= max_new_tokens <= max_len (when max_len >= 0),
+ * temperature >= 0, 0 < top_p <= 1, top_k >= 0 and 0 < repetition_penalty <= FLT_MAX (the C core
+ * keeps it as a float).  0, or -1 with ShapeError naming the first bad value. */
+static int check_sampling(long long max_new, double temp, double top_p, long long top_k, double rep, long long max_len) {
+    if (max_new < 0 || (max_len >= 0 && max_new > max_len)) {
+        if (max_len >= 0)
+            PyErr_Format(TgErr_Shape, "max_new_tokens %lld is outside [0, %lld] (the model's context length)", max_new,
+                         max_len);
+        else
+            PyErr_Format(TgErr_Shape, "max_new_tokens must be >= 0, got %lld", max_new);
+        return -1;
+    }
+    char msg[160];
+    msg[0] = 0;
+    if (!isfinite(temp) || !isfinite(top_p) || !isfinite(rep))
+        snprintf(msg, sizeof msg, "%s must be finite, got %g",
+                 !isfinite(temp) ? "temperature" : !isfinite(top_p) ? "top_p" : "repetition_penalty",
+                 !isfinite(temp) ? temp : !isfinite(top_p) ? top_p : rep);
+    else if (temp < 0)
+        snprintf(msg, sizeof msg, "temperature must be >= 0, got %g", temp);
+    else if (!(top_p > 0) || top_p > 1)
+        snprintf(msg, sizeof msg, "top_p must be in (0, 1], got %g", top_p);
+    else if (top_k < 0)
+        snprintf(msg, sizeof msg, "top_k must be >= 0, got %lld", top_k);
+    else if (!(rep > 0) || rep > FLT_MAX)
+        snprintf(msg, sizeof msg, "repetition_penalty must be in (0, %g], got %g", (double)FLT_MAX, rep);
+    if (msg[0]) {
+        PyErr_SetString(TgErr_Shape, msg);
+        return -1;
+    }
+    return 0;
+}
+
 static void Model_dealloc(ModelObject *self) {
     if (self->m) tg_model_free(self->m);
     if (self->be) self->be->destroy(self->be);
@@ -434,7 +472,6 @@ static PyObject *Model_required(ModelObject *self, PyObject *noargs) {
  * a stacked tensor's second part shows 0 bytes */
 static PyObject *Model_storage(ModelObject *self, PyObject *noargs) {
     if (model_ready(self)) return NULL;
-    static const char *names[TG_DTYPE_COUNT] = {"float32", "float16", "bfloat16", "int8", "int4"};
     int n = tg_model_required_count(self->m);
     PyObject *out = PyList_New(n);
     if (!out) return NULL;
@@ -444,7 +481,7 @@ static PyObject *Model_storage(ModelObject *self, PyObject *noargs) {
         size_t bytes = 0;
         const char *name = tg_model_required(self->m, i, &ndim, &shape, &loaded);
         int dt = tg_model_storage(self->m, i, &bytes);
-        PyObject *item = Py_BuildValue("(ssK)", name, dt >= 0 && dt < TG_DTYPE_COUNT ? names[dt] : "?",
+        PyObject *item = Py_BuildValue("(ssK)", name, dt >= 0 && dt < TG_DTYPE_COUNT ? DTYPE_NAMES[dt] : "?",
                                        (unsigned long long)bytes);
         if (!item) {
             Py_DECREF(out);
@@ -911,21 +948,7 @@ static PyObject *Model_generate(ModelObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     const tg_config *cfg = tg_model_config(self->m);
-    if (maxnew_ll < 0 || maxnew_ll > cfg->max_len) {
-        PyErr_Format(TgErr_Shape, "max_new_tokens %lld is outside [0, %d] (the model's context length)", maxnew_ll,
-                     cfg->max_len);
-        return NULL;
-    }
-    if (!isfinite(temp_d) || temp_d < 0 || !isfinite(top_p_d) || !(top_p_d > 0) || top_p_d > 1 || top_k_ll < 0 ||
-        !isfinite(rep_d) || !(rep_d > 0) || rep_d > 3.0e38) {
-        char msg[384];
-        snprintf(msg, sizeof msg,
-                 "invalid sampling parameters (temperature %g, top_p %g, top_k %lld, repetition_penalty %g): need "
-                 "finite values, temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0",
-                 temp_d, top_p_d, top_k_ll, rep_d);
-        PyErr_SetString(TgErr_Shape, msg);
-        return NULL;
-    }
+    if (check_sampling(maxnew_ll, temp_d, top_p_d, top_k_ll, rep_d, cfg->max_len) < 0) return NULL;
     const int maxnew = (int)maxnew_ll, top_k = top_k_ll > cfg->vocab ? cfg->vocab : (int)top_k_ll;
     /* below TG_MIN_TEMPERATURE sampling is greedy (in C too); 1e-39 must not become a huge 1/T */
     const float temp = temp_d < TG_MIN_TEMPERATURE ? 0.0f : (float)temp_d, top_p = (float)top_p_d, rep = (float)rep_d;
@@ -1087,22 +1110,6 @@ static PyObject *py_gemm_seconds(PyObject *mod, PyObject *args) {
 
 static PyObject *py_cpu_kernels(PyObject *mod, PyObject *noargs) { return PyUnicode_FromString(tg_cpu_kernels()); }
 
-/* weight_storage(dtype, cols, is_head) -> (stored dtype, bytes per row): the loader's storage rule */
-static PyObject *py_weight_storage(PyObject *mod, PyObject *args) {
-    int dtype, is_head;
-    long long cols;
-    if (!PyArg_ParseTuple(args, "iLp", &dtype, &cols, &is_head)) return NULL;
-    if (dtype < 0 || dtype >= TG_DTYPE_COUNT || cols <= 0) {
-        PyErr_SetString(PyExc_ValueError, "weight_storage: bad dtype or cols");
-        return NULL;
-    }
-    tg_config c;
-    memset(&c, 0, sizeof c);
-    c.dtype = dtype;
-    int dt = tg_weight_storage(&c, cols, is_head);
-    return Py_BuildValue("(iK)", dt, (unsigned long long)tg_cpu_row_bytes(dt, cols));
-}
-
 /* config_fields() -> [(name, type, meaning, needed)]: the schema of the config dict (config_fields.h) */
 static PyObject *py_config_fields(PyObject *mod, PyObject *noargs) {
     PyObject *out = PyList_New(N_CONFIG_FIELDS);
@@ -1118,11 +1125,57 @@ static PyObject *py_config_fields(PyObject *mod, PyObject *noargs) {
     return out;
 }
 
+/* check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, max_len=-1) -> None: the
+ * sampling rule of generate (ShapeError naming the first bad value; max_len < 0: no upper bound) */
+static PyObject *py_check_sampling(PyObject *mod, PyObject *args) {
+    long long max_new, top_k, max_len = -1;
+    double temp, top_p, rep;
+    if (!PyArg_ParseTuple(args, "LddLd|L", &max_new, &temp, &top_p, &top_k, &rep, &max_len)) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) { /* 2**63 and beyond: a bad value */
+            PyErr_Clear();
+            PyErr_SetString(TgErr_Shape, "max_new_tokens and top_k must fit in 64 bits");
+        }
+        return NULL;
+    }
+    if (check_sampling(max_new, temp, top_p, top_k, rep, max_len) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* DTYPES, IMAGE_TOKEN, MAX_BATCH, MIN_TEMPERATURE, CPU_EXACT_ROWS: the C core's constants, for Python to use
+ * rather than retype */
+static int add_constants(PyObject *m) {
+    PyObject *dtypes = PyTuple_New(TG_DTYPE_COUNT);
+    for (int i = 0; dtypes && i < TG_DTYPE_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(DTYPE_NAMES[i]);
+        if (!name) {
+            Py_CLEAR(dtypes);
+            break;
+        }
+        PyTuple_SET_ITEM(dtypes, i, name);
+    }
+    if (!dtypes || PyModule_AddObject(m, "DTYPES", dtypes) < 0) {
+        Py_XDECREF(dtypes);
+        return -1;
+    }
+    PyObject *min_temp = PyFloat_FromDouble((double)TG_MIN_TEMPERATURE);
+    if (!min_temp || PyModule_AddObject(m, "MIN_TEMPERATURE", min_temp) < 0) {
+        Py_XDECREF(min_temp);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "IMAGE_TOKEN", TG_IMAGE_TOKEN) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_BATCH", TG_MAX_BATCH) < 0 ||
+        PyModule_AddIntConstant(m, "CPU_EXACT_ROWS", TG_CPU_EXACT_ROWS) < 0)
+        return -1;
+    return 0;
+}
+
 static PyMethodDef module_methods[] = {
+    {"check_sampling", py_check_sampling, METH_VARARGS,
+     "check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, max_len=-1): the sampling rule "
+     "of generate; ShapeError naming the first bad value"},
     {"config_fields", py_config_fields, METH_NOARGS,
      "config_fields() -> [(name, 'int' or 'float', meaning, needed)] of the model config, in tg_config order; needed "
      "is 'always', 'has_fom or has_dp', 'has_fom' or 'has_dp' (a field not needed may be left out: it is then 0)"},
-    {"weight_storage", py_weight_storage, METH_VARARGS, "weight_storage(dtype, cols, is_head) -> (stored dtype, row bytes)"},
     {"cpu_kernels", py_cpu_kernels, METH_NOARGS, "CPU kernels in use: 'avx2' or 'portable' (TGLLAVA_CPU_KERNELS=portable forces it)"},
     {"cpu_gemm_seconds", py_gemm_seconds, METH_VARARGS, "cpu_gemm_seconds(reset=False): time the CPU backend spent in matrix products"},
     {"built_with_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA backend was compiled in"},
@@ -1146,7 +1199,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (!m) return NULL;
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 || tg_py_ops_init(m) < 0 || tg_py_sched_init(m) < 0 || tg_py_devbuf_init(m) < 0 ||
-        PyModule_AddIntConstant(m, "CPU_EXACT_ROWS", TG_CPU_EXACT_ROWS) < 0) {
+        add_constants(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

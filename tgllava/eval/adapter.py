@@ -97,7 +97,7 @@ class ModelAdapter:
 
 def as_eval_model(model):
     """What the runner talks to: a ModelAdapter for a tgllava.Model, else the object itself."""
-    from ..api import Model
+    from ..model import Model
 
     if isinstance(model, Model):
         return ModelAdapter(model)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from tgllava import _C
 from tgllava.errors import TgError
 
 from .prompts import PROMPT_STYLES
@@ -77,7 +78,7 @@ def add_subparser(subparsers):
                    help="chat template for --prompt-style llava: vicuna_v1, llava_v1, llava_v0, llama_3, qwen_2, "
                         "plain (default: chosen from the model config)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="weight storage (int8/int4: cpu only; default: float32 on cpu up to 1.5 B parameters, the "
                         "checkpoint's 16-bit dtype up to 4 B, int8 above; bfloat16 on cuda)")
     p.add_argument("--shard", default=None, metavar="I/N",

@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 
+from .. import _C
 from .engine import Completion, Engine, Job, QueueFull
 
 __all__ = ["Engine", "Job", "Completion", "QueueFull", "ServerThread", "serve_model", "add_subparser"]
@@ -159,7 +160,7 @@ def add_subparser(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "int8", "int4"),
+    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="weight storage (default as for tgllava generate)")
     p.add_argument("--max-batch", type=int, default=16, metavar="N",
                    help="requests decoded together (KV-cache slots, default 16)")
@@ -199,8 +200,8 @@ def add_subparser(sub):
 def run(args):
     """`tgllava serve`: load, then serve until Ctrl-C."""
     _need_extra()
-    if args.max_batch < 1 or args.max_batch > 256:
-        raise ValueError("--max-batch must be between 1 and 256")
+    if args.max_batch < 1 or args.max_batch > _C.MAX_BATCH:
+        raise ValueError(f"--max-batch must be between 1 and {_C.MAX_BATCH}")
     if args.max_queue < 0:
         raise ValueError("--max-queue must be >= 0")
     if not 0 <= args.port <= 65535:

@@ -62,6 +62,7 @@ from .. import conversation, tokenize
 from .. import chat as chat_mod
 from .. import image as image_mod
 from ..errors import ShapeError, TgError
+from ..model import check_sampling
 from . import READ_TIMEOUT
 from .engine import Job, QueueFull
 
@@ -152,16 +153,22 @@ def parse_json(raw):
         raise _bad("the request body is JSON nested too deeply") from None
 
 
-def _number(body, key, low, high, default, integer=False):
+def _number(body, key, default, integer=False):
     v = body.get(key, default)
     if v is None:
         return default
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok or (not integer and v != v):
         raise _bad(f"'{key}' must be {'an integer' if integer else 'a number'}, got {v!r}", key)
-    if (low is not None and v < low) or (high is not None and v > high):
-        raise _bad(f"'{key}' must be in [{low}, {high}], got {v!r}", key)
     return v
+
+
+def _sampling(key, **setting):
+    """One sampling setting checked by the model's rule (model.check_sampling), or a 400 naming `key`."""
+    try:
+        check_sampling(**setting)
+    except ShapeError as e:
+        raise _bad(f"'{key}': {e}", key) from None
 
 
 def _image_bytes(url, cfg):
@@ -313,13 +320,15 @@ def parse_request(body, engine, cfg, decodes):
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
         raise _bad(f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
-    temperature = float(_number(body, "temperature", 0, 2, 0.0))
-    top_p = float(_number(body, "top_p", 0, 1, 1.0))
-    if top_p <= 0:
-        raise _bad("'top_p' must be > 0", "top_p")
-    seed = _number(body, "seed", None, None, None, integer=True)
+    temperature = float(_number(body, "temperature", 0.0))
+    _sampling("temperature", temperature=temperature)
+    top_p = float(_number(body, "top_p", 1.0))
+    _sampling("top_p", top_p=top_p)
+    seed = _number(body, "seed", None, integer=True)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, key, 1, None, None, integer=True)
+    max_tokens = _number(body, key, None, integer=True)
+    if max_tokens is not None:
+        _sampling(key, max_new_tokens=max_tokens, min_new_tokens=1)
     flags = {}
     for key in ("use_fom", "use_dp", "stream"):
         v = body.get(key, key != "stream")

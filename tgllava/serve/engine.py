@@ -33,7 +33,7 @@ import threading
 import time
 
 from .. import chat as chat_mod
-from ..api import resolve_seed
+from ..model import resolve_seed
 from ..errors import TgError
 
 FINISH = {1: "eos", 2: "length"}

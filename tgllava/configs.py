@@ -1,45 +1,30 @@
-"""Checkpoint folder layouts and configs: what a folder is, how its tensors are named, what its config means.
+"""Checkpoint configs: what a config.json means, read as transformers reads it, every value checked.
 
-The engine's native layout is the official LLaVA/TG-LLaVA one (SPEC section
-4): an LLM folder whose tensors are `model.*`, `lm_head.weight`,
-`model.mm_projector.{0,2}.*`, plus separate CLIP tower folders named by
-`mm_vision_tower` / `mm_text_tower`, whose tensors are `vision_model.*` /
-`text_model.*`.  Checkpoints as users have them come in more shapes, and
-this module maps each onto that one layout, so the rest of the loader sees
-a single naming:
-
-- llava-hf conversions (`LlavaForConditionalGeneration`) in every naming a
-  released transformers version writes (table `LLAVA_HF_NAMINGS`), with the
-  vision tower inside the same folder and the LLM config under
-  `text_config`.  The original LLaVA layout (liuhaotian/llava-v1.5-7b) also
-  says `"model_type": "llava"`; the two are told apart by their keys
-  (`mm_*` vs `text_config` / `vision_config`), never by model_type alone.
-- CLIP towers in the CLIPModel, CLIPVisionModel and CLIPTextModel layouts,
-  with the `vision_model.` / `text_model.` prefix or without it
-  (transformers 5), and CLIP configs read as transformers reads them: the
-  legacy `text_config_dict` / `vision_config_dict` of
+- LLM configs with the official LLaVA / TG-LLaVA keys: `llm_sizes` gives the
+  LLM part of the C core's size dict; the rotary settings are read from both
+  `rope_theta` and transformers 5's `rope_parameters` (disagreeing values and
+  any rotary scaling are refused).
+- CLIP tower configs (`clip_configs`): a CLIPModel, CLIPVisionModel or
+  CLIPTextModel config, read as transformers reads it: the legacy
+  `text_config_dict` / `vision_config_dict` of
   openai/clip-vit-large-patch14-336 override `text_config` / `vision_config`
   after being completed with the config class defaults, and keys a compact
-  re-saved config leaves out take those defaults.
-- Config values are checked where they are read: every size is an integer
-  in range, every epsilon and rotary base a finite positive number, every
-  activation one the engine implements, the rotary settings read from both
-  `rope_theta` and transformers 5's `rope_parameters` (disagreeing values and
-  any rotary scaling are refused).  A bad value is a CheckpointError naming
-  the config file and the key.
+  re-saved config leaves out take those defaults.  `vision_sizes` /
+  `text_sizes` give the towers' parts of the size dict.
+- llava-hf configs (`LlavaForConditionalGeneration`: the LLM under
+  `text_config`, the tower under `vision_config`) become an official-layout
+  config (`llava_hf_config`).
 
-It also finds tower folders (a local path, a snapshot in the Hugging Face
-cache, or, unless the hub is offline, a download; all through
-`huggingface_hub`), lists tensor names, dtypes and shapes from file headers,
-and checks everything that can be checked without tensor bytes (tokenizer
-files, tower folders, tensor names and shapes against what the C core
-needs) before a load reads any weight.
+Every size is an integer in range, every epsilon and rotary base a finite
+positive number, every activation one the engine implements.  A bad value
+is a CheckpointError naming the config file and the key.
 """
 
 import math
-import os
 
 from .errors import CheckpointError
+from .tensor_names import has_official_keys
+
 
 # ---- transformers' config class defaults ---------------------------------------
 # For keys a config leaves out (transformers >= 4.31 values; CLIPTextConfig's
@@ -63,7 +48,6 @@ CLIP_TEXT_DEFAULTS = {
     "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
     "pad_token_id": 1, "bos_token_id": 49406, "eos_token_id": 49407,
 }
-_CLIP_VISION_DEFAULTS = CLIP_VISION_DEFAULTS  # old name
 # LlavaConfig's vision tower when the config has no vision_config at all (CLIP-L/14-336).
 _LLAVA_DEFAULT_VISION = {
     "model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
@@ -374,210 +358,7 @@ def text_sizes(tc, path, prefix="text_config."):
     }
 
 
-# ---- CLIP tensor layouts -----------------------------------------------------------
-
-_BARE_VISION = ("embeddings.patch_embedding.weight", "pre_layrnorm.weight")
-_BARE_TEXT = ("embeddings.token_embedding.weight", "final_layer_norm.weight")
-_BARE_SHARED = ("embeddings.", "encoder.")
-
-
-def clip_tower_names(names, where="CLIP folder"):
-    """Which CLIP layout a tower folder's tensor names are in, and how to rename them.
-
-    Returns (layout, mapping) with mapping {official name: stored name}
-    for the tower tensors (official = `vision_model.*` / `text_model.*`;
-    other tensors such as projections and logit_scale are left out).
-    Layouts: "CLIPModel" (vision_model.* and text_model.*),
-    "CLIPVisionModel" (vision_model.*), "CLIPTextModel" (text_model.*),
-    and the same two single-tower models with unprefixed names, as
-    transformers 5 saves them ("CLIPVisionModel, unprefixed": embeddings.*,
-    encoder.layers.*, pre_layrnorm.*, post_layernorm.*; "CLIPTextModel,
-    unprefixed": embeddings.*, encoder.layers.*, final_layer_norm.*).
-    """
-    names = list(names)
-    present = set(names)
-    has_vision = any(n.startswith("vision_model.") for n in names)
-    has_text = any(n.startswith("text_model.") for n in names)
-    bare_vision = any(n in present for n in _BARE_VISION)
-    bare_text = any(n in present for n in _BARE_TEXT)
-    if bare_vision and bare_text:
-        raise CheckpointError(f"{where}: unprefixed tensors of both a vision and a text tower "
-                              "(embeddings.patch_embedding and embeddings.token_embedding); cannot tell them apart")
-    if (bare_vision and has_vision) or (bare_text and has_text):
-        raise CheckpointError(f"{where}: a tower is stored twice (with and without the vision_model./text_model. prefix)")
-    mapping = {}
-    for n in names:
-        if n.startswith(("vision_model.", "text_model.")):
-            mapping[n] = n
-        elif (bare_vision or bare_text) and (n.startswith(_BARE_SHARED) or n in (
-                "pre_layrnorm.weight", "pre_layrnorm.bias", "post_layernorm.weight", "post_layernorm.bias",
-                "final_layer_norm.weight", "final_layer_norm.bias")):
-            mapping[("vision_model." if bare_vision else "text_model.") + n] = n
-    if has_vision and has_text:
-        label = "CLIPModel"
-    elif has_vision:
-        label = "CLIPVisionModel" + (" + unprefixed CLIPTextModel" if bare_text else "")
-    elif has_text:
-        label = "CLIPTextModel" + (" + unprefixed CLIPVisionModel" if bare_vision else "")
-    elif bare_vision:
-        label = "CLIPVisionModel, unprefixed"
-    elif bare_text:
-        label = "CLIPTextModel, unprefixed"
-    else:
-        label = "no CLIP tower"
-    return label, mapping
-
-
-CLIP_LAYOUT_NOTES = {
-    "CLIPModel": "vision_model.* + text_model.*",
-    "CLIPVisionModel": "vision_model.*",
-    "CLIPTextModel": "text_model.*",
-    "CLIPVisionModel, unprefixed": "embeddings.*, encoder.layers.*, pre_layrnorm.* (transformers 5)",
-    "CLIPTextModel, unprefixed": "embeddings.*, encoder.layers.*, final_layer_norm.* (transformers 5)",
-}
-
-
-# ---- LLaVA layouts: official vs llava-hf -----------------------------------------------
-
-_OFFICIAL_KEYS = ("mm_vision_tower", "mm_projector_type", "mm_hidden_size", "mm_text_tower")
-_HF_KEYS = ("text_config", "vision_config")
-_HF_NAME_PREFIXES = ("language_model.", "model.language_model.", "multi_modal_projector.",
-                     "model.multi_modal_projector.", "vision_tower.", "model.vision_tower.")
-
-
-def has_official_keys(config):
-    """True when an LLM config has the official LLaVA / TG-LLaVA keys (mm_vision_tower, mm_projector_type, ...)."""
-    return isinstance(config, dict) and any(config.get(k) is not None for k in _OFFICIAL_KEYS)
-
-
-def is_llava_hf(config, names=None):
-    """True for a llava-hf (`LlavaForConditionalGeneration`) folder, False for the official LLaVA layout.
-
-    Decided by the config's keys: `mm_vision_tower` / `mm_projector_type` /
-    `mm_hidden_size` / `mm_text_tower` mean the official (liuhaotian / TG-LLaVA)
-    layout even when model_type is "llava" (the released llava-v1.5-7b
-    config says so); `text_config` / `vision_config` without those mean
-    llava-hf.  When the keys say neither, the architectures name
-    LlavaForConditionalGeneration, or else the tensor names (`names`, when
-    given) decide; model_type alone never does.
-    """
-    config = config or {}
-    if not isinstance(config, dict):
-        return False
-    if has_official_keys(config):
-        return False
-    if any(isinstance(config.get(k), dict) for k in _HF_KEYS):
-        return True
-    archs = config.get("architectures") or []
-    if isinstance(archs, list) and "LlavaForConditionalGeneration" in archs:
-        return True
-    if names is not None:
-        return any(n.startswith(_HF_NAME_PREFIXES) for n in names)
-    return False
-
-
-# Which tensor names released transformers versions write for LlavaForConditionalGeneration.
-# Each row: (versions, {part: prefix}); "lm_head" None = no lm_head tensor (tied embeddings).
-# Every prefix of every row is accepted in any combination; the rows document the combinations.
-LLAVA_HF_NAMINGS = (
-    ("transformers 4.36 - 4.51: the Hub's llava-hf/* files "
-     "(LlavaForConditionalGeneration holding language_model = LlamaForCausalLM)",
-     {"llm": "language_model.model.", "lm_head": "language_model.lm_head.",
-      "projector": "multi_modal_projector.", "vision": "vision_tower.vision_model."}),
-    ("transformers 4.52 - 4.57 module names (LlavaModel under model., lm_head at top level), written by "
-     "save_pretrained of models converted in memory and by state_dict() dumps",
-     {"llm": "model.language_model.", "lm_head": "lm_head.",
-      "projector": "model.multi_modal_projector.", "vision": "model.vision_tower.vision_model."}),
-    ("transformers 5.x: the 4.52 names with the CLIPVisionModel tower unprefixed",
-     {"llm": "model.language_model.", "lm_head": "lm_head.",
-      "projector": "model.multi_modal_projector.", "vision": "model.vision_tower."}),
-    ("transformers 5.x saves of older-layout folders (seen with 5.24): tower at top level, unprefixed",
-     {"llm": "language_model.model.", "lm_head": "language_model.lm_head.",
-      "projector": "multi_modal_projector.", "vision": "vision_tower."}),
-    ("any of the above with tie_word_embeddings and no lm_head tensor",
-     {"llm": "model.language_model.", "lm_head": None,
-      "projector": "model.multi_modal_projector.", "vision": "model.vision_tower.vision_model."}),
-)
-_PROJECTOR_PARTS = (("linear_1.", "model.mm_projector.0."), ("linear_2.", "model.mm_projector.2."))
-
-
-def _llava_hf_rules():
-    llm, clip = set(), set()
-    for _, parts in LLAVA_HF_NAMINGS:
-        llm.add((parts["llm"], "model."))
-        if parts["lm_head"]:
-            llm.add((parts["lm_head"], "lm_head."))
-        for old, new in _PROJECTOR_PARTS:
-            llm.add((parts["projector"] + old, new))
-        clip.add((parts["vision"], "vision_model."))
-    return tuple(sorted(llm)), tuple(sorted(clip))
-
-
-_LLM_RULES, _CLIP_RULES = _llava_hf_rules()
-# buffers some saves carry that no model reads
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
-
-
-def map_llava_hf_names(names, strict=True):
-    """Map llava-hf tensor names onto the official layout.
-
-    Returns (llm_map, clip_map), each {new_name: old_name}: llm_map covers
-    the language model and projector (`model.*`, `lm_head.*`,
-    `model.mm_projector.{0,2}.*`), clip_map the vision tower under CLIP
-    names (`vision_model.*`).  Every naming of LLAVA_HF_NAMINGS is
-    understood; the CLIP tower may carry the `vision_model.` prefix or not.
-    A name matching no rule raises CheckpointError unless strict=False
-    (then it is left out); buffers such as rotary_emb.inv_freq are always
-    left out; two names mapping to the same target always raise.
-    """
-    llm_map, clip_map, unknown = {}, {}, []
-    for old in names:
-        if old.endswith(_IGNORED_SUFFIXES):
-            continue
-        for rules, target in ((_LLM_RULES, llm_map), (_CLIP_RULES, clip_map)):
-            new = _apply_rules(old, rules)
-            if new is not None:
-                if new in target:
-                    raise CheckpointError(f"tensors {target[new]} and {old} both map to {new}")
-                target[new] = old
-                break
-        else:
-            unknown.append(old)
-    if unknown and strict:
-        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        raise CheckpointError(f"llava-hf checkpoint has an unexpected tensor {unknown[0]}{more}")
-    # a tower stored under both vision_tower.vision_model.* and vision_tower.* would map twice; caught above
-    return llm_map, clip_map
-
-
-def llava_hf_naming(names):
-    """The LLAVA_HF_NAMINGS row whose prefixes the names use (its versions text), or "mixed"."""
-    names = list(names)
-    for versions, parts in LLAVA_HF_NAMINGS:
-        prefixes = [parts["llm"], parts["projector"], parts["vision"]]
-        if not all(any(n.startswith(p) for n in names) for p in prefixes):
-            continue
-        if parts["vision"].endswith("vision_tower.") and any(n.startswith(parts["vision"] + "vision_model.")
-                                                            for n in names):
-            continue
-        head = parts["lm_head"]
-        has_head = any(n.startswith(("lm_head.", "language_model.lm_head.")) for n in names)
-        if (head is None) == has_head or (head and not any(n.startswith(head) for n in names)):
-            continue
-        return versions
-    return "mixed naming"
-
-
-def _apply_rules(name, rules):
-    """Rewrite the longest matching prefix of `name`; None when no rule matches."""
-    best = None
-    for old_prefix, new_prefix in rules:
-        if name.startswith(old_prefix) and (best is None or len(old_prefix) > len(best[0])):
-            best = (old_prefix, new_prefix)
-    if best is None:
-        return None
-    return best[1] + name[len(best[0]):]
-
+# ---- llava-hf configs ------------------------------------------------------------
 
 def llava_hf_config(config, path="config.json"):
     """Convert a llava-hf config dict to an official LLaVA-style config dict.
@@ -592,10 +373,14 @@ def llava_hf_config(config, path="config.json"):
     "pad" as LLaVA-1.5 was trained, image_token_index) and `vision_config`,
     a complete CLIP vision config for the tower stored in the same folder.
     Invalid values raise CheckpointError naming `path` and the key.
+    Whether a folder is a llava-hf one is decided before (from its config
+    and its tensor names: tensor_names.is_llava_hf); a config without
+    text_config / vision_config takes LlavaConfig's defaults, as
+    transformers does.  A config with the official LLaVA keys is refused.
     """
-    if not is_llava_hf(config):
-        raise CheckpointError(f"{path}: not a llava-hf config (no text_config / vision_config / "
-                              "LlavaForConditionalGeneration)")
+    if not isinstance(config, dict) or has_official_keys(config):
+        raise CheckpointError(f"{path}: not a llava-hf config (it has the official LLaVA keys mm_vision_tower / "
+                              "mm_projector_type / mm_hidden_size / mm_text_tower)")
     text_config = config.get("text_config")
     if text_config is not None and not isinstance(text_config, dict):
         raise CheckpointError(f"{path}: text_config must be a JSON object, got {text_config!r}")
@@ -666,174 +451,3 @@ def llava_hf_config(config, path="config.json"):
         out.setdefault("bos_token_id", 1)
         out.setdefault("eos_token_id", 2)
     return out
-
-
-# ---- checks before any weight is read ----------------------------------------------
-
-def count_layers(names, prefix):
-    """1 + the largest N of the names `prefix`N.*, 0 when there is none."""
-    idx = set()
-    for n in names:
-        if n.startswith(prefix):
-            rest = n[len(prefix):].split(".", 1)[0]
-            if rest.isdigit():
-                idx.add(int(rest))
-    return max(idx) + 1 if idx else 0
-
-
-def check_layer_count(names, prefix, configured, path, key):
-    """Refuse a config whose layer count disagrees with the layers the tensors hold (before the C
-    core registers `configured` layers: a count of 2**31 - 1 must not get that far)."""
-    have = count_layers(names, prefix)
-    if have != configured:
-        raise CheckpointError(f"{path}: {key} is {configured} but the weights hold {have} layers "
-                              f"({prefix}0..{max(have - 1, 0)})")
-
-
-def tokenizer_files(folder, kind="llm"):
-    """The tokenizer files of `folder` the loader would use, or None when there are none.
-
-    kind "llm": tokenizer.json, tokenizer.model, or vocab.json + merges.txt
-    (what tokenize.LlmTokenizer.from_folder reads); kind "clip":
-    tokenizer.json or vocab.json + merges.txt (ClipTokenizer.from_folder).
-    """
-    def has(n):
-        return os.path.isfile(os.path.join(folder, n))
-    if has("tokenizer.json"):
-        return ["tokenizer.json"]
-    if kind == "llm" and has("tokenizer.model"):
-        return ["tokenizer.model"]
-    if has("vocab.json") and has("merges.txt"):
-        return ["vocab.json", "merges.txt"]
-    return None
-
-
-def check_tokenizer_files(folder, kind="llm", why=""):
-    """CheckpointError when `folder` has no tokenizer files of `kind` (see tokenizer_files)."""
-    if tokenizer_files(folder, kind) is None:
-        wanted = ("tokenizer.json, tokenizer.model or vocab.json + merges.txt" if kind == "llm"
-                  else "tokenizer.json or vocab.json + merges.txt")
-        raise CheckpointError(f"{folder}: no {'LLM' if kind == 'llm' else 'CLIP'} tokenizer files ({wanted}){why}")
-
-
-def check_tensors(cfg, refs, where_missing):
-    """Check tensor names, dtypes and shapes against what the C core for size dict `cfg` needs.
-
-    Uses only the names, dtypes and shapes of `refs` (name -> TensorRef, as
-    read from file headers): no tensor byte is read and no weight memory is
-    allocated (the requirement list comes from a CPU core that registers
-    parameters without allocating them).  Also refuses LLM layer tensors the
-    core has no place for (o_proj / MLP biases, q/k norms: another model
-    variant), which would otherwise be dropped silently.
-    """
-    from . import _C
-
-    probe = _C.Model(dict(cfg, dtype=0), "cpu")
-    required = probe.required()
-    del probe
-    needed = set()
-    for name, shape, _ in required:
-        needed.add(name)
-        ref = refs.get(name)
-        if ref is None:
-            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
-        if ref.src_code is None:
-            raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
-        if tuple(ref.shape) != tuple(shape):
-            raise CheckpointError(f"{ref.path}: tensor {name} has shape {tuple(ref.shape)}, expected {tuple(shape)}")
-    for name in sorted(refs):
-        if (name.startswith(("model.layers.", "model.norm.", "model.embed_tokens.")) and name not in needed
-                and not name.endswith(_IGNORED_SUFFIXES)):
-            raise CheckpointError(f"{refs[name].path}: tensor {name} has no place in the model tgllava builds "
-                                  "(a Llama / Qwen2 variant with extra parameters is not supported)")
-
-
-def read_tower(folder):
-    """A CLIP tower folder from its config and tensor headers: no tensor byte is read.
-
-    Returns a dict: folder, config_path, configs (clip_configs), layout
-    (clip_tower_names' label), refs ({official name: TensorRef} of the tower
-    tensors, renamed to vision_model.* / text_model.*), has_vision, has_text.
-    """
-    from .checkpoint import TensorRef, folder_refs, read_json
-
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"{folder}: no such CLIP tower folder")
-    config_path = os.path.join(folder, "config.json")
-    configs = clip_configs(read_json(config_path), config_path)
-    raw = folder_refs(folder)
-    label, mapping = clip_tower_names(list(raw), folder)
-    refs = {}
-    for new, old in mapping.items():
-        r = raw[old]
-        refs[new] = r if new == old else TensorRef(new, r.path, r.dtype, r.shape, r.start, r.array_fn)
-    has_vision = any(n.startswith("vision_model.") for n in refs)
-    has_text = any(n.startswith("text_model.") for n in refs)
-    if has_vision and configs["vision_config"] is None:
-        raise CheckpointError(f"{config_path}: the folder holds a vision tower ({label}) but the config has no "
-                              "vision settings (a CLIPTextConfig)")
-    if has_text and configs["text_config"] is None:
-        configs["text_config"] = None  # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
-        has_text = False
-    return {"folder": folder, "config_path": config_path, "configs": configs, "layout": label,
-            "refs": refs, "has_vision": has_vision, "has_text": has_text}
-
-
-# --- tower resolution ---------------------------------------------------------
-
-_DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.json", "*.txt"]
-
-
-def _is_repo_id(name):
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def find_in_hf_cache(repo_id, cache_dir=None):
-    """The cached snapshot folder of `repo_id` holding config.json, or None.
-
-    The hub's own lookup (`try_to_load_from_cache`: the snapshot `refs/main`
-    points to, in the cache its environment variables name), as
-    transformers uses when loading a tower by name offline.
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    if not repo_id or not _is_repo_id(repo_id):
-        return None
-    path = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
-    return os.path.dirname(path) if isinstance(path, str) else None
-
-
-def resolve_tower(name_or_path, kind="vision"):
-    """Find the folder of a tower checkpoint (`mm_vision_tower` / `mm_text_tower`).
-
-    A local folder is returned as given; otherwise the name is looked up in
-    the Hugging Face cache; otherwise, unless the hub is offline
-    (HF_HUB_OFFLINE), the config, weights and tokenizer files
-    are downloaded with `snapshot_download`.  Returns None when nothing is
-    found (or the download fails).
-    """
-    if kind not in ("vision", "text"):
-        raise ValueError(f"kind must be 'vision' or 'text', got {kind!r}")
-    if not name_or_path:
-        return None
-    name_or_path = os.fspath(name_or_path)
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    found = find_in_hf_cache(name_or_path)
-    if found is not None:
-        return found
-    from huggingface_hub import constants, snapshot_download
-
-    if constants.HF_HUB_OFFLINE or "/" not in name_or_path or not _is_repo_id(name_or_path):
-        return None
-    try:
-        return snapshot_download(name_or_path, allow_patterns=list(_DOWNLOAD_PATTERNS))
-    except Exception:  # network, auth or missing repo: report "not found"
-        return None

@@ -1,339 +1,19 @@
-"""The Python face of the model: tgllava.load() and the Model object.
+"""The loaded model: the Model object and the conversion of its inputs (loader.load() makes one).
 
-load() reads config.json of the LLM folder and of the CLIP folder, works out
-every size the C core needs from the configs and the tensor shapes (with
-SPEC section 4 defaults for what shapes do not tell), creates the C model on
-the chosen backend and streams the tensors into it.  Model methods convert
-friendly inputs (lists, other float dtypes, single samples without a batch
-axis) into the exact NumPy arrays the extension checks, and return NumPy.
+Model methods convert friendly inputs (lists, other float dtypes, single
+samples without a batch axis, DLPack tensors, GPU arrays on a CUDA model)
+into the exact arrays the extension checks, check generation settings
+(check_sampling), and return NumPy.  tile() is the 2x tiling of the DP
+branch as a plain function.
 """
 import os
-import sys
 
 import numpy as np
 
 from . import _C
-from . import config_schema, devarray
-from .checkpoint import folder_refs, read_json
-from .errors import CheckpointError, DeviceError, ShapeError
+from . import devarray
+from .errors import DeviceError, ShapeError
 from .streaming import CountedCore, TokenStream
-
-IMAGE_TOKEN_INDEX = -200
-_ACTS = {"gelu": 1, "quick_gelu": 2, "silu": 3}
-_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int4": 4}
-GPU_DTYPES = ("float32", "float16", "bfloat16")
-# the CPU's default storage (README): exact float32 for small models, the checkpoint's own 16-bit dtype up to
-# 4 B parameters, int8 above (a 7B model then needs ~8 GB and loads on a 16 GB machine)
-FLOAT32_MAX_PARAMS = 1.5e9
-SIXTEEN_BIT_MAX_PARAMS = 4e9
-
-# TG module sizes fixed by the reference code (SPEC 4), used where shapes are silent
-TG_DEFAULTS = {"q_heads": 16, "q_eps": 1e-12, "q_cross_freq": 2, "p_heads": 16, "p_eps": 1e-5}
-
-
-def _find_tower(name, llm_dir):
-    """The folder a tower name in an LLM config points to (local path, relative to the LLM folder,
-    Hugging Face cache or download via layout.resolve_tower), or None."""
-    if not isinstance(name, str) or not name:
-        return None
-    for cand in (name, os.path.join(llm_dir, name)):
-        if os.path.isdir(cand):
-            return cand
-    from .layout import resolve_tower
-    return resolve_tower(name)
-
-
-def _resolve_clip_dir(cfg, llm_dir, clip_dir):
-    """The CLIP vision tower folder: clip_dir when given, else what mm_vision_tower (or mm_text_tower) names."""
-    if clip_dir is not None:
-        if not os.path.isdir(clip_dir):
-            raise CheckpointError(f"{clip_dir}: no such CLIP tower folder")
-        return os.fspath(clip_dir)
-    for key in ("mm_vision_tower", "mm_text_tower"):
-        found = _find_tower(cfg.get(key), llm_dir)
-        if found:
-            return found
-    raise CheckpointError(
-        f"{llm_dir}: cannot find the CLIP tower '{cfg.get('mm_vision_tower')}': pass clip_dir=... "
-        "(a folder with vision_model.* / text_model.* tensors)")
-
-
-def _count_layers(names, prefix):
-    from .layout import count_layers
-    return count_layers(names, prefix)
-
-
-def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_path="config.json",
-                 clip_path="config.json"):
-    """The flat size dictionary of the C core (tg_config) from configs and tensor shapes.
-
-    llm_cfg is an official-layout LLM config, clip_cfg any CLIP tower config
-    (read with layout.clip_configs: legacy *_config_dict keys, transformers'
-    defaults for missing keys).  Every value is checked: a size that is not
-    an integer in range, a non-finite or non-positive epsilon or rotary
-    base, an unknown activation, rotary scaling, layer counts that disagree
-    with the tensors, raise CheckpointError naming the config file
-    (llm_path / clip_path; clip_path may be a (vision, text) pair when the
-    towers come from two folders) and the key.  Only names and shapes of
-    `refs` are used.  The result has exactly the fields its modules need
-    (config_schema.check: a key outside the schema of csrc/config_fields.h is
-    a bug and raises TgError).
-    """
-    from . import layout
-
-    def shape(name):
-        if name not in refs:
-            raise CheckpointError(f"missing tensor {name}")
-        return refs[name].shape
-
-    vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
-    towers = layout.clip_configs(clip_cfg, vision_path)
-    vc, tc = towers["vision_config"], towers["text_config"]
-    names = list(refs)
-    if vc is None:
-        raise CheckpointError(f"{vision_path}: has no vision tower config (needed for the vision tower)")
-    c = layout.vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
-    layout.check_layer_count(names, "vision_model.encoder.layers.", c["v_layers"], vision_path,
-                             "vision_config.num_hidden_layers")
-    if llm_cfg.get("mm_vision_select_feature", "patch") != "patch":
-        raise CheckpointError(f"{llm_path}: mm_vision_select_feature {llm_cfg.get('mm_vision_select_feature')!r} "
-                              "is not supported (only 'patch')")
-    has_fom = any(n.startswith("model.mm_cross_attn.") for n in names)
-    has_dp = any(n.startswith("model.mm_patch_encoder.") for n in names)
-    c.update(has_fom=int(has_fom), has_dp=int(has_dp))
-    if has_fom or has_dp:
-        if tc is None:
-            raise CheckpointError(f"{text_path}: has no text tower config, and this TG-LLaVA checkpoint needs the "
-                                  "CLIP text tower")
-        c.update(layout.text_sizes(tc, text_path))
-        layout.check_layer_count(names, "text_model.encoder.layers.", c["t_layers"], text_path,
-                                 "text_config.num_hidden_layers")
-    d = dict(TG_DEFAULTS)
-    d.update(overrides or {})
-    if has_fom:
-        pf = "model.mm_cross_attn.Qformer.bert.encoder.layer."
-        c.update(q_layers=_count_layers(names, pf), q_heads=d["q_heads"], q_eps=d["q_eps"], q_cross_freq=d["q_cross_freq"],
-                 q_ffn=shape(pf + "0.intermediate_query.dense.weight")[0],
-                 q_queries=shape("model.mm_cross_attn.query_tokens")[-2])
-    if has_dp:
-        pf = "model.mm_patch_encoder.perceiver.layers."
-        heads = d["p_heads"]
-        qrows = shape(pf + "0.self_attn.q_proj.weight")[0]
-        hd = qrows // heads
-        if hd <= 0:
-            raise CheckpointError(f"{pf}0.self_attn.q_proj.weight has {qrows} rows, fewer than the {heads} "
-                                  "perceiver heads")
-        c.update(p_layers=_count_layers(names, pf), p_heads=heads, p_head_dim=hd,
-                 p_kv_heads=shape(pf + "0.self_attn.k_proj.weight")[0] // hd,
-                 p_latents=shape("model.mm_patch_encoder.perceiver.latents")[0],
-                 p_ffn=shape(pf + "0.mlp.gate_proj.weight")[0],
-                 p_positions=shape("model.mm_patch_encoder.position_embedding.weight")[0], p_eps=d["p_eps"])
-    ptype = llm_cfg.get("mm_projector_type", "mlp2x_gelu" if "model.mm_projector.0.weight" in refs else "linear")
-    if ptype not in ("mlp2x_gelu", "linear"):
-        raise CheckpointError(f"{llm_path}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu or linear)")
-    c["proj_mlp"] = int(ptype == "mlp2x_gelu")
-    m = layout.llm_sizes(llm_cfg, llm_path)
-    layout.check_layer_count(names, "model.layers.", m["layers"], llm_path, "num_hidden_layers")
-    c.update(hidden=m["hidden"], heads=m["heads"], kv_heads=m["kv_heads"], head_dim=m["head_dim"],
-             layers=m["layers"], ffn=m["ffn"], vocab=m["vocab"],
-             qkv_bias=int("model.layers.0.self_attn.q_proj.bias" in refs),
-             tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs),
-             max_len=m["max_len"], rms_eps=m["rms_eps"], rope_theta=m["rope_theta"],
-             dtype=_DTYPES[dtype])
-    return config_schema.check(c)
-
-
-def check_device_dtype(device, dtype):
-    """Refuse an unknown device or a storage dtype the device cannot hold (None is resolved later)."""
-    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    if dtype is not None and device != "cpu" and dtype not in GPU_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is a CPU format; on {device} use one of {', '.join(GPU_DTYPES)}")
-
-
-def default_dtype(device, refs):
-    """The storage dtype load() picks when none is given (the rule is stated in the README)."""
-    if device != "cpu":
-        return "bfloat16"
-    params = sum(int(np.prod(r.shape)) for r in refs.values())
-    if params <= FLOAT32_MAX_PARAMS:
-        return "float32"
-    if params <= SIXTEEN_BIT_MAX_PARAMS:
-        f16 = sum(int(np.prod(r.shape)) for r in refs.values() if r.dtype == "F16")
-        return "float16" if 2 * f16 > params else "bfloat16"
-    return "int8"
-
-
-def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_overrides=None):
-    """Load a TG-LLaVA or LLaVA-1.5 checkpoint onto `device`; every layout goes through here.
-
-    llm_dir is an official LLM folder (TG-LLaVA or LLaVA-1.5; the CLIP folder is clip_dir, or
-    found from mm_vision_tower) or a llava-hf folder (LlavaForConditionalGeneration, the vision
-    tower inside it: clip_dir is not used).
-
-    dtype: storage of the large matrices (Linear weights, embedding tables): "float32" (exact, the
-    conformance mode), "float16", "bfloat16", and on the CPU "int8" / "int4" (blocks of 32 input
-    features with a float16 scale).  None: on CUDA bfloat16; on the CPU float32 up to 1.5 B parameters,
-    the checkpoint's own 16-bit dtype up to 4 B, int8 above.  Weights go from the checkpoint's bytes
-    straight into that format, a slice at a time.  progress: a bar on a terminal for loads over a
-    second (None), always (True) or never (False).
-    """
-    check_device_dtype(device, dtype)
-    plan = resolve_folders(llm_dir, clip_dir)
-    if plan["kind"] == "llava-hf":
-        from .hf_load import load_llava_hf
-        return load_llava_hf(llm_dir, device=device, dtype=dtype, progress=progress)
-    llm_cfg, refs = plan["llm_config"], plan["refs"]
-    if dtype is None:
-        dtype = default_dtype(device, refs)
-    cfg = build_config(llm_cfg, plan["clip_config"], refs, dtype, tg_overrides, plan["llm_config_path"],
-                       plan["clip_config_paths"])
-
-    def missing(name):
-        if name.startswith("text_model."):
-            return plan["text_dir"]
-        return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
-    from .layout import check_tensors
-    check_tensors(cfg, refs, missing)  # names, dtypes and shapes, before any weight byte is read
-    core = build_core(cfg, device, refs, missing, progress)
-    return Model(core, llm_cfg, plan["clip_config"], llm_dir, plan["clip_dir"], dtype)
-
-
-def resolve_folders(llm_dir, clip_dir=None):
-    """Everything load() learns before reading a weight: configs, tower folders, tensor headers.
-
-    Returns a dict: kind ("llava-hf" or "official"); for an official folder
-    also llm_config (+ llm_config_path), vision_dir and text_dir (the
-    folders the two CLIP towers come from; text_dir None without TG
-    modules), clip_dir (the folder a Model reports: the text tower's when
-    TG-LLaVA needs it, for its CLIP tokenizer, else the vision tower's),
-    clip_config ({"model_type": "clip", "vision_config", "text_config"},
-    complete), clip_config_paths, tower_layouts ({"vision": label,
-    "text": label}) and refs (official name -> TensorRef from headers,
-    bytes unread).  A TG-LLaVA checkpoint whose vision folder has no text
-    tower takes it from the folder mm_text_tower names.
-    """
-    from . import layout
-
-    llm_dir = os.fspath(llm_dir)
-    if not os.path.isdir(llm_dir):
-        raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
-    llm_config_path = os.path.join(llm_dir, "config.json")
-    llm_cfg = read_json(llm_config_path)
-    if not isinstance(llm_cfg, dict):
-        raise CheckpointError(f"{llm_config_path}: not a JSON object")
-    llm_refs = folder_refs(llm_dir)
-    if layout.is_llava_hf(llm_cfg, list(llm_refs)):
-        return {"kind": "llava-hf", "llm_config": llm_cfg, "llm_config_path": llm_config_path}
-    has_tg = any(n.startswith(("model.mm_cross_attn.", "model.mm_patch_encoder.")) for n in llm_refs)
-    vision = layout.read_tower(_resolve_clip_dir(llm_cfg, llm_dir, clip_dir))
-    if not vision["has_vision"]:
-        raise CheckpointError(f"{vision['folder']}: no CLIP vision tower tensors (found: {vision['layout']}); "
-                              "expected vision_model.* or a CLIPVisionModel's embeddings.* / encoder.layers.*")
-    text = None
-    if has_tg:
-        text = vision
-        if not vision["has_text"]:
-            name = llm_cfg.get("mm_text_tower")
-            other = _find_tower(name, llm_dir)
-            if other and os.path.realpath(other) != os.path.realpath(vision["folder"]):
-                text = layout.read_tower(other)
-            if not text["has_text"]:
-                raise CheckpointError(
-                    f"{vision['folder']}: this TG-LLaVA checkpoint needs the CLIP text tower (text_model.*), but the "
-                    f"folder holds a {vision['layout']} and mm_text_tower {name!r} was not found with one")
-    refs = {n: r for n, r in vision["refs"].items() if n.startswith("vision_model.")}
-    if text is not None:
-        refs.update({n: r for n, r in text["refs"].items() if n.startswith("text_model.")})
-    refs.update(llm_refs)
-    clip_config = {"model_type": "clip", "vision_config": vision["configs"]["vision_config"],
-                   "text_config": (text or vision)["configs"]["text_config"]}
-    return {"kind": "official", "llm_config": llm_cfg, "llm_config_path": llm_config_path,
-            "vision_dir": vision["folder"], "text_dir": text["folder"] if text else None,
-            "clip_dir": text["folder"] if text else vision["folder"], "clip_config": clip_config,
-            "clip_config_paths": (vision["config_path"], (text or vision)["config_path"]),
-            "tower_layouts": {"vision": vision["layout"], "text": text["layout"] if text else None},
-            "has_tg": has_tg, "refs": refs}
-
-
-def preflight(llm_dir, clip_dir=None, tokenizers=True):
-    """Check what a load and a chat need that can be checked without reading a weight.
-
-    Configs (every value), tower folders, tensor names, dtypes and shapes
-    from the headers, and (tokenizers=True) the tokenizer files chat needs:
-    the LLM tokenizer in llm_dir and, for TG-LLaVA, the CLIP tokenizer in
-    the text tower's folder.  Raises CheckpointError on the first problem;
-    returns resolve_folders()'s dict.  `tgllava generate` calls this before
-    loading, so a folder without tokenizer files fails in a moment, not
-    after reading every weight.
-    """
-    from . import layout
-
-    plan = resolve_folders(llm_dir, clip_dir)
-    if plan["kind"] == "llava-hf":
-        from .hf_load import llava_hf_refs
-        llm_cfg, clip_cfg, refs = llava_hf_refs(llm_dir)
-        path = plan["llm_config_path"]
-        cfg = build_config(llm_cfg, clip_cfg, refs, "float32", llm_path=path, clip_path=path)
-        layout.check_tensors(cfg, refs, lambda name: f"{llm_dir} (llava-hf layout)")
-    else:
-        cfg = build_config(plan["llm_config"], plan["clip_config"], plan["refs"], "float32", None,
-                           plan["llm_config_path"], plan["clip_config_paths"])
-
-        def missing(name):
-            if name.startswith("text_model."):
-                return plan["text_dir"]
-            return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
-        layout.check_tensors(cfg, plan["refs"], missing)
-    if tokenizers:
-        layout.check_tokenizer_files(llm_dir, "llm", " (needed to turn the question into token ids)")
-        if plan.get("has_tg"):
-            layout.check_tokenizer_files(plan["text_dir"], "clip",
-                                         " (TG-LLaVA needs the CLIP tokenizer of its text tower for the text guide)")
-    return plan
-
-
-def _stderr_is_terminal():
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def build_core(cfg, device, refs, where_missing, progress=None):
-    """The C model for size dict `cfg` on `device`, filled from `refs` (name -> TensorRef).
-    where_missing(name) names the folder blamed for an absent tensor.  Each tensor goes from its
-    checkpoint bytes (memory-mapped) into the stored format; a progress bar on a terminal counts the
-    bytes read when loading takes over a second (progress=True: always, False: never)."""
-    core = _C.Model(cfg, device)
-    required = core.required()
-    for name, _, _ in required:
-        if name not in refs:
-            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
-    total = sum(int(np.prod(refs[name].shape)) * refs[name].itemsize for name, _, _ in required)
-    bar = None
-    if progress or (progress is None and _stderr_is_terminal()):
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", delay=0 if progress else 1.0,
-                   leave=False)
-    try:
-        for name, shape, _ in required:
-            ref = refs[name]
-            if ref.src_code is None:
-                raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
-            try:
-                core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
-            except CheckpointError as e:
-                raise CheckpointError(f"{ref.path}: {e}") from None
-            if bar:
-                bar.update(int(np.prod(shape)) * ref.itemsize)
-    finally:
-        if bar:
-            bar.close()
-    core.finish()
-    return core
 
 
 def tile(pixels):
@@ -348,9 +28,6 @@ def tile(pixels):
     return out[0] if single else out
 
 
-MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (the C core's TG_MIN_TEMPERATURE)
-
-
 def resolve_seed(seed):
     """The 64-bit sampling seed: `seed` taken modulo 2**64, or a random one when it is None."""
     if seed is None:
@@ -358,13 +35,17 @@ def resolve_seed(seed):
     return int(seed) & ((1 << 64) - 1)
 
 
-def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_len=None):
-    """Checked generation settings (max_new_tokens, temperature, top_p, top_k, repetition_penalty).
+def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_len=None,
+                   min_new_tokens=0):
+    """Checked generation settings (max_new_tokens, temperature, top_p, top_k, repetition_penalty): the one
+    rule of the model, `tgllava serve` and the command line.
 
-    Raises ShapeError for a non-number, a non-finite value (NaN, inf), or one out of range:
-    0 <= max_new_tokens <= max_len (the context length, when given), temperature >= 0,
-    0 < top_p <= 1, top_k >= 0, repetition_penalty > 0.  A temperature below MIN_TEMPERATURE
-    comes back as 0 (greedy): dividing logits by 1e-39 would overflow.
+    Values are converted here (a bool, a non-number or a non-integral count raises ShapeError); the
+    ranges are the C core's (_C.check_sampling, which the extension's generate applies too): finite
+    values, 0 <= max_new_tokens <= max_len (the context length, when given), temperature >= 0,
+    0 < top_p <= 1, top_k >= 0, repetition_penalty > 0.  Front ends that must answer something ask
+    for min_new_tokens=1.  A temperature below _C.MIN_TEMPERATURE comes back as 0 (greedy: dividing
+    logits by 1e-39 would overflow), a top_k above 2**30 as 2**30 (no vocabulary is that large).
     """
     def integer(v, name):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
@@ -376,28 +57,17 @@ def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repe
     def number(v, name):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise ShapeError(f"{name} must be a number, got {v!r}")
-        v = float(v)
-        if not np.isfinite(v):
-            raise ShapeError(f"{name} must be finite, got {v}")
-        return v
+        return float(v)
 
-    max_new_tokens, top_k = integer(max_new_tokens, "max_new_tokens"), integer(top_k, "top_k")
+    max_new_tokens, top_k = integer(max_new_tokens, "max_new_tokens"), min(integer(top_k, "top_k"), 1 << 30)
     temperature, top_p = number(temperature, "temperature"), number(top_p, "top_p")
     repetition_penalty = number(repetition_penalty, "repetition_penalty")
-    if max_new_tokens < 0 or (max_len is not None and max_new_tokens > max_len):
-        bound = f"[0, {max_len}] (the model's context length)" if max_len is not None else ">= 0"
-        raise ShapeError(f"max_new_tokens {max_new_tokens} is outside {bound}")
-    if temperature < 0:
-        raise ShapeError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ShapeError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ShapeError(f"top_k must be >= 0, got {top_k}")
-    if repetition_penalty <= 0:
-        raise ShapeError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    if temperature < MIN_TEMPERATURE:
+    if max_new_tokens < min_new_tokens:
+        raise ShapeError(f"max_new_tokens must be at least {min_new_tokens}, got {max_new_tokens}")
+    _C.check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, -1 if max_len is None else max_len)
+    if temperature < _C.MIN_TEMPERATURE:
         temperature = 0.0
-    return max_new_tokens, temperature, top_p, min(top_k, 1 << 30), repetition_penalty
+    return max_new_tokens, temperature, top_p, top_k, repetition_penalty
 
 
 def _float_array(x, what, device="cpu"):
@@ -567,8 +237,8 @@ class Model:
         if a.ndim > 2 or (a.ndim == 2 and a.shape[0] != 1):
             raise ShapeError(f"input_ids must be one sequence (T,) or (1, T), got shape {a.shape}; "
                              "use generate_batch for several sequences")
-        ids = _id_array(a.reshape(-1), "input_ids", IMAGE_TOKEN_INDEX, self.sizes["vocab"])
-        bad = ids[(ids < 0) & (ids != IMAGE_TOKEN_INDEX)]
+        ids = _id_array(a.reshape(-1), "input_ids", _C.IMAGE_TOKEN, self.sizes["vocab"])
+        bad = ids[(ids < 0) & (ids != _C.IMAGE_TOKEN)]
         if bad.size:
             raise ShapeError(f"input_ids: id {int(bad[0])} is outside [0, {self.sizes['vocab']})")
         seq = {"ids": ids, "use_fom": bool(use_fom), "use_dp": bool(use_dp), "n_latents": int(n_latents or 0)}
@@ -793,7 +463,7 @@ class Model:
             raise ShapeError("this checkpoint has no TG-DP module")
         if text_ids is None:
             raise ShapeError("dp_attention needs text_ids (the CLIP tokens of the question)")
-        seq = self._sequence([IMAGE_TOKEN_INDEX], pixels, text_ids, use_fom=True, use_dp=True)
+        seq = self._sequence([_C.IMAGE_TOKEN], pixels, text_ids, use_fom=True, use_dp=True)
         return self._core.dp_attention(seq)
 
     def attention_map(self, *args, **kw):
