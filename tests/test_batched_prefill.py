@@ -70,7 +70,7 @@ def test_generate_batch_runs_on_the_scheduler_loop():
 
 def test_admit_many_refuses_bad_admissions_and_keeps_working():
     m = tgllava.load(*checkpoint("llava15-tiny"), dtype="int8")
-    s = m.scheduler(2)
+    s = m.scheduler(2, context=32)
     ok = dict(sequence=m._sequence([1, 5, 9]), max_new_tokens=2, eos_ids=[])
     with pytest.raises(ShapeError, match="between 1 and the 2 slots"):
         s.admit_many([ok] * 3)
@@ -80,8 +80,8 @@ def test_admit_many_refuses_bad_admissions_and_keeps_working():
         s.admit_many([ok, ("ids",)])
     with pytest.raises(TypeError, match="invalid keyword"):
         s.admit_many([dict(ok, max_tokens=3)])
-    bad = dict(ok, sequence=m._sequence([1, 10 ** 6]))
-    with pytest.raises(ShapeError):
+    bad = dict(ok, sequence=m._sequence(list(range(1, 40))))
+    with pytest.raises(ShapeError, match="do not fit in the 32 positions"):
         s.admit_many([ok, bad])  # one bad sequence: nothing is admitted
     assert s.active == 0
     (i,) = s.admit_many([ok])

@@ -5,13 +5,13 @@
   llm_attention, dp_attention) give exactly what the C core gives;
 - Model.chat_batch is the plain engine's (image, question) batch; evaluation items go through
   tgllava.eval.adapter.ModelAdapter, whose answers equal the manual pipeline and whose vision
-  cache runs the tower once per image_key;
+  cache runs the tower once per picture;
 - tgllava.load recognises a llava-hf folder whether or not a CLIP folder is passed.
 """
 
 import numpy as np
 import pytest
-from _frontend_golden import QUESTION, golden_model, golden_set
+from _frontend_golden import QUESTION, golden_model, golden_set, second_image
 from golden_util import io, model
 from PIL import Image
 
@@ -112,10 +112,11 @@ def test_eval_adapter_answers_and_caches_per_image_key(monkeypatch):
         assert got == tok.decode(want).strip()
     assert adapter.chat_batch([dict(items[0], image=[pil])], max_new_tokens=8) == answers[:1]  # a list of one
     assert len(calls) == 1
-    small = ModelAdapter(m, cache_size=1)
-    small.chat_batch([dict(items[0], image_key="a"), dict(items[0], image_key="b"), dict(items[0], image_key="a")],
+    small = ModelAdapter(m, feature_cache_bytes=original(pixels).nbytes)  # room for one picture
+    other = Image.open(second_image(L15)).convert("RGB")
+    small.chat_batch([dict(items[0], image=pil), dict(items[0], image=other), dict(items[0], image=pil)],
                      max_new_tokens=1)
-    assert len(calls) == 1 + 3  # a fell out of a cache of one when b came
+    assert len(calls) == 1 + 3  # the first picture fell out of the cache when the second came
     assert small.chat_batch([]) == []
 
 

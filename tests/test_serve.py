@@ -41,7 +41,7 @@ import pytest
 openai = pytest.importorskip("openai", reason="test_serve speaks with the openai client (pip install .[test])")
 from _frontend_golden import QUESTION, cached_chat, golden_model, golden_set, second_image, subprocess_env
 
-from tgllava import _C, chat, tokenize
+from tgllava import _C, chat, generation, tokenize
 from tgllava import image as image_mod
 from tgllava.errors import ShapeError
 from tgllava.serve import ServerThread, build_app
@@ -210,10 +210,10 @@ def _reference(image, question, max_tokens, stop=None):
     req = _request(m, image, question)
     tok = chat.tokenizers(m)[0]
     stops = [s for s in ["</s>"] + ([stop] if stop else []) if s]
-    tracker = chat._Tracker(tok, stops)
+    tracker = generation.StopTracker(tok, stops)
     tokens = m.generate_batch([req], max_new_tokens=max_tokens, eos_token_id=_eos(m),
                               callback=lambda seq, t: tracker.push(t))[0]
-    return chat._final_text(tok.decode(tokens), stops), len(tokens)
+    return generation.final_text(tok.decode(tokens), stops), len(tokens)
 
 
 def test_sixteen_concurrent_clients_get_their_single_answers(server):
@@ -445,7 +445,7 @@ def test_internal_error_gets_500(small_server, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("vision tower exploded")
 
-    monkeypatch.setattr(small_server.engine, "_cached_features", boom)
+    monkeypatch.setattr(small_server.engine.driver.feature_cache, "lookup", boom)
     status, err = _post(small_server, {"messages": user(QUESTION, golden_set(L15)[2]), "max_tokens": 2},
                         key="sesame")
     assert status == 500 and "exploded" in err["error"]["message"] and err["error"]["type"] == "server_error"

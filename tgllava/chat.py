@@ -7,15 +7,15 @@ model's own conv mode by default), the LLM tokens with one image slot
 user turn without its image marker, stripped; SPEC section 1), the CLIP pixels
 (image.preprocess in the mode the config asks for), generation until EOS, a
 stop string of the template or `max_new_tokens`, and detokenization with the
-stop string trimmed (LLaVA's KeywordsStoppingCriteria rule: generation stops
-once the stop string appears and the text is cut there, then stripped).
+stop string trimmed (LLaVA's rule, tgllava.generation's StopTracker: generation
+stops once the stop string appears and the text is cut there, then stripped).
 It returns an `Answer` with the text, the generated ids and per-stage
 timings.  `stream=True` returns an `AnswerStream` instead, an iterator over
 text pieces as they are decoded whose pieces join to exactly the text of the
 non-streaming answer (leading/trailing whitespace and partial stop strings
 are held back); its `.answer` is filled in once it is exhausted.
 `chat_batch` answers many (image, question) pairs with continuous batching
-(Model.generate_batch: up to max_batch generated together, a finished answer's
+(Model.generate_many: up to max_batch generated together, a finished answer's
 slot taken by the next pair at once); each answer equals the one `chat` gives
 for that pair alone (greedy).
 
@@ -34,6 +34,7 @@ import numpy as np
 from . import conversation, tokenize
 from . import image as image_mod
 from .errors import CheckpointError, ShapeError
+from .generation import StopTracker
 from .streaming import TokenStream
 
 _TOKENIZERS = weakref.WeakKeyDictionary()
@@ -140,63 +141,11 @@ def _prepare(model, img, question, conv_mode, use_fom, use_dp, timings):
     return req
 
 
-def _final_text(text, stops):
-    """LLaVA's answer text: cut at the first stop string, strip whitespace."""
-    cut = len(text)
-    for s in stops:
-        i = text.find(s)
-        if i >= 0:
-            cut = min(cut, i)
-    return text[:cut].strip()
-
-
-def _safe_text(text, stops):
-    """The longest prefix of the final answer that decoded text so far guarantees.
-
-    Drops a trailing piece that could still grow into a stop string, then
-    strips: the result is always a prefix of _final_text of any continuation.
-    """
-    cut = len(text)
-    for s in stops:
-        i = text.find(s)
-        if i >= 0:
-            cut = min(cut, i)
-    if cut < len(text):
-        return text[:cut].strip()
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return text[:len(text) - hold].strip()
-
-
-class _Tracker:
-    """Follows one sequence's tokens: incremental text, stop-string check, decode time."""
-
-    def __init__(self, tok, stops):
-        self.decoder = tokenize.StreamDecoder(tok)
-        self.stops = [s for s in stops if s]
-        self.tokens = []
-        self.hit_stop = False
-        self.decode_time = 0.0
-
-    def push(self, token):
-        t0 = time.perf_counter()
-        self.tokens.append(int(token))
-        self.decoder.push(token)
-        if self.stops and any(s in self.decoder.text for s in self.stops):
-            self.hit_stop = True
-        self.decode_time += time.perf_counter() - t0
-        return self.hit_stop
-
-
-def _answer(tok, tokens, stops, hit_stop, max_new_tokens, timings, conv_mode):
+def _answer(tracker, tokens, max_new_tokens, timings, conv_mode):
     t0 = time.perf_counter()
-    text = _final_text(tok.decode(tokens), stops)
+    text = tracker.answer()
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-    reason = "stop" if hit_stop else ("length" if len(tokens) >= max_new_tokens else "eos")
+    reason = "stop" if tracker.hit_stop else ("length" if len(tokens) >= max_new_tokens else "eos")
     return Answer(text, list(tokens), timings, reason, conv_mode)
 
 
@@ -226,12 +175,12 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     llm_tok = tokenizers(model)[0]
     if stream:
         return AnswerStream(model, req, kw, llm_tok, stops, timings, t_start, conv_mode)
-    tracker = _Tracker(llm_tok, stops)
+    tracker = StopTracker(llm_tok, stops)
     t0 = time.perf_counter()
     tokens = model.generate_batch([req], callback=lambda seq, tok: tracker.push(tok), **kw)[0]
     timings["generate"] = time.perf_counter() - t0 - tracker.decode_time
     timings["decode"] = tracker.decode_time
-    answer = _answer(llm_tok, tokens, stops, tracker.hit_stop, kw["max_new_tokens"], timings, conv_mode)
+    answer = _answer(tracker, tokens, kw["max_new_tokens"], timings, conv_mode)
     timings["total"] = time.perf_counter() - t_start
     return answer
 
@@ -262,29 +211,26 @@ class AnswerStream:
         self._iter.close()
 
     def _run(self):
-        tracker = _Tracker(self._tok, self._stops)
+        tracker = StopTracker(self._tok, self._stops)
         model, req, kw = self._model, self._req, self._kw
         tokens = TokenStream(model, lambda cb: model.generate_batch([req], callback=lambda seq, tok: cb(tok), **kw)[0],
                              on_token=tracker.push)  # the tracker sees each token in the worker: stop strings stop it
         t0 = time.perf_counter()
-        emitted = ""
         try:
             for _ in tokens:
-                safe = _safe_text(tracker.decoder.text, self._stops)
-                if len(safe) > len(emitted) and safe.startswith(emitted):
-                    piece, emitted = safe[len(emitted):], safe
+                piece = tracker.piece()
+                if piece:
                     yield piece
         finally:
             tokens.close()
         timings = self._timings
         timings["generate"] = time.perf_counter() - t0 - tracker.decode_time
         timings["decode"] = tracker.decode_time
-        self.answer = _answer(self._tok, tokens.tokens, self._stops, tracker.hit_stop,
-                              self._kw["max_new_tokens"], timings, self._conv_mode)
+        self.answer = _answer(tracker, tokens.tokens, self._kw["max_new_tokens"], timings, self._conv_mode)
         timings["total"] = time.perf_counter() - self._t_start
-        rest = self.answer.text
-        if rest.startswith(emitted) and len(rest) > len(emitted):
-            yield rest[len(emitted):]
+        rest = tracker.last_piece(self.answer.text)
+        if rest:
+            yield rest
 
 
 def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0,
@@ -309,13 +255,12 @@ def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0
     reqs = [_prepare(model, img, q, conv_mode, use_fom, use_dp, timings) for img, q in pairs]
     kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
     llm_tok = tokenizers(model)[0]
-    trackers = [_Tracker(llm_tok, stops) for _ in pairs]
+    trackers = [StopTracker(llm_tok, stops) for _ in pairs]
     t0 = time.perf_counter()
-    outs = model.generate_batch(reqs, callback=lambda seq, tok: trackers[seq].push(tok), max_batch=max_batch, **kw)
+    outs = dict(model.generate_many(reqs, callback=lambda i, tok: trackers[i].push(tok), max_batch=max_batch, **kw))
     decode_time = sum(t.decode_time for t in trackers)
     timings["generate"] = time.perf_counter() - t0 - decode_time
     timings["decode"] = decode_time
-    answers = [_answer(llm_tok, toks, stops, tr.hit_stop, kw["max_new_tokens"], timings, conv_mode)
-               for toks, tr in zip(outs, trackers)]
+    answers = [_answer(tr, outs[i], kw["max_new_tokens"], timings, conv_mode) for i, tr in enumerate(trackers)]
     timings["total"] = time.perf_counter() - t_start
     return answers

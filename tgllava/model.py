@@ -274,22 +274,16 @@ class Model:
             return []
         return [int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])]
 
-    def scheduler(self, slots, context=None, decode_rows=None):
-        """A continuous-batching scheduler on this model (tgllava._C.Scheduler; generate_many and
-        `tgllava serve` drive one): `slots` KV-cache slots of `context` positions each (default: the
-        model's max_len), its own cache beside the one generate uses.  Every sequence's tokens are
-        bitwise those of its own generate() call whatever runs beside it: a float32 CPU model decodes
-        in chunks of at most _C.CPU_EXACT_ROWS (16) rows (decode_rows; 0 = all rows in one product),
-        whose products are exact per row; compact CPU formats are exact per row for any number of
-        rows, so they decode all rows in one product.  Its calls are counted like the model's own, so an unread stream gives the model up to it
-        (streaming.py)."""
-        if decode_rows is None:
-            decode_rows = _C.CPU_EXACT_ROWS if self.device == "cpu" and self.dtype == "float32" else 0
-        return self._core.counted(_C.Scheduler(self._core._core, int(slots), int(context or 0), int(decode_rows)))
-
-    def _positions(self, seq, max_new_tokens):
-        """KV-cache positions a sequence needs: its spliced prompt (as the C core cuts it) plus its new tokens."""
-        return self._core.spliced_length(seq) + max_new_tokens
+    def scheduler(self, slots, context=None, decode_rows=0):
+        """A continuous-batching scheduler on this model (tgllava._C.Scheduler; generate_many, eval and
+        `tgllava serve` drive one through tgllava.generation): `slots` KV-cache slots of `context` positions
+        each (default: the model's max_len), its own cache beside the one generate uses.  Every sequence's
+        tokens are bitwise those of its own generate() call whatever runs beside it: decode_rows 0 lets the
+        C core cut each decode step into as many rows as the backend's products compute exactly (CPU
+        float32: _C.CPU_EXACT_ROWS; compact CPU formats: all rows in one product), and admit_many prefills
+        several admissions in one product only where that is exact too.  Its calls are counted like the
+        model's own, so an unread stream gives the model up to it (streaming.py)."""
+        return self._core.counted(_C.Scheduler(self._core._core, int(slots), int(context or 0), int(decode_rows or 0)))
 
     def _request(self, r, max_new_tokens):
         """(C sequence dict, its max_new_tokens) of one generate_batch/generate_many request."""
@@ -318,63 +312,9 @@ class Model:
         holds max_batch slots of the longest request seen so far; a longer one waits until the
         running ones have ended and the cache is made again.  Sampling values are checked at once.
         """
-        sampling = check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, self.sizes["max_len"])
-        if max_batch is None:
-            max_batch = _C.CPU_EXACT_ROWS if self.device == "cpu" else 32
-        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or not 1 <= max_batch <= 256:
-            raise ValueError(f"max_batch must be an integer in [1, 256], got {max_batch!r}")
-        return self._continuous(requests, sampling, resolve_seed(seed), self._eos(eos_token_id), callback,
-                                int(max_batch))
-
-    def _continuous(self, requests, sampling, seed, eos, callback, slots):
-        max_new_tokens, temperature, top_p, top_k, repetition_penalty = sampling
-        def prepared(r):  # (C sequence, its max_new_tokens, the KV-cache positions it needs)
-            seq, n_new = self._request(r, max_new_tokens)
-            return seq, n_new, self._positions(seq, n_new)
-
-        if isinstance(requests, (list, tuple)):  # all known: check them all first, size the cache once
-            ready = [prepared(r) for r in requests]
-            longest = max((need for _, _, need in ready), default=1)
-            source = iter(enumerate(ready))
-        else:
-            longest = 0
-            source = ((i, prepared(r)) for i, r in enumerate(requests))
-        sched, running, waiting = None, {}, None  # running: scheduler id -> (index, tokens)
-        try:
-            while True:
-                while len(running) < slots:  # admit into the free slots
-                    if waiting is None:
-                        waiting = next(source, None)
-                        if waiting is None:
-                            break
-                    index, (seq, n_new, need) = waiting
-                    if sched is None or need > sched.context:
-                        if running:
-                            break  # a longer request: the running ones end first, then the cache grows
-                        if sched is not None:
-                            sched.close()
-                        # rounded up, so requests a little longer than the first ones still fit
-                        sched = self.scheduler(slots, max(longest, -(-(need + 64) // 128) * 128))
-                    sid = sched.admit(seq, max_new_tokens=n_new, temperature=temperature, top_p=top_p, top_k=top_k,
-                                      repetition_penalty=repetition_penalty, seed=seed, eos_ids=eos)
-                    running[sid] = (index, [])
-                    waiting = None
-                if not running:
-                    return
-                for sid, token, finish in sched.step():
-                    index, tokens = running[sid]
-                    stop = False
-                    if token >= 0:
-                        tokens.append(token)
-                        stop = bool(callback(index, token)) if callback is not None else False
-                    if finish or stop:
-                        del running[sid]
-                        if not finish:
-                            sched.cancel(sid)
-                        yield index, tokens
-        finally:
-            if sched is not None:
-                sched.close()
+        from .generation import generate_many
+        return generate_many(self, requests, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                             eos_token_id, callback, max_batch)
 
     def generate_batch(self, requests, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
                        seed=None, eos_token_id=None, callback=None, return_last_logits=False, max_batch=None):

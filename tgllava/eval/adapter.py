@@ -6,30 +6,27 @@ an ``image_key`` - with greedy decoding, and returns one stripped answer string 
 `answer_stream(keyed_items, max_batch)` is the continuous form the runner uses: items are
 read as slots free up and answers come back as they end (Model.generate_many).
 
-Rows that show the same picture again (MMBench's rotations, MME's question pairs) carry the
-same key; the adapter keeps the vision-tower output of the last `cache_size` keys
-(Model.cacheable_features) and hands it back as `features=`, so the tower runs once per
+Rows that show the same picture again (MMBench's rotations, MME's question pairs) reuse its
+vision-tower output: the adapter's tgllava.generation.FeatureCache (by pixel content, within
+`feature_cache_bytes`) hands it to the generation as `features=`, so the tower runs once per
 picture while the TG modules still run per question.  `as_eval_model(model)` is what the
 runner calls: a tgllava.Model gets an adapter, anything else that has `chat_batch` (a test
 fake, a user's own wrapper) is used as it is.
 
 The Model itself stays the plain engine: tokenizers come from tgllava.chat.tokenizers, pixels
 from tgllava.image.preprocess in the mode the model's config asks for, and generation from
-Model.generate_many.
+tgllava.generation (Model.generate_many with the adapter's feature cache).
 """
 
-import collections
-
-from .. import chat, image, tokenize
+from .. import chat, generation, image, tokenize
 
 
 class ModelAdapter:
     """A tgllava.Model answering tgllava.eval items (see the module text)."""
 
-    def __init__(self, model, cache_size=64):
+    def __init__(self, model, feature_cache_bytes=generation.FEATURE_CACHE_BYTES):
         self.model = model
-        self.cache_size = int(cache_size)
-        self._features = collections.OrderedDict()  # (image_key, DP on) -> vision-tower output
+        self.feature_cache = generation.FeatureCache(model, feature_cache_bytes)
 
     # what the runner reads besides chat_batch: the model's config, folder and name
     @property
@@ -43,16 +40,6 @@ class ModelAdapter:
     def _pixels(self, img):
         return image.preprocess(img, mode=image.mode_from_config(self.model.config), size=self.model.image_size)
 
-    def _cached_features(self, key, pixels, use_dp):
-        cache_key = (key, bool(use_dp and self.model.has_dp))
-        feats = self._features.pop(cache_key, None)
-        if feats is None:
-            feats = self.model.cacheable_features(pixels, use_dp)
-        self._features[cache_key] = feats  # most recently used last
-        while len(self._features) > self.cache_size:
-            self._features.popitem(last=False)
-        return feats
-
     def _request(self, item, use_fom, use_dp):
         m = self.model
         llm_tok, clip_tok = chat.tokenizers(m)
@@ -60,8 +47,6 @@ class ModelAdapter:
         pixels = self._pixels(img)
         req = {"input_ids": tokenize.tokenizer_image_token(item["prompt"], llm_tok), "pixels": pixels,
                "use_fom": use_fom, "use_dp": use_dp}
-        if item.get("image_key") is not None:
-            req["features"] = self._cached_features(item["image_key"], pixels, use_dp)
         if m.has_tg and (use_fom or use_dp):
             req["text_ids"] = clip_tok.encode(item.get("text_guide") or "")
         return req
@@ -76,7 +61,7 @@ class ModelAdapter:
                       seed=0):
         """Continuous batching over (key, item) pairs: yields (key, answer string) as each answer ends.
 
-        keyed_items is read only as slots free up (Model.generate_many), so the runner's generator
+        keyed_items is read only as slots free up (generation.generate_many), so the runner's generator
         can decode the next pictures meanwhile; at most max_batch answers are generated together,
         and a finished one's slot goes to the next item at once instead of waiting for the batch.
         """
@@ -89,9 +74,9 @@ class ModelAdapter:
                 keys.append(key)
                 yield self._request(item, use_fom, use_dp)
 
-        for index, tokens in m.generate_many(requests(), max_new_tokens=max_new_tokens, temperature=temperature,
-                                             eos_token_id=list(llm_tok.eos_ids) or None, seed=seed,
-                                             max_batch=max_batch):
+        for index, tokens in generation.generate_many(m, requests(), max_new_tokens=max_new_tokens,
+                                                      temperature=temperature, eos_token_id=list(llm_tok.eos_ids) or None,
+                                                      seed=seed, max_batch=max_batch, feature_cache=self.feature_cache):
             yield keys[index], llm_tok.decode(tokens).strip()
 
 

@@ -7,8 +7,9 @@
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
 
-Pieces: engine.py (Engine: a worker thread driving the C scheduler, _C.Scheduler, which admits
-requests into KV-cache slots between decode steps and advances every running one per step),
+Pieces: engine.py (Engine: a worker thread running tgllava.generation's Driver on the C
+scheduler, which admits requests into KV-cache slots between decode steps and advances every
+running one per step),
 app.py (the Starlette app: the protocol, its errors and limits) and, here, the command line and
 `ServerThread`, which runs the app with uvicorn in a background thread (tests, benchmarks,
 notebooks).  The HTTP part needs the optional extra: pip install "tgllava[serve]".
