@@ -290,8 +290,8 @@ def generate_many(model, requests, max_new_tokens=256, temperature=0.0, top_p=1.
     sampling = check_sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, model.sizes["max_len"])
     if max_batch is None:
         max_batch = _C.CPU_EXACT_ROWS if model.device == "cpu" else 32
-    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or not 1 <= max_batch <= 256:
-        raise ValueError(f"max_batch must be an integer in [1, 256], got {max_batch!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or not 1 <= max_batch <= _C.MAX_BATCH:
+        raise ValueError(f"max_batch must be an integer in [1, {_C.MAX_BATCH}], got {max_batch!r}")
     return _continuous(model, requests, sampling, resolve_seed(seed), model._eos(eos_token_id), callback,
                        int(max_batch), feature_cache)
 

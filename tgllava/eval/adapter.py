@@ -18,7 +18,7 @@ from tgllava.image.preprocess in the mode the model's config asks for, and gener
 tgllava.generation (Model.generate_many with the adapter's feature cache).
 """
 
-from .. import chat, generation, image, tokenize
+from .. import _C, chat, generation, image, tokenize
 
 
 class ModelAdapter:
@@ -53,7 +53,7 @@ class ModelAdapter:
 
     def chat_batch(self, items, max_new_tokens=128, temperature=0.0, use_fom=True, use_dp=True, seed=0):
         """One answer string per item dict {"image", "prompt", "text_guide", "image_key"}, in order."""
-        slots = min(max(len(items), 1), 256)
+        slots = min(max(len(items), 1), _C.MAX_BATCH)
         answers = dict(self.answer_stream(enumerate(items), slots, max_new_tokens, temperature, use_fom, use_dp, seed))
         return [answers[i] for i in range(len(answers))]
 
