@@ -10,14 +10,9 @@ temporary folder (golden_util finds the golden sets).
 """
 
 import argparse
-import atexit
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -28,19 +23,9 @@ from tgllava import viz
 from tgllava.attention import attention_map, tile_mosaic
 from tgllava.checkpoint import read_tensors
 from tgllava.errors import ShapeError, TgError
-from golden_util import GOLDEN
+from golden_util import GOLDEN, checkpoint
 
-_ROOT = tempfile.mkdtemp(prefix="tgllava-viz-")
-atexit.register(shutil.rmtree, _ROOT, True)
 _MODELS = {}
-
-def checkpoint(name):
-    """(llm_dir, clip_dir) of golden set `name`, materialized once."""
-    out = os.path.join(_ROOT, name)
-    if not os.path.exists(os.path.join(out, "llm", "config.json")):
-        subprocess.check_call([sys.executable, os.path.join(GOLDEN, "materialize.py"), os.path.join(GOLDEN, name), out],
-                              stdout=subprocess.DEVNULL)
-    return os.path.join(out, "llm"), os.path.join(out, "clip")
 
 
 def model(name):

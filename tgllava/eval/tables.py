@@ -124,19 +124,6 @@ def coerce_column(values):
     return [int(v) if isinstance(v, float) and v.is_integer() else v for v in cells]
 
 
-def render_value(v):
-    """A typed cell as text: what str() of the pandas value gives (None stays None)."""
-    if v is None:
-        return None
-    if isinstance(v, bool):
-        return "True" if v else "False"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return render_float(v)
-    return str(v)
-
-
 def render_float(x):
     """A float64 cell as pandas writes it (repr), NaN as missing."""
     x = float(x)
@@ -404,8 +391,8 @@ def write_table(path, columns, rows):
         raise DatasetError(f"{path}: unknown table format '.{ext}'")
 
 
-def format_number(v):
-    """A score cell as pandas writes it: repr for floats, '' for NaN/None."""
+def render_value(v):
+    """A typed cell as text, as pandas writes it: repr for floats (NumPy numbers too), None for NaN/None."""
     if v is None:
         return None
     if isinstance(v, bool):
@@ -444,7 +431,7 @@ def write_score_csv(path, columns, rows):
             if kinds[c] == "float" and v is not None and not isinstance(v, str):
                 cells[c] = render_float(v)
             else:
-                cells[c] = format_number(v)
+                cells[c] = render_value(v)
         out.append(cells)
     write_delimited(path, columns, out, ",")
 
