@@ -107,3 +107,34 @@ def write_tower(folder, layout="SiglipModel", tokenizer=True):
             if os.path.exists(src):
                 shutil.copy(src, folder)
     return folder
+
+
+def edit_config(folder, change):
+    """Update keys of folder/config.json."""
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update(change)
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=1)
+
+
+def llm_sizes(**change):
+    """tgllava.demo sizes of a random TG-LLaVA LLM whose TG modules and projector fit the fixture's towers."""
+    from tgllava import demo
+
+    cfg = config()
+    v, t = cfg["vision_config"], cfg["text_config"]
+    return dict(demo.DEMO_SIZES, image=v["image_size"], patch=v["patch_size"], v_hidden=v["hidden_size"],
+                t_hidden=t["hidden_size"], **change)
+
+
+def checkpoint(folder, layout="SiglipModel"):
+    """(llm_dir, tower_dir) under `folder`: the fixture's SigLIP tower in `layout` and a random TG-LLaVA LLM
+    (tgllava.demo.build_llm: FOM with 25 queries, DP with 4 x 25 positions) whose config names the tower."""
+    from tgllava import demo
+
+    tower = write_tower(os.path.join(folder, "siglip"), layout)
+    llm = os.path.join(folder, "llm")
+    demo.build_llm(llm, tower, llm_sizes())
+    return llm, tower

@@ -67,9 +67,10 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
                  clip_path="config.json"):
     """The flat size dictionary of the C core (tg_config) from configs and tensor shapes.
 
-    llm_cfg is an official-layout LLM config, clip_cfg any CLIP tower config
-    (read with layout.clip_configs: legacy *_config_dict keys, transformers'
-    defaults for missing keys).  Every value is checked: a size that is not
+    llm_cfg is an official-layout LLM config, clip_cfg any CLIP or SigLIP tower
+    config (read with siglip.tower_configs: legacy *_config_dict keys,
+    transformers' defaults for missing keys; each tower's model_type names its
+    family).  Every value is checked: a size that is not
     an integer in range, a non-finite or non-positive epsilon or rotary
     base, an unknown activation, rotary scaling, layer counts that disagree
     with the tensors, raise CheckpointError naming the config file
@@ -79,7 +80,7 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     (config_schema.check: a key outside the schema of csrc/config_fields.h is
     a bug and raises TgError).
     """
-    from . import layout
+    from . import layout, siglip
 
     def shape(name):
         if name not in refs:
@@ -87,12 +88,12 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
         return refs[name].shape
 
     vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
-    towers = layout.clip_configs(clip_cfg, vision_path)
+    towers = siglip.tower_configs(clip_cfg, vision_path)
     vc, tc = towers["vision_config"], towers["text_config"]
     names = list(refs)
     if vc is None:
         raise CheckpointError(f"{vision_path}: has no vision tower config (needed for the vision tower)")
-    c = layout.vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
+    c = siglip.tower_vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
     layout.check_layer_count(names, "vision_model.encoder.layers.", c["v_layers"], vision_path,
                              "vision_config.num_hidden_layers")
     if llm_cfg.get("mm_vision_select_feature", "patch") != "patch":
@@ -104,8 +105,8 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     if has_fom or has_dp:
         if tc is None:
             raise CheckpointError(f"{text_path}: has no text tower config, and this TG-LLaVA checkpoint needs the "
-                                  "CLIP text tower")
-        c.update(layout.text_sizes(tc, text_path))
+                                  "text tower")
+        c.update(siglip.tower_text_sizes(tc, text_path))
         layout.check_layer_count(names, "text_model.encoder.layers.", c["t_layers"], text_path,
                                  "text_config.num_hidden_layers")
     d = dict(TG_DEFAULTS)
@@ -212,8 +213,10 @@ def resolve_folders(llm_dir, clip_dir=None):
     clip_config ({"model_type": "clip", "vision_config", "text_config"},
     complete), clip_config_paths, tower_layouts ({"vision": label,
     "text": label}) and refs (official name -> TensorRef from headers,
-    bytes unread).  A TG-LLaVA checkpoint whose vision folder has no text
-    tower takes it from the folder mm_text_tower names.
+    bytes unread).  A TG-LLaVA checkpoint takes its text tower from the folder
+    mm_text_tower names when the vision folder has none, or when
+    mm_text_tower names another tower than mm_vision_tower (a text guide of
+    another family, e.g. SigLIP vision with a CLIP text tower) and it is found.
     """
     from . import layout
 
@@ -235,11 +238,12 @@ def resolve_folders(llm_dir, clip_dir=None):
     text = None
     if has_tg:
         text = vision
-        if not vision["has_text"]:
-            name = llm_cfg.get("mm_text_tower")
+        name = llm_cfg.get("mm_text_tower")
+        if not vision["has_text"] or (name and name != llm_cfg.get("mm_vision_tower")):
             other = _find_tower(name, llm_dir)
             if other and os.path.realpath(other) != os.path.realpath(vision["folder"]):
-                text = layout.read_tower(other)
+                found = layout.read_tower(other)
+                text = found if found["has_text"] or not vision["has_text"] else vision
             if not text["has_text"]:
                 raise CheckpointError(
                     f"{vision['folder']}: this TG-LLaVA checkpoint needs the CLIP text tower (text_model.*), but the "
@@ -288,8 +292,11 @@ def preflight(llm_dir, clip_dir=None, tokenizers=True):
             return plan["vision_dir"] if name.startswith("vision_model.") else llm_dir
         layout.check_tensors(cfg, plan["refs"], missing)
     if tokenizers:
+        from . import siglip
         layout.check_tokenizer_files(llm_dir, "llm", " (needed to turn the question into token ids)")
-        if plan.get("has_tg"):
+        if plan.get("has_tg") and siglip.is_siglip(plan["clip_config"]["text_config"]):
+            siglip.check_tokenizer(plan["text_dir"], " (TG-LLaVA needs the tokenizer of its SigLIP text tower)")
+        elif plan.get("has_tg"):
             layout.check_tokenizer_files(plan["text_dir"], "clip",
                                          " (TG-LLaVA needs the CLIP tokenizer of its text tower for the text guide)")
     return plan

@@ -749,21 +749,25 @@ def check_tensors(cfg, refs, where_missing):
 
 
 def read_tower(folder):
-    """A CLIP tower folder from its config and tensor headers: no tensor byte is read.
+    """A CLIP or SigLIP tower folder from its config and tensor headers: no tensor byte is read.
 
-    Returns a dict: folder, config_path, configs (clip_configs), layout
-    (clip_tower_names' label), refs ({official name: TensorRef} of the tower
+    Returns a dict: folder, config_path, configs (clip_configs, or
+    siglip.siglip_configs for a SigLIP config), layout (clip_tower_names'
+    label, Siglip* for SigLIP), refs ({official name: TensorRef} of the tower
     tensors, renamed to vision_model.* / text_model.*), has_vision, has_text.
     """
+    from . import siglip
     from .checkpoint import TensorRef, folder_refs, read_json
 
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such CLIP tower folder")
     config_path = os.path.join(folder, "config.json")
-    configs = clip_configs(read_json(config_path), config_path)
+    config = read_json(config_path)
+    configs = siglip.tower_configs(config, config_path)
     raw = folder_refs(folder)
-    label, mapping = clip_tower_names(list(raw), folder)
+    names = siglip.tower_names if siglip.is_siglip_config(config) else clip_tower_names
+    label, mapping = names(list(raw), folder)
     refs = {}
     for new, old in mapping.items():
         r = raw[old]
@@ -782,7 +786,7 @@ def read_tower(folder):
 
 # --- tower resolution ---------------------------------------------------------
 
-_DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.json", "*.txt"]
+_DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.json", "*.txt", "spiece.model"]
 
 
 def _is_repo_id(name):

@@ -41,7 +41,7 @@ class ModelAdapter:
         return getattr(self.model, "llm_dir", None)
 
     def _pixels(self, img):
-        return image.preprocess(img, mode=image.mode_from_config(self.model.config), size=self.model.image_size)
+        return image.preprocess_for(self.model, img)
 
     def _cached_features(self, key, pixels, use_dp):
         cache_key = (key, bool(use_dp and self.model.has_dp))
