@@ -125,8 +125,10 @@ def llm_sizes(**change):
 
     cfg = config()
     v, t = cfg["vision_config"], cfg["text_config"]
-    return dict(demo.DEMO_SIZES, image=v["image_size"], patch=v["patch_size"], v_hidden=v["hidden_size"],
-                t_hidden=t["hidden_size"], **change)
+    sizes = dict(demo.DEMO_SIZES, image=v["image_size"], patch=v["patch_size"], v_hidden=v["hidden_size"],
+                 t_hidden=t["hidden_size"])
+    sizes.update(change)
+    return sizes
 
 
 def checkpoint(folder, layout="SiglipModel"):

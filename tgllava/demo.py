@@ -11,6 +11,9 @@ the same text).  The sizes are small (vision width 64 on 112x112 images with
 width 128) so the whole pipeline -- loading, preprocessing, both towers,
 FOM, tiling, DP, prefill and decoding -- runs in about a second.  The
 weights are random: the answer is gibberish, and the demo says so.
+`tower="siglip"` (`tgllava demo --tower siglip`) builds SigLIP towers
+instead (a SiglipModel folder with a SentencePiece spiece.model trained on
+the same text; text guides padded to 64 tokens).
 
 The tokenizer builders are reused by the tests to give the golden
 checkpoints tokenizer files (`write_llm_tokenizer`, `write_clip_tokenizer`).
@@ -162,6 +165,29 @@ def write_clip_tokenizer(folder, vocab_size=1024, corpus=CORPUS, max_merges=300)
     return bos, eos
 
 
+def write_siglip_tokenizer(folder, vocab_size=512, corpus=CORPUS):
+    """Train a SentencePiece unigram model as a SigLIP spiece.model (<pad>=0, </s>=1, <unk>=2) and write it
+    with its tokenizer_config.json (SiglipTokenizer, max_length 64) to `folder`; returns the vocabulary size."""
+    import io
+
+    import sentencepiece as spm
+
+    lines = [line.strip() for line in corpus.splitlines() if line.strip()]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="unigram", hard_vocab_limit=False, character_coverage=1.0,
+                                   normalization_rule_name="identity", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "spiece.model"), "wb") as f:
+        f.write(buf.getvalue())
+    _write_json(os.path.join(folder, "tokenizer_config.json"), {
+        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>", "model_max_length": 64,
+        "do_lower_case": True, "tokenizer_class": "SiglipTokenizer"})
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    return sp.get_piece_size()
+
+
 # --- random weights --------------------------------------------------------------
 
 class _Weights:
@@ -234,6 +260,42 @@ def build_clip(folder, sizes, seed=1):
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
         "do_center_crop": True, "do_normalize": True, "do_resize": True, "resample": 3,
         "image_processor_type": "CLIPImageProcessor"})
+
+
+def build_siglip(folder, sizes, seed=1):
+    """Write a SiglipModel folder (config.json, model.safetensors, spiece.model) with random weights."""
+    s = sizes
+    vocab = write_siglip_tokenizer(folder)
+    w = _Weights(seed)
+    dv, dt = s["v_hidden"], s["t_hidden"]
+    n_patches = (s["image"] // s["patch"]) ** 2
+    w.linear("vision_model.embeddings.patch_embedding", dv, 3 * s["patch"] ** 2)
+    w.t["vision_model.embeddings.patch_embedding.weight"] = w.t["vision_model.embeddings.patch_embedding.weight"].reshape(
+        dv, 3, s["patch"], s["patch"])
+    w.normal("vision_model.embeddings.position_embedding.weight", (n_patches, dv), 0.5)
+    _clip_encoder(w, "vision_model", dv, s["v_ffn"], s["v_layers"])
+    w.norm("vision_model.post_layernorm", dv)
+    w.normal("text_model.embeddings.token_embedding.weight", (vocab, dt), 0.5)
+    w.normal("text_model.embeddings.position_embedding.weight", (64, dt), 0.5)
+    _clip_encoder(w, "text_model", dt, s["t_ffn"], s["t_layers"])
+    w.norm("text_model.final_layer_norm", dt)
+    w.linear("text_model.head", dt, dt)
+    w.t["logit_scale"] = np.array([2.3], np.float32)
+    w.t["logit_bias"] = np.array([-10.0], np.float32)
+    save_safetensors(os.path.join(folder, "model.safetensors"), w.t)
+    common = {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
+    vision = dict(common, model_type="siglip_vision_model", hidden_size=dv, num_attention_heads=s["v_heads"],
+                  num_hidden_layers=s["v_layers"], intermediate_size=s["v_ffn"], image_size=s["image"],
+                  patch_size=s["patch"], num_channels=3, vision_use_head=False)
+    text = dict(common, model_type="siglip_text_model", hidden_size=dt, num_attention_heads=s["t_heads"],
+                num_hidden_layers=s["t_layers"], intermediate_size=s["t_ffn"], vocab_size=vocab,
+                max_position_embeddings=64, projection_size=dt)
+    _write_json(os.path.join(folder, "config.json"), {
+        "architectures": ["SiglipModel"], "model_type": "siglip", "vision_config": vision, "text_config": text})
+    _write_json(os.path.join(folder, "preprocessor_config.json"), {
+        "size": {"height": s["image"], "width": s["image"]}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "resample": 3,
+        "image_processor_type": "SiglipImageProcessor"})
 
 
 def _qformer(w, s):
@@ -344,15 +406,21 @@ DEMO_SIZES = {
 }
 
 
-def build(folder, sizes=None):
-    """Write a tiny random-weight TG-LLaVA (folder/clip, folder/llm) and a test picture (folder/image.png).
+TOWERS = ("clip", "siglip")
 
-    Returns (llm_dir, clip_dir, image_path).
+
+def build(folder, sizes=None, tower="clip"):
+    """Write a tiny random-weight TG-LLaVA (folder/clip or folder/siglip, folder/llm) and a test picture
+    (folder/image.png); tower is "clip" or "siglip".
+
+    Returns (llm_dir, tower_dir, image_path).
     """
+    if tower not in TOWERS:
+        raise ValueError(f"tower must be one of {', '.join(TOWERS)}, got {tower!r}")
     s = dict(DEMO_SIZES)
     s.update(sizes or {})
-    clip_dir, llm_dir = os.path.join(folder, "clip"), os.path.join(folder, "llm")
-    build_clip(clip_dir, s)
+    clip_dir, llm_dir = os.path.join(folder, tower), os.path.join(folder, "llm")
+    (build_siglip if tower == "siglip" else build_clip)(clip_dir, s)
     build_llm(llm_dir, clip_dir, s)
     image_path = os.path.join(folder, "image.png")
     demo_image().save(image_path)
@@ -377,11 +445,13 @@ def demo_image(width=320, height=240):
     return Image.fromarray(img.astype(np.uint8), "RGB")
 
 
-def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=False, device="cpu", out=print):
+def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=False, device="cpu", out=print,
+        tower="clip"):
     """Build the demo model, answer `question` about the demo picture, print what happens.
 
     keep: a folder to write the model into and leave there (default: a
-    temporary folder, removed afterwards).  Returns the Answer.
+    temporary folder, removed afterwards); tower: "clip" or "siglip".
+    Returns the Answer.
     """
     import tgllava
 
@@ -390,12 +460,13 @@ def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=
     t0 = time.perf_counter()
     folder = keep or tempfile.mkdtemp(prefix="tgllava-demo-")
     try:
-        llm_dir, clip_dir, image_path = build(folder)
+        llm_dir, clip_dir, image_path = build(folder, tower=tower)
         t_build = time.perf_counter() - t0
         out("tgllava demo: a tiny TG-LLaVA with RANDOM weights (its answers are gibberish; "
             "this shows the pipeline, not a trained model)")
-        out(f"  built checkpoint in {folder} ({t_build:.2f} s): CLIP vision 3x64 on 112px/14 "
-            "(64 patches), CLIP text 2x64, LLM 2x128, TG-FOM 64 queries, TG-DP 32 latents")
+        family = "SigLIP" if tower == "siglip" else "CLIP"
+        out(f"  built checkpoint in {folder} ({t_build:.2f} s): {family} vision 3x64 on 112px/14 "
+            f"(64 patches), {family} text 2x64, LLM 2x128, TG-FOM 64 queries, TG-DP 32 latents")
         t1 = time.perf_counter()
         model = tgllava.load(llm_dir, clip_dir=clip_dir, device=device, progress=False)
         t_load = time.perf_counter() - t1

@@ -6,10 +6,10 @@ torchbin.inspect_bin, never the tensor bytes) and returns a plain dict:
 the architecture and LLM sizes, parameter counts per part (LLM, projector,
 TG-FOM, TG-DP, vision and text towers), which TG modules are present, the
 chat template the model would use, the weight files, and where the CLIP
-towers named in the config are found (a local folder or the Hugging Face
-cache; nothing is downloaded).  `format_info` renders it as text.
-A llava-hf folder, a CLIP folder and an official LLM folder are all
-understood.
+or SigLIP towers named in the config are found (a local folder or the
+Hugging Face cache; nothing is downloaded) with their family.
+`format_info` renders it as text.  A llava-hf folder, a CLIP or SigLIP
+tower folder and an official LLM folder are all understood.
 """
 
 import collections
@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from . import conversation, layout
+from . import conversation, layout, siglip
 from .checkpoint import read_json, safetensors_refs
 from .errors import CheckpointError
 
@@ -116,7 +116,8 @@ def describe(folder, dtype=None):
             "dtypes": dict(dtypes)}
     model_type = str(config.get("model_type") or "")
     archs = [str(a) for a in info["architectures"]] if isinstance(info["architectures"], list) else []
-    if model_type in ("clip", "clip_vision_model", "clip_text_model") or any(a.startswith("CLIP") for a in archs):
+    if (model_type in ("clip", "clip_vision_model", "clip_text_model") or any(a.startswith("CLIP") for a in archs)
+            or siglip.is_siglip_config(config)):
         info = _describe_clip(info, config, shapes, folder)
         if dtype:
             info["storage"] = storage_plan(shapes, dtype)
@@ -195,7 +196,11 @@ def describe(folder, dtype=None):
             if path:
                 try:
                     tshapes, _ = tensor_shapes(path)
-                    label, mapping = layout.clip_tower_names(list(tshapes), path)
+                    tower_config = os.path.join(path, "config.json")
+                    is_siglip = os.path.isfile(tower_config) and siglip.is_siglip_config(read_json(tower_config))
+                    entry["family"] = "SigLIP" if is_siglip else "CLIP"
+                    names = siglip.tower_names if is_siglip else layout.clip_tower_names
+                    label, mapping = names(list(tshapes), path)
                     prefix = "vision_model." if what == "vision" else "text_model."
                     entry["layout"] = label
                     entry["params"] = _count({n: tshapes[o] for n, o in mapping.items()},
@@ -221,16 +226,18 @@ def _rope(llm_cfg, path):
 
 
 def _describe_clip(info, config, shapes, folder):
-    """The CLIP part of describe(): tensor layout, and each tower's settings as loading will use them."""
+    """The tower folder part of describe() (CLIP or SigLIP): tensor layout, and each tower's settings as
+    loading will use them."""
     path = os.path.join(folder, "config.json")
-    label, mapping = layout.clip_tower_names(list(shapes), folder)
+    is_siglip = siglip.is_siglip_config(config)
+    label, mapping = (siglip.tower_names if is_siglip else layout.clip_tower_names)(list(shapes), folder)
     official = {new: shapes[old] for new, old in mapping.items()}
-    info["kind"] = "CLIP"
+    info["kind"] = "SigLIP" if is_siglip else "CLIP"
     info["clip_layout"] = label
     info["params"] = {"vision tower": _count(official, lambda n: n.startswith("vision_model.")),
                       "text tower": _count(official, lambda n: n.startswith("text_model.")),
                       "other": _count(shapes, lambda n, used=set(mapping.values()): n not in used)}
-    configs = layout.clip_configs(config, path)
+    configs = siglip.tower_configs(config, path)
     info["vision"] = configs["vision_config"]
     info["text"] = configs["text_config"]
     info["defaulted"] = configs["defaulted"]
@@ -260,9 +267,9 @@ def format_info(info):
         lines.append(f"  stored as {st['dtype']}: {sum(st['bytes'].values()) / 1e9:.2f} GB ({parts})")
         if st["float16_fallback"]:
             lines.append(f"  float16 fallback (input features not a multiple of 32): {', '.join(st['float16_fallback'])}")
-    if info["kind"] == "CLIP":
+    if info["kind"] in ("CLIP", "SigLIP"):
         label = info.get("clip_layout", "?")
-        note = layout.CLIP_LAYOUT_NOTES.get(label)
+        note = layout.CLIP_LAYOUT_NOTES.get(label) or siglip.LAYOUT_NOTES.get(label)
         lines.append(f"  tensor layout: {label}" + (f" ({note})" if note else ""))
         v, t = info.get("vision"), info.get("text")
         defaulted = info.get("defaulted") or {}
@@ -279,19 +286,22 @@ def format_info(info):
                          f"act {val(v, 'vision_config', 'hidden_act')}, eps {val(v, 'vision_config', 'layer_norm_eps')}")
         if t:
             eos = t.get("eos_token_id")
-            pool = "argmax(ids), legacy" if eos == 2 else f"first token {eos}"
+            pool = f"eos {val(t, 'text_config', 'eos_token_id')} (pooling at " + (
+                "argmax(ids), legacy)" if eos == 2 else f"first token {eos})")
+            if info["kind"] == "SigLIP":
+                pool = "pooled by its head at the last position (texts padded to all positions)"
             lines.append(f"  text: width {val(t, 'text_config', 'hidden_size')}, "
                          f"{val(t, 'text_config', 'num_hidden_layers')} layers, "
                          f"vocab {val(t, 'text_config', 'vocab_size')}, "
                          f"{val(t, 'text_config', 'num_attention_heads')} heads, "
                          f"ffn {val(t, 'text_config', 'intermediate_size')}, "
                          f"positions {val(t, 'text_config', 'max_position_embeddings')}, "
-                         f"act {val(t, 'text_config', 'hidden_act')}, "
-                         f"eos {val(t, 'text_config', 'eos_token_id')} (pooling at {pool})")
+                         f"act {val(t, 'text_config', 'hidden_act')}, {pool}")
         for note in info.get("legacy_config") or ():
             lines.append(f"  legacy config: {note} (as transformers reads it)")
         if any(defaulted.values()):
-            lines.append("  (default) = not in config.json; transformers' CLIP config default, which loading uses")
+            lines.append(f"  (default) = not in config.json; transformers' {info['kind']} config default, which loading "
+                         "uses")
     else:
         if info.get("llava_hf_naming"):
             lines.append(f"  llava-hf tensor naming: {info['llava_hf_naming']}")
@@ -309,6 +319,7 @@ def format_info(info):
         for what, t in info["towers"].items():
             where = t["path"] or "NOT FOUND locally or in the Hugging Face cache (pass --clip DIR)"
             extra = f", {_fmt_count(t['params'])} params" if t.get("params") is not None else ""
+            extra += f", {t['family']}" if t.get("family") else ""
             extra += f", {t['layout']} layout" if t.get("layout") else ""
             extra += f" (unreadable: {t['error']})" if t.get("error") else ""
             lines.append(f"  {what} tower: {t['name']} -> {where}{extra}")

@@ -63,9 +63,10 @@ def is_siglip(tower_config):
 
 
 def family(model, part):
-    """"clip" or "siglip": the family of a loaded model's "vision" or "text" tower."""
-    code = model.sizes.get("v_family" if part == "vision" else "t_family") or 0
-    return TOWER_FAMILIES[code]
+    """"clip" or "siglip": the family of a loaded model's "vision" or "text" tower (an object standing in for a
+    Model without tower sizes counts as CLIP, as everything did before SigLIP)."""
+    sizes = getattr(model, "sizes", None) or {}
+    return TOWER_FAMILIES[sizes.get("v_family" if part == "vision" else "t_family") or 0]
 
 
 # ---- configs ------------------------------------------------------------------------
