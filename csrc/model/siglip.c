@@ -46,12 +46,12 @@ int siglip_text_forward(tg_model *m, const int32_t *ids, int B, int T, float *hi
             return model_fail_code(m, TG_ERR_INPUT,
                                    "text guide id %d at position %lld is outside the SigLIP vocabulary [0, %d)", ids[i],
                                    (long long)i, c->t_vocab);
-    int32_t *last = malloc((size_t)B * sizeof(int32_t));
-    if (!last) return model_oom(m, "the pooled rows");
-    for (int b = 0; b < B; b++) last[b] = b * T + T - 1;
     float *ids_dev, *last_dev;
     ALLOC(ids_dev, rows);
     ALLOC(last_dev, B);
+    int32_t *last = malloc((size_t)B * sizeof(int32_t));
+    if (!last) return model_oom(m, "the pooled rows");
+    for (int b = 0; b < B; b++) last[b] = b * T + T - 1;
     int rc = BE->to_device(BE, ids_dev, ids, (size_t)rows * 4) || BE->to_device(BE, last_dev, last, (size_t)B * 4);
     free(last);
     if (rc) return be_fail(m, "text tower upload");
