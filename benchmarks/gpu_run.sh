@@ -55,7 +55,7 @@ BUDGET=${TG_BUDGET:-540}
 RESERVE=15 # seconds kept for packaging the logs
 HOLD=0     # seconds held back for later steps (see step)
 SUMMARY=$OUT/summary.txt
-GPU_TESTS="test_gpu.py test_ops.py test_op_backends.py" # the files with `gpu` tests
+GPU_TESTS="test_gpu.py test_ops.py test_op_backends.py test_siglip.py" # the files with `gpu` tests
 export ROOT WORK DEV LOGS GPU_TESTS DRY PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 command -v nvcc >/dev/null 2>&1 || export PATH="$PATH:/usr/local/cuda/bin"
 

@@ -57,7 +57,9 @@ enum tg_act {
     TG_ACT_NONE = 0,
     TG_ACT_GELU = 1,       /* exact erf GELU: 0.5 x (1 + erf(x / sqrt 2)) */
     TG_ACT_QUICK_GELU = 2, /* x * sigmoid(1.702 x) */
-    TG_ACT_SILU = 3        /* x * sigmoid(x) */
+    TG_ACT_SILU = 3,       /* x * sigmoid(x) */
+    TG_ACT_GELU_TANH = 4,  /* tanh GELU (PyTorch approximate="tanh", SigLIP): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    TG_ACT_COUNT = 5
 };
 
 typedef struct tg_weight {

@@ -9,11 +9,12 @@
  *
  *   type     int or float (a C int / float; Python int / float)
  *   name     the field name, the same in C and in the Python dict; one prefix
- *            per module: v_ CLIP vision tower, t_ CLIP text tower, q_ TG-FOM
- *            Q-former, p_ TG-DP perceiver; the LLM decoder's have none
+ *            per module: v_ vision tower, t_ text tower (CLIP or SigLIP, the
+ *            *_family field), q_ TG-FOM Q-former, p_ TG-DP perceiver; the LLM
+ *            decoder's have none
  *   need     when the field must be given (a field that is not needed may be
  *            left out and is then 0): ALWAYS; TEXT when has_fom or has_dp (the
- *            CLIP text tower: a plain LLaVA-1.5 has none); FOM when has_fom;
+ *            text tower: a plain LLaVA-1.5 has none); FOM when has_fom;
  *            DP when has_dp
  *   meaning  one line
  */
@@ -23,25 +24,32 @@
 /* when a field must be present (the `need` column, as TG_NEED_##need) */
 enum tg_config_need { TG_NEED_ALWAYS = 0, TG_NEED_TEXT = 1, TG_NEED_FOM = 2, TG_NEED_DP = 3 };
 
+/* the tower families of v_family / t_family: transformers' CLIPVisionModel / CLIPTextModel, or
+ * SiglipVisionModel / SiglipTextModel (no class token, patch bias, no pre-LN, bidirectional text
+ * pooled by its head at the last position; csrc/model/siglip.c) */
+enum tg_tower_family { TG_TOWER_CLIP = 0, TG_TOWER_SIGLIP = 1, TG_TOWER_FAMILY_COUNT = 2 };
+
 #define TG_CONFIG_FIELDS(X)                                                                              \
-    /* CLIP vision tower */                                                                              \
+    /* vision tower */                                                                                   \
+    X(int, v_family, ALWAYS, "vision tower family (enum tg_tower_family: 0 CLIP, 1 SigLIP)")             \
     X(int, v_hidden, ALWAYS, "vision tower hidden size")                                                 \
     X(int, v_heads, ALWAYS, "vision tower attention heads")                                              \
     X(int, v_layers, ALWAYS, "vision tower encoder layers in the checkpoint")                            \
     X(int, v_ffn, ALWAYS, "vision tower MLP intermediate size")                                          \
-    X(int, v_image, ALWAYS, "input image side in pixels")                                                \
+    X(int, v_image, ALWAYS, "input image side in pixels (SigLIP: the patches cover the first (S/P)*P)")  \
     X(int, v_patch, ALWAYS, "patch side in pixels")                                                      \
-    X(int, v_act, ALWAYS, "vision tower MLP activation (enum tg_act: 1 gelu, 2 quick_gelu)")             \
+    X(int, v_act, ALWAYS, "vision tower MLP activation (enum tg_act: 1 gelu, 2 quick_gelu, 4 gelu_tanh)") \
     X(int, v_select, ALWAYS, "hidden state used as image features: runs vision layers 1..v_select")      \
     X(float, v_eps, ALWAYS, "vision tower LayerNorm epsilon")                                            \
-    /* CLIP text tower (the text guide of FOM and DP) */                                                 \
+    /* text tower (the text guide of FOM and DP) */                                                      \
+    X(int, t_family, TEXT, "text tower family (enum tg_tower_family: 0 CLIP, 1 SigLIP)")                 \
     X(int, t_hidden, TEXT, "text tower hidden size")                                                     \
     X(int, t_heads, TEXT, "text tower attention heads")                                                  \
     X(int, t_layers, TEXT, "text tower encoder layers")                                                  \
     X(int, t_ffn, TEXT, "text tower MLP intermediate size")                                              \
-    X(int, t_vocab, TEXT, "CLIP tokenizer vocabulary size (text ids are in [0, t_vocab))")               \
-    X(int, t_positions, TEXT, "text tower position embeddings (longest CLIP text)")                      \
-    X(int, t_act, TEXT, "text tower MLP activation (enum tg_act: 1 gelu, 2 quick_gelu)")                 \
+    X(int, t_vocab, TEXT, "text tokenizer vocabulary size (text ids are in [0, t_vocab))")               \
+    X(int, t_positions, TEXT, "text tower positions (longest CLIP text; a SigLIP text is exactly this)")  \
+    X(int, t_act, TEXT, "text tower MLP activation (enum tg_act: 1 gelu, 2 quick_gelu, 4 gelu_tanh)")    \
     X(float, t_eps, TEXT, "text tower LayerNorm epsilon")                                                \
     /* TG-FOM Q-former */                                                                                \
     X(int, has_fom, ALWAYS, "1 when the checkpoint has the TG-FOM Q-former (model.mm_cross_attn.*)")     \

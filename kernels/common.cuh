@@ -201,6 +201,7 @@ __device__ __forceinline__ float tg_act_apply(float x, int act) {
     case TG_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f));
     case TG_ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
     case TG_ACT_SILU: return x / (1.0f + expf(-x));
+    case TG_ACT_GELU_TANH: return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
     default: return x;
     }
 }

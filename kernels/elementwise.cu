@@ -400,7 +400,7 @@ cudaError_t tg_launch_argmax(const float *x, int64_t rows, int64_t cols, int32_t
 
 #define LAUNCH_OR_FAIL(be, call) CUDA_CHECK(be, (call))
 
-static bool bad_act(int act) { return act < TG_ACT_NONE || act > TG_ACT_SILU; }
+static bool bad_act(int act) { return act < TG_ACT_NONE || act >= TG_ACT_COUNT; }
 
 int cuda_activation(tg_backend *be, float *x, int64_t n, int act) {
     TG_CUDA_USE(be);

@@ -290,7 +290,7 @@ int cuda_linear(tg_backend *be, const float *x, const tg_weight *w, const float 
         tg_cuda_set_err(be, "linear: weight has no data");
         return -1;
     }
-    if (act < TG_ACT_NONE || act > TG_ACT_SILU) {
+    if (act < TG_ACT_NONE || act >= TG_ACT_COUNT) {
         tg_cuda_set_err(be, "linear: unknown act %d", act);
         return -1;
     }

@@ -278,18 +278,22 @@ def test_tg_text_tower_from_its_own_folder(tmp_path):
 # --- `tgllava info` reports what load() resolves -----------------------------------------------------------
 
 def test_info_names_the_text_tower_load_uses(tmp_path, capsys):
-    """A TG-LLaVA whose vision folder holds both towers takes its text tower from there, whatever
-    mm_text_tower names; info used to look mm_text_tower up on its own and report another folder."""
+    """A TG-LLaVA whose vision folder holds both towers takes its text tower from there unless
+    mm_text_tower names another tower that is found (then that one: a text guide of another family,
+    as SigLIP vision with a CLIP text tower); info used to look mm_text_tower up on its own and could
+    report another folder than load() uses."""
     clip = checkpoint(TGV)[1]
     elsewhere = text_model_folder(tmp_path / "text", TGV)
     llm = copy_llm(tmp_path, TGV)
-    edit_config(llm, {"mm_vision_tower": clip, "mm_text_tower": elsewhere})
-    m = tgllava.load(llm, progress=False)
-    towers = info.describe(llm)["towers"]
-    assert towers["vision"]["path"] == towers["text"]["path"] == m.clip_dir == clip
-    assert cli.main(["info", llm]) == 0
-    out = capsys.readouterr().out
-    assert f"text tower: {clip} -> {clip}" in out and elsewhere not in out and "load check: passed" in out
+    nowhere = str(tmp_path / "nowhere")
+    for text_tower, used in ((nowhere, clip), (elsewhere, elsewhere)):
+        edit_config(llm, {"mm_vision_tower": clip, "mm_text_tower": text_tower})
+        m = tgllava.load(llm, progress=False)
+        towers = info.describe(llm)["towers"]
+        assert towers["vision"]["path"] == clip and towers["text"]["path"] == m.clip_dir == used
+        assert cli.main(["info", llm]) == 0
+        out = capsys.readouterr().out
+        assert f"text tower: {clip if used == clip else text_tower} -> {used}" in out and "load check: passed" in out
 
 
 def test_info_and_load_agree_on_a_folder_known_by_its_tensor_names(tmp_path):

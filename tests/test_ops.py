@@ -12,7 +12,7 @@ import pytest
 from tgllava import _C, DeviceError, ShapeError, TgError
 
 rng = np.random.default_rng(1)
-ACT = {"none": 0, "gelu": 1, "quick_gelu": 2, "silu": 3}
+ACT = {"none": 0, "gelu": 1, "quick_gelu": 2, "silu": 3, "gelu_tanh": 4}
 
 
 def erf(x):
@@ -21,7 +21,8 @@ def erf(x):
 
 def act_np(x, a):
     x = x.astype(np.float64)
-    return {0: x, 1: 0.5 * x * (1 + erf(x / np.sqrt(2))), 2: x / (1 + np.exp(-1.702 * x)), 3: x / (1 + np.exp(-x))}[a]
+    return {0: x, 1: 0.5 * x * (1 + erf(x / np.sqrt(2))), 2: x / (1 + np.exp(-1.702 * x)), 3: x / (1 + np.exp(-x)),
+            4: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))}[a]
 
 
 def attention_np(q, k, v, nh, nkv, scale, causal=False, q_pos=None, kv_len=None, key_mask=None):
@@ -73,7 +74,7 @@ def tol(dev):
 
 @pytest.mark.parametrize("dev", devices())
 @pytest.mark.parametrize("M,N,K", [(1, 7, 5), (33, 64, 48), (130, 96, 200)])
-@pytest.mark.parametrize("act", [0, 1, 2, 3])
+@pytest.mark.parametrize("act", [0, 1, 2, 3, 4])
 def test_linear(dev, M, N, K, act):
     need(dev)
     x = rng.normal(size=(M, K)).astype(np.float32)
@@ -141,7 +142,7 @@ def test_attention_fully_masked_row_is_zero():
 
 
 @pytest.mark.parametrize("dev", devices())
-@pytest.mark.parametrize("act", [1, 2, 3])
+@pytest.mark.parametrize("act", [1, 2, 3, 4])
 def test_activation(dev, act):
     need(dev)
     x = rng.normal(0, 4, size=(3, 1001)).astype(np.float32)

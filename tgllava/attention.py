@@ -88,8 +88,8 @@ def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, u
     if pixels is None:
         if image is None:
             raise ValueError("attention_map needs an image (or pixels=...)")
-        from .image import mode_from_config, preprocess
-        pixels = preprocess(image, mode=mode_from_config(m.config), size=m.image_size)
+        from .image import preprocess_for
+        pixels = preprocess_for(m, image)
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim == 4 and pixels.shape[0] == 1:
         pixels = pixels[0]
@@ -113,8 +113,8 @@ def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, u
     if needs_text and text_ids is None:
         if question is None:
             raise ValueError("this TG-LLaVA checkpoint needs the question (or text_ids=...) for FOM/DP")
-        from .tokenize import ClipTokenizer
-        ctok = clip_tokenizer or ClipTokenizer.from_folder(m.clip_dir)
+        from .tokenize import text_guide_tokenizer
+        ctok = clip_tokenizer or text_guide_tokenizer(m)
         text_ids = ctok.encode(question.replace("<image>", "").strip())
     if text_ids is not None:
         text_ids = np.asarray(text_ids).reshape(-1).astype(np.int64)

@@ -74,7 +74,7 @@ def tokenizers(model):
     clip_tok = None
     if model.has_tg:
         try:
-            clip_tok = tokenize.ClipTokenizer.from_folder(model.clip_dir)
+            clip_tok = tokenize.text_guide_tokenizer(model)
         except CheckpointError as e:
             raise CheckpointError(
                 f"cannot read the CLIP tokenizer of {model.clip_dir} (TG-LLaVA needs it for the text guide): {e}"
@@ -112,7 +112,7 @@ def _pixels(model, img):
         if img.shape != (3, S, S):
             raise ShapeError(f"preprocessed pixels must have shape (3, {S}, {S}), got {img.shape}")
         return np.ascontiguousarray(img, dtype=np.float32)
-    return image_mod.preprocess(img, mode=image_mod.mode_from_config(model.config), size=S)
+    return image_mod.preprocess_for(model, img)
 
 
 def _prepare(model, img, question, conv_mode, use_fom, use_dp, timings):

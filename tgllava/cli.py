@@ -88,6 +88,8 @@ def _add_demo(sub):
     p.add_argument("--keep", default=None, metavar="DIR", help="write the demo checkpoint here and keep it")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--tower", default="clip", choices=["clip", "siglip"],
+                   help="the vision and text towers: CLIP (default) or SigLIP")
     _debug_flag(p)
     p.set_defaults(func=_run_demo)
 
@@ -210,7 +212,7 @@ def _run_demo(args):
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be at least 1")
     demo.run(question=args.question, max_new_tokens=args.max_new_tokens, keep=args.keep, stream=args.stream,
-             device=args.device)
+             device=args.device, tower=args.tower)
     return 0
 
 

@@ -4,7 +4,8 @@ The checkpoint comes from fixtures.build (a CLIP folder and a TG-LLaVA LLM
 folder with random weights and trained-on-the-fly tokenizers, sizes small
 enough that loading, preprocessing, both towers, FOM, tiling, DP, prefill
 and decoding run in about a second).  The weights are random: the answer is
-gibberish, and the demo says so.
+gibberish, and the demo says so.  `tower="siglip"` (`tgllava demo --tower
+siglip`) builds SigLIP towers instead.
 """
 
 import shutil
@@ -14,11 +15,13 @@ import time
 from .fixtures import build
 
 
-def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=False, device="cpu", out=print):
+def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=False, device="cpu", out=print,
+        tower="clip"):
     """Build the demo model, answer `question` about the demo picture, print what happens.
 
     keep: a folder to write the model into and leave there (default: a
-    temporary folder, removed afterwards).  Returns the Answer.
+    temporary folder, removed afterwards); tower: "clip" or "siglip".
+    Returns the Answer.
     """
     import tgllava
 
@@ -27,12 +30,13 @@ def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=
     t0 = time.perf_counter()
     folder = keep or tempfile.mkdtemp(prefix="tgllava-demo-")
     try:
-        llm_dir, clip_dir, image_path = build(folder)
+        llm_dir, clip_dir, image_path = build(folder, tower=tower)
         t_build = time.perf_counter() - t0
         out("tgllava demo: a tiny TG-LLaVA with RANDOM weights (its answers are gibberish; "
             "this shows the pipeline, not a trained model)")
-        out(f"  built checkpoint in {folder} ({t_build:.2f} s): CLIP vision 3x64 on 112px/14 "
-            "(64 patches), CLIP text 2x64, LLM 2x128, TG-FOM 64 queries, TG-DP 32 latents")
+        family = "SigLIP" if tower == "siglip" else "CLIP"
+        out(f"  built checkpoint in {folder} ({t_build:.2f} s): {family} vision 3x64 on 112px/14 "
+            f"(64 patches), {family} text 2x64, LLM 2x128, TG-FOM 64 queries, TG-DP 32 latents")
         t1 = time.perf_counter()
         model = tgllava.load(llm_dir, clip_dir=clip_dir, device=device, progress=False)
         t_load = time.perf_counter() - t1

@@ -6,14 +6,17 @@ Everything a real checkpoint has is made here, with NumPy and the
 learned from a small built-in text), and a TG-LLaVA LLM folder (Llama-style
 LLM, mlp2x_gelu projector, the TG-FOM Q-former and the TG-DP perceiver,
 official tensor names; a byte-level BPE tokenizer.json trained on the same
-text).  `build` writes both and a test picture; the default sizes
+text), or with tower="siglip" a SiglipModel folder (a SentencePiece
+spiece.model trained on the same text; text guides padded to 64 tokens).
+`build` writes both and a test picture; the default sizes
 (DEMO_SIZES) are small (vision width 64 on 112x112 images with 14-pixel
 patches, so 64 patches, 64 FOM queries and 256 DP positions; LLM width 128)
 so the whole pipeline runs in about a second.
 
 The tests reuse the pieces: `save_safetensors` for hand-made tensor files,
 `write_llm_tokenizer` / `write_clip_tokenizer` to give the golden
-checkpoints tokenizer files.
+checkpoints tokenizer files; `build_clip` / `build_siglip` / `build_llm` for
+towers and LLM folders of other sizes.
 """
 
 import collections
@@ -159,6 +162,29 @@ def write_clip_tokenizer(folder, vocab_size=1024, corpus=CORPUS, max_merges=300)
     return bos, eos
 
 
+def write_siglip_tokenizer(folder, vocab_size=512, corpus=CORPUS):
+    """Train a SentencePiece unigram model as a SigLIP spiece.model (<pad>=0, </s>=1, <unk>=2) and write it
+    with its tokenizer_config.json (SiglipTokenizer, max_length 64) to `folder`; returns the vocabulary size."""
+    import io
+
+    import sentencepiece as spm
+
+    lines = [line.strip() for line in corpus.splitlines() if line.strip()]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="unigram", hard_vocab_limit=False, character_coverage=1.0,
+                                   normalization_rule_name="identity", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "spiece.model"), "wb") as f:
+        f.write(buf.getvalue())
+    _write_json(os.path.join(folder, "tokenizer_config.json"), {
+        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>", "model_max_length": 64,
+        "do_lower_case": True, "tokenizer_class": "SiglipTokenizer"})
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    return sp.get_piece_size()
+
+
 # --- random weights --------------------------------------------------------------
 
 class _Weights:
@@ -231,6 +257,42 @@ def build_clip(folder, sizes, seed=1):
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
         "do_center_crop": True, "do_normalize": True, "do_resize": True, "resample": 3,
         "image_processor_type": "CLIPImageProcessor"})
+
+
+def build_siglip(folder, sizes, seed=1):
+    """Write a SiglipModel folder (config.json, model.safetensors, spiece.model) with random weights."""
+    s = sizes
+    vocab = write_siglip_tokenizer(folder)
+    w = _Weights(seed)
+    dv, dt = s["v_hidden"], s["t_hidden"]
+    n_patches = (s["image"] // s["patch"]) ** 2
+    w.linear("vision_model.embeddings.patch_embedding", dv, 3 * s["patch"] ** 2)
+    w.t["vision_model.embeddings.patch_embedding.weight"] = w.t["vision_model.embeddings.patch_embedding.weight"].reshape(
+        dv, 3, s["patch"], s["patch"])
+    w.normal("vision_model.embeddings.position_embedding.weight", (n_patches, dv), 0.5)
+    _clip_encoder(w, "vision_model", dv, s["v_ffn"], s["v_layers"])
+    w.norm("vision_model.post_layernorm", dv)
+    w.normal("text_model.embeddings.token_embedding.weight", (vocab, dt), 0.5)
+    w.normal("text_model.embeddings.position_embedding.weight", (64, dt), 0.5)
+    _clip_encoder(w, "text_model", dt, s["t_ffn"], s["t_layers"])
+    w.norm("text_model.final_layer_norm", dt)
+    w.linear("text_model.head", dt, dt)
+    w.t["logit_scale"] = np.array([2.3], np.float32)
+    w.t["logit_bias"] = np.array([-10.0], np.float32)
+    save_safetensors(os.path.join(folder, "model.safetensors"), w.t)
+    common = {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
+    vision = dict(common, model_type="siglip_vision_model", hidden_size=dv, num_attention_heads=s["v_heads"],
+                  num_hidden_layers=s["v_layers"], intermediate_size=s["v_ffn"], image_size=s["image"],
+                  patch_size=s["patch"], num_channels=3, vision_use_head=False)
+    text = dict(common, model_type="siglip_text_model", hidden_size=dt, num_attention_heads=s["t_heads"],
+                num_hidden_layers=s["t_layers"], intermediate_size=s["t_ffn"], vocab_size=vocab,
+                max_position_embeddings=64, projection_size=dt)
+    _write_json(os.path.join(folder, "config.json"), {
+        "architectures": ["SiglipModel"], "model_type": "siglip", "vision_config": vision, "text_config": text})
+    _write_json(os.path.join(folder, "preprocessor_config.json"), {
+        "size": {"height": s["image"], "width": s["image"]}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "resample": 3,
+        "image_processor_type": "SiglipImageProcessor"})
 
 
 def _qformer(w, s):
@@ -341,15 +403,21 @@ DEMO_SIZES = {
 }
 
 
-def build(folder, sizes=None):
-    """Write a tiny random-weight TG-LLaVA (folder/clip, folder/llm) and a test picture (folder/image.png).
+TOWERS = ("clip", "siglip")
 
-    Returns (llm_dir, clip_dir, image_path).
+
+def build(folder, sizes=None, tower="clip"):
+    """Write a tiny random-weight TG-LLaVA (folder/clip or folder/siglip, folder/llm) and a test picture
+    (folder/image.png); tower is "clip" or "siglip".
+
+    Returns (llm_dir, tower_dir, image_path).
     """
+    if tower not in TOWERS:
+        raise ValueError(f"tower must be one of {', '.join(TOWERS)}, got {tower!r}")
     s = dict(DEMO_SIZES)
     s.update(sizes or {})
-    clip_dir, llm_dir = os.path.join(folder, "clip"), os.path.join(folder, "llm")
-    build_clip(clip_dir, s)
+    clip_dir, llm_dir = os.path.join(folder, tower), os.path.join(folder, "llm")
+    (build_siglip if tower == "siglip" else build_clip)(clip_dir, s)
     build_llm(llm_dir, clip_dir, s)
     image_path = os.path.join(folder, "image.png")
     demo_image().save(image_path)

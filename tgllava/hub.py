@@ -9,7 +9,7 @@ goes to the network.  `find_in_hf_cache` only looks in the cache.
 
 import os
 
-_DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.json", "*.txt"]
+_DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.json", "*.txt", "spiece.model"]
 
 
 def _is_repo_id(name):

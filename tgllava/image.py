@@ -229,6 +229,18 @@ def preprocess_batch(images, mode="pad", size=336, mean=CLIP_MEAN, std=CLIP_STD)
     return np.stack(arrays)
 
 
+def preprocess_for(model, image):
+    """preprocess() as a loaded `model` takes its images: the mode its config asks for (mode_from_config),
+    its tower's side, CLIP's mean/std, or for a SigLIP vision tower SigLIP's rules (siglip.image_rules:
+    mean = std = 0.5, so "pad" pads with 127, and "resize" where CLIP would centre-crop)."""
+    from . import siglip
+
+    mode, mean, std = mode_from_config(model.config), CLIP_MEAN, CLIP_STD
+    if siglip.family(model, "vision") == "siglip":
+        mode, mean, std = siglip.image_rules(mode)
+    return preprocess(image, mode=mode, size=model.image_size, mean=mean, std=std)
+
+
 def mode_from_config(cfg):
     """The preprocessing mode a LLaVA-style model config asks for.
 

@@ -7,10 +7,11 @@ downloaded) and its own size rules (configs.llm_sizes, loader.tg_sizes,
 loader.checked_config), and returns a plain dict: the architecture and LLM
 sizes, parameter counts per part (LLM, projector, TG-FOM, TG-DP, vision and
 text towers), which TG modules are present, the chat template the model
-would use, the weight files, the tower folders, and whether load()'s checks
+would use, the weight files, the tower folders with their family (CLIP or
+SigLIP, from the tower configs load() resolved), and whether load()'s checks
 pass (or the error load() would raise).  With dtype, also how loading in
-that storage format stores the model (the C core's own plan).  A CLIP
-folder is described through loader.read_tower.  `format_info` renders the
+that storage format stores the model (the C core's own plan).  A CLIP or
+SigLIP tower folder is described through loader.read_tower.  `format_info` renders the
 dict as text.
 """
 
@@ -19,7 +20,7 @@ import os
 
 import numpy as np
 
-from . import _C, configs, conversation, loader
+from . import _C, configs, conversation, loader, siglip
 from .checkpoint import read_json
 from .errors import CheckpointError
 from .tensor_names import CLIP_LAYOUT_NOTES, DP_PREFIX, FOM_PREFIX, PROJECTOR_PREFIX
@@ -51,11 +52,11 @@ def storage_plan(cfg, dtype):
     return {"dtype": dtype, "bytes": dict(total), "float16_fallback": fallback}
 
 
-def _is_clip_folder(config):
+def _is_tower_folder(config):
     model_type = str(config.get("model_type") or "")
     archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
     return model_type in ("clip", "clip_vision_model", "clip_text_model") or any(
-        str(a).startswith("CLIP") for a in archs)
+        str(a).startswith("CLIP") for a in archs) or siglip.is_siglip_config(config)
 
 
 def describe(folder, dtype=None, clip_dir=None):
@@ -66,7 +67,7 @@ def describe(folder, dtype=None, clip_dir=None):
     config = read_json(os.path.join(folder, "config.json"))
     info = {"folder": folder, "architectures": config.get("architectures") or [],
             "model_type": config.get("model_type")}
-    if _is_clip_folder(config):
+    if _is_tower_folder(config):
         return _describe_clip(info, folder, dtype)
     plan = loader.read_llm_folder(folder)
     llm_cfg, refs, path = plan["llm_config"], plan["refs"], plan["llm_config_path"]
@@ -112,6 +113,7 @@ def describe(folder, dtype=None, clip_dir=None):
             if plan[f"{what}_dir"]:
                 info["towers"][what] = {
                     "name": plan["tower_names"][what], "path": plan[f"{what}_dir"],
+                    "family": "SigLIP" if siglip.is_siglip(plan["clip_config"][f"{what}_config"]) else "CLIP",
                     "layout": plan["tower_layouts"][what],
                     "params": _count(plan["refs"], lambda n, p=f"{what}_model.": n.startswith(p))}
         cfg = loader.checked_config(plan)
@@ -133,10 +135,12 @@ def _checked(sizes, **always):
 
 
 def _describe_clip(info, folder, dtype):
-    """The CLIP part of describe(): tensor layout, and each tower's settings as loading will use them."""
+    """The tower folder part of describe() (CLIP or SigLIP): tensor layout, and each tower's settings as
+    loading will use them."""
     tower = loader.read_tower(folder)
     refs, towers = tower["refs"], tower["configs"]
-    info.update(kind="CLIP", clip_layout=tower["layout"], files=tower["files"],
+    is_siglip = siglip.is_siglip(towers["vision_config"]) or siglip.is_siglip(towers["text_config"])
+    info.update(kind="SigLIP" if is_siglip else "CLIP", clip_layout=tower["layout"], files=tower["files"],
                 n_tensors=len(refs) + len(tower["other"]),
                 dtypes=dict(collections.Counter(r.dtype for r in list(refs.values()) + list(tower["other"].values()))))
     info["params"] = {"vision tower": _count(refs, lambda n: n.startswith("vision_model.")),
@@ -175,9 +179,9 @@ def format_info(info):
         lines.append(f"  stored as {st['dtype']}: {sum(st['bytes'].values()) / 1e9:.2f} GB ({parts})")
         if st["float16_fallback"]:
             lines.append(f"  float16 fallback (input features not a multiple of 32): {', '.join(st['float16_fallback'])}")
-    if info["kind"] == "CLIP":
+    if info["kind"] in ("CLIP", "SigLIP"):
         label = info.get("clip_layout", "?")
-        note = CLIP_LAYOUT_NOTES.get(label)
+        note = CLIP_LAYOUT_NOTES.get(label) or siglip.LAYOUT_NOTES.get(label)
         lines.append(f"  tensor layout: {label}" + (f" ({note})" if note else ""))
         v, t = info.get("vision"), info.get("text")
         defaulted = info.get("defaulted") or {}
@@ -194,19 +198,22 @@ def format_info(info):
                          f"act {val(v, 'vision_config', 'hidden_act')}, eps {val(v, 'vision_config', 'layer_norm_eps')}")
         if t:
             eos = t.get("eos_token_id")
-            pool = "argmax(ids), legacy" if eos == 2 else f"first token {eos}"
+            pool = f"eos {val(t, 'text_config', 'eos_token_id')} (pooling at " + (
+                "argmax(ids), legacy)" if eos == 2 else f"first token {eos})")
+            if info["kind"] == "SigLIP":
+                pool = "pooled by its head at the last position (texts padded to all positions)"
             lines.append(f"  text: width {val(t, 'text_config', 'hidden_size')}, "
                          f"{val(t, 'text_config', 'num_hidden_layers')} layers, "
                          f"vocab {val(t, 'text_config', 'vocab_size')}, "
                          f"{val(t, 'text_config', 'num_attention_heads')} heads, "
                          f"ffn {val(t, 'text_config', 'intermediate_size')}, "
                          f"positions {val(t, 'text_config', 'max_position_embeddings')}, "
-                         f"act {val(t, 'text_config', 'hidden_act')}, "
-                         f"eos {val(t, 'text_config', 'eos_token_id')} (pooling at {pool})")
+                         f"act {val(t, 'text_config', 'hidden_act')}, {pool}")
         for note in info.get("legacy_config") or ():
             lines.append(f"  legacy config: {note} (as transformers reads it)")
         if any(defaulted.values()):
-            lines.append("  (default) = not in config.json; transformers' CLIP config default, which loading uses")
+            lines.append(f"  (default) = not in config.json; transformers' {info['kind']} config default, which loading "
+                         "uses")
     else:
         if info.get("llava_hf_naming"):
             lines.append(f"  llava-hf tensor naming: {info['llava_hf_naming']}")
@@ -230,7 +237,7 @@ def format_info(info):
                      f"{info['image_aspect_ratio'] or 'crop'}; chat template: {info['conv_mode']}")
         for what, t in info["towers"].items():
             lines.append(f"  {what} tower: {t['name']} -> {t['path']}, {_fmt_count(t['params'])} params, "
-                         f"{t['layout']} layout")
+                         f"{t['family']}, {t['layout']} layout")
         lines.append(f"  tokenizer files: {', '.join(info['tokenizer_files']) or 'none'}")
         check = info["load_check"]
         lines.append("  load check: passed (configs, towers, tensor names and shapes; no weight read)" if check == "passed"

@@ -1,7 +1,7 @@
 """Loading a checkpoint: tgllava.load() and everything it does before the model runs.
 
 load() resolves the folders (the LLM folder's config.json and tensor headers,
-the CLIP tower folders its config names or clip_dir gives, or a llava-hf
+the CLIP or SigLIP tower folders its config names or clip_dir gives, or a llava-hf
 folder with the tower inside: hf_load.py), works out every size the C core
 needs from the configs and the tensor shapes (with SPEC section 4 defaults
 for what shapes do not tell), checks tensor names, dtypes and shapes, and
@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from . import _C
-from . import config_schema, configs
+from . import config_schema, configs, siglip
 from .checkpoint import TensorRef, folder_refs, read_json
 from .errors import CheckpointError
 from .hub import resolve_tower
@@ -110,9 +110,10 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
                  clip_path="config.json"):
     """The flat size dictionary of the C core (tg_config) from configs and tensor shapes.
 
-    llm_cfg is an official-layout LLM config, clip_cfg any CLIP tower config
-    (read with configs.clip_configs: legacy *_config_dict keys, transformers'
-    defaults for missing keys).  Every value is checked: a size that is not
+    llm_cfg is an official-layout LLM config, clip_cfg any CLIP or SigLIP tower
+    config (read with siglip.tower_configs: legacy *_config_dict keys,
+    transformers' defaults for missing keys; each tower's model_type names its
+    family).  Every value is checked: a size that is not
     an integer in range, a non-finite or non-positive epsilon or rotary
     base, an unknown activation, rotary scaling, layer counts that disagree
     with the tensors, raise CheckpointError naming the config file
@@ -123,12 +124,12 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     a bug and raises TgError).
     """
     vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
-    towers = configs.clip_configs(clip_cfg, vision_path)
+    towers = siglip.tower_configs(clip_cfg, vision_path)
     vc, tc = towers["vision_config"], towers["text_config"]
     names = list(refs)
     if vc is None:
         raise CheckpointError(f"{vision_path}: has no vision tower config (needed for the vision tower)")
-    c = configs.vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
+    c = siglip.tower_vision_sizes(vc, vision_path, llm_cfg.get("mm_vision_select_layer", -2), select_path=llm_path)
     check_layer_count(names, "vision_model.encoder.layers.", c["v_layers"], vision_path,
                       "vision_config.num_hidden_layers")
     if llm_cfg.get("mm_vision_select_feature", "patch") != "patch":
@@ -138,8 +139,8 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     if tg["has_fom"] or tg["has_dp"]:
         if tc is None:
             raise CheckpointError(f"{text_path}: has no text tower config, and this TG-LLaVA checkpoint needs the "
-                                  "CLIP text tower")
-        c.update(configs.text_sizes(tc, text_path))
+                                  "text tower")
+        c.update(siglip.tower_text_sizes(tc, text_path))
         check_layer_count(names, "text_model.encoder.layers.", c["t_layers"], text_path,
                           "text_config.num_hidden_layers")
     c.update(tg)
@@ -212,7 +213,7 @@ def resolve_folders(llm_dir, clip_dir=None, download=True):
     text_dir None without TG modules), tower_names ({"vision", "text"}:
     what each was found by), tower_layouts ({"vision", "text"}: labels),
     clip_dir (the folder a Model reports: the text tower's when TG-LLaVA
-    needs it, for its CLIP tokenizer, else the vision tower's), clip_config
+    needs it, for its tokenizer, else the vision tower's), clip_config
     (complete), clip_config_paths, and refs (official name -> TensorRef
     from headers, bytes unread, every tensor the model may use).
     """
@@ -257,8 +258,10 @@ def find_towers(plan, clip_dir=None, download=True):
 
     The vision tower is clip_dir, or the folder mm_vision_tower (else
     mm_text_tower) names; a TG-LLaVA checkpoint takes its text tower from
-    the same folder, or when that folder has none, from the one
-    mm_text_tower names.  A llava-hf dict comes back as it is.
+    the same folder, or from the folder mm_text_tower names when the vision
+    folder has none, or when mm_text_tower names another tower than
+    mm_vision_tower (a text guide of another family, e.g. SigLIP vision with
+    a CLIP text tower) and it is found.  A llava-hf dict comes back as it is.
     """
     if plan["kind"] == "llava-hf":
         return plan
@@ -271,15 +274,17 @@ def find_towers(plan, clip_dir=None, download=True):
     text, text_name = None, None
     if plan["has_tg"]:
         text, text_name = vision, vision_name
-        if not vision["has_text"]:
-            text_name = llm_cfg.get("mm_text_tower")
-            other = _find_tower(text_name, llm_dir, download)
+        name = llm_cfg.get("mm_text_tower")
+        if not vision["has_text"] or (name and name != llm_cfg.get("mm_vision_tower")):
+            other = _find_tower(name, llm_dir, download)
             if other and os.path.realpath(other) != os.path.realpath(vision["folder"]):
-                text = read_tower(other)
+                found = read_tower(other)
+                if found["has_text"] or not vision["has_text"]:
+                    text, text_name = found, name
             if not text["has_text"]:
                 raise CheckpointError(
                     f"{vision['folder']}: this TG-LLaVA checkpoint needs the CLIP text tower (text_model.*), but the "
-                    f"folder holds a {vision['layout']} and mm_text_tower {text_name!r} was not found with one")
+                    f"folder holds a {vision['layout']} and mm_text_tower {name!r} was not found with one")
     refs = {n: r for n, r in vision["refs"].items() if n.startswith("vision_model.")}
     if text is not None:
         refs.update({n: r for n, r in text["refs"].items() if n.startswith("text_model.")})
@@ -315,7 +320,7 @@ def preflight(llm_dir, clip_dir=None, tokenizers=True):
     Configs (every value), tower folders, tensor names, dtypes and shapes
     from the headers (checked_config), and (tokenizers=True) the tokenizer
     files chat needs: the LLM tokenizer in llm_dir and, for TG-LLaVA, the
-    CLIP tokenizer in the text tower's folder.  Raises CheckpointError on
+    text tower's tokenizer in its folder (CLIP's, or SigLIP's spiece.model).  Raises CheckpointError on
     the first problem; returns resolve_folders()'s dict.  `tgllava generate`
     calls this before loading, so a folder without tokenizer files fails in
     a moment, not after reading every weight.
@@ -324,7 +329,9 @@ def preflight(llm_dir, clip_dir=None, tokenizers=True):
     checked_config(plan)
     if tokenizers:
         check_tokenizer_files(plan["llm_dir"], "llm", " (needed to turn the question into token ids)")
-        if plan["has_tg"]:
+        if plan["has_tg"] and siglip.is_siglip(plan["clip_config"]["text_config"]):
+            siglip.check_tokenizer(plan["text_dir"], " (TG-LLaVA needs the tokenizer of its SigLIP text tower)")
+        elif plan["has_tg"]:
             check_tokenizer_files(plan["text_dir"], "clip",
                                   " (TG-LLaVA needs the CLIP tokenizer of its text tower for the text guide)")
     return plan
@@ -439,10 +446,11 @@ def check_tensors(cfg, refs, where_missing):
 
 
 def read_tower(folder):
-    """A CLIP tower folder from its config and tensor headers: no tensor byte is read.
+    """A CLIP or SigLIP tower folder from its config and tensor headers: no tensor byte is read.
 
-    Returns a dict: folder, config_path, configs (clip_configs), layout
-    (clip_tower_names' label), refs ({official name: TensorRef} of the tower
+    Returns a dict: folder, config_path, configs (configs.clip_configs, or
+    siglip.siglip_configs for a SigLIP config), layout (clip_tower_names'
+    label, Siglip* for SigLIP), refs ({official name: TensorRef} of the tower
     tensors, renamed to vision_model.* / text_model.*), other (the rest:
     projections, logit_scale), files (the weight files), has_vision, has_text.
     """
@@ -450,9 +458,11 @@ def read_tower(folder):
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such CLIP tower folder")
     config_path = os.path.join(folder, "config.json")
-    tower_configs = configs.clip_configs(read_json(config_path), config_path)
+    config = read_json(config_path)
+    tower_configs = siglip.tower_configs(config, config_path)
     raw = folder_refs(folder)
-    label, mapping = clip_tower_names(list(raw), folder)
+    names = siglip.tower_names if siglip.is_siglip_config(config) else clip_tower_names
+    label, mapping = names(list(raw), folder)
     refs = {}
     for new, old in mapping.items():
         r = raw[old]

@@ -738,3 +738,13 @@ class ClipTokenizer:
         """Approximate text of ids (BOS/EOS dropped, word ends become spaces)."""
         text = self._backend.decode([int(i) for i in ids], skip_special_tokens=True)
         return text.replace("</w>", " ").strip()
+
+
+def text_guide_tokenizer(model):
+    """The tokenizer of a TG-LLaVA model's text guide, from its text tower's folder (model.clip_dir):
+    ClipTokenizer, or siglip.SiglipTokenizer for a SigLIP text tower."""
+    from . import siglip
+
+    if siglip.family(model, "text") == "siglip":
+        return siglip.SiglipTokenizer.from_folder(model.clip_dir)
+    return ClipTokenizer.from_folder(model.clip_dir)

@@ -5,7 +5,8 @@
  * residual (HF CLIPEncoderLayer).  The vision tower runs only the layers up
  * to the selected hidden state (SPEC 2.1) and drops the class token; the
  * text tower applies a causal mask plus the `ids != 0` padding mask (SPEC 2.2
- * quirk) and pools the row at argmax(ids).
+ * quirk) and pools the row at argmax(ids).  The layer is shared with the SigLIP
+ * towers (siglip.c), whose layers are the same.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -14,11 +15,7 @@
 #include "fail.h"
 #include "model.h"
 
-typedef struct {
-    float *h, *q, *k, *v, *a, *f; /* (rows, D) x5 and (rows, F) */
-} layer_scratch;
-
-static int scratch_alloc(tg_model *m, layer_scratch *s, int64_t rows, int64_t D, int64_t F) {
+int layer_scratch_alloc(tg_model *m, layer_scratch *s, int64_t rows, int64_t D, int64_t F) {
     ALLOC(s->h, rows * D);
     ALLOC(s->q, rows * D);
     ALLOC(s->k, rows * D);
@@ -28,9 +25,9 @@ static int scratch_alloc(tg_model *m, layer_scratch *s, int64_t rows, int64_t D,
     return 0;
 }
 
-/* x (B*T, D) in place through one CLIP encoder layer */
-static int clip_layer_forward(tg_model *m, const clip_layer *L, float *x, int B, int T, int64_t D, int heads, float eps,
-                              int act, int causal, const int32_t *key_mask, const layer_scratch *s) {
+/* x (B*T, D) in place through one CLIP encoder layer (SigLIP's is the same) */
+int clip_layer_forward(tg_model *m, const clip_layer *L, float *x, int B, int T, int64_t D, int heads, float eps,
+                       int act, int causal, const int32_t *key_mask, const layer_scratch *s) {
     const int64_t rows = (int64_t)B * T;
     CHECK(BE->layernorm(BE, x, L->ln1_w.w.data, L->ln1_b.w.data, s->h, rows, D, eps));
     CHECK(BE->linear(BE, s->h, &L->q_w.w, L->q_b.w.data, NULL, s->q, rows, TG_ACT_NONE));
@@ -69,7 +66,7 @@ int clip_vision_forward(tg_model *m, const float *pix, int B, float *out) {
     CHECK(BE->add_bcast(BE, x, m->v_pos.w.data, B, T * D));
     CHECK(BE->layernorm(BE, x, m->v_pre_w.w.data, m->v_pre_b.w.data, x, rows, D, c->v_eps));
     layer_scratch s;
-    if (scratch_alloc(m, &s, rows, D, c->v_ffn)) return -1;
+    if (layer_scratch_alloc(m, &s, rows, D, c->v_ffn)) return -1;
     for (int i = 0; i < c->v_select; i++)
         if (clip_layer_forward(m, &m->v_layers[i], x, B, (int)T, D, c->v_heads, c->v_eps, c->v_act, 0, NULL, &s)) return -1;
     for (int b = 0; b < B; b++)
@@ -112,7 +109,7 @@ int clip_text_forward(tg_model *m, const int32_t *ids, int B, int T, float *hidd
     CHECK(BE->embedding(BE, &m->t_tok.w, (const int32_t *)ids_dev, hidden, rows));
     CHECK(BE->add_bcast(BE, hidden, m->t_pos.w.data, B, (int64_t)T * D)); /* first T rows of the position table */
     layer_scratch s;
-    if (scratch_alloc(m, &s, rows, D, c->t_ffn)) return -1;
+    if (layer_scratch_alloc(m, &s, rows, D, c->t_ffn)) return -1;
     for (int i = 0; i < c->t_layers; i++)
         if (clip_layer_forward(m, &m->t_layers[i], hidden, B, T, D, c->t_heads, c->t_eps, c->t_act, 1,
                                (const int32_t *)mask_dev, &s))

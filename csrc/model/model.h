@@ -73,11 +73,11 @@ struct tg_model {
     int finished;
     int inputs_on_backend, outputs_on_backend; /* tg_model_set_buffers */
 
-    /* vision tower */
-    param v_cls, v_patch, v_pos, v_pre_w, v_pre_b;
+    /* vision tower (CLIP: class token and pre-LN; SigLIP: patch bias) */
+    param v_cls, v_patch, v_patch_b, v_pos, v_pre_w, v_pre_b;
     clip_layer *v_layers;
-    /* text tower */
-    param t_tok, t_pos, t_fin_w, t_fin_b;
+    /* text tower (SigLIP: the head that pools) */
+    param t_tok, t_pos, t_fin_w, t_fin_b, t_head_w, t_head_b;
     clip_layer *t_layers;
     /* TG-FOM Q-former */
     param q_resize_w, q_resize_b, q_zero_w, q_zero_b, q_queries, q_ln_w, q_ln_b;
@@ -104,9 +104,21 @@ void model_release_params(tg_model *m);
 int model_fail(tg_model *m, const char *fmt, ...);
 int be_fail(tg_model *m, const char *what); /* copies the backend's message */
 
-/* clip.c: x (rows, D) through one pre-LN CLIP encoder layer in place */
+/* clip.c: the pre-LN encoder layer both families share (x (B*T, D) in place; key_mask backend (B, T) or NULL),
+ * with its scratch buffers, and the CLIP towers */
+typedef struct layer_scratch {
+    float *h, *q, *k, *v, *a, *f; /* (rows, D) x5 and (rows, F) */
+} layer_scratch;
+int layer_scratch_alloc(tg_model *m, layer_scratch *s, int64_t rows, int64_t D, int64_t F);
+int clip_layer_forward(tg_model *m, const clip_layer *L, float *x, int B, int T, int64_t D, int heads, float eps,
+                       int act, int causal, const int32_t *key_mask, const layer_scratch *s);
 int clip_vision_forward(tg_model *m, const float *pix, int B, float *out); /* backend (B,3,S,S) -> (B,Np,Dv) */
 int clip_text_forward(tg_model *m, const int32_t *ids_host, int B, int T, float *hidden, float *pooled);
+/* siglip.c: the SigLIP towers, and the towers of the config's families (what the rest of the model calls) */
+int siglip_vision_forward(tg_model *m, const float *pix, int B, float *out);
+int siglip_text_forward(tg_model *m, const int32_t *ids_host, int B, int T, float *hidden, float *pooled);
+int vision_tower_forward(tg_model *m, const float *pix, int B, float *out); /* backend (B,3,S,S) -> (B,Np,Dv) */
+int text_tower_forward(tg_model *m, const int32_t *ids_host, int B, int T, float *hidden, float *pooled);
 /* fom.c */
 int fom_forward(tg_model *m, const float *pooled, int B, float *mask); /* backend (B,Dt) -> (B,Nq,Dv) */
 /* dp.c */

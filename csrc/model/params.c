@@ -5,7 +5,8 @@
  * the param it fills.  Tensors a checkpoint has but the model does not use
  * (Q-former word/position embeddings and text FFN, cls.*, CLIP projections,
  * post_layernorm, vision layers past the selected one) are simply never asked
- * for.  tg_model_set_tensor() streams a checkpoint tensor (float32, float16 or
+ * for (a SigLIP tower registers its own ends: patch bias, no class token or
+ * pre-LN, the text head).  tg_model_set_tensor() streams a checkpoint tensor (float32, float16 or
  * bfloat16 bytes) into its param: matrices are converted a slice of rows at a
  * time (a few MiB of float32, checked for NaN/Inf) straight into their storage
  * format on the backend, so the host never holds the model in float32; the
@@ -130,12 +131,17 @@ int model_register(tg_model *m) {
     const int64_t Np = (int64_t)(c->v_image / P) * (c->v_image / P);
 
     /* vision tower: only the layers up to the selected hidden state */
-    R(vec(m, &m->v_cls, "vision_model.embeddings.class_embedding", Dv));
+    const int siglip_vision = c->v_family == TG_TOWER_SIGLIP; /* no class token or pre-LN; a patch bias */
     pinit(&m->v_patch, Dv, 3 * P * P, 1, 1);
     R(reg(m, &m->v_patch, 0, "vision_model.embeddings.patch_embedding.weight", 4, Dv, 3, P, P));
-    R(table(m, &m->v_pos, "vision_model.embeddings.position_embedding.weight", Np + 1, Dv));
-    R(vec(m, &m->v_pre_w, "vision_model.pre_layrnorm.weight", Dv));
-    R(vec(m, &m->v_pre_b, "vision_model.pre_layrnorm.bias", Dv));
+    R(table(m, &m->v_pos, "vision_model.embeddings.position_embedding.weight", Np + !siglip_vision, Dv));
+    if (siglip_vision) {
+        R(vec(m, &m->v_patch_b, "vision_model.embeddings.patch_embedding.bias", Dv));
+    } else {
+        R(vec(m, &m->v_cls, "vision_model.embeddings.class_embedding", Dv));
+        R(vec(m, &m->v_pre_w, "vision_model.pre_layrnorm.weight", Dv));
+        R(vec(m, &m->v_pre_b, "vision_model.pre_layrnorm.bias", Dv));
+    }
     m->v_layers = calloc((size_t)(c->v_select > 0 ? c->v_select : 1), sizeof(clip_layer));
     if (!m->v_layers) return model_oom(m, "the layer tables");
     for (int i = 0; i < c->v_select; i++) R(reg_clip_layer(m, &m->v_layers[i], "vision_model", i, Dv, c->v_ffn));
@@ -145,6 +151,10 @@ int model_register(tg_model *m) {
         R(table(m, &m->t_pos, "text_model.embeddings.position_embedding.weight", c->t_positions, Dt));
         R(vec(m, &m->t_fin_w, "text_model.final_layer_norm.weight", Dt));
         R(vec(m, &m->t_fin_b, "text_model.final_layer_norm.bias", Dt));
+        if (c->t_family == TG_TOWER_SIGLIP) { /* the pooled output is the head's (projection_size = hidden) */
+            R(mat(m, &m->t_head_w, "text_model.head.weight", Dt, Dt));
+            R(vec(m, &m->t_head_b, "text_model.head.bias", Dt));
+        }
         m->t_layers = calloc((size_t)c->t_layers, sizeof(clip_layer));
         if (!m->t_layers) return model_oom(m, "the layer tables");
         for (int i = 0; i < c->t_layers; i++) R(reg_clip_layer(m, &m->t_layers[i], "text_model", i, Dt, c->t_ffn));
@@ -268,8 +278,10 @@ static int check_config(const tg_config *c, char *err, size_t errlen) {
         snprintf(err, errlen, "invalid model config: %s", msg); \
         return -1;                                               \
     }
+    NEED(c->v_family >= 0 && c->v_family < TG_TOWER_FAMILY_COUNT, "unknown vision tower family");
     NEED(c->v_hidden > 0 && c->v_heads > 0 && c->v_hidden % c->v_heads == 0, "vision hidden size must be a positive multiple of its heads");
-    NEED(c->v_patch > 0 && c->v_image > 0 && c->v_image % c->v_patch == 0, "vision image size must be a multiple of the patch size");
+    NEED(c->v_patch > 0 && c->v_image >= c->v_patch && (c->v_image % c->v_patch == 0 || c->v_family == TG_TOWER_SIGLIP),
+         "vision image size must be a multiple of the patch size (SigLIP: at least one patch)");
     NEED(c->v_select >= 0 && c->v_select <= c->v_layers, "mm_vision_select_layer out of range");
     NEED(c->v_ffn > 0, "vision intermediate size must be positive");
     NEED(c->hidden > 0 && c->heads > 0 && c->kv_heads > 0 && c->heads % c->kv_heads == 0, "LLM heads must be a multiple of key/value heads");
@@ -277,6 +289,7 @@ static int check_config(const tg_config *c, char *err, size_t errlen) {
     NEED(c->layers >= 0 && c->ffn > 0 && c->vocab > 0, "LLM layers/intermediate/vocab must be positive");
     NEED(c->max_len > 0, "max length must be positive");
     if (c->has_fom || c->has_dp) {
+        NEED(c->t_family >= 0 && c->t_family < TG_TOWER_FAMILY_COUNT, "unknown text tower family");
         NEED(c->t_hidden > 0 && c->t_heads > 0 && c->t_hidden % c->t_heads == 0, "text hidden size must be a multiple of its heads");
         NEED(c->t_positions > 0 && c->t_vocab > 0 && c->t_ffn > 0, "text tower sizes must be positive");
     }

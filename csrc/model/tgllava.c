@@ -100,7 +100,7 @@ int tg_vision_features(tg_model *m, const float *pix, int B, float *out) {
     float *pd, *od;
     if (upload(m, &pd, pix, B * 3 * S * S)) return -1;
     ALLOC(od, B * n);
-    if (clip_vision_forward(m, pd, B, od)) return -1;
+    if (vision_tower_forward(m, pd, B, od)) return -1;
     return result(m, out, od, B * n);
 }
 
@@ -115,7 +115,7 @@ int tg_text_tower(tg_model *m, const int32_t *ids, int B, int T, float *hidden, 
     float *hd, *pd;
     ALLOC(hd, (int64_t)B * T * D);
     ALLOC(pd, (int64_t)B * D);
-    if (clip_text_forward(m, ids, B, T, hd, pd)) return -1;
+    if (text_tower_forward(m, ids, B, T, hd, pd)) return -1;
     if (result(m, hidden, hd, (int64_t)B * T * D)) return -1;
     return result(m, pooled, pd, (int64_t)B * D);
 }
@@ -170,13 +170,13 @@ static int visual_tokens_dev(tg_model *m, const float *pix, const float *feats_p
         ALLOC(all, (int64_t)nimg * img);
         CHECK(BE->copy(BE, all, pix, (size_t)(B * img) * sizeof(float)));
         if (use_dp) CHECK(BE->upscale_tiles(BE, pix, all + B * img, B, 3, (int)S));
-        if (clip_vision_forward(m, all, nimg, feats)) return -1;
+        if (vision_tower_forward(m, all, nimg, feats)) return -1;
     }
     float *hidden = NULL, *pooled = NULL;
     if (use_fom || use_dp) {
         ALLOC(hidden, (int64_t)B * T * c->t_hidden);
         ALLOC(pooled, (int64_t)B * c->t_hidden);
-        if (clip_text_forward(m, text_ids, B, T, hidden, pooled)) return -1;
+        if (text_tower_forward(m, text_ids, B, T, hidden, pooled)) return -1;
     }
     if (use_fom) {
         float *mask;

@@ -97,6 +97,7 @@ static double act_ref(double x, int act) {
     case TG_ACT_GELU: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
     case TG_ACT_QUICK_GELU: return x / (1.0 + exp(-1.702 * x));
     case TG_ACT_SILU: return x / (1.0 + exp(-x));
+    case TG_ACT_GELU_TANH: return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
     default: return x;
     }
 }
@@ -382,7 +383,7 @@ static void check_rope(const char *name, int64_t rows, int64_t nh, int64_t hd, i
 static void check_elementwise() {
     char name[128];
     const int64_t n = 1 << 20;
-    for (int act = 1; act <= 3; act++) {
+    for (int act = 1; act < TG_ACT_COUNT; act++) {
         run_case("activation act=" + std::to_string(act), [&] {
             auto x = randv(n, 6.0f);
             Dev dx(x);
@@ -641,6 +642,7 @@ int main(int argc, char **argv) {
         DCASE(check_linear(77, 768, 1024, dtype, true, true, false, TG_ACT_NONE));
         DCASE(check_linear(77, 768, 1024, dtype, true, true, true, TG_ACT_QUICK_GELU));
         DCASE(check_linear(130, 256, 100, dtype, false, false, false, TG_ACT_SILU)); /* K % 8 != 0 */
+        DCASE(check_linear(25, 208, 144, dtype, true, true, false, TG_ACT_GELU_TANH)); /* SigLIP MLP */
         DCASE(check_linear(5, 300, 100, dtype, true, true, false, TG_ACT_GELU));     /* GEMV refused: Lt */
         /* unaligned pointers, as the model passes them */
         DCASE(check_linear(1, 257, 512, dtype, true, false, false, TG_ACT_NONE, 0, 1));  /* decode K/V row into the cache */

@@ -38,7 +38,7 @@ class ModelAdapter:
         return getattr(self.model, "llm_dir", None)
 
     def _pixels(self, img):
-        return image.preprocess(img, mode=image.mode_from_config(self.model.config), size=self.model.image_size)
+        return image.preprocess_for(self.model, img)
 
     def _request(self, item, use_fom, use_dp):
         m = self.model

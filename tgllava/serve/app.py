@@ -226,7 +226,7 @@ def _pixels(model, raw, cfg, decodes):
                        "messages")
     try:
         with decodes.hold(_decode_bytes(w, h)):
-            return image_mod.preprocess(raw, mode=image_mod.mode_from_config(model.config), size=model.image_size)
+            return image_mod.preprocess_for(model, raw)
     except (TgError, ValueError) as e:
         raise _bad(f"bad image: {e}", "messages", "invalid_image") from None
 
