@@ -106,7 +106,7 @@ def run_clients(srv, reqs, n_clients):
 def prepared_requests(model, reqs):
     """generate_batch request dicts of benchmark requests (chat's template, tokenizers and pixels)."""
     mode = chat.default_conv_mode(model)
-    return [chat._prepare(model, r["picture"], r["question"], mode, True, True, {}) for r in reqs]
+    return [chat.prepare(model, r["picture"], r["question"], mode) for r in reqs]
 
 
 def run_static(model, reqs, batch):

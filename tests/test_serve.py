@@ -90,7 +90,7 @@ _features = {}
 
 def _request(model, image, question, use_dp=True):
     """chat's request dict for (image, question), with the picture's cached vision-tower output."""
-    req = chat._prepare(model, image, question, chat.default_conv_mode(model), True, use_dp, {})
+    req = chat.prepare(model, image, question, use_dp=use_dp)
     key = (id(model), image, use_dp)
     if key not in _features:
         _features[key] = model.cacheable_features(req["pixels"], use_dp=use_dp)
@@ -171,7 +171,7 @@ def test_chat_completion_equals_model_chat(server):
     assert r.choices[0].finish_reason == ("length" if ref.finish_reason == "length" else "stop")
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
     m = golden_model(L15)
-    n_prompt = len(chat._prepare(m, img, QUESTION, chat.default_conv_mode(m), True, True, {})["input_ids"]) - 1 + \
+    n_prompt = len(chat.prepare(m, img, QUESTION)["input_ids"]) - 1 + \
         m.visual_token_count()
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_prompt, len(ref.token_ids))
     assert r.usage.total_tokens == n_prompt + len(ref.token_ids)

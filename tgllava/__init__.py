@@ -2,7 +2,9 @@
 
     import tgllava
     m = tgllava.load("path/to/llm", clip_dir="path/to/clip")   # device="cpu" or "cuda"
-    tokens = m.visual_tokens(pixels, text_ids)
+    answer = m.chat("photo.jpg", "What is in the picture?")     # m.chat(None, question): text only
+    req = m.prepare("photo.jpg", "What is in the picture?")     # input_ids, pixels, text_ids, ...
+    tokens = m.generate(**req)
 
 See README.md for the command line (`tgllava demo`, `generate`, `eval`).
 """
@@ -17,13 +19,15 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # The extension finds libscipy_openblas.so through its own run-time path (relative to
 # itself, see setup.py): no preloading is needed.
 
-from .errors import CheckpointError, DeviceError, ShapeError, TgError
+from .errors import CheckpointError, DeviceError, OutOfMemoryError, ShapeError, TgError
 from . import _C
 from .loader import load
 from .model import Model, tile
 from .checkpoint import read_tensors
 from .chat import Answer, AnswerStream
+from .image import ImageError
 
 __all__ = ["load", "Model", "tile", "read_tensors", "Answer", "AnswerStream",
-           "TgError", "CheckpointError", "ShapeError", "DeviceError"]
+           "TgError", "CheckpointError", "ShapeError", "DeviceError", "ImageError",
+           "OutOfMemoryError"]
 __version__ = "0.1.0"

@@ -113,9 +113,10 @@ def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, u
     if needs_text and text_ids is None:
         if question is None:
             raise ValueError("this TG-LLaVA checkpoint needs the question (or text_ids=...) for FOM/DP")
+        from .conversation import text_guide
         from .tokenize import text_guide_tokenizer
         ctok = clip_tokenizer or text_guide_tokenizer(m)
-        text_ids = ctok.encode(question.replace("<image>", "").strip())
+        text_ids = ctok.encode(text_guide(question))
     if text_ids is not None:
         text_ids = np.asarray(text_ids).reshape(-1).astype(np.int64)
     return input_ids, pixels, text_ids

@@ -1,14 +1,18 @@
-"""High-level chat: one image and a question in, an answer's text out.
+"""High-level chat: one image (or none) and a question in, an answer's text out.
 
-`chat(model, image, question)` runs the whole LLaVA pipeline around a loaded
-`tgllava.Model`: the chat template (conversation.build_prompt, with the
-model's own conv mode by default), the LLM tokens with one image slot
-(tokenize.tokenizer_image_token), for TG-LLaVA the CLIP text guide (the
-user turn without its image marker, stripped; SPEC section 1), the CLIP pixels
-(image.preprocess in the mode the config asks for), generation until EOS, a
-stop string of the template or `max_new_tokens`, and detokenization with the
-stop string trimmed (LLaVA's rule, tgllava.generation's StopTracker: generation
-stops once the stop string appears and the text is cut there, then stripped).
+`prepare(model, image, question)` builds the generation request of one
+question, the way the LLaVA pipeline does around a loaded `tgllava.Model`:
+the chat template (conversation.build_prompt, with the model's own conv mode
+by default), the LLM tokens with one image slot (tokenize.tokenizer_image_token),
+for TG-LLaVA the CLIP text guide (the user turn without its image marker,
+stripped; SPEC section 1) and the CLIP pixels (image.preprocess in the mode
+the config asks for).  With image None it is the template's text-only form:
+the question alone, no image slot, no pixels, no text guide (the TG modules
+are not used).  `chat(model, image, question)` runs that request: generation
+until EOS, a stop string of the template or `max_new_tokens`, and
+detokenization with the stop string trimmed (LLaVA's rule, tgllava.generation's
+StopTracker: generation stops once the stop string appears and the text is
+cut there, then stripped).
 It returns an `Answer` with the text, the generated ids and per-stage
 timings.  `stream=True` returns an `AnswerStream` instead, an iterator over
 text pieces as they are decoded whose pieces join to exactly the text of the
@@ -21,8 +25,8 @@ for that pair alone (greedy).
 
 Tokenizers are read once per model from its folders (the LLM tokenizer from
 `model.llm_dir`, the CLIP tokenizer from `model.clip_dir`) and cached.
-These functions take the model as first argument so they can be attached as
-methods: `Model.chat = chat.chat`, `Model.chat_batch = chat.chat_batch`.
+These functions take the model as first argument; Model.prepare, Model.chat
+and Model.chat_batch call them with the same parameters.
 """
 
 import dataclasses
@@ -35,6 +39,7 @@ from . import conversation, tokenize
 from . import image as image_mod
 from .errors import CheckpointError, ShapeError
 from .generation import StopTracker
+from .model import check_sampling, resolve_seed
 from .streaming import TokenStream
 
 _TOKENIZERS = weakref.WeakKeyDictionary()
@@ -115,30 +120,47 @@ def _pixels(model, img):
     return image_mod.preprocess_for(model, img)
 
 
-def _prepare(model, img, question, conv_mode, use_fom, use_dp, timings):
-    """One generation request dict, timing its preprocess and tokenize stages."""
+def prepare(model, image, question, conv_mode=None, use_fom=True, use_dp=True, timings=None):
+    """The generation request of one question about one picture, as chat builds it (Model.prepare).
+
+    image: a path, bytes, PIL image, uint8 array or ready (3, S, S) float pixels; None asks the
+    question alone (the template's text-only form: no image token, no pixels, no text guide).
+    Returns the dict generate_batch / generate_many take and generate / logits / generate_stream /
+    attention_map take as keywords: input_ids (the chat template's prompt as LLM ids, with one
+    _C.IMAGE_TOKEN (-200) where the picture goes), pixels ((3, S, S) float32, the preprocessing the
+    config asks for, or None), text_ids (TG-LLaVA's CLIP text guide ids, or None), use_fom, use_dp.
+    conv_mode: chat template (default: the model's, see default_conv_mode).  `timings`, a dict, gets
+    the seconds spent on "preprocess" and "tokenize" added.
+    """
     if not isinstance(question, str):
         raise TypeError(f"question must be a str, got {type(question).__name__}")
+    if not question.strip():
+        raise ShapeError("question is empty: ask something")
+    if image is None and (conversation.IMAGE_TOKEN in question or conversation.IMAGE_PLACEHOLDER in question):
+        raise ShapeError(f"the question holds an image marker ('{conversation.IMAGE_TOKEN}' or "
+                         f"'{conversation.IMAGE_PLACEHOLDER}') but no image was given")
+    conv_mode = conv_mode or default_conv_mode(model)
+    timings = {} if timings is None else timings
     t0 = time.perf_counter()
-    pixels = _pixels(model, img)
+    pixels = None if image is None else _pixels(model, image)
     t1 = time.perf_counter()
     llm_tok, clip_tok = tokenizers(model)
-    prompt = conversation.build_prompt(question, conv_mode)
+    prompt = conversation.build_prompt(question, conv_mode, with_image=image is not None)
     input_ids = tokenize.tokenizer_image_token(prompt, llm_tok)
     slots = input_ids.count(tokenize.IMAGE_TOKEN_INDEX)
-    if slots != 1:
+    if image is not None and slots != 1:
         raise ShapeError(
             f"the prompt has {slots} image slots for one image: like the reference runner, chat puts "
             f"'<image>\\n' before the question unless it holds '{conversation.IMAGE_PLACEHOLDER}' (each one "
             f"becomes the image), and a literal '<image>' in the question is one more slot; write the "
             f"question without '<image>', or with exactly one '{conversation.IMAGE_PLACEHOLDER}'")
-    req = {"input_ids": input_ids, "pixels": pixels, "use_fom": use_fom, "use_dp": use_dp}
-    if model.has_tg and (use_fom or use_dp):
-        req["text_ids"] = clip_tok.encode(text_guide(question))
+    text_ids = None
+    if image is not None and model.has_tg and (use_fom or use_dp):
+        text_ids = clip_tok.encode(text_guide(question))
     t2 = time.perf_counter()
     timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0)
     timings["tokenize"] = timings.get("tokenize", 0.0) + (t2 - t1)
-    return req
+    return {"input_ids": input_ids, "pixels": pixels, "text_ids": text_ids, "use_fom": use_fom, "use_dp": use_dp}
 
 
 def _answer(tracker, tokens, max_new_tokens, timings, conv_mode):
@@ -150,28 +172,32 @@ def _answer(tracker, tokens, max_new_tokens, timings, conv_mode):
 
 
 def _gen_kwargs(model, max_new_tokens, temperature, top_p, seed):
+    """generate_batch's keywords for chat's settings, checked (check_sampling: a clear error naming the argument)."""
+    max_new_tokens, temperature, top_p, _, _ = check_sampling(max_new_tokens, temperature, top_p, min_new_tokens=1)
+    if seed is not None:
+        resolve_seed(seed)
     llm_tok = tokenizers(model)[0]
-    if int(max_new_tokens) < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    return dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                seed=seed, eos_token_id=list(llm_tok.eos_ids) or None)
+    return dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                eos_token_id=list(llm_tok.eos_ids) or None)
 
 
 def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0, stream=False,
          use_fom=True, use_dp=True, seed=None):
-    """Answer `question` about `image` (a path, bytes, PIL image or uint8 array).
+    """Answer `question` about `image` (a path, bytes, PIL image or uint8 array; None: the question alone,
+    in the template's text-only form).
 
     conv_mode: chat template (default: the model's, see default_conv_mode);
+    max_new_tokens: the answer's length limit in tokens (at least 1);
     temperature 0 is greedy decoding, otherwise temperature / top-p sampling
-    (`seed` makes it repeatable); use_fom / use_dp switch the TG modules off.
+    (`seed`, an integer, makes it repeatable); use_fom / use_dp switch the TG modules off.
     Returns an Answer, or with stream=True an AnswerStream of text pieces.
     """
     t_start = time.perf_counter()
+    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
     conv_mode = conv_mode or default_conv_mode(model)
     stops = conversation.stop_strings(conv_mode)
     timings = {}
-    req = _prepare(model, image, question, conv_mode, use_fom, use_dp, timings)
-    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
+    req = prepare(model, image, question, conv_mode, use_fom, use_dp, timings)
     llm_tok = tokenizers(model)[0]
     if stream:
         return AnswerStream(model, req, kw, llm_tok, stops, timings, t_start, conv_mode)
@@ -208,6 +234,7 @@ class AnswerStream:
         return next(self._iter)
 
     def close(self):
+        """Stop the generation (what leaving a for loop over the stream early does)."""
         self._iter.close()
 
     def _run(self):
@@ -236,7 +263,8 @@ class AnswerStream:
 def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0,
                use_fom=True, use_dp=True, seed=None, max_batch=None):
     """Answers for many (image, question) pairs, generated together (continuous batching, at most
-    `max_batch` at once: Model.generate_many's default when None).
+    `max_batch` at once: Model.generate_many's default when None).  An image may be None (that
+    question alone, as chat(model, None, question)).
 
     Returns a list of Answer in the order of `pairs`; with greedy decoding
     each equals chat(model, image, question) run alone.  The timings of each
@@ -249,11 +277,11 @@ def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0
     for p in pairs:
         if not (isinstance(p, (tuple, list)) and len(p) == 2):
             raise TypeError("chat_batch expects a list of (image, question) pairs")
+    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
     conv_mode = conv_mode or default_conv_mode(model)
     stops = conversation.stop_strings(conv_mode)
     timings = {}
-    reqs = [_prepare(model, img, q, conv_mode, use_fom, use_dp, timings) for img, q in pairs]
-    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
+    reqs = [prepare(model, img, q, conv_mode, use_fom, use_dp, timings) for img, q in pairs]
     llm_tok = tokenizers(model)[0]
     trackers = [StopTracker(llm_tok, stops) for _ in pairs]
     t0 = time.perf_counter()

@@ -1,19 +1,19 @@
 """The `tgllava` command line.
 
-    tgllava generate --model DIR [--clip DIR] --image PATH --question TEXT [options]
+    tgllava generate --model DIR [--clip DIR] [--image PATH] --question TEXT [options]
     tgllava info DIR [--clip DIR]
     tgllava demo
     tgllava eval ...     (tgllava.eval.cli: run or score VLMEvalKit benchmarks)
     tgllava viz ...      (tgllava.viz: attention-map figures)
     tgllava serve --model DIR [...]   (tgllava.serve: OpenAI-compatible server, continuous batching)
 
-`generate` answers one question about one image and prints the answer on
-stdout (`--stream` prints it as it is decoded, `--timings` adds per-stage
-times on stderr).  `info` describes a checkpoint folder from its configs and
-tensor headers without loading weights.  `demo` builds a tiny random-weight
-TG-LLaVA in a temporary folder and runs it end to end.  Every failure is
-reported as one line on stderr with exit status 1; `--debug` shows the
-traceback instead.
+`generate` answers one question about one image (without `--image`: the
+question alone) and prints the answer on stdout (`--stream` prints it as it is
+decoded, `--timings` adds per-stage times on stderr).  `info` describes a
+checkpoint folder from its configs and tensor headers without loading weights.
+`demo` builds a tiny random-weight TG-LLaVA in a temporary folder and runs it
+end to end.  Every failure is reported as one line on stderr with exit status
+1; `--debug` shows the traceback instead.
 """
 
 import argparse
@@ -43,7 +43,7 @@ def _add_generate(sub):
                    help="LLM checkpoint folder (official TG-LLaVA / LLaVA-1.5 layout, or llava-hf)")
     p.add_argument("--clip", metavar="DIR", default=None,
                    help="CLIP tower folder (default: mm_vision_tower of the config, locally or in the HF cache)")
-    p.add_argument("--image", required=True, metavar="PATH", help="picture file")
+    p.add_argument("--image", default=None, metavar="PATH", help="picture file (without it: a text-only question)")
     p.add_argument("--question", required=True, metavar="TEXT", help="the question (without <image>)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default=None, choices=_C.DTYPES,
@@ -169,8 +169,10 @@ def _run_generate(args):
 
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"--model {args.model}: no such folder")
-    if not os.path.isfile(args.image):
+    if args.image is not None and not os.path.isfile(args.image):
         raise FileNotFoundError(f"--image {args.image}: no such file")
+    if not args.question.strip():
+        raise ValueError("--question is empty: ask something")
     from .model import check_sampling
     check_sampling(args.max_new_tokens, args.temperature, args.top_p, min_new_tokens=1)  # bad values: before loading
     if args.conv_mode is not None:

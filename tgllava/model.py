@@ -29,9 +29,11 @@ def tile(pixels):
 
 
 def resolve_seed(seed):
-    """The 64-bit sampling seed: `seed` taken modulo 2**64, or a random one when it is None."""
+    """The 64-bit sampling seed: `seed` (an integer) taken modulo 2**64, or a random one when it is None."""
     if seed is None:
         return int.from_bytes(os.urandom(8), "little")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ShapeError(f"seed must be an integer or None, got {seed!r}")
     return int(seed) & ((1 << 64) - 1)
 
 
@@ -262,8 +264,10 @@ class Model:
 
     def logits(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, all_positions=True,
                visual=None, out="host"):
-        """Logits (T', V) of one spliced sequence at every position (or the last one).  The image is pixels,
-        or its visual tokens (n, H) as visual_tokens() returns them (visual=)."""
+        """Logits (T', V) of one spliced sequence at every position (or the last one, all_positions=False):
+        T' counts the -200 of input_ids as the image's visual tokens (visual_token_count).  The image is
+        pixels (with text_ids on TG-LLaVA: logits(**m.prepare(image, question))), or its visual tokens
+        (n, H) as visual_tokens() returns them (visual=)."""
         seq = self._sequence(input_ids, pixels, text_ids, use_fom, use_dp, n_latents, visual=visual)
         return self._core.logits(seq, bool(all_positions), self._out(out))
 
@@ -356,27 +360,61 @@ class Model:
     def generate(self, input_ids, pixels=None, text_ids=None, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
                  repetition_penalty=1.0, seed=None, eos_token_id=None, use_fom=True, use_dp=True, n_latents=None,
                  callback=None):
-        """New token ids for one prompt (greedy by default; the EOS token itself is not returned)."""
+        """New token ids for one prompt (greedy by default; the EOS token itself is not returned).
+
+        input_ids: the prompt's LLM ids, with one _C.IMAGE_TOKEN (-200) where the picture goes when there
+        is one; pixels: its (3, S, S) preprocessed pixels; text_ids: TG-LLaVA's CLIP text guide ids
+        (prepare() builds all three: generate(**m.prepare(image, question))).  temperature 0 is greedy,
+        above 0 sampling with top_p / top_k (`seed` makes it repeatable); repetition_penalty > 1 makes
+        repeats less likely; eos_token_id: the id(s) that end the answer (default: the config's);
+        use_fom / use_dp / n_latents: the TG modules' switches and DP latents kept; callback(token)
+        sees every new token, a true result ends the generation."""
         req = dict(input_ids=input_ids, pixels=pixels, text_ids=text_ids, use_fom=use_fom, use_dp=use_dp, n_latents=n_latents)
         cb = None if callback is None else (lambda seq, tok: callback(tok))
         return self.generate_batch([req], max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
                                    eos_token_id, cb)[0]
 
-    def chat(self, image, question, **kw):
-        """Answer a question about an image (tgllava.chat.chat): Answer(text, token_ids, timings), or a stream."""
-        from .chat import chat
-        return chat(self, image, question, **kw)
+    def prepare(self, image, question, conv_mode=None, use_fom=True, use_dp=True):
+        """The request of one question about a picture, as chat builds it (tgllava.chat.prepare): a dict
+        of input_ids (the chat template's prompt as LLM ids, one _C.IMAGE_TOKEN (-200) where the picture
+        goes), pixels ((3, S, S) float32, preprocessed as the config asks), text_ids (TG-LLaVA's CLIP
+        text guide ids, else None), use_fom and use_dp.
 
-    def chat_batch(self, pairs, max_new_tokens=512, temperature=0.0, use_fom=True, use_dp=True, **kw):
-        """Answers for many (image, question) pairs generated together: a list of Answer
-        (tgllava.chat.chat_batch).  Benchmark items go through tgllava.eval (eval/adapter.py)."""
+        It is what generate_batch and generate_many take as a request, and what generate, logits,
+        generate_stream and attention_map take as keywords: m.generate(**m.prepare(img, q)).
+        image: a path, bytes, PIL image, uint8 array or ready (3, S, S) float pixels; None gives the
+        template's text-only form (no image token, pixels and text_ids None).  conv_mode: the chat
+        template (default: the model's, tgllava.chat.default_conv_mode)."""
+        from .chat import prepare
+        return prepare(self, image, question, conv_mode, use_fom, use_dp)
+
+    def chat(self, image, question, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0, stream=False,
+             use_fom=True, use_dp=True, seed=None):
+        """Answer `question` about `image` (tgllava.chat.chat): an Answer (text, token_ids, timings,
+        finish_reason, conv_mode), or with stream=True an AnswerStream of text pieces.
+
+        image: a path, bytes, PIL image or uint8 array; None asks the question alone (the template's
+        text-only form).  conv_mode: the chat template (default: the model's); max_new_tokens: the
+        answer's length limit in tokens; temperature 0 is greedy, above 0 temperature / top-p
+        sampling (`seed` makes it repeatable); use_fom / use_dp switch the TG modules off."""
+        from .chat import chat
+        return chat(self, image, question, conv_mode, max_new_tokens, temperature, top_p, stream, use_fom, use_dp,
+                    seed)
+
+    def chat_batch(self, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0, use_fom=True,
+                   use_dp=True, seed=None, max_batch=None):
+        """Answers for many (image, question) pairs generated together: a list of Answer in the order of
+        `pairs`, each (greedy) equal to chat(image, question) alone (tgllava.chat.chat_batch).  An image
+        may be None (a text-only question); the other arguments are chat's, and max_batch is the most
+        answers generated at once (generate_many).  Benchmark items go through tgllava.eval
+        (eval/adapter.py)."""
         from . import chat as chat_mod
         pairs = list(pairs)
         if pairs and isinstance(pairs[0], dict):
             raise TypeError("Model.chat_batch takes (image, question) pairs; evaluation items (dicts) go through "
                             "tgllava.eval.run, or tgllava.eval.adapter.ModelAdapter(model).chat_batch")
-        return chat_mod.chat_batch(self, pairs, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   use_fom=use_fom, use_dp=use_dp, **kw)
+        return chat_mod.chat_batch(self, pairs, conv_mode, max_new_tokens, temperature, top_p, use_fom, use_dp, seed,
+                                   max_batch)
 
     # ---- attention (what tgllava.attention builds its maps from)
     def visual_token_count(self, use_dp=True, n_latents=None):
@@ -406,16 +444,24 @@ class Model:
         seq = self._sequence([_C.IMAGE_TOKEN], pixels, text_ids, use_fom=True, use_dp=True)
         return self._core.dp_attention(seq)
 
-    def attention_map(self, *args, **kw):
-        """Where the model looks: LLM, DP and FOM maps (see tgllava.attention.attention_map)."""
-        from .attention import attention_map
-        return attention_map(self, *args, **kw)
+    def attention_map(self, image=None, question=None, conv_mode=None, use_fom=True, use_dp=True, n_latents=None,
+                      llm_tokenizer=None, clip_tokenizer=None, input_ids=None, text_ids=None, pixels=None):
+        """Where the model looks: an AttentionMaps with the LLM map (g, g), the DP map (2g, 2g) and the FOM
+        map (g, g) of one prompt (tgllava.attention.attention_map, whose text says how each is made).
 
-    def generate_stream(self, input_ids, **kw):
-        """Iterator over new token ids as they are generated: generate(input_ids, **kw) in a worker
+        The prompt is a picture and a question (the chat template and tokenizers of the checkpoint, or
+        the tokenizers given), or explicit input_ids / pixels / text_ids: attention_map(**prepare(...))."""
+        from .attention import attention_map
+        return attention_map(self, image, question, conv_mode, use_fom, use_dp, n_latents, llm_tokenizer,
+                             clip_tokenizer, input_ids, text_ids, pixels)
+
+    def generate_stream(self, input_ids, pixels=None, text_ids=None, max_new_tokens=256, temperature=0.0, top_p=1.0,
+                        top_k=0, repetition_penalty=1.0, seed=None, eos_token_id=None, use_fom=True, use_dp=True,
+                        n_latents=None):
+        """Iterator over new token ids as they are generated: generate() with these arguments in a worker
         thread (tgllava.streaming.TokenStream).  It runs a few tokens ahead of the reader at most; one
         left unread gives the model up to the next call on it (and then raises StreamCancelled);
         close() or leaving a for loop early stops the generation."""
-        if "callback" in kw:
-            raise TypeError("generate_stream takes no callback (iterate over it instead)")
-        return TokenStream(self, lambda callback: self.generate(input_ids, callback=callback, **kw))
+        return TokenStream(self, lambda callback: self.generate(
+            input_ids, pixels, text_ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+            eos_token_id, use_fom, use_dp, n_latents, callback))
