@@ -266,7 +266,7 @@ def test_stop_parameter_cuts_the_answer(server):
 
 def test_models_and_health(server):
     models = client(server).models.list()
-    assert [m.id for m in models.data] == ["llm"]
+    assert [m.id for m in models.data] == ["llava15-tiny"]  # the checkpoint's folder, holding llm/
     status, h = _request_raw(server, "GET", "/health")
     assert status == 200 and h["status"] == "ok" and h["slots"] == 4
 
@@ -360,7 +360,7 @@ def test_api_key_is_enforced(small_server):
         with pytest.raises(openai.AuthenticationError):
             client(small_server, key).chat.completions.create(model="x", messages=user("hi"), max_tokens=1)
     assert _post(small_server, {"messages": []})[0] == 401
-    assert [m.id for m in client(small_server, "sesame").models.list().data] == ["llm"]
+    assert [m.id for m in client(small_server, "sesame").models.list().data] == ["llava15-tiny"]
     assert _request_raw(small_server, "GET", "/health")[0] == 200  # health needs no key
 
 
@@ -734,7 +734,7 @@ def test_cli_serve_starts_and_stops():
         srv = type("Addr", (), {"host": host, "port": int(port)})
         assert _request_raw(srv, "GET", "/health")[1]["status"] == "ok"
         assert _request_raw(srv, "GET", "/v1/models")[0] == 401
-        assert _request_raw(srv, "GET", "/v1/models", key="k")[1]["data"][0]["id"] == "llm"
+        assert _request_raw(srv, "GET", "/v1/models", key="k")[1]["data"][0]["id"] == "llava15-tiny"
         p.send_signal(signal.SIGINT)
         _, rest = p.communicate(timeout=60)
         assert p.returncode == 0

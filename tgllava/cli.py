@@ -1,26 +1,45 @@
-"""The `tgllava` command line.
+"""The `tgllava` command line (also `python -m tgllava`).
 
-    tgllava generate --model DIR [--clip DIR] [--image PATH] --question TEXT [options]
-    tgllava info DIR [--clip DIR]
-    tgllava demo
-    tgllava eval ...     (tgllava.eval.cli: run or score VLMEvalKit benchmarks)
-    tgllava viz ...      (tgllava.viz: attention-map figures)
-    tgllava serve --model DIR [...]   (tgllava.serve: OpenAI-compatible server, continuous batching)
-
-`generate` answers one question about one image (without `--image`: the
-question alone) and prints the answer on stdout (`--stream` prints it as it is
-decoded, `--timings` adds per-stage times on stderr).  `info` describes a
-checkpoint folder from its configs and tensor headers without loading weights.
-`demo` builds a tiny random-weight TG-LLaVA in a temporary folder and runs it
-end to end.  Every failure is reported as one line on stderr with exit status
-1; `--debug` shows the traceback instead.
+`build_parser()` makes the parser: generate, info and demo are defined
+here; eval, viz and serve register themselves (tgllava.eval.cli,
+tgllava.viz, tgllava.serve), viz and serve through `command_parser`, which
+gives every command a --help with its example lines.  DESCRIPTION and
+EPILOG are what `tgllava --help` says, the exit statuses `main()` keeps
+included.  Every failure is reported as one line on stderr with exit
+status 1, in command-line terms (`_in_cli_terms`: the loader's
+`clip_dir=...` is `--clip DIR` here); `--debug` shows the traceback instead.
 """
 
 import argparse
 import os
 import sys
+import textwrap
 
 from . import _C
+
+DESCRIPTION = """\
+Run TG-LLaVA and LLaVA-1.5 checkpoints: answer questions about pictures, describe a
+checkpoint, evaluate on VLMEvalKit benchmarks, draw attention maps, serve an OpenAI-compatible
+API.  `tgllava COMMAND --help` explains a command and its options.  A failure prints one line
+on stderr and ends with exit status 1 (--debug shows the traceback instead)."""
+
+EPILOG = """\
+first steps:
+  tgllava demo --keep demo        a tiny random-weight TG-LLaVA, kept in ./demo; it prints what to try next
+  tgllava info demo/llm           what a checkpoint folder holds and whether it loads
+
+exit status:
+  0    success (also for --help and --version)
+  1    an error or bad arguments; for eval also rows that could not be answered (listed on stderr)
+  130  interrupted with Ctrl-C (serve, once it listens, stops cleanly on Ctrl-C and exits 0)"""
+
+
+def command_parser(sub, name, summary, description, examples):
+    """A subcommand parser on argparse subparsers `sub`: its one-line `summary` (in `tgllava --help`), its
+    `description` (one paragraph, wrapped) and its example command lines (the epilog)."""
+    epilog = "examples:\n" + "\n".join("  " + line for line in examples)
+    return sub.add_parser(name, help=summary, description=textwrap.fill(description, 90), epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,8 +56,11 @@ def _debug_flag(p):
 
 
 def _add_generate(sub):
-    p = sub.add_parser("generate", help="answer a question about an image",
-                       description="Answer one question about one image with a TG-LLaVA or LLaVA-1.5 checkpoint.")
+    p = command_parser(
+        sub, "generate", "answer a question about a picture",
+        "Answer one question about one picture with a TG-LLaVA or LLaVA-1.5 checkpoint; the answer goes to stdout.",
+        ["tgllava generate --model demo/llm --clip demo/clip --image demo/image.png --question 'What is in this image?'",
+         "tgllava generate --model LLM_DIR --image photo.jpg --question 'Describe it.' --stream --no-dp"])
     p.add_argument("--model", required=True, metavar="DIR",
                    help="LLM checkpoint folder (official TG-LLaVA / LLaVA-1.5 layout, or llava-hf)")
     p.add_argument("--clip", metavar="DIR", default=None,
@@ -65,9 +87,11 @@ def _add_generate(sub):
 
 
 def _add_info(sub):
-    p = sub.add_parser("info", help="describe a checkpoint folder (no weights are loaded)",
-                       description="Architecture, parameter counts, TG modules, tower paths and the outcome of "
-                                   "load()'s checks, read from config.json and tensor headers only.")
+    p = command_parser(
+        sub, "info", "describe a checkpoint folder (no weights are read)",
+        "Architecture, parameter counts, TG modules, the CLIP tower folders and whether the checkpoint passes the "
+        "checks loading makes, read from config.json and tensor headers only.",
+        ["tgllava info demo/llm", "tgllava info LLM_DIR --dtype int4        (how int4 storage would hold it)"])
     p.add_argument("folder", metavar="DIR", help="LLM, llava-hf or CLIP checkpoint folder")
     p.add_argument("--clip", metavar="DIR", default=None,
                    help="CLIP tower folder, as for generate (default: the towers the LLM config names)")
@@ -79,13 +103,17 @@ def _add_info(sub):
 
 
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="run a tiny random-weight TG-LLaVA end to end",
-                       description="Build a tiny TG-LLaVA with RANDOM weights (CLIP towers, FOM, DP, LLM, "
-                                   "tokenizers) in a temporary folder and answer a question about a synthetic "
-                                   "picture, printing stage timings.  The answer is meaningless by design.")
-    p.add_argument("--question", default="What is in this image?", metavar="TEXT")
-    p.add_argument("--max-new-tokens", type=int, default=24, metavar="N")
-    p.add_argument("--keep", default=None, metavar="DIR", help="write the demo checkpoint here and keep it")
+    p = command_parser(
+        sub, "demo", "run a tiny random-weight TG-LLaVA end to end",
+        "Build a tiny TG-LLaVA with RANDOM weights (CLIP towers, FOM, DP, LLM, tokenizers) in a temporary folder "
+        "and answer a question about a synthetic picture, printing stage timings.  The answer is meaningless by "
+        "design.  With --keep the checkpoint stays, for trying the other commands on it.",
+        ["tgllava demo", "tgllava demo --keep demo --question 'What colour is the disc?'"])
+    p.add_argument("--question", default="What is in this image?", metavar="TEXT",
+                   help="the question about the demo picture (default 'What is in this image?')")
+    p.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="answer length limit (default 24)")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="write the demo checkpoint (DIR/llm, DIR/clip, DIR/image.png) here and keep it")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--tower", default="clip", choices=["clip", "siglip"],
@@ -113,10 +141,11 @@ def _add_serve(sub):
 
 
 def build_parser():
-    parser = _Parser(prog="tgllava", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="tgllava", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", default=False, help="show the full traceback on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     _add_generate(sub)
     _add_info(sub)
     _add_demo(sub)
@@ -142,25 +171,24 @@ def load_model(model_dir, clip_dir=None, device="cpu", dtype=None, preflight=Fal
 
     if not os.path.isdir(model_dir):
         raise CheckpointError(f"--model {model_dir}: no such folder")
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise CheckpointError(f"--model {model_dir}: no config.json (not a checkpoint folder)")
     if clip_dir is not None and not os.path.isdir(clip_dir):
         raise CheckpointError(f"--clip {clip_dir}: no such folder")
     import tgllava
-    try:
-        if preflight:
-            from .loader import preflight as check
-            check(model_dir, clip_dir)
-        return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
-    except CheckpointError as e:
-        if "clip_dir=" in str(e):
-            raise CheckpointError(_in_cli_terms(str(e))) from None
-        raise
+    if preflight:
+        from .loader import preflight as check
+        check(model_dir, clip_dir)
+    return tgllava.load(model_dir, clip_dir=clip_dir, device=device, dtype=dtype)
+
+
+# the loader's advice names load()'s arguments; on the command line they are options
+_CLI_TERMS = (("clip_dir=...", "--clip DIR"), ("llm_dir=...", "--model DIR"))
 
 
 def _in_cli_terms(text):
     """The loader's advice in command-line terms."""
-    return text.replace("clip_dir=...", "--clip DIR")
+    for python, cli in _CLI_TERMS:
+        text = text.replace(python, cli)
+    return text
 
 
 def _run_generate(args):
@@ -242,7 +270,7 @@ def main(argv=None):
     except Exception as e:
         if getattr(args, "debug", False):
             raise
-        print(f"tgllava {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"tgllava {args.command}: error: {_in_cli_terms(_one_line(e))}", file=sys.stderr)
         return 1
     return int(rc or 0)
 

@@ -5,9 +5,11 @@ folder with random weights and trained-on-the-fly tokenizers, sizes small
 enough that loading, preprocessing, both towers, FOM, tiling, DP, prefill
 and decoding run in about a second).  The weights are random: the answer is
 gibberish, and the demo says so.  `tower="siglip"` (`tgllava demo --tower
-siglip`) builds SigLIP towers instead.
+siglip`) builds SigLIP towers instead.  A kept checkpoint (keep=DIR) ends the
+output with the commands to try next on it (`next_steps`).
 """
 
+import shlex
 import shutil
 import tempfile
 import time
@@ -59,7 +61,20 @@ def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=
         stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in answer.timings.items())
         out(f"  timings: build {t_build * 1000:.0f} ms, load {t_load * 1000:.0f} ms, {stages}")
         out("  (random weights: the text above is meaningless by design)")
+        if keep is not None:
+            out("try next:")
+            for line in next_steps(llm_dir, clip_dir, image_path, question):
+                out(f"  {line}")
         return answer
     finally:
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def next_steps(llm_dir, clip_dir, image_path, question):
+    """The command lines that use a kept demo checkpoint: answer, describe, serve."""
+    q = shlex.quote
+    return [f"tgllava generate --model {q(llm_dir)} --clip {q(clip_dir)} --image {q(image_path)} "
+            f"--question {q(question)}",
+            f"tgllava info {q(llm_dir)}",
+            f"tgllava serve --model {q(llm_dir)} --clip {q(clip_dir)}"]

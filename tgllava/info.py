@@ -21,7 +21,6 @@ import os
 import numpy as np
 
 from . import _C, configs, conversation, loader, siglip
-from .checkpoint import read_json
 from .errors import CheckpointError
 from .tensor_names import CLIP_LAYOUT_NOTES, DP_PREFIX, FOM_PREFIX, PROJECTOR_PREFIX
 
@@ -52,22 +51,13 @@ def storage_plan(cfg, dtype):
     return {"dtype": dtype, "bytes": dict(total), "float16_fallback": fallback}
 
 
-def _is_tower_folder(config):
-    model_type = str(config.get("model_type") or "")
-    archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
-    return model_type in ("clip", "clip_vision_model", "clip_text_model") or any(
-        str(a).startswith("CLIP") for a in archs) or siglip.is_siglip_config(config)
-
-
 def describe(folder, dtype=None, clip_dir=None):
     """A dict describing the checkpoint in `folder` (see the module docstring); clip_dir as load()'s."""
     folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    config = read_json(os.path.join(folder, "config.json"))
+    config = loader.folder_config(folder)
     info = {"folder": folder, "architectures": config.get("architectures") or [],
             "model_type": config.get("model_type")}
-    if _is_tower_folder(config):
+    if loader.is_tower_config(config):
         return _describe_clip(info, folder, dtype)
     plan = loader.read_llm_folder(folder)
     llm_cfg, refs, path = plan["llm_config"], plan["refs"], plan["llm_config_path"]
@@ -165,6 +155,14 @@ def _fmt_count(n):
     return str(n)
 
 
+def _fmt_bytes(n):
+    """A byte count in the unit its size calls for (decimal: 1 GB = 1e9 bytes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
 def format_info(info):
     """Human-readable lines for a describe() dict."""
     lines = [f"{info['folder']}: {info['kind']}",
@@ -175,8 +173,8 @@ def format_info(info):
     if isinstance(st, str):
         lines.append(f"  storage plan: {st}")
     elif st:
-        parts = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in sorted(st["bytes"].items()) if v)
-        lines.append(f"  stored as {st['dtype']}: {sum(st['bytes'].values()) / 1e9:.2f} GB ({parts})")
+        parts = ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in sorted(st["bytes"].items()) if v)
+        lines.append(f"  stored as {st['dtype']}: {_fmt_bytes(sum(st['bytes'].values()))} ({parts})")
         if st["float16_fallback"]:
             lines.append(f"  float16 fallback (input features not a multiple of 32): {', '.join(st['float16_fallback'])}")
     if info["kind"] in ("CLIP", "SigLIP"):

@@ -220,6 +220,50 @@ def resolve_folders(llm_dir, clip_dir=None, download=True):
     return find_towers(read_llm_folder(llm_dir), clip_dir, download)
 
 
+def is_tower_config(config):
+    """True for the config.json of a tower folder: CLIP or SigLIP (the model, or one of its towers alone)."""
+    from . import siglip
+
+    model_type = str(config.get("model_type") or "")
+    archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
+    return model_type in ("clip", "clip_vision_model", "clip_text_model") or any(
+        str(a).startswith("CLIP") for a in archs) or siglip.is_siglip_config(config)
+
+
+def folder_config(folder):
+    """The config.json (a dict) of checkpoint folder `folder`.  A folder without one that holds a checkpoint
+    one level down (the `llm/` of `tgllava demo --keep DIR`) gets a CheckpointError naming that folder."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        inner = _llm_folders_inside(folder)
+        if inner:
+            raise CheckpointError(f"{folder}: no config.json (not a checkpoint folder); did you mean "
+                                  f"{' or '.join(inner)}?")
+        raise CheckpointError(f"{folder}: no config.json (not a checkpoint folder)")
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return config
+
+
+def _llm_folders_inside(folder):
+    """The sub-folders of `folder` whose config.json is not a CLIP tower's (a checkpoint's LLM folder)."""
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name, "config.json")
+        if os.path.isfile(path):
+            try:
+                config = read_json(path)
+            except CheckpointError:
+                continue
+            if isinstance(config, dict) and not is_tower_config(config):
+                found.append(os.path.join(folder, name))
+    return found
+
+
 def read_llm_folder(llm_dir):
     """The LLM folder as load() reads it, before any tower folder: resolve_folders's keys but the towers'.
 
@@ -230,12 +274,14 @@ def read_llm_folder(llm_dir):
     naming it uses).
     """
     llm_dir = os.fspath(llm_dir)
-    if not os.path.isdir(llm_dir):
-        raise CheckpointError(f"{llm_dir}: no such checkpoint folder")
     llm_config_path = os.path.join(llm_dir, "config.json")
-    llm_cfg = read_json(llm_config_path)
-    if not isinstance(llm_cfg, dict):
-        raise CheckpointError(f"{llm_config_path}: not a JSON object")
+    llm_cfg = folder_config(llm_dir)
+    if is_tower_config(llm_cfg):
+        from . import siglip
+
+        family = "SigLIP" if siglip.is_siglip_config(llm_cfg) else "CLIP"
+        raise CheckpointError(f"{llm_dir}: this is a {family} folder (a vision / text tower), not an LLM checkpoint: "
+                              "pass it as clip_dir=..., with the LLM folder as llm_dir=...")
     llm_refs = folder_refs(llm_dir)
     plan = {"llm_dir": llm_dir, "llm_config_path": llm_config_path,
             "files": sorted({os.path.basename(r.path) for r in llm_refs.values()})}

@@ -5,13 +5,16 @@
 picture as the model sees it (padded to a square with the CLIP mean colour
 and resized to the model's input size) and blends the two, with a colour
 bar on the right labelled with the map's minimum and maximum.
-`figure(panels)` puts titled panels side by side in one image.
+`figure(panels)` puts titled panels side by side in one image.  Text is
+PIL's default font at `text_size` pixels, drawn word by word with a gap
+of a third of its height (the font's own space is 2-3 pixels wide, which
+ran words together); bars, margins and title rows scale with the text.
 
 `add_subparser(subparsers)` registers the `viz` command and `run_cli(args)`
 runs it: the picture, the TG-LLaVA LLM attention map of the question (see
 tgllava.attention), with --compare-baseline the same checkpoint with FOM
 and DP switched off, and the DP and FOM maps when the checkpoint has them,
-written as one PNG.
+written as one PNG (panels --size pixels wide, --dpi recorded in the file).
 """
 
 import os
@@ -23,11 +26,13 @@ from .errors import ShapeError
 from .image import CLIP_MEAN, expand_to_square, load_image
 
 CMAPS = ("jet", "hot", "gray")
+TEXT_SIZE = 12      # text height in pixels by default; the sizes below are for it and scale with the text
 BAR_WIDTH = 14
 BAR_GAP = 6
 LABEL_WIDTH = 58
 TITLE_HEIGHT = 22
 MARGIN = 8
+PANEL_SIZE = 336    # the panel side at which build_figure's text is TEXT_SIZE (larger panels: larger text)
 
 
 def colormap(values, cmap="jet"):
@@ -71,15 +76,53 @@ def _label(value):
     return f"{value:.3g}"
 
 
-def overlay(image, amap, alpha=0.5, cmap="jet", size=None, colorbar=True):
+def _font(text_size):
+    try:
+        return ImageFont.load_default(size=text_size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
+
+
+def _scaled(n, text_size):
+    """Layout size `n` (for TEXT_SIZE) at `text_size`."""
+    return max(1, round(n * text_size / TEXT_SIZE))
+
+
+def _check_text_size(text_size):
+    if isinstance(text_size, bool) or not isinstance(text_size, int) or text_size < 1:
+        raise ValueError(f"text_size must be a positive integer, got {text_size!r}")
+
+
+def _word_gap(draw, font, text_size):
+    return max(draw.textlength(" ", font=font), text_size / 3)
+
+
+def _text_width(draw, text, font, text_size):
+    """The width draw_text gives `text`."""
+    words = str(text).split(" ")
+    return sum(draw.textlength(w, font=font) for w in words) + _word_gap(draw, font, text_size) * (len(words) - 1)
+
+
+def _draw_text(draw, xy, text, font, text_size):
+    """Black `text` at xy, word by word with a gap of at least a third of the text height."""
+    x, y = xy
+    gap = _word_gap(draw, font, text_size)
+    for word in str(text).split(" "):
+        draw.text((x, y), word, fill="black", font=font)
+        x += draw.textlength(word, font=font) + gap
+
+
+def overlay(image, amap, alpha=0.5, cmap="jet", size=None, colorbar=True, text_size=TEXT_SIZE):
     """RGB PIL image: `amap` as a heatmap over `image` (padded and resized as the model sees it).
 
     image: anything tgllava.image.load_image accepts (path, bytes, PIL, uint8 array).
     amap: 2-D array (e.g. 24x24 or 48x48), stretched over the whole picture.
     alpha: heatmap weight in [0, 1]; size: side in pixels (default 336);
-    colorbar: draw a colour bar on the right labelled with the map's min and max.
+    colorbar: draw a colour bar on the right labelled with the map's min and max, in text of
+    text_size pixels (the bar's width scales with it).
     """
     a = _check_map(amap)
+    _check_text_size(text_size)
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if cmap not in CMAPS:
@@ -96,44 +139,52 @@ def overlay(image, amap, alpha=0.5, cmap="jet", size=None, colorbar=True):
     if not colorbar:
         return blended
 
-    out = Image.new("RGB", (size + BAR_GAP + BAR_WIDTH + LABEL_WIDTH, size), "white")
+    bar_gap, bar_width = _scaled(BAR_GAP, text_size), _scaled(BAR_WIDTH, text_size)
+    out = Image.new("RGB", (size + bar_gap + bar_width + _scaled(LABEL_WIDTH, text_size), size), "white")
     out.paste(blended, (0, 0))
-    ramp = np.linspace(1.0, 0.0, size)[:, None].repeat(BAR_WIDTH, axis=1)
-    x0 = size + BAR_GAP
+    ramp = np.linspace(1.0, 0.0, size)[:, None].repeat(bar_width, axis=1)
+    x0 = size + bar_gap
     out.paste(Image.fromarray(colormap(ramp, cmap), "RGB"), (x0, 0))
     draw = ImageDraw.Draw(out)
-    draw.rectangle([x0, 0, x0 + BAR_WIDTH - 1, size - 1], outline="black")
-    font = ImageFont.load_default()
-    tx = x0 + BAR_WIDTH + 4
-    draw.line([x0 + BAR_WIDTH, 0, tx - 1, 0], fill="black")
-    draw.line([x0 + BAR_WIDTH, size - 1, tx - 1, size - 1], fill="black")
+    draw.rectangle([x0, 0, x0 + bar_width - 1, size - 1], outline="black")
+    font = _font(text_size)
+    tx = x0 + bar_width + _scaled(4, text_size)
+    draw.line([x0 + bar_width, 0, tx - 1, 0], fill="black")
+    draw.line([x0 + bar_width, size - 1, tx - 1, size - 1], fill="black")
     draw.text((tx, 0), _label(hi), fill="black", font=font)
     bbox = draw.textbbox((0, 0), _label(lo), font=font)
     draw.text((tx, size - 1 - (bbox[3] - bbox[1]) - 2), _label(lo), fill="black", font=font)
     return out
 
 
-def figure(panels, caption=None):
-    """One RGB PIL image with `panels` (a list of (title, PIL image)) side by side, titles above each."""
+def figure(panels, caption=None, text_size=TEXT_SIZE):
+    """One RGB PIL image with `panels` (a list of (title, PIL image)) side by side, titles above each
+    (a panel's column is as wide as its title when that is wider), in text of text_size pixels."""
     panels = list(panels)
     if not panels:
         raise ValueError("figure needs at least one panel")
     for item in panels:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], Image.Image)):
             raise TypeError("figure panels must be (title, PIL image) pairs")
-    font = ImageFont.load_default()
-    top = MARGIN + (TITLE_HEIGHT if caption else 0)
-    width = MARGIN + sum(im.width + MARGIN for _, im in panels)
-    height = top + TITLE_HEIGHT + max(im.height for _, im in panels) + MARGIN
+    _check_text_size(text_size)
+    font = _font(text_size)
+    margin, title_height = _scaled(MARGIN, text_size), _scaled(TITLE_HEIGHT, text_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    columns = [max(im.width, int(np.ceil(_text_width(measure, title, font, text_size)))) for title, im in panels]
+    top = margin + (title_height if caption else 0)
+    width = margin + sum(c + margin for c in columns)
+    if caption:
+        width = max(width, 2 * margin + int(np.ceil(_text_width(measure, caption, font, text_size))))
+    height = top + title_height + max(im.height for _, im in panels) + margin
     out = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(out)
     if caption:
-        draw.text((MARGIN, MARGIN), str(caption), fill="black", font=font)
-    x = MARGIN
-    for title, im in panels:
-        draw.text((x, top + 4), str(title), fill="black", font=font)
-        out.paste(im.convert("RGB"), (x, top + TITLE_HEIGHT))
-        x += im.width + MARGIN
+        _draw_text(draw, (margin, margin), caption, font, text_size)
+    x = margin
+    for (title, im), column in zip(panels, columns):
+        _draw_text(draw, (x, top + _scaled(4, text_size)), title, font, text_size)
+        out.paste(im.convert("RGB"), (x, top + title_height))
+        x += column + margin
     return out
 
 
@@ -141,58 +192,85 @@ def figure(panels, caption=None):
 
 def add_subparser(subparsers):
     """Register `viz` on an argparse subparsers object; returns the new parser."""
-    p = subparsers.add_parser("viz", help="attention maps of a question over an image (paper Figure 5)",
-                              description="Write a PNG with the image, the LLM attention map of the question's "
-                                          "tokens over the image patches and, when present, the DP and FOM maps.")
+    from .cli import command_parser
+
+    p = command_parser(
+        subparsers, "viz", "attention maps of a question over a picture (paper Figure 5)",
+        "Write a PNG with the picture as the model sees it, the LLM attention map of the question's tokens over "
+        "the image patches and, when the checkpoint has them, the TG-DP and TG-FOM maps.",
+        ["tgllava viz --model demo/llm --image demo/image.png --question 'What is in this image?' --out fig.png",
+         "tgllava viz --model LLM_DIR --image cat.jpg --question 'Where is the cat?' --out fig.png --size 672 "
+         "--dpi 300"])
     p.add_argument("--model", required=True, metavar="DIR", help="LLM checkpoint folder")
     p.add_argument("--clip", metavar="DIR", help="CLIP tower folder (default: from the model config)")
     p.add_argument("--image", required=True, metavar="PATH", help="input picture")
-    p.add_argument("--question", required=True, metavar="TEXT", help="the instruction")
+    p.add_argument("--question", required=True, metavar="TEXT", help="the question whose attention is drawn")
     p.add_argument("--out", required=True, metavar="PNG", help="output image file")
     p.add_argument("--compare-baseline", action="store_true",
                    help="add the map of the same checkpoint with FOM and DP switched off")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--conv-mode", default=None, help="chat template (default: guessed from the config)")
-    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default 0.5)")
+    p.add_argument("--conv-mode", default=None, metavar="NAME", help="chat template (default: from the config)")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity from 0 to 1 (default 0.5)")
     p.add_argument("--cmap", default="jet", choices=CMAPS, help="colormap (default jet)")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="side of each panel in pixels (default: the model's input size, 336 for CLIP "
+                        f"ViT-L/14-336); text and colour bars grow with panels above {PANEL_SIZE}")
+    p.add_argument("--dpi", type=int, default=None, metavar="N",
+                   help="resolution recorded in the PNG, for print layout (a 336-pixel panel at --dpi 300 is "
+                        "1.12 inches wide; default: none recorded)")
     p.set_defaults(func=run_cli)
     return p
 
 
-def build_figure(m, image, question, conv_mode=None, compare_baseline=False, alpha=0.5, cmap="jet", **inputs):
-    """The Figure 5 style PIL image for one model, picture and question (see run_cli)."""
+def build_figure(m, image, question, conv_mode=None, compare_baseline=False, alpha=0.5, cmap="jet", size=None,
+                 **inputs):
+    """The Figure 5 style PIL image for one model, picture and question (see run_cli).
+
+    size: the side of each panel in pixels (default the model's input size, m.image_size); text,
+    colour bars and margins grow with panels larger than PANEL_SIZE.  For print, record a resolution
+    when saving: fig.save("fig.png", dpi=(300, 300)).
+    """
     from .attention import attention_map
 
+    size = m.image_size if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+    text_size = max(TEXT_SIZE, round(TEXT_SIZE * size / PANEL_SIZE))
     img = load_image(image)
-    size = m.image_size
     maps = attention_map(m, img, question, conv_mode=conv_mode, **inputs)
     name = "TG-LLaVA" if m.has_tg else "LLaVA"
-    panels = [("image", model_view(img, size)),
-              (f"{name}: LLM attention", overlay(img, maps.llm, alpha, cmap, size))]
+
+    def heat(amap):
+        return overlay(img, amap, alpha, cmap, size, text_size=text_size)
+
+    panels = [("image", model_view(img, size)), (f"{name}: LLM attention", heat(maps.llm))]
     if compare_baseline:
         base = attention_map(m, img, question, conv_mode=conv_mode, use_fom=False, use_dp=False,
                              **{k: v for k, v in inputs.items() if k != "text_ids"})
-        panels.append(("baseline (FOM, DP off)", overlay(img, base.llm, alpha, cmap, size)))
+        panels.append(("baseline (FOM, DP off)", heat(base.llm)))
     if maps.dp is not None:
-        panels.append(("DP latents -> tiles", overlay(img, maps.dp, alpha, cmap, size)))
+        panels.append(("DP latents -> tiles", heat(maps.dp)))
     if maps.fom is not None:
-        panels.append(("FOM mask norm", overlay(img, maps.fom, alpha, cmap, size)))
-    return figure(panels, caption=f"Q: {question}")
+        panels.append(("FOM mask norm", heat(maps.fom)))
+    return figure(panels, caption=f"Q: {question}", text_size=text_size)
 
 
 def run_cli(args):
     """Run `tgllava viz` from parsed arguments; writes args.out and returns 0."""
-    import tgllava
+    from .cli import load_model
 
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"--image {args.image}: no such file")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"--out {args.out}: folder {out_dir} does not exist")
-    m = tgllava.load(args.model, getattr(args, "clip", None), device=getattr(args, "device", "cpu") or "cpu")
-    fig = build_figure(m, args.image, args.question, conv_mode=getattr(args, "conv_mode", None),
-                       compare_baseline=getattr(args, "compare_baseline", False),
-                       alpha=getattr(args, "alpha", 0.5), cmap=getattr(args, "cmap", "jet"))
-    fig.save(args.out, format="PNG")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
+    if args.dpi is not None and args.dpi < 1:
+        raise ValueError(f"--dpi must be positive, got {args.dpi}")
+    m = load_model(args.model, args.clip, args.device, preflight=True)
+    fig = build_figure(m, args.image, args.question, conv_mode=args.conv_mode, compare_baseline=args.compare_baseline,
+                       alpha=args.alpha, cmap=args.cmap, size=args.size)
+    fig.save(args.out, format="PNG", **({"dpi": (args.dpi, args.dpi)} if args.dpi else {}))
     print(f"wrote {args.out} ({fig.width}x{fig.height})")
     return 0

@@ -2,7 +2,8 @@
 
     tgllava serve --model LLM_DIR [--clip CLIP_DIR] [--host 127.0.0.1] [--port 8000]
                   [--device cpu] [--dtype ...] [--max-batch 16] [--api-key KEY] [--allow-local-files]
-                  [--allow-origin ORIGIN] [--read-timeout 20] [--max-connections 512] ...
+                  [--allow-origin ORIGIN] [--read-timeout 20] [--max-connections 512]
+                  [--served-model-name NAME] ...
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
@@ -62,7 +63,12 @@ def build_app(model, max_batch=16, api_key=None, allow_local_files=False, model_
 
 
 def _model_name(model):
-    return os.path.basename(os.path.normpath(model.llm_dir)) or "tgllava"
+    """The name served by default: the checkpoint folder's, the one holding the LLM folder when that is named
+    `llm` (the layout of `tgllava demo --keep DIR`: DIR/llm and DIR/clip)."""
+    folder = os.path.abspath(model.llm_dir)
+    if os.path.basename(folder) == "llm":
+        folder = os.path.dirname(folder)
+    return os.path.basename(folder) or "tgllava"
 
 
 class ServerThread:
@@ -152,10 +158,15 @@ def _with_header_timeout(protocol_class, seconds):
 
 def add_subparser(sub):
     """Register `tgllava serve` on an argparse subparsers object; returns the parser."""
-    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
-                       description="Serve a TG-LLaVA / LLaVA-1.5 checkpoint over the OpenAI chat-completions API "
-                                   "(POST /v1/chat/completions, GET /v1/models, GET /health) with continuous "
-                                   "batching.  Needs the extra: pip install 'tgllava[serve]'.")
+    from ..cli import command_parser
+
+    p = command_parser(
+        sub, "serve", "serve a model over an OpenAI-compatible HTTP API",
+        "Serve a TG-LLaVA / LLaVA-1.5 checkpoint over the OpenAI chat-completions API (POST /v1/chat/completions, "
+        "GET /v1/models, GET /health) with continuous batching, until Ctrl-C.  Answers carry the model name the "
+        "client asked for.  Needs the extra: pip install 'tgllava[serve]'.",
+        ["tgllava serve --model demo/llm --port 8000",
+         "tgllava serve --model LLM_DIR --clip CLIP_DIR --device cuda --served-model-name tg-llava-7b"])
     p.add_argument("--model", required=True, metavar="DIR", help="LLM checkpoint folder")
     p.add_argument("--clip", metavar="DIR", default=None, help="CLIP tower folder (default: from the config)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -192,8 +203,9 @@ def add_subparser(sub):
     p.add_argument("--no-access-log", action="store_true",
                    help="do not log a line per request (client, request, status, seconds, tokens) to stderr")
     p.add_argument("--conv-mode", default=None, metavar="NAME", help="chat template (default: from the config)")
-    p.add_argument("--model-name", default=None, metavar="NAME",
-                   help="the model id /v1/models reports (default: the folder's name)")
+    p.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model id /v1/models lists and answers carry when a request names no model (default: "
+                        "the checkpoint folder's name; for DIR/llm, DIR's)")
     p.set_defaults(func=run)
     return p
 
@@ -224,7 +236,7 @@ def run(args):
 
     model = load_model(args.model, args.clip, args.device, args.dtype, preflight=True)
     serve_model(model, host=args.host, port=args.port, max_batch=args.max_batch, api_key=api_key,
-                allow_local_files=args.allow_local_files, model_name=args.model_name, max_queue=args.max_queue,
+                allow_local_files=args.allow_local_files, model_name=args.served_model_name, max_queue=args.max_queue,
                 context=args.context, conv_mode=args.conv_mode, allow_origins=args.allow_origin,
                 read_timeout=args.read_timeout, keep_alive_timeout=args.keep_alive_timeout,
                 max_connections=args.max_connections, max_decode_bytes=args.image_memory << 20,

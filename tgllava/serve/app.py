@@ -3,7 +3,7 @@
 Endpoints:
 
     POST /v1/chat/completions   chat completions, plain or streamed as server-sent events
-    GET  /v1/models             the one model served
+    GET  /v1/models             the one model served, by its name (ServeConfig.model_name)
     GET  /health                {"status": "ok", running / waiting counts}; never needs the key
 
 A chat request holds `messages` (system / user / assistant turns; content a string or a list of
@@ -11,7 +11,9 @@ A chat request holds `messages` (system / user / assistant turns; content a stri
 local path / file:// URL when the server runs with allow_local_files; http(s) URLs are refused:
 the server never reaches the network), `max_tokens` or `max_completion_tokens`, `temperature`,
 `top_p`, `seed`, `stop` (a string or up to 4), `stream` (+ `stream_options.include_usage`), and the
-TG switches `use_fom` / `use_dp` as extra fields; `n` other than 1 is refused.  The prompt is
+TG switches `use_fom` / `use_dp` as extra fields; `n` other than 1 is refused.  Whatever `model`
+names, the one model served answers, and its answer carries that name (the served name when the
+request names none), as clients that check the name expect.  The prompt is
 built exactly as tgllava.chat builds it (the model's chat template, "<image>\\n" in front of the
 turn holding the picture, the CLIP text guide from that turn), so a greedy answer equals
 Model.chat's.  Failures come back in OpenAI's error body {"error": {"message", "type", "param",
@@ -71,6 +73,7 @@ MAX_IMAGE_BYTES = 20 << 20   # one encoded picture
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_DECODE_BYTES = 1 << 30   # picture decodes at once, by their estimated peak memory (_decode_bytes)
 MAX_STOPS = 4
+MAX_MODEL_NAME = 256         # characters of a request's `model`, which every answer chunk repeats
 DEFAULT_MAX_TOKENS = 512     # Model.chat's default
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -272,11 +275,17 @@ def _content(message, i):
 
 
 def parse_request(body, engine, cfg, decodes):
-    """A Job (without its sink) and the request's stream settings, or ApiError; pictures are decoded
-    within the DecodeBudget `decodes`."""
+    """(a Job without its sink, include_usage, the model name to answer with), or ApiError; pictures are
+    decoded within the DecodeBudget `decodes`."""
     model = engine.model
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
+    model_name = body.get("model")
+    if model_name is not None and not isinstance(model_name, str):
+        raise _bad(f"'model' must be a string, got {model_name!r}", "model")
+    if model_name is not None and len(model_name) > MAX_MODEL_NAME:
+        raise _bad(f"'model' is longer than {MAX_MODEL_NAME} characters", "model")
+    model_name = model_name or cfg.model_name
     n = body.get("n", 1)
     if n is not None and n != 1:
         raise _bad(f"'n' = {n!r} is not supported: tgllava serve answers one choice per request (n = 1)", "n")
@@ -370,7 +379,7 @@ def parse_request(body, engine, cfg, decodes):
                    "context_length_exceeded")
     job = Job(seq, None, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
               stops=conversation.stop_strings(template.name) + stops, stream=flags["stream"], prompt_tokens=n_prompt)
-    return job, include_usage
+    return job, include_usage, model_name
 
 
 # ---- the app
@@ -442,7 +451,7 @@ def create_app(engine, cfg):
         return b"".join(chunks)
 
     async def read_job(request):
-        """The request's Job and include_usage, holding a place in the engine's line (QueueFull when none is
+        """The request's Job, include_usage and model name, holding a place in the engine's line (QueueFull when none is
         left, checked before any CPU work); the body exists only in here."""
         raw = await read_body(request)
         engine.reserve()
@@ -473,7 +482,7 @@ def create_app(engine, cfg):
         if refused:
             return refused
         try:
-            job, include_usage = await read_job(request)
+            job, include_usage, model_name = await read_job(request)
         except ApiError as e:
             return error_response(e.status, e.message, e.param, e.code, e.kind)
         except QueueFull as e:
@@ -505,14 +514,14 @@ def create_app(engine, cfg):
                 disconnected.cancel()
             request.state.usage = value
             return JSONResponse({
-                "id": rid, "object": "chat.completion", "created": created, "model": cfg.model_name,
+                "id": rid, "object": "chat.completion", "created": created, "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": value.text},
                              "finish_reason": _reason(value.finish_reason), "logprobs": None}],
                 "usage": _usage(value)})
         disconnected.cancel()  # from here Starlette's StreamingResponse watches the connection
 
         def chunk(delta, finish=None, usage=None, choices=True):
-            out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name,
+            out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []}
             if usage is not None:
                 out["usage"] = usage
