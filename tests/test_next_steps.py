@@ -111,3 +111,11 @@ def test_siglip_folder_as_model_says_pass_it_as_the_tower(capsys, tmp_path):
         tgllava.load(tower)
     rc, out, _ = run_main(capsys, "info", tower)  # info describes it as a tower folder
     assert rc == 0 and "SigLIP" in out
+
+
+def test_eval_speaks_in_options(capsys, demo_dir, tmp_path):
+    data = tmp_path / "d.tsv"
+    data.write_text("index\tquestion\tanswer\n1\tIs it red?\tYes\n", encoding="utf-8")
+    rc, _, err = run_main(capsys, "eval", "--model", os.path.join(demo_dir, "clip"), "--data", str(data),
+                          "--work-dir", str(tmp_path / "w"), "--no-progress")
+    assert rc == 1 and "pass it as --clip DIR" in err and "clip_dir" not in err

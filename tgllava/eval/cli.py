@@ -167,7 +167,9 @@ def run_cli(args):
     except (TgError, ValueError, OSError) as e:
         if getattr(args, "debug", False):
             raise
-        print(f"tgllava eval: error: {e}", file=sys.stderr)
+        from tgllava.cli import _in_cli_terms
+
+        print(f"tgllava eval: error: {_in_cli_terms(str(e))}", file=sys.stderr)
         return 1
     scored = [r for r in results if "headline" in r]
     for r in results:
