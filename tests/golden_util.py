@@ -107,3 +107,20 @@ def peak_bytes(fn):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     return peak
+
+
+def config_copy(src, dst):
+    """A copy of checkpoint folder `src` at `dst` whose configs and tokenizer files are real copies (to edit)
+    and whose weight files are symlinks to the originals (never write to those): a test that only edits a
+    config pays no gigabyte copy."""
+    os.makedirs(dst)
+    for name in os.listdir(src):
+        path = os.path.join(src, name)
+        if name.endswith((".safetensors", ".bin")):
+            os.symlink(os.path.realpath(path), os.path.join(dst, name))
+        elif os.path.isdir(path):
+            shutil.copytree(path, os.path.join(dst, name))
+        else:
+            shutil.copy(path, os.path.join(dst, name))
+    return dst
+

@@ -34,8 +34,10 @@ def _run(s, ids):
     return [got[i] for i in ids]
 
 
-@pytest.mark.parametrize("name,dtype", [("tg-vicuna-tiny", "int8"), ("llava15-tiny", "bfloat16"),
-                                        ("llava15-tiny", "float32")])
+@pytest.mark.parametrize("name,dtype", [pytest.param("tg-vicuna-tiny", "int8", marks=pytest.mark.slow),
+                                        ("llava15-tiny", "int8"),
+                                        pytest.param("llava15-tiny", "bfloat16", marks=pytest.mark.slow),
+                                        pytest.param("llava15-tiny", "float32", marks=pytest.mark.slow)])
 def test_admit_many_gives_every_sequence_its_single_run(name, dtype):
     m = tgllava.load(*checkpoint(name), dtype=dtype)
     reqs = _requests(m, name, 6)

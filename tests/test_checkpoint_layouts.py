@@ -21,7 +21,7 @@ import shutil
 
 import numpy as np
 import pytest
-from golden_util import GOLDEN, checkpoint, io
+from golden_util import GOLDEN, checkpoint, config_copy, io
 
 import tgllava
 from tgllava import cli, fixtures, info, loader, tensor_names
@@ -150,7 +150,7 @@ def test_bad_llm_config_values_name_file_and_key(tmp_path, no_weight_bytes, chan
 ])
 def test_bad_clip_config_values_name_file_and_key(tmp_path, no_weight_bytes, part, change, match):
     clip = tmp_path / "clip"
-    shutil.copytree(checkpoint(L15)[1], clip)
+    config_copy(checkpoint(L15)[1], clip)
     path = os.path.join(clip, "config.json")
     with open(path) as f:
         cfg = json.load(f)
@@ -167,7 +167,7 @@ def test_unknown_text_act_and_pooling_refused_for_tg(tmp_path, no_weight_bytes):
     for i, (change, match) in enumerate((({"hidden_act": "tanh"}, "text_config.hidden_act 'tanh' is not supported"),
                                          ({"eos_token_id": 5}, "text_config.eos_token_id 5: transformers pools"))):
         clip = tmp_path / f"clip{i}"
-        shutil.copytree(clip_src, clip)
+        config_copy(clip_src, clip)
         path = os.path.join(clip, "config.json")
         with open(path) as f:
             cfg = json.load(f)
@@ -317,7 +317,7 @@ def test_info_on_compact_clip_config_prints_the_defaults(tmp_path, capsys):
     from test_layout import CLIP_L_336_COMPACT
 
     clip = tmp_path / "clip"
-    shutil.copytree(checkpoint(L15)[1], clip)
+    config_copy(checkpoint(L15)[1], clip)
     with open(clip / "config.json", "w") as f:
         json.dump(CLIP_L_336_COMPACT, f)
     assert cli.main(["info", str(clip)]) == 0
@@ -331,7 +331,7 @@ def test_info_on_legacy_clip_config_says_how_it_is_read(tmp_path, capsys):
     from test_layout import CLIP_L_336_CONFIG
 
     clip = tmp_path / "clip"
-    shutil.copytree(checkpoint(L15)[1], clip)
+    config_copy(checkpoint(L15)[1], clip)
     with open(clip / "config.json", "w") as f:
         json.dump(CLIP_L_336_CONFIG, f)
     assert cli.main(["info", str(clip)]) == 0

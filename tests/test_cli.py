@@ -112,6 +112,7 @@ def offline_hub(monkeypatch, cache):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
+@pytest.mark.slow
 def test_info_tg_checkpoint_with_tower_in_hf_cache(capsys, tmp_path, monkeypatch):
     llm, clip, _ = golden_set(TGV)
     repo = tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336"

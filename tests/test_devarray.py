@@ -266,6 +266,7 @@ def test_device_arrays_keep_their_model_alive():
     assert sys.getrefcount(core) == refs
 
 
+@pytest.mark.slow
 def test_views_of_cuda_interface_memory_are_read_in_place():
     m, core, d = tiny()
     pix = np.ascontiguousarray(d["pixel_values"][None], dtype=np.float32)
@@ -331,6 +332,7 @@ def test_one_call_takes_host_or_device_floats_not_both():
     np.testing.assert_array_equal(both, m.dp(f, t))
 
 
+@pytest.mark.slow
 def test_sequences_take_device_pixels_and_visual_tokens():
     m, core, d = tiny()
     ids = np.asarray(d["input_ids"], np.int32)

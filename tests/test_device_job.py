@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONAL = ["openai", "regex", "starlette", "uvicorn", "openpyxl", "httpx", "torch", "cupy"]
 
 
+@pytest.mark.slow
 def test_tests_collect_without_optional_dependencies():
     code = textwrap.dedent(f"""
         import sys
@@ -66,6 +67,7 @@ def calls(log):
     return [ln.split() for ln in log.read_text().splitlines()] if log.exists() else []
 
 
+@pytest.mark.slow
 def test_kernel_objects_are_keyed_by_flags_and_compiled_in_parallel(tmp_path, fake_nvcc, monkeypatch):
     kb = load_build()
     nvcc, log = fake_nvcc

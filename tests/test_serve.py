@@ -520,6 +520,7 @@ def test_body_is_dropped_once_parsed(server, monkeypatch):
     _hang_up_frees_the_slot(c, eng)
 
 
+@pytest.mark.slow
 def test_picture_decodes_share_a_memory_budget(monkeypatch):
     """With a budget smaller than one picture, pictures are decoded one at a time."""
     running, most = [0], [0]
@@ -639,6 +640,7 @@ def _closed_by_server(sock, timeout=60):
         sock.close()
 
 
+@pytest.mark.slow
 def test_idle_and_slow_connections_are_closed():
     with ServerThread(golden_model(L15), max_batch=1, context=CONTEXT, read_timeout=1,
                       keep_alive_timeout=60) as srv:
