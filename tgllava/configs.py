@@ -289,11 +289,14 @@ def clip_configs(config, path="config.json"):
 
 
 def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path=None,
-                 select_key="mm_vision_select_layer"):
-    """The vision-tower part of tg_config from a complete CLIP vision config, every value checked.
+                 select_key="mm_vision_select_layer", acts=CLIP_ACTS, default_act="quick_gelu", default_eps=1e-5,
+                 whole_patches=True):
+    """The vision-tower part of tg_config from a complete vision config, every value checked.
 
     select_layer is the LLM config's `select_key` (in file `select_path`), the hidden state the
-    projector reads (negative: from the end)."""
+    projector reads (negative: from the end).  The defaults are CLIP's; a family with other
+    activations, defaults, or an image side that need not be a multiple of the patch (SigLIP:
+    siglip.tower_vision_sizes) passes its own."""
     where = f"{select_path or path}: {select_key}"
     hidden = config_int(vc, "hidden_size", path, prefix=prefix)
     heads = config_int(vc, "num_attention_heads", path, prefix=prefix)
@@ -302,8 +305,9 @@ def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path
                               f"{prefix}num_attention_heads {heads}")
     image = config_int(vc, "image_size", path, prefix=prefix)
     patch = config_int(vc, "patch_size", path, prefix=prefix)
-    if image % patch:
-        raise CheckpointError(f"{path}: {prefix}image_size {image} is not a multiple of {prefix}patch_size {patch}")
+    if image % patch if whole_patches else image < patch:
+        raise CheckpointError(f"{path}: {prefix}image_size {image} is " +
+                              ("not a multiple of" if whole_patches else "smaller than") + f" {prefix}patch_size {patch}")
     if config_int(vc, "num_channels", path, default=3, prefix=prefix) != 3:
         raise CheckpointError(f"{path}: {prefix}num_channels {vc.get('num_channels')!r} is not supported (RGB only)")
     layers = config_int(vc, "num_hidden_layers", path, prefix=prefix)
@@ -317,9 +321,9 @@ def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path
         "v_hidden": hidden, "v_heads": heads, "v_layers": layers,
         "v_ffn": config_int(vc, "intermediate_size", path, prefix=prefix),
         "v_image": image, "v_patch": patch,
-        "v_act": CLIP_ACTS[config_act(vc, "hidden_act", path, CLIP_ACTS, "quick_gelu", prefix=prefix)],
+        "v_act": acts[config_act(vc, "hidden_act", path, acts, default_act, prefix=prefix)],
         "v_select": select,
-        "v_eps": config_float(vc, "layer_norm_eps", path, 1e-5, prefix=prefix, below=1.0),
+        "v_eps": config_float(vc, "layer_norm_eps", path, default_eps, prefix=prefix, below=1.0),
     }
 
 

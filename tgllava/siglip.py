@@ -125,41 +125,6 @@ def tower_configs(config, path="config.json"):
     return out
 
 
-def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path=None,
-                 select_key="mm_vision_select_layer"):
-    """The vision-tower part of tg_config from a complete SigLIP vision config, every value checked.
-
-    Unlike CLIP, the image side need not be a multiple of the patch (SO400M: 384 / 14 gives 27 x 27 =
-    729 patches and leaves the last 6 pixels unused, as the convolution does)."""
-    where = f"{select_path or path}: {select_key}"
-    hidden = config_int(vc, "hidden_size", path, prefix=prefix)
-    heads = config_int(vc, "num_attention_heads", path, prefix=prefix)
-    if hidden % heads:
-        raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
-                              f"{prefix}num_attention_heads {heads}")
-    image = config_int(vc, "image_size", path, prefix=prefix)
-    patch = config_int(vc, "patch_size", path, prefix=prefix)
-    if image < patch:
-        raise CheckpointError(f"{path}: {prefix}image_size {image} is smaller than {prefix}patch_size {patch}")
-    if config_int(vc, "num_channels", path, default=3, prefix=prefix) != 3:
-        raise CheckpointError(f"{path}: {prefix}num_channels {vc.get('num_channels')!r} is not supported (RGB only)")
-    layers = config_int(vc, "num_hidden_layers", path, prefix=prefix)
-    if isinstance(select_layer, bool) or not isinstance(select_layer, int):
-        raise CheckpointError(f"{where} {select_layer!r}: only a single layer index is supported")
-    select = select_layer + layers + 1 if select_layer < 0 else select_layer
-    if not 0 <= select <= layers:
-        raise CheckpointError(f"{where} {select_layer} is out of range for a vision tower of "
-                              f"{layers} layers ({path}: {prefix}num_hidden_layers)")
-    return {
-        "v_family": 1, "v_hidden": hidden, "v_heads": heads, "v_layers": layers,
-        "v_ffn": config_int(vc, "intermediate_size", path, prefix=prefix),
-        "v_image": image, "v_patch": patch,
-        "v_act": TOWER_ACTS[config_act(vc, "hidden_act", path, TOWER_ACTS, "gelu_pytorch_tanh", prefix=prefix)],
-        "v_select": select,
-        "v_eps": config_float(vc, "layer_norm_eps", path, 1e-6, prefix=prefix, below=1.0),
-    }
-
-
 def text_sizes(tc, path, prefix="text_config."):
     """The text-tower part of tg_config from a complete SigLIP text config, every value checked.
 
@@ -187,9 +152,10 @@ def text_sizes(tc, path, prefix="text_config."):
 
 
 def tower_vision_sizes(vc, path, select_layer=-2, **kw):
-    """vision_sizes of the tower's family (SigLIP here, CLIP: configs.vision_sizes), with v_family."""
-    if is_siglip(vc):
-        return vision_sizes(vc, path, select_layer, **kw)
+    """configs.vision_sizes with the tower family's activations, defaults and patch rule, and v_family."""
+    if is_siglip(vc):  # the image side need not be a multiple of the patch (384 / 14: the last 6 pixels unused)
+        return dict(configs.vision_sizes(vc, path, select_layer, acts=TOWER_ACTS, default_act="gelu_pytorch_tanh",
+                                         default_eps=1e-6, whole_patches=False, **kw), v_family=1)
     return dict(configs.vision_sizes(vc, path, select_layer, **kw), v_family=0)
 
 
