@@ -1,6 +1,5 @@
 """Dataset files and tables: lookup, images, pandas-like cells, writers."""
 
-import builtins
 import json
 import os
 
@@ -13,7 +12,7 @@ from tgllava.eval.benchmarks import find_benchmark, is_circular
 from tgllava.eval.data import load_dataset, parse_list_cell
 from tgllava.eval.errors import DatasetError
 from tgllava.eval.tables import read_table, render_tsv_columns, write_table
-from tgllava.eval.testing import png_b64, write_tsv
+from tgllava.eval.testing import png_b64, without_openpyxl, write_tsv
 
 RED, BLUE = png_b64((255, 0, 0), (8, 6)), png_b64((0, 0, 255), (5, 7))
 
@@ -146,14 +145,7 @@ def test_xlsx_roundtrip(tmp_path):
 
 
 def test_xlsx_without_openpyxl_is_a_clear_error(tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_openpyxl(name, *args, **kwargs):
-        if name == "openpyxl" or name.startswith("openpyxl."):
-            raise ImportError("no openpyxl")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openpyxl)
+    without_openpyxl(monkeypatch)
     with pytest.raises(DatasetError, match="pip install openpyxl"):
         write_table(str(tmp_path / "o.xlsx"), ["a"], [{"a": "1"}])
     with pytest.raises(DatasetError, match="openpyxl"):

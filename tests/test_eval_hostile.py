@@ -18,7 +18,7 @@ import tgllava.eval as ev
 from tgllava.eval.errors import ShardError
 from tgllava.eval.runner import checkpoint_path
 from tgllava.eval.shard import detect_shard
-from tgllava.eval.testing import FakeModel, png_b64, write_tsv
+from tgllava.eval.testing import FakeModel, png_b64, without_openpyxl, write_tsv
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tgllava.__file__)))
 
@@ -152,25 +152,12 @@ def test_eval_cli_checks_arguments_before_loading_the_model(tmp_path, monkeypatc
     assert loaded == []
 
 
-def _without_openpyxl(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_openpyxl(name, *args, **kwargs):
-        if name == "openpyxl" or name.startswith("openpyxl."):
-            raise ImportError("no openpyxl")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openpyxl)
-
-
 @pytest.mark.parametrize("how", ["option", "environment"])
 def test_xlsx_without_openpyxl_fails_before_loading_the_model(tmp_path, monkeypatch, capsys, how):
     """issue 21 item 18: not after the whole inference."""
     data = _mmbench(tmp_path)
     loaded = _record_loads(monkeypatch)
-    _without_openpyxl(monkeypatch)
+    without_openpyxl(monkeypatch)
     extra = ["--pred-format", "xlsx"] if how == "option" else []
     if how == "environment":
         monkeypatch.setenv("PRED_FORMAT", "xlsx")

@@ -5,7 +5,8 @@ answers each item from its prompt - by default the text inside the first
 ``[say: ...]`` of the prompt, else "I do not know" - records every call,
 and can raise after a number of batches to stand in for a killed run.
 `png_b64` makes a small solid-colour picture as base64 and `write_tsv`
-writes rows (dicts) as a VLMEvalKit-style TSV.
+writes rows (dicts) as a VLMEvalKit-style TSV; `without_openpyxl` makes
+openpyxl unimportable for one test (pytest's monkeypatch).
 """
 
 import base64
@@ -72,3 +73,17 @@ def write_tsv(path, rows, columns=None):
         for r in rows:
             w.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
     return path
+
+
+def without_openpyxl(monkeypatch):
+    """Make `import openpyxl` raise ImportError until the test ends."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openpyxl(name, *args, **kwargs):
+        if name == "openpyxl" or name.startswith("openpyxl."):
+            raise ImportError("no openpyxl")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openpyxl)
