@@ -288,6 +288,16 @@ def clip_configs(config, path="config.json"):
     return out
 
 
+def tower_width(c, path, prefix):
+    """(hidden_size, num_attention_heads) of a tower config, checked: the width splits evenly into heads."""
+    hidden = config_int(c, "hidden_size", path, prefix=prefix)
+    heads = config_int(c, "num_attention_heads", path, prefix=prefix)
+    if hidden % heads:
+        raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
+                              f"{prefix}num_attention_heads {heads}")
+    return hidden, heads
+
+
 def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path=None,
                  select_key="mm_vision_select_layer", acts=CLIP_ACTS, default_act="quick_gelu", default_eps=1e-5,
                  whole_patches=True):
@@ -298,16 +308,13 @@ def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path
     activations, defaults, or an image side that need not be a multiple of the patch (SigLIP:
     siglip.tower_vision_sizes) passes its own."""
     where = f"{select_path or path}: {select_key}"
-    hidden = config_int(vc, "hidden_size", path, prefix=prefix)
-    heads = config_int(vc, "num_attention_heads", path, prefix=prefix)
-    if hidden % heads:
-        raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
-                              f"{prefix}num_attention_heads {heads}")
+    hidden, heads = tower_width(vc, path, prefix)
     image = config_int(vc, "image_size", path, prefix=prefix)
     patch = config_int(vc, "patch_size", path, prefix=prefix)
-    if image % patch if whole_patches else image < patch:
-        raise CheckpointError(f"{path}: {prefix}image_size {image} is " +
-                              ("not a multiple of" if whole_patches else "smaller than") + f" {prefix}patch_size {patch}")
+    if whole_patches and image % patch:
+        raise CheckpointError(f"{path}: {prefix}image_size {image} is not a multiple of {prefix}patch_size {patch}")
+    if image < patch:
+        raise CheckpointError(f"{path}: {prefix}image_size {image} is smaller than {prefix}patch_size {patch}")
     if config_int(vc, "num_channels", path, default=3, prefix=prefix) != 3:
         raise CheckpointError(f"{path}: {prefix}num_channels {vc.get('num_channels')!r} is not supported (RGB only)")
     layers = config_int(vc, "num_hidden_layers", path, prefix=prefix)
@@ -336,11 +343,7 @@ def text_sizes(tc, path, prefix="text_config."):
     EOS is the largest id (vocab_size - 1, as in CLIP's own vocabulary).
     Any other eos_token_id is refused.
     """
-    hidden = config_int(tc, "hidden_size", path, prefix=prefix)
-    heads = config_int(tc, "num_attention_heads", path, prefix=prefix)
-    if hidden % heads:
-        raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
-                              f"{prefix}num_attention_heads {heads}")
+    hidden, heads = tower_width(tc, path, prefix)
     vocab = config_int(tc, "vocab_size", path, prefix=prefix)
     eos = tc.get("eos_token_id")
     if isinstance(eos, list) and len(eos) == 1:

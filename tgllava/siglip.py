@@ -131,11 +131,7 @@ def text_sizes(tc, path, prefix="text_config."):
     The pooled output (TG-FOM's input) is head(final_layer_norm(h))[:, -1], of projection_size features;
     TG-LLaVA's modules read text_hidden features from both outputs, so projection_size must be hidden_size
     (as in every released SigLIP)."""
-    hidden = config_int(tc, "hidden_size", path, prefix=prefix)
-    heads = config_int(tc, "num_attention_heads", path, prefix=prefix)
-    if hidden % heads:
-        raise CheckpointError(f"{path}: {prefix}hidden_size {hidden} is not a multiple of "
-                              f"{prefix}num_attention_heads {heads}")
+    hidden, heads = configs.tower_width(tc, path, prefix)
     projection = config_int(tc, "projection_size", path, default=hidden, prefix=prefix)
     if projection != hidden:
         raise CheckpointError(f"{path}: {prefix}projection_size {projection} differs from {prefix}hidden_size "
