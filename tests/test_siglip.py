@@ -206,6 +206,23 @@ def test_projection_size_must_be_the_width():
         siglip.tower_text_sizes(tc, "config.json")
 
 
+def test_bad_vision_configs_name_the_key():
+    """SigLIP's image side need not be a multiple of the patch (384 / 14), but it must hold one patch, and the
+    width must split into the heads; CLIP keeps its whole-patch rule."""
+    base = {"model_type": "siglip_vision_model", "hidden_size": 72, "num_attention_heads": 1, "num_hidden_layers": 2,
+            "intermediate_size": 8, "patch_size": 14}
+    vc = siglip.tower_configs(dict(base, image_size=76))["vision_config"]
+    assert siglip.tower_vision_sizes(vc, "config.json")["v_image"] == 76
+    for change, match in (({"image_size": 10}, "image_size 10 is smaller than vision_config.patch_size 14"),
+                          ({"image_size": 76, "num_attention_heads": 5}, "hidden_size 72 is not a multiple of")):
+        vc = siglip.tower_configs(dict(base, **change))["vision_config"]
+        with pytest.raises(CheckpointError, match=match):
+            siglip.tower_vision_sizes(vc, "config.json")
+    clip = dict(base, model_type="clip_vision_model", image_size=76)
+    with pytest.raises(CheckpointError, match="image_size 76 is not a multiple of vision_config.patch_size 14"):
+        siglip.tower_vision_sizes(siglip.tower_configs(clip)["vision_config"], "config.json")
+
+
 def gelu(x):
     from math import erf
     return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
