@@ -234,7 +234,6 @@ AVX2_FN void avx2_gemv_m(const float *w, const float *x, float *y, const int M, 
         for (int64_t k = 0; k < K16; k += 16)
             for (int r = 0; r < R; r++) {
                 const float *row = w + (n + r) * K;
-                _mm_prefetch((const char *)(row + k) + 1024, _MM_HINT_T0);
                 const __m256 w0 = _mm256_loadu_ps(row + k), w1 = _mm256_loadu_ps(row + k + 8);
                 for (int m = 0; m < M; m++) {
                     acc[m][r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * K + k), acc[m][r]);
