@@ -22,6 +22,7 @@
 
 #include "backend.h"
 #include "quant.h"
+#include "vmath.h"
 
 #ifdef BLAS_SYMBOL_PREFIX
 #define SGEMM scipy_cblas_sgemm
@@ -131,20 +132,20 @@ static void cpu_weight_release(tg_backend *be, tg_weight *w) {
 
 /* ---- activations ---- */
 
-static inline float act_apply(float x, int act) {
-    switch (act) {
-    case TG_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case TG_ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
-    case TG_ACT_SILU: return x / (1.0f + expf(-x));
-    case TG_ACT_GELU_TANH: return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
-    default: return x;
-    }
+/* act on n values in place: SiLU, QuickGELU and tanh GELU are x * sigmoid(.) on vectors (vmath.c), the erf
+ * GELU is libm's erff */
+static void act_span(float *x, int64_t n, int act) {
+    if (!tg_sigmoid_act(x, n, act) && act == TG_ACT_GELU)
+        for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
+#define ACT_SPAN 4096 /* elements per work item */
 static int cpu_activation(tg_backend *be, float *x, int64_t n, int act) {
     (void)be;
+    const int64_t items = (n + ACT_SPAN - 1) / ACT_SPAN;
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) x[i] = act_apply(x[i], act);
+    for (int64_t it = 0; it < items; it++)
+        act_span(x + it * ACT_SPAN, n - it * ACT_SPAN < ACT_SPAN ? n - it * ACT_SPAN : ACT_SPAN, act);
     return 0;
 }
 
@@ -154,7 +155,7 @@ static int cpu_silu_mul(tg_backend *be, const float *gu, float *out, int64_t row
     for (int64_t r = 0; r < rows; r++) {
         const float *g = gu + r * 2 * F, *u = g + F;
         float *o = out + r * F;
-        for (int64_t i = 0; i < F; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        tg_silu_mul_row(g, u, o, F);
     }
     return 0;
 }
@@ -202,11 +203,11 @@ static int cpu_linear(tg_backend *be, const float *x, const tg_weight *w, const 
     for (int64_t r = 0; r < M; r++) {
         float *yr = y + r * N;
         const float *rr = (residual && residual != y) ? residual + r * N : NULL;
-        for (int64_t c = 0; c < N; c++) {
-            float v = yr[c] + (bias ? bias[c] : 0.0f);
-            v = act_apply(v, act);
-            yr[c] = rr ? v + rr[c] : v;
-        }
+        if (bias)
+            for (int64_t c = 0; c < N; c++) yr[c] += bias[c];
+        act_span(yr, N, act);
+        if (rr)
+            for (int64_t c = 0; c < N; c++) yr[c] += rr[c];
     }
     return 0;
 }
@@ -262,13 +263,10 @@ static int softmax_row(float *s, int64_t lim, const int32_t *mask) {
     for (int64_t j = 0; j < lim; j++)
         if (!mask || mask[j]) mx = s[j] > mx ? s[j] : mx;
     if (mx == -INFINITY) return 0;
-    float sum = 0.0f;
-    for (int64_t j = 0; j < lim; j++) {
-        float e = (!mask || mask[j]) ? expf(s[j] - mx) : 0.0f;
-        s[j] = e;
-        sum += e;
-    }
-    float inv = 1.0f / sum;
+    tg_exp_shift(s, lim, mx);
+    if (mask)
+        for (int64_t j = 0; j < lim; j++) s[j] = mask[j] ? s[j] : 0.0f;
+    const float inv = 1.0f / tg_lanes_sum(s, lim);
     for (int64_t j = 0; j < lim; j++) s[j] *= inv;
     return 1;
 }

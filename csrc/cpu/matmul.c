@@ -54,24 +54,13 @@
  * features are stored evens first, then odds ([x0 x2 .. x14 x1 x3 .. x15]), the order in which one 32-byte
  * load of 16 bfloat16 weights widens fastest (a shift gives the evens, a mask the odds) */
 static inline int64_t padded16(int64_t K) { return (K + 15) / 16 * 16; }
-/* rows of prepared activations and of widened panels are 16 floats longer than padded16: with a row length of a
+/* rows of prepared activations are 16 floats longer than padded16: with a row length of a
  * multiple of 4 KB (K = 1024, 2048, ...) the rows a tile reads would all share one L1 set */
 static inline int64_t stride16(int64_t K) { return padded16(K) + 16; }
 static inline int64_t slot16(int bf, int64_t k) { return bf ? (k & ~(int64_t)15) + (k & 1) * 8 + (k & 15) / 2 : k; }
 
-/* From PANEL_ROWS input rows on, a bfloat16 product widens each chunk of weights once into a float32 panel (one
- * per thread, after the activations in the scratch) that all its row tiles share: 4 x 3 tiles of plain FMAs,
- * where widening in the tile leaves room for 3 x 3 only (measured on Zen 4, 512 x 2048 x 5632: 154 GFLOP/s
- * against 140).  float16 widens in the tile (vcvtph2ps from memory, 4 x 3), which measured faster than a panel
- * (160 against 153). */
-#define PANEL_ROWS 8
-static int panel_threads(int dtype, int64_t M) {
-    return dtype == TG_BF16 && M >= PANEL_ROWS && tg_cpu_avx2() ? omp_get_max_threads() : 0;
-}
-
 size_t tg_matmul_scratch_bytes(int dtype, int64_t M, int64_t K) {
-    if (dtype == TG_F16 || dtype == TG_BF16)
-        return (size_t)(M + (int64_t)panel_threads(dtype, M) * CHUNK) * (size_t)stride16(K) * sizeof(float);
+    if (dtype == TG_F16 || dtype == TG_BF16) return (size_t)M * (size_t)stride16(K) * sizeof(float);
     if (dtype == TG_Q8) return (size_t)M * (size_t)(K / TG_QBLOCK) * sizeof(tg_xq8);
     if (dtype == TG_Q4) return (size_t)M * (size_t)(K / TG_QBLOCK) * sizeof(tg_xq4);
     return 0;
@@ -294,50 +283,21 @@ static AVX2_FN void prepare_avx2(int dtype, const float *x, void *dst, int64_t M
     }
 }
 
-/* Where the 16-bit weights come from: a row of float16 or bfloat16 (stride K), or a panel of rows already
- * widened to float32 in the same slot order (stride16, zero-padded).  Widening is exact, so a tile reading the
- * panel does bitwise the FMAs of a tile reading the 16-bit row. */
-enum { SRC_F16, SRC_BF16, SRC_PANEL };
-
-/* 8 of the 16 weights at feature k of one row, in float32: half 0 gets slots 0-7, half 1 slots 8-15 (slot16:
- * bfloat16 evens, odds: a shift or a mask of the same 32 bytes) */
-AVX2_INLINE __m256 widen_half(const int src, const void *row, int64_t k, const int half) {
-    if (src == SRC_PANEL) return _mm256_loadu_ps((const float *)row + k + 8 * half);
-    const uint16_t *p = (const uint16_t *)row + k;
-    if (src == SRC_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8 * half)));
+/* 8 of 16 weights at feature k of a 16-bit row widened to float32: half 0 gets slots 0-7, half 1 slots 8-15
+ * (slot16: bfloat16 evens, odds: a shift or a mask of the same 32 bytes) */
+AVX2_INLINE __m256 widen_half(const int bf, const uint16_t *row, int64_t k, const int half) {
+    const uint16_t *p = row + k;
+    if (!bf) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8 * half)));
     const __m256i v = _mm256_loadu_si256((const __m256i *)p);
     return _mm256_castsi256_ps(half ? _mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)) : _mm256_slli_epi32(v, 16));
 }
 
-/* rows [0, rows) of 16-bit weights (stride K) widened into a float32 panel (stride16, slot order, zeros past K) */
-AVX2_INLINE void widen_panel(const int src, const uint16_t *w, int64_t K, int64_t rows, float *panel) {
-    const int64_t K16 = K / 16 * 16;
-    for (int64_t n = 0; n < rows; n++) {
-        const uint16_t *row = w + n * K;
-        float *o = panel + n * stride16(K);
-        for (int64_t k = 0; k < K16; k += 16) {
-            _mm256_storeu_ps(o + k, widen_half(src, row, k, 0));
-            _mm256_storeu_ps(o + k + 8, widen_half(src, row, k, 1));
-        }
-        if (K16 < K) {
-            uint16_t tail[16] = {0};
-            memcpy(tail, row + K16, (size_t)(K - K16) * 2);
-            _mm256_storeu_ps(o + K16, widen_half(src, tail, 0, 0));
-            _mm256_storeu_ps(o + K16 + 8, widen_half(src, tail, 0, 1));
-        }
-    }
-}
-
-/* The sums of MR rows of x (stride xs, zero-padded, slot16 order) with NR weight rows (stride ws elements) over
- * features [k0, k1): the 8-lane accumulators come from state (rows ss apart; zeros when k0 = 0) and go back to
- * it.  Lane l adds slot l, then slot l + 8, of every 16 features; where the sum is cut into feature blocks does
- * not change a single operation, so blocking for the cache keeps every element's value.  K is the weights' row
- * length (Kp for a panel, which then needs no tail). */
-AVX2_INLINE void tile16(const int src, const float *x, int64_t xs, const void *w, int64_t ws, int64_t K, int64_t k0,
-                        int64_t k1, __m256 *state, int64_t ss, const int MR, const int NR) {
-    const size_t esize = src == SRC_PANEL ? 4 : 2;
-    const char *rows[8];
-    for (int n = 0; n < NR; n++) rows[n] = (const char *)w + (size_t)(n * ws) * esize;
+/* The sums of MR rows of x (stride xs, zero-padded, slot16 order) with NR rows of w (stride K) over features
+ * [k0, k1): the 8-lane accumulators come from state (rows ss apart; zeros when k0 = 0) and go back to it.
+ * Lane l adds slot l, then slot l + 8, of every 16 features; where the sum is cut into feature blocks does not
+ * change a single operation, so blocking for the cache keeps every element's value. */
+AVX2_INLINE void tile16(const int bf, const float *x, int64_t xs, const uint16_t *w, int64_t K, int64_t k0, int64_t k1,
+                        __m256 *state, int64_t ss, const int MR, const int NR) {
     __m256 acc[4][8];
     for (int m = 0; m < MR; m++)
         for (int n = 0; n < NR; n++) acc[m][n] = k0 ? state[m * ss + n] : _mm256_setzero_ps();
@@ -345,44 +305,39 @@ AVX2_INLINE void tile16(const int src, const float *x, int64_t xs, const void *w
     for (int64_t k = k0; k < kend; k += 16)
         for (int half = 0; half < 2; half++) {
             __m256 wv[8];
-            for (int n = 0; n < NR; n++) wv[n] = widen_half(src, rows[n], k, half);
+            for (int n = 0; n < NR; n++) wv[n] = widen_half(bf, w + n * K, k, half);
             for (int m = 0; m < MR; m++) {
                 const __m256 xv = _mm256_loadu_ps(x + m * xs + k + 8 * half);
                 for (int n = 0; n < NR; n++) acc[m][n] = _mm256_fmadd_ps(xv, wv[n], acc[m][n]);
             }
         }
-    if (K16 < K && k1 > K16) { /* 16-bit rows' tails, read into zeros */
+    if (K16 < K && k1 > K16) { /* the rows' tails, read into zeros */
         uint16_t tail[8][16] = {{0}};
-        for (int n = 0; n < NR; n++) memcpy(tail[n], (const uint16_t *)rows[n] + K16, (size_t)(K - K16) * 2);
+        for (int n = 0; n < NR; n++) memcpy(tail[n], w + n * K + K16, (size_t)(K - K16) * 2);
         for (int half = 0; half < 2; half++)
             for (int m = 0; m < MR; m++) {
                 const __m256 xv = _mm256_loadu_ps(x + m * xs + K16 + 8 * half);
-                for (int n = 0; n < NR; n++) acc[m][n] = _mm256_fmadd_ps(xv, widen_half(src, tail[n], 0, half), acc[m][n]);
+                for (int n = 0; n < NR; n++) acc[m][n] = _mm256_fmadd_ps(xv, widen_half(bf, tail[n], 0, half), acc[m][n]);
             }
     }
     for (int m = 0; m < MR; m++)
         for (int n = 0; n < NR; n++) state[m * ss + n] = acc[m][n];
 }
 
-/* rows [m0, m0 + MR) x the chunk's columns [n0, n1) of a 16-bit product (w: the chunk's first weight row,
- * stride ws): NR columns at a time (single columns at the end), features in blocks of KBLOCK when MR rows share
- * the weights, so the block of x stays in L1 while every column of the chunk uses it; then each element's 8
- * lanes are summed (tg_avx2_hsum) into y */
+/* rows [m0, m0 + MR) x columns [n0, n1) of a 16-bit product: NR columns at a time (single columns at the
+ * end), features in blocks of KBLOCK when MR rows share the weights, so the block of x stays in L1 while
+ * every column of the chunk uses it; then each element's 8 lanes are summed (tg_avx2_hsum) into y */
 #define KBLOCK 256
-AVX2_INLINE void strip16(const int src, const float *xp, const void *w, int64_t ws, int64_t K, float *y, int64_t N,
+AVX2_INLINE void strip16(const int bf, const float *xp, const uint16_t *w, float *y, int64_t N, int64_t K,
                          int64_t m0, int64_t n0, int64_t n1, const int MR, const int NR, int accumulate) {
-    const int64_t Kp = padded16(K), kb = MR >= 3 ? KBLOCK : Kp;
-    const size_t esize = src == SRC_PANEL ? 4 : 2;
+    const int64_t Kp = padded16(K), xs = stride16(K), kb = MR >= 3 ? KBLOCK : Kp;
     __m256 state[4 * CHUNK];
-    const int64_t xs = stride16(K);
     const float *x = xp + m0 * xs;
     for (int64_t k0 = 0; k0 < Kp; k0 += kb) {
         const int64_t k1 = k0 + kb < Kp ? k0 + kb : Kp;
         int64_t n = n0;
-        for (; n + NR <= n1; n += NR)
-            tile16(src, x, xs, (const char *)w + (size_t)((n - n0) * ws) * esize, ws, K, k0, k1, state + (n - n0), CHUNK, MR, NR);
-        for (; n < n1; n++)
-            tile16(src, x, xs, (const char *)w + (size_t)((n - n0) * ws) * esize, ws, K, k0, k1, state + (n - n0), CHUNK, MR, 1);
+        for (; n + NR <= n1; n += NR) tile16(bf, x, xs, w + n * K, K, k0, k1, state + (n - n0), CHUNK, MR, NR);
+        for (; n < n1; n++) tile16(bf, x, xs, w + n * K, K, k0, k1, state + (n - n0), CHUNK, MR, 1);
     }
     for (int m = 0; m < MR; m++)
         for (int64_t n = n0; n < n1; n++) {
@@ -491,36 +446,28 @@ AVX2_INLINE void cols_groups(const int q4, const void *w, const void *xp, float 
 #undef GROUPS
 }
 
-/* columns [n0, n1) of a 16-bit product, all M rows.  With a panel (bfloat16 prefill), the chunk's weights are
- * widened once and every tile is float32 FMAs; otherwise each tile widens the weights it reads. */
-AVX2_INLINE void cols16(const int src, const void *w, const float *x, float *panel, float *y, int64_t M, int64_t N,
-                        int64_t K, int64_t n0, int64_t n1, int accumulate) {
-    const uint16_t *chunk = (const uint16_t *)w + n0 * K;
+AVX2_INLINE void cols16(const int bf, const void *w, const void *xp, float *y, int64_t M, int64_t N, int64_t K,
+                        int64_t n0, int64_t n1, int accumulate) {
+    const uint16_t *wh = w;
+    const float *x = xp;
     int64_t m0 = 0;
-    if (panel) {
-        const int64_t Kp = padded16(K), PS = stride16(K);
-        widen_panel(src, chunk, K, n1 - n0, panel);
-        for (; m0 + 4 <= M; m0 += 4) strip16(SRC_PANEL, x, panel, PS, Kp, y, N, m0, n0, n1, 4, 3, accumulate);
-        if (m0 < M) strip16(SRC_PANEL, x, panel, PS, Kp, y, N, m0, n0, n1, (int)(M - m0) == 3 ? 3 : (int)(M - m0) == 2 ? 2 : 1, 4, accumulate);
-        return;
-    }
-    if (src == SRC_BF16) /* 3 x 3 tiles: 9 sums, the weights and the widening mask fit in the 16 registers */
-        for (; m0 + 3 <= M; m0 += 3) strip16(SRC_BF16, x, chunk, K, K, y, N, m0, n0, n1, 3, 3, accumulate);
+    if (bf) /* 3 x 3 tiles: 9 sums, the weights and the widening mask fit in the 16 registers */
+        for (; m0 + 3 <= M; m0 += 3) strip16(1, x, wh, y, N, K, m0, n0, n1, 3, 3, accumulate);
     else /* 4 x 3 tiles: 12 sums */
-        for (; m0 + 4 <= M; m0 += 4) strip16(SRC_F16, x, chunk, K, K, y, N, m0, n0, n1, 4, 3, accumulate);
+        for (; m0 + 4 <= M; m0 += 4) strip16(0, x, wh, y, N, K, m0, n0, n1, 4, 3, accumulate);
     switch (M - m0) {
     case 0: break;
-    case 1: strip16(src, x, chunk, K, K, y, N, m0, n0, n1, 1, 8, accumulate); break; /* decoding: 8 weight rows at once */
-    case 2: strip16(src, x, chunk, K, K, y, N, m0, n0, n1, 2, 4, accumulate); break;
-    default: strip16(src, x, chunk, K, K, y, N, m0, n0, n1, 3, 4, accumulate); break;
+    case 1: strip16(bf, x, wh, y, N, K, m0, n0, n1, 1, 8, accumulate); break; /* decoding: 8 weight rows at once */
+    case 2: strip16(bf, x, wh, y, N, K, m0, n0, n1, 2, 4, accumulate); break;
+    default: strip16(bf, x, wh, y, N, K, m0, n0, n1, 3, 4, accumulate); break;
     }
 }
 
-static AVX2_FN void cols_avx2(int dtype, const void *w, const void *xp, float *panel, float *y, int64_t M, int64_t N,
-                              int64_t K, int64_t n0, int64_t n1, int accumulate) {
+static AVX2_FN void cols_avx2(int dtype, const void *w, const void *xp, float *y, int64_t M, int64_t N, int64_t K,
+                              int64_t n0, int64_t n1, int accumulate) {
     switch (dtype) { /* one specialised copy per format */
-    case TG_F16: cols16(SRC_F16, w, xp, panel, y, M, N, K, n0, n1, accumulate); break;
-    case TG_BF16: cols16(SRC_BF16, w, xp, panel, y, M, N, K, n0, n1, accumulate); break;
+    case TG_F16: cols16(0, w, xp, y, M, N, K, n0, n1, accumulate); break;
+    case TG_BF16: cols16(1, w, xp, y, M, N, K, n0, n1, accumulate); break;
     case TG_Q8: cols_groups(0, w, xp, y, M, N, K, n0, n1, accumulate); break;
     default: cols_groups(1, w, xp, y, M, N, K, n0, n1, accumulate); break;
     }
@@ -538,7 +485,6 @@ void tg_matmul(int dtype, const void *w, const float *x, float *y, int64_t M, in
 #endif
         prepare_portable(dtype, x, scratch, M, K);
     const int64_t items = (N + CHUNK - 1) / CHUNK;
-    const int panels = panel_threads(dtype, M);
     /* dynamic: a thread that loses its core to another process does not hold up the product (each output
      * is computed by one thread in one fixed order, so the schedule never changes a value) */
 #pragma omp parallel for schedule(dynamic, 1) if (M * N * K > PAR_MIN)
@@ -546,9 +492,7 @@ void tg_matmul(int dtype, const void *w, const float *x, float *y, int64_t M, in
         const int64_t n0 = it * CHUNK, n1 = n0 + CHUNK < N ? n0 + CHUNK : N;
 #ifdef TG_X86
         if (fast) {
-            const int t = omp_get_thread_num();
-            cols_avx2(dtype, w, scratch, t < panels ? (float *)scratch + (M + t * CHUNK) * stride16(K) : NULL, y, M, N, K, n0, n1,
-                      accumulate);
+            cols_avx2(dtype, w, scratch, y, M, N, K, n0, n1, accumulate);
             continue;
         }
 #endif
