@@ -117,6 +117,20 @@ def run_child(llm, clip, fmt, what, a, checkout=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_peers(a, llm, clip, res, gguf="", torch="", clip_dtypes=""):
+    """peer_run.py in the peers' venv for the given llama.cpp formats / PyTorch LLM dtypes / PyTorch CLIP dtypes"""
+    proc = subprocess.run([a.peers, os.path.join(HERE, "peer_run.py"), "--llm", llm, "--clip", clip, "--work",
+                           os.path.join(a.dir, "gguf"), "--threads", str(a.threads), "--prompt", str(a.prompt),
+                           "--decode", str(a.decode), "--gguf", gguf, "--torch", torch, "--clip-dtypes", clip_dtypes],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            res["peers"].append(json.loads(line))
+            print("peer", line, flush=True)
+    if proc.returncode:
+        print(proc.stderr[-3000:])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", help="python of the benchmark venv (llama-cpp-python, gguf, torch, transformers)")
@@ -143,23 +157,18 @@ def main():
     for fmt, r in res["ops"].items():
         print(f"op {fmt:9s} product {r['product_GFLOPs']:6.1f} GFLOP/s ({r['product_GFLOPs'] / res['ops']['float32']['product_GFLOPs']:.2f}x f32)"
               f"  GEMV {r['gemv_GBps']:5.1f} GB/s ({r['gemv_GBps'] / res['read_GBps']:.2f} of the read)", flush=True)
+    # format by format, each tool right after the other: this box's speed drifts by 10% over minutes, so tools
+    # timed far apart would compare the machine's moods, not the tools
     for fmt in formats:
         res["tgllava"][fmt] = run_child(llm, clip, fmt, "llm", a)
         print("tgllava", fmt, res["tgllava"][fmt], flush=True)
+        if a.peers:
+            run_peers(a, llm, clip, res, gguf=FORMATS[fmt], torch=fmt if fmt in ("float32", "bfloat16") else "")
     for fmt in ("float32", "bfloat16"):
         res["tgllava"]["clip_" + fmt] = run_child(llm, clip, fmt, "clip", a)
         print("tgllava clip", fmt, res["tgllava"]["clip_" + fmt], flush=True)
-    if a.peers:
-        proc = subprocess.run([a.peers, os.path.join(HERE, "peer_run.py"), "--llm", llm, "--clip", clip, "--work",
-                               os.path.join(a.dir, "gguf"), "--threads", str(a.threads), "--prompt", str(a.prompt),
-                               "--decode", str(a.decode), "--gguf", ",".join(FORMATS[f] for f in formats)],
-                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
-        for line in proc.stdout.splitlines():
-            if line.startswith("{"):
-                res["peers"].append(json.loads(line))
-                print("peer", line, flush=True)
-        if proc.returncode:
-            print(proc.stderr[-3000:])
+        if a.peers:
+            run_peers(a, llm, clip, res, clip_dtypes=fmt)
     if a.mc7b:
         llm7, clip7 = build(os.path.join(a.dir, "7b"), VICUNA_7B)
         res["mc7b"] = {}

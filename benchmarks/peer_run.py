@@ -196,6 +196,8 @@ def main():
         torch.set_num_threads(a.threads)
         for dt in a.clip_dtypes.split(","):
             emit(peer="pytorch", what="clip", dtype=dt, **bench_torch_clip(a.clip, dt))
+    if not (a.torch or a.gguf):
+        return
     tensors = read_bf16_safetensors(os.path.join(a.llm, "model.safetensors"))
     if a.torch:
         import torch

@@ -1,7 +1,8 @@
 """Shared helpers of test_frontend_e2e.py and test_cli.py: golden checkpoints with tokenizer files.
 
-`golden_set(name)` materializes a golden set (SPEC 5) once per test process
-into a temporary folder and gives both folders tokenizer files written by
+`golden_set(name)` gives a golden set (SPEC 5), materialized once per test
+process by golden_util.checkpoint, in folders of its own (the weights linked)
+with tokenizer files written by
 tgllava.fixtures' builders: a byte-level BPE tokenizer.json for the LLM (its
 ids stay below the golden vocab of 1000) and a CLIP vocab.json + merges.txt
 whose ids stay below the golden CLIP text vocab of 1024, with
@@ -12,13 +13,11 @@ checkout); when they are missing the tests fail, saying where it looked.
 """
 
 import atexit
-import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 
-from golden_util import FIXTURES, GOLDEN
+from golden_util import FIXTURES, GOLDEN, checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTION = "What is in this image?"
@@ -35,29 +34,21 @@ def _tmpdir():
     return _tmp[0]
 
 
-def _materialize_module():
-    path = os.path.join(GOLDEN, "materialize.py")
-    sys.path.insert(0, GOLDEN)
-    try:
-        spec = importlib.util.spec_from_file_location("_golden_materialize", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(GOLDEN)
-    return mod
-
-
 def golden_set(name):
-    """(llm_dir, clip_dir, image_path) of golden set `name`, with tokenizer files."""
+    """(llm_dir, clip_dir, image_path) of golden set `name`, with tokenizer files: folders of their own whose
+    weights are links to golden_util's one materialized copy (configs copied, so a test may edit them)."""
     if name not in _sets:
         from tgllava import fixtures
 
-        mat = _materialize_module()
-        out = os.path.join(_tmpdir(), name)
-        clip_dir, llm_dir = mat.materialize(os.path.join(GOLDEN, name), out)
-        assert fixtures.write_llm_tokenizer(llm_dir, vocab_size=1000) <= 1000
-        assert fixtures.write_clip_tokenizer(clip_dir, vocab_size=1024) == (1022, 1023)
-        _sets[name] = (llm_dir, clip_dir, os.path.join(GOLDEN, name, "image.png"))
+        dirs = {}
+        for part, src in zip(("llm", "clip"), checkpoint(name)):
+            dirs[part] = os.path.join(_tmpdir(), name, part)
+            os.makedirs(dirs[part])
+            os.symlink(os.path.join(src, "model.safetensors"), os.path.join(dirs[part], "model.safetensors"))
+            shutil.copy(os.path.join(src, "config.json"), dirs[part])
+        assert fixtures.write_llm_tokenizer(dirs["llm"], vocab_size=1000) <= 1000
+        assert fixtures.write_clip_tokenizer(dirs["clip"], vocab_size=1024) == (1022, 1023)
+        _sets[name] = (dirs["llm"], dirs["clip"], os.path.join(GOLDEN, name, "image.png"))
     return _sets[name]
 
 
