@@ -204,6 +204,11 @@ for code in range(5):
         x = np.random.default_rng(M).standard_normal((M, 160)).astype(np.float32)
         out[f"{code}/{M}"] = _C.op_linear("cpu", x, w, None, None, 0, code).tolist()
     out[f"emb/{code}"] = _C.op_elementwise("cpu", "embedding", w, np.arange(21, dtype=np.int32), code).tolist()
+x = np.random.default_rng(3).normal(0, 6, 1003).astype(np.float32)
+for act in (2, 3, 4):  # vmath.c: the same exp rule on both paths
+    out[f"act/{act}"] = _C.op_elementwise("cpu", "activation", x, None, act).tolist()
+q = np.random.default_rng(4).normal(0, 3, (1, 9, 16)).astype(np.float32)
+out["attn"] = _C.op_attention("cpu", q, q, q, 2, 2, 0.25, True, None, None, None, False).tolist()
 json.dump(out, sys.stdout)
 """
 
@@ -227,8 +232,9 @@ def test_portable_path_gives_the_same_results():
         if key == "kernels":
             continue
         a, b = np.array(v), np.array(portable[key])
-        if key.startswith("emb/") or key[0] in "34":
-            # dequantisation is exact on both paths; the block formats' products are one fma per block on both
+        if key.startswith(("emb/", "act/", "attn")) or key[0] in "34":
+            # dequantisation is exact on both paths; the block formats' products are one fma per block on both;
+            # activations and softmax follow vmath.c's one exp rule on both
             assert np.array_equal(a, b), key
         else:
             assert np.abs(a - b).max() <= 1e-6 * (1 + np.abs(a).max()), key  # only the summation order differs

@@ -133,6 +133,28 @@ def test_attention(dev, case):
     assert np.array_equal(_C.op_attention(dev, q, k, v, nh, nkv, scale, causal, q_pos, kv_len, mask, False), out)
 
 
+@pytest.mark.parametrize("act", [2, 3, 4])
+def test_cpu_sigmoid_activations_over_the_whole_range(act):
+    """vmath.c's exp rule: within 1e-6 relative of float64 from -100 to 100, 0 or x at the far ends, NaN kept."""
+    x = np.concatenate([np.linspace(-100, 100, 40001), [-1e30, -88.0, -87.5, 87.5, 88.5, 1e30, 0.0, -0.0, 1e-30]])
+    x = x.astype(np.float32)
+    got = _C.op_elementwise("cpu", "activation", x, None, act).astype(np.float64)
+    with np.errstate(over="ignore"):  # e^(1.7e30) in the reference: inf, so its sigmoid is 0
+        want = act_np(x, act)
+    assert np.all(np.abs(got - want) <= 1e-6 * np.maximum(np.abs(want), 1e-2)), np.abs(got - want).max()
+    nan = _C.op_elementwise("cpu", "activation", np.array([np.nan] * 9, np.float32), None, act)
+    assert np.all(np.isnan(nan))
+
+
+def test_cpu_softmax_of_far_scores_is_exact_zero():
+    """A key 1000 below the best one gets probability 0, not e^-87 (the exp rule flushes below -87.3)."""
+    q = np.ones((1, 6, 8), np.float32)
+    k = np.ones((1, 6, 8), np.float32)
+    k[0, 3] = -1000 / 8
+    _, probs = _C.op_attention("cpu", q, k, k, 1, 1, 1.0, False, None, None, None, True)
+    assert np.all(probs[0, :, 3] == 0) and np.allclose(probs[0, :, [0, 1, 2, 4, 5]], 0.2, atol=1e-6)
+
+
 def test_attention_fully_masked_row_is_zero():
     q = rng.normal(size=(1, 6, 8)).astype(np.float32)
     k = rng.normal(size=(1, 6, 8)).astype(np.float32)

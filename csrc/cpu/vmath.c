@@ -1,6 +1,6 @@
 /* vmath.c -- the CPU backend's exponentials on whole rows: softmax rows and the sigmoid-shaped activations.
  *
- * e^x is computed by one rule on every path: x clamped to [-87.3, 88] (2^n stays finite) (NaN passes), n = nearest integer of
+ * e^x is computed by one rule on every path: 0 below -87.3, x clamped to 88 (2^n stays finite; NaN passes), n = nearest integer of
  * x * log2(e), r = x - n ln2 in two steps (Cody-Waite), e^r = 1 + r + r^2 P(r) with Cephes' degree-5
  * polynomial, times 2^n built in the exponent bits -- within 2 ulp of expf.  The AVX2 kernel does these
  * operations on 8 lanes, the portable code on one value with fmaf, so both give the same bits.
@@ -40,7 +40,8 @@
 
 static inline float exp1(float x) {
     if (x != x) return x;
-    x = x > EXP_HI ? EXP_HI : x < EXP_LO ? EXP_LO : x;
+    if (x < EXP_LO) return 0.0f;
+    x = x > EXP_HI ? EXP_HI : x;
     const float n = nearbyintf(x * LOG2E);
     float r = fmaf(n, -LN2_HI, x);
     r = fmaf(n, -LN2_LO, r);
@@ -70,6 +71,7 @@ static inline float sigmoid_act1(float x, int act) { return x / (1.0f + exp1(min
 #define AVX2_FN static inline __attribute__((target("avx2,fma,f16c"), always_inline))
 
 AVX2_FN __m256 exp8(__m256 x) {
+    const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ); /* -> 0 at the end */
     /* min/max return their second operand when one is NaN: NaN stays NaN */
     x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), _mm256_min_ps(_mm256_set1_ps(EXP_HI), x));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -82,7 +84,7 @@ AVX2_FN __m256 exp8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
     const __m256 e = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+    return _mm256_andnot_ps(under, _mm256_mul_ps(e, _mm256_castsi256_ps(bits)));
 }
 
 AVX2_FN __m256 sigmoid_act8(__m256 x, const int act) {
