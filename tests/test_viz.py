@@ -5,8 +5,8 @@ The LLM map is checked against a NumPy float64 forward of the Llama decoder
 of the golden llava15-tiny checkpoint (per-layer softmax probabilities,
 summed over heads and layers), the DP map against a NumPy reimplementation
 of the TG-DP perceiver (SPEC 2.6) of tg-vicuna-tiny, the FOM map against the
-golden FOM mask.  Golden checkpoints are materialized once per module into a
-temporary folder (golden_util finds the golden sets).
+golden FOM mask.  The golden models are golden_util's, materialized and loaded
+once per test session.
 """
 
 import argparse
@@ -23,15 +23,7 @@ from tgllava import viz
 from tgllava.attention import attention_map, tile_mosaic
 from tgllava.checkpoint import read_tensors
 from tgllava.errors import ShapeError, TgError
-from golden_util import GOLDEN, checkpoint
-
-_MODELS = {}
-
-
-def model(name):
-    if name not in _MODELS:
-        _MODELS[name] = tgllava.load(*checkpoint(name))
-    return _MODELS[name]
+from golden_util import GOLDEN, checkpoint, model
 
 
 def golden_io(name):
@@ -182,8 +174,8 @@ def test_fom_map_is_mask_norm(vicuna_maps):
     assert maps["llm"] is maps.llm and set(maps.as_dict()) == {"llm", "llm_norm", "llm_tokens", "dp", "fom"}
 
 
-def test_maps_switched_off(vicuna_maps):
-    m, d, _ = vicuna_maps
+def test_maps_switched_off():
+    m, d = model("tg-vicuna-tiny"), golden_io("tg-vicuna-tiny")
     maps = attention_map(m, input_ids=d["input_ids"], pixels=d["pixel_values"], use_fom=False, use_dp=False)
     assert maps.dp is None and maps.fom is None
     assert maps.instruction == (4 + 576, len(d["input_ids"]) - 1 + 576)
