@@ -129,11 +129,6 @@ static void prepare_portable(int dtype, const float *x, void *dst, int64_t M, in
 
 /* ---- portable kernels: the same lanes and order, in plain C ---- */
 
-static inline float lanes_sum(const float *a) { /* the pairwise order of tg_avx2_hsum */
-    const float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
-    return (s0 + s2) + (s1 + s3);
-}
-
 /* lane l takes, per 16 features, the weights of slot l then slot l + 8 (slot16) */
 static float dot16_portable(int dtype, const float *x, const uint16_t *w, int64_t K) {
     const int bf = dtype == TG_BF16;
@@ -145,7 +140,7 @@ static float dot16_portable(int dtype, const float *x, const uint16_t *w, int64_
                 const float wv = k >= K ? 0.0f : bf ? tg_bf16_to_float(w[k]) : tg_half_to_float(w[k]);
                 acc[l] += x[j + 8 * h + l] * wv;
             }
-    return lanes_sum(acc);
+    return tg_lanes8_sum(acc);
 }
 
 /* element (m, n) of a block-format product: one float32 sum, fma(block integer sum, d_w * d_x) per block */

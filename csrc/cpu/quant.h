@@ -13,6 +13,12 @@
 /* round to nearest even for |x| < 2^22 without a libm call (the adds are not reassociated: no -ffast-math) */
 static inline int32_t tg_round_even(float x) { return (int32_t)((x + 12582912.0f) - 12582912.0f); }
 
+/* the sum of 8 float32 lanes in the fixed pairwise order of tg_avx2_hsum, in plain C */
+static inline float tg_lanes8_sum(const float *a) {
+    const float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 /* the sum of 8 lanes in one fixed pairwise order ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) */

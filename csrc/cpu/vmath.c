@@ -156,6 +156,5 @@ float tg_lanes_sum(const float *x, int64_t n) {
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) acc[l] += x[i + l];
     for (int l = 0; i < n; i++, l++) acc[l] += x[i];
-    const float s0 = acc[0] + acc[4], s1 = acc[1] + acc[5], s2 = acc[2] + acc[6], s3 = acc[3] + acc[7];
-    return (s0 + s2) + (s1 + s3);
+    return tg_lanes8_sum(acc);
 }
