@@ -6,11 +6,12 @@ prompt, the answer budget and scoring use.
 
 import os
 
+from eval_testing import FakeModel, png_b64, write_tsv
+
 import tgllava.eval as ev
 from tgllava.eval import benchmarks
 from tgllava.eval.benchmarks import VQA, Benchmark, find_benchmark
 from tgllava.eval.prompts import build_item_prompt
-from tgllava.eval.testing import FakeModel, png_b64, write_tsv
 
 SUFFIX = "\nName one colour."
 

@@ -3,10 +3,10 @@
 import argparse
 
 import pytest
+from eval_testing import png_b64, write_tsv
 
 import tgllava.eval as ev
 from tgllava import cli
-from tgllava.eval.testing import png_b64, write_tsv
 
 
 def _help(capsys, argv):

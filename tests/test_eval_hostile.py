@@ -12,15 +12,16 @@ import sys
 import time
 
 import pytest
+from eval_testing import FakeModel, png_b64, without_openpyxl, write_tsv
 
 import tgllava
 import tgllava.eval as ev
 from tgllava.eval.errors import ShardError
 from tgllava.eval.runner import checkpoint_path
 from tgllava.eval.shard import detect_shard
-from tgllava.eval.testing import FakeModel, png_b64, without_openpyxl, write_tsv
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tgllava.__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))  # eval_testing's folder
 
 
 def _mmbench(tmp_path, n=6):
@@ -31,10 +32,10 @@ def _mmbench(tmp_path, n=6):
 
 TORN_CHILD = """
 import os, signal, sys
-sys.path.insert(0, {root!r})
+sys.path[:0] = [{root!r}, {tests!r}]
 import tgllava.eval as ev
 from tgllava.eval import runner
-from tgllava.eval.testing import FakeModel
+from eval_testing import FakeModel
 
 def torn_write(self, records):  # the first write (the header) is cut in the middle by a kill
     text = "".join(runner.json.dumps(r) + "\\n" for r in records)
@@ -51,8 +52,8 @@ ev.run(FakeModel(name="fake"), {data!r}, work_dir={wd!r}, batch_size=2, progress
 def test_run_killed_during_its_first_write_recovers(tmp_path):
     data = _mmbench(tmp_path)
     wd = str(tmp_path / "wd")
-    child = subprocess.run([sys.executable, "-c", TORN_CHILD.format(root=PKG_ROOT, data=data, wd=wd)],
-                           capture_output=True, timeout=120)
+    script = TORN_CHILD.format(root=PKG_ROOT, tests=TESTS, data=data, wd=wd)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
     ckpt = checkpoint_path(wd, "fake", "MMBench_DEV_EN")
     torn = open(ckpt, "rb").read()

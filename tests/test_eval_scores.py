@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+from eval_testing import png_b64, write_tsv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +18,6 @@ from tgllava.eval import metrics as M
 from tgllava.eval.errors import DatasetError
 from tgllava.eval.scoring import format_summary, score
 from tgllava.eval.tables import read_table, write_table
-from tgllava.eval.testing import png_b64, write_tsv
 
 IMG = png_b64()
 IMG2 = png_b64((0, 90, 0))

@@ -12,6 +12,7 @@
 import numpy as np
 import pytest
 from _frontend_golden import QUESTION, golden_model, golden_set, second_image
+from eval_testing import FakeModel
 from golden_util import io, model
 from PIL import Image
 
@@ -20,7 +21,6 @@ from tgllava import conversation, image, tokenize
 from tgllava.attention import attention_map
 from tgllava.eval.adapter import ModelAdapter, as_eval_model
 from tgllava.eval.errors import EvalError
-from tgllava.eval.testing import FakeModel
 from tgllava.errors import ShapeError
 
 L15, TGV = "llava15-tiny", "tg-vicuna-tiny"

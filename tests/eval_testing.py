@@ -1,4 +1,4 @@
-"""Helpers for tests of the evaluation loop: a fake model and tiny datasets.
+"""Test helpers for the evaluation loop: a fake model and tiny datasets.
 
 `FakeModel` implements the EvalModel protocol without any weights: it
 answers each item from its prompt - by default the text inside the first
