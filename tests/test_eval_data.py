@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from eval_testing import png_b64, without_openpyxl, write_tsv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -12,7 +13,6 @@ from tgllava.eval.benchmarks import find_benchmark, is_circular
 from tgllava.eval.data import load_dataset, parse_list_cell
 from tgllava.eval.errors import DatasetError
 from tgllava.eval.tables import read_table, render_tsv_columns, write_table
-from tgllava.eval.testing import png_b64, without_openpyxl, write_tsv
 
 RED, BLUE = png_b64((255, 0, 0), (8, 6)), png_b64((0, 0, 255), (5, 7))
 

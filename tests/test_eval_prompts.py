@@ -5,13 +5,13 @@ import sys
 import types
 
 import pytest
+from eval_testing import png_b64, write_tsv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from tgllava.eval.data import load_dataset
 from tgllava.eval.prompts import (VLMEVALKIT_SYSTEM, build_item_prompt, default_conv_mode, text_guide,
                                   user_text)
-from tgllava.eval.testing import png_b64, write_tsv
 
 IMG = png_b64()
 MCQ_TAIL = "\nAnswer with the option's letter from the given choices directly."

@@ -8,13 +8,13 @@ import os
 import shutil
 
 import pytest
+from eval_testing import FakeModel, png_b64, write_tsv
 
 import tgllava
 import tgllava.eval as ev
 from tgllava.eval.errors import ShardError
 from tgllava.eval.runner import checkpoint_path
 from tgllava.eval.tables import read_table
-from tgllava.eval.testing import FakeModel, png_b64, write_tsv
 
 IMGS = [png_b64((i * 40 % 256, 100, 50)) for i in range(6)]
 

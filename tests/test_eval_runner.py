@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+from eval_testing import FakeModel, png_b64, write_tsv
 
 import tgllava
 import tgllava.eval as ev
@@ -14,7 +15,6 @@ from tgllava.eval.errors import ShardError
 from tgllava.eval.runner import checkpoint_path
 from tgllava.eval.shard import detect_shard, parse_shard, partition, resolve_device
 from tgllava.eval.tables import read_table
-from tgllava.eval.testing import FakeModel, png_b64, write_tsv
 
 COLORS = [(i * 40 % 256, 100, 200 - i * 20) for i in range(6)]
 IMGS = [png_b64(c) for c in COLORS]
@@ -111,9 +111,9 @@ def test_resume_after_a_kill(tmp_path):
 
 KILLED_CHILD = """
 import os, signal, sys
-sys.path.insert(0, {root!r})  # where the tested tgllava lives (installed or built in place)
+sys.path[:0] = [{root!r}, {tests!r}]  # the tested tgllava (installed or built in place), eval_testing
 import tgllava.eval as ev
-from tgllava.eval.testing import FakeModel
+from eval_testing import FakeModel
 
 class Dying(FakeModel):
     def chat_batch(self, items, **kw):
@@ -131,8 +131,9 @@ def test_resume_after_sigkill(tmp_path):
     data = _mmbench(tmp_path)
     wd = str(tmp_path / "wd")
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(tgllava.__file__)))
-    child = subprocess.run([sys.executable, "-c", KILLED_CHILD.format(root=pkg_root, data=data, wd=wd)],
-                           capture_output=True, timeout=120)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = KILLED_CHILD.format(root=pkg_root, tests=tests, data=data, wd=wd)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
     model = FakeModel(name="fake")
     res = ev.run(model, data, work_dir=wd, batch_size=3, progress=False, prompt_style="vlmevalkit")

@@ -30,6 +30,8 @@ import re
 import sys
 import zipfile
 
+import numpy as np
+
 from .errors import DatasetError
 
 # pandas.read_csv / read_excel default na_values (pandas >= 2.0 adds 'None').
@@ -152,11 +154,6 @@ def render_tsv_columns(columns, rows, skip=()):
     return rows
 
 
-def render_typed(columns, rows):
-    """Render typed cells (from XLSX or JSON) as pandas would after loading them."""
-    return render_tsv_columns(columns, rows)
-
-
 # ------------------------------------------------------------------- reading
 
 class _Lines:
@@ -217,10 +214,7 @@ def read_tsv_raw(path, delimiter="\t"):
             if len(fields) > len(header):
                 raise DatasetError(
                     f"{path}: line {start}: {len(fields)} fields, but the header has {len(header)}")
-            row = dict(zip(header, fields))
-            for col in header[len(fields):]:
-                row[col] = None
-            rows.append(row)
+            rows.append(dict(zip(header, fields)) | dict.fromkeys(header[len(fields):]))
     if header is None:
         raise DatasetError(f"{path} is empty")
     return header, rows
@@ -232,12 +226,9 @@ def read_table(path, skip_render=()):
     if ext in ("tsv", "csv"):
         columns, rows = read_tsv_raw(path, "\t" if ext == "tsv" else ",")
         return columns, render_tsv_columns(columns, rows, skip=skip_render)
-    if ext == "xlsx":
-        columns, rows = _read_xlsx(path)
-        return columns, render_typed(columns, rows)
-    if ext == "json":
-        columns, rows = _read_json(path)
-        return columns, render_typed(columns, rows)
+    if ext in ("xlsx", "json"):  # typed cells, rendered as pandas would after loading them
+        columns, rows = _read_xlsx(path) if ext == "xlsx" else _read_json(path)
+        return columns, render_tsv_columns(columns, rows)
     raise DatasetError(f"{path}: unknown table format '.{ext}' (expected .tsv, .csv, .xlsx or .json)")
 
 
@@ -275,12 +266,7 @@ def _read_xlsx(path):
         for values in it:
             if values is None or all(v is None for v in values):
                 continue
-            row = {}
-            for col, v in zip(columns, values):
-                row[col] = v
-            for col in columns[len(values):]:
-                row[col] = None
-            rows.append(row)
+            rows.append(dict(zip(columns, values)) | dict.fromkeys(columns[len(values):]))
     finally:
         wb.close()
     return columns, rows
@@ -298,11 +284,7 @@ def _read_json(path):
         return columns, rows
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise DatasetError(f"{path}: expected a JSON list of records")
-    columns = []
-    for r in data:
-        for k in r:
-            if k not in columns:
-                columns.append(k)
+    columns = list(dict.fromkeys(k for r in data for k in r))
     rows = [{c: r.get(c) for c in columns} for r in data]
     return columns, rows
 
@@ -314,18 +296,13 @@ def _atomic_open(path):
     return tmp, open(tmp, "w", encoding="utf-8", newline="")
 
 
-def _cell(v):
-    return "" if v is None else v
-
-
 def write_delimited(path, columns, rows, delimiter="\t"):
     """Write QUOTE_ALL TSV/CSV as pandas' to_csv(quoting=QUOTE_ALL) does; atomic."""
     tmp, f = _atomic_open(path)
     with f:
         w = csv.writer(f, delimiter=delimiter, quoting=csv.QUOTE_ALL, lineterminator="\n")
         w.writerow(columns)
-        for row in rows:
-            w.writerow([_cell(row.get(c)) for c in columns])
+        w.writerows([["" if row.get(c) is None else row[c] for c in columns] for row in rows])
     os.replace(tmp, path)
 
 
@@ -379,10 +356,8 @@ def write_json(path, columns, rows):
 def write_table(path, columns, rows):
     """Write by extension: .tsv, .csv, .xlsx or .json."""
     ext = os.path.splitext(str(path))[1].lower().lstrip(".")
-    if ext == "tsv":
-        write_delimited(path, columns, rows, "\t")
-    elif ext == "csv":
-        write_delimited(path, columns, rows, ",")
+    if ext in ("tsv", "csv"):
+        write_delimited(path, columns, rows, "\t" if ext == "tsv" else ",")
     elif ext == "xlsx":
         write_xlsx(path, columns, rows)
     elif ext == "json":
@@ -395,18 +370,10 @@ def render_value(v):
     """A typed cell as text, as pandas writes it: repr for floats (NumPy numbers too), None for NaN/None."""
     if v is None:
         return None
-    if isinstance(v, bool):
+    if isinstance(v, (bool, np.bool_)):
         return "True" if v else "False"
-    if isinstance(v, int):
-        return str(v)
-    try:
-        import numpy as np
-        if isinstance(v, np.integer):
-            return str(int(v))
-        if isinstance(v, np.bool_):
-            return "True" if v else "False"
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
     if isinstance(v, float) or hasattr(v, "__float__") and not isinstance(v, str):
         return render_float(v)
     return str(v)
@@ -418,31 +385,16 @@ def write_score_csv(path, columns, rows):
     A column holding ints and floats is float64 in pandas, so its ints are
     written "3.0"; that is reproduced here.
     """
-    out = []
-    kinds = {}
-    for c in columns:
-        vals = [r.get(c) for r in rows]
-        has_float = any(_is_floaty(v) for v in vals)
-        kinds[c] = "float" if has_float else "other"
-    for r in rows:
-        cells = {}
-        for c in columns:
-            v = r.get(c)
-            if kinds[c] == "float" and v is not None and not isinstance(v, str):
-                cells[c] = render_float(v)
-            else:
-                cells[c] = render_value(v)
-        out.append(cells)
-    write_delimited(path, columns, out, ",")
+    float_columns = {c for c in columns if any(_is_floaty(r.get(c)) for r in rows)}
+
+    def cell(c, v):
+        if c in float_columns and v is not None and not isinstance(v, str):
+            return render_float(v)
+        return render_value(v)
+
+    write_delimited(path, columns, [{c: cell(c, r.get(c)) for c in columns} for r in rows], ",")
 
 
 def _is_floaty(v):
-    if v is None or isinstance(v, (str, bool, int)):
-        return v is None
-    try:
-        import numpy as np
-        if isinstance(v, (np.integer, np.bool_)):
-            return False
-    except ImportError:  # pragma: no cover
-        pass
-    return True
+    """A cell that makes its column float64 in pandas: missing (NaN), or a number that is not an int."""
+    return v is None or not isinstance(v, (str, bool, int, np.integer, np.bool_))
