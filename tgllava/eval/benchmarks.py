@@ -54,6 +54,11 @@ class Benchmark:
     references: Tuple[str, ...] = ("answer",)
 
 
+def _then(columns, *added):
+    """A per-row table's columns: `columns`, then the `added` ones last (as a DataFrame's new columns)."""
+    return [c for c in columns if c not in added] + list(added)
+
+
 # ------------------------------------------------------------------ MCQ
 
 def is_circular(name):
@@ -99,8 +104,8 @@ def score_mcq(job):
     else:
         scored = [(r, hit, log) for r, (hit, log) in zip(rows, M.mcq_hits(rows, judge_fn, is_mmmu=False))]
     graded = [dict(r, hit=hit, log=log) for r, hit, log in scored]
-    rec_cols = [c for c in columns if c not in ("hit", "log")] + ["hit", "log"]
-    job.record(f"_{judge_name(job.judge)}_result", rec_cols, [{**g, "hit": str(g["hit"])} for g in graded])
+    job.record(f"_{judge_name(job.judge)}_result", _then(columns, "hit", "log"),
+               [{**g, "hit": str(g["hit"])} for g in graded])
     cols, table = M.report_acc(graded, columns)
     job.table("_acc", cols, table)
     for r in table:
@@ -110,10 +115,12 @@ def score_mcq(job):
 
 # ------------------------------------------------------------------ yes / no
 
-def score_yorn(job, rating, ignore_case=False):
+def score_yorn(job, rating, headline, by_image=False, ignore_case=False, rename=None):
     """ImageYORNDataset.evaluate: yes/no per row (the judge asked when neither), then `rating`.
 
-    `rating(job)` gives (columns, table, headline) of the `_score` table.
+    `rating` (metrics.py) reads the rows and job.image_of() (`by_image`) or the columns and gives the
+    `_score` table; the `headline` columns of its first row (those present) are the headline numbers,
+    named as in `rename`.
     """
     for r in job.rows:
         r["extracted"] = yes_no(r["prediction"])
@@ -128,36 +135,16 @@ def score_yorn(job, rating, ignore_case=False):
             r["score"] = str(r.get("answer")).lower() == r["extracted"].lower()
         else:
             r["score"] = r.get("answer") == r["extracted"]
-    rec_cols = [c for c in job.columns if c not in ("extracted", "score")] + ["extracted", "score"]
-    job.record("_auxmatch", rec_cols, [{**r, "score": str(r["score"])} for r in job.rows])
-    cols, table, headline = rating(job)
-    job.headline.update(headline)
+    job.record("_auxmatch", _then(job.columns, "extracted", "score"),
+               [{**r, "score": str(r["score"])} for r in job.rows])
+    cols, table = rating(job.rows, job.image_of() if by_image else job.columns)
+    rename = rename or {}
+    job.headline.update({rename.get(c, c): table[0][c] for c in headline if c in table[0]})
     job.table("_score", cols, table)
 
 
-def _mme(job):
-    cols, table = M.mme_rating(job.rows, job.image_of())
-    return cols, table, {k: table[0][k] for k in ("perception", "reasoning") if k in table[0]}
-
-
-def _amber(job):
-    cols, table = M.amber_rating(job.rows, job.image_of())
-    return cols, table, {"Avg ACC": table[0]["Avg ACC"]}
-
-
-def _hallusion(job):
-    cols, table = M.hallusion_rating(job.rows, job.columns)
-    return cols, table, {k: table[0][k] for k in ("aAcc", "fAcc", "qAcc")}
-
-
-def _pope(job):
-    cols, table = M.pope_rating(job.rows, job.columns)
-    return cols, table, {"F1": table[0]["Overall"], "acc": table[0]["acc"]}
-
-
-def _yorn_default(job):
-    cols, table = M.yorn_default_rating(job.rows, job.columns)
-    return cols, table, {"Overall": table[0]["Overall"]}
+def _yorn(rating, *headline, **options):
+    return partial(score_yorn, rating=rating, headline=headline, **options)
 
 
 # ------------------------------------------------------------------ VQA
@@ -172,8 +159,7 @@ def score_vqa(job, method, rule):
         r["eval_pred"] = pred
         r["eval_match"] = str([float(m) for m in match])
         r["eval_score"] = repr(M.mean(match))
-    extra = ["eval_gt", "eval_pred", "eval_match", "eval_score"]
-    job.record("_results", [c for c in job.columns if c not in extra] + extra, job.rows)
+    job.record("_results", _then(job.columns, "eval_gt", "eval_pred", "eval_match", "eval_score"), job.rows)
     cols, table = M.vqa_report(job.rows, job.columns, hits)
     job.table("_acc", cols, table)
     job.headline["Overall"] = table[0]["Overall"]
@@ -216,7 +202,7 @@ def score_mathvista(job):
             logs.append("Succeed")
     for r, v, log in zip(typed, coerce_column(res), logs):
         r["res"], r["log"] = v, log
-    job.record(f"_{judge_name(judge)}", [c for c in job.columns if c not in ("res", "log")] + ["res", "log"],
+    job.record(f"_{judge_name(judge)}", _then(job.columns, "res", "log"),
                [dict(raw, res=render_value(t["res"]), log=t["log"]) for raw, t in zip(rows, typed)])
     cols, table = M.mathvista_report(typed)
     job.table(f"_{judge_name(judge)}_score", cols, table)
@@ -245,7 +231,7 @@ def score_mmvet(job):
                 break
             r["log"] += f"Try {i}: output is {reply}, invalid score: {value}.\n"
     name = judge_name(judge)
-    job.record(f"_{name}", [c for c in job.columns if c not in ("score", "log")] + ["score", "log"],
+    job.record(f"_{name}", _then(job.columns, "score", "log"),
                [{**r, "score": repr(float(r["score"]))} for r in rows])
     (c1, t1), (c2, t2) = M.mmvet_report(rows)
     job.table(f"_{name}_score", c1, t1)
@@ -273,8 +259,7 @@ def score_llavabench(job):
         reply = judge.ask(llavabench_prompt(r.get("caption"), r.get("question"), r.get(ref_col), r["prediction"]),
                           temperature=0.2)
         r["gpt4_score"], r["score"] = M.llavabench_parse(reply)
-    job.record(f"_{judge.name}_result", [c for c in columns if c not in ("gpt4_score", "score")]
-               + ["gpt4_score", "score"],
+    job.record(f"_{judge.name}_result", _then(columns, "gpt4_score", "score"),
                [{**r, "gpt4_score": repr(r["gpt4_score"]), "score": repr(r["score"])} for r in rows])
     cols, table = M.llavabench_report(rows)
     job.table("_score", cols, table)
@@ -284,12 +269,16 @@ def score_llavabench(job):
 # ------------------------------------------------------------------ the table
 
 BENCHMARKS = (
-    Benchmark("mme", YORN, r"^mme($|[^a-z])", bare_question, 128, partial(score_yorn, rating=_mme)),  # not MMERealWorld
+    Benchmark("mme", YORN, r"^mme($|[^a-z])", bare_question, 128,  # not MMERealWorld
+              _yorn(M.mme_rating, "perception", "reasoning", by_image=True)),
     Benchmark("mcq", MCQ, "mmbench|ccbench|mmstar|mmmu|ai2d|scienceqa|seedbench|realworldqa|a-okvqa|mmt-bench|"
               "blink|circular", mcq_text, 128, score_mcq),
-    Benchmark("hallusion", YORN, "hallusionbench", bare_question, 128, partial(score_yorn, rating=_hallusion)),
-    Benchmark("pope", YORN, "pope", bare_question, 128, partial(score_yorn, rating=_pope)),
-    Benchmark("amber", YORN, "amber", yes_no_text, 128, partial(score_yorn, rating=_amber, ignore_case=True)),
+    Benchmark("hallusion", YORN, "hallusionbench", bare_question, 128,
+              _yorn(M.hallusion_rating, "aAcc", "fAcc", "qAcc")),
+    Benchmark("pope", YORN, "pope", bare_question, 128,
+              _yorn(M.pope_rating, "Overall", "acc", rename={"Overall": "F1"})),
+    Benchmark("amber", YORN, "amber", yes_no_text, 128,
+              _yorn(M.amber_rating, "Avg ACC", by_image=True, ignore_case=True)),
     Benchmark("textvqa", VQA, "textvqa", short_answer_text, 128, _vqa("vqa_score", "mean")),
     Benchmark("anls", VQA, "docvqa|infovqa", short_answer_text, 128, _vqa("anls", "anls")),
     Benchmark("chartqa", VQA, "chartqa", short_answer_text, 128, _vqa("relaxed_accuracy", "max")),
@@ -301,7 +290,7 @@ BENCHMARKS = (
               references=("gpt4_ans", "answer")),
     Benchmark("mmvet", VQA, "mmvet|mm-vet", bare_question, 1024, score_mmvet, judged=True),
     # reached through the columns only
-    Benchmark("yorn", YORN, None, bare_question, 128, partial(score_yorn, rating=_yorn_default)),
+    Benchmark("yorn", YORN, None, bare_question, 128, _yorn(M.yorn_default_rating, "Overall")),
     Benchmark("vqa", VQA, None, bare_question, 512, _vqa("vqa_score", "mean")),
 )
 
