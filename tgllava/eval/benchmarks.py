@@ -91,18 +91,13 @@ def score_mcq(job):
     rows.sort(key=_index_key)
     if "MMMU" in job.name:
         rows = [M.mmmu_preproc(r) for r in rows]
-        for r in rows:
-            r["answer"] = M.mcq_answer(r, True)
 
     judge_fn = None
     if job.judge is not None:
         def judge_fn(row, choices):
             return job.judge.ask(mcq_prompt(row.get("question"), choices, row["prediction"]))
 
-    if is_circular(job.name):
-        scored = M.circular_hits(rows, judge_fn)
-    else:
-        scored = [(r, hit, log) for r, (hit, log) in zip(rows, M.mcq_hits(rows, judge_fn, is_mmmu=False))]
+    scored = (M.circular_hits if is_circular(job.name) else M.mcq_hits)(rows, judge_fn)
     graded = [dict(r, hit=hit, log=log) for r, hit, log in scored]
     job.record(f"_{judge_name(job.judge)}_result", _then(columns, "hit", "log"),
                [{**g, "hit": str(g["hit"])} for g in graded])

@@ -34,6 +34,7 @@ from .errors import DatasetError
 from .extract import infer_choice, normalize_vqa_answer, row_choices
 
 NAN = float("nan")
+_LETTERS = frozenset(string.ascii_uppercase)
 
 MMB_ABBRS = {
     "coarse_perception": "CP",
@@ -71,22 +72,22 @@ def _sorted_values(rows, col):
     return sorted((v for v in vals if v is not None), key=str)
 
 
+def _groups(rows, col):
+    """[(value, the rows with it)] for each value of a column, in _sorted_values order."""
+    return [(v, [r for r in rows if r.get(col) == v]) for v in _sorted_values(rows, col)]
+
+
 # ------------------------------------------------------------------ MCQ
 
-def mcq_answer(row, is_mmmu=False):
-    """The ground-truth letter of a row; MMMU maps non-letters to 'A' (MMMU_preproc)."""
-    ans = row.get("answer")
-    if is_mmmu and ans not in list(string.ascii_uppercase):
-        return "A"
-    return ans
-
-
 def mmmu_preproc(row):
-    """MMMU open questions become two-option ones: A = the answer, B = 'Other Answers'."""
+    """MMMU_preproc: an open question becomes a two-option one (A = the answer, B = 'Other Answers'),
+    and an answer that is not a letter becomes 'A'."""
+    row = dict(row)
     if row.get("A") is None:
-        row = dict(row)
         row["A"] = row.get("answer")
         row["B"] = "Other Answers"
+    if row.get("answer") not in _LETTERS:
+        row["answer"] = "A"
     return row
 
 
@@ -111,13 +112,12 @@ def extract_mcq(row, judge_fn=None):
     return "Z", "Failed to predict after 3 judge replies."
 
 
-def mcq_hits(rows, judge_fn=None, is_mmmu=False):
-    """Per-row hit (1/0) and log for a plain MCQ set (mcq_vanilla_eval)."""
+def mcq_hits(rows, judge_fn=None):
+    """[(row, hit 1/0, log)] for a plain MCQ set (mcq_vanilla_eval)."""
     out = []
     for row in rows:
         opt, log = extract_mcq(row, judge_fn)
-        hit = int(opt == mcq_answer(row, is_mmmu))
-        out.append((hit, f"Match Log: {log}. "))
+        out.append((row, int(opt == row.get("answer")), f"Match Log: {log}. "))
     return out
 
 
@@ -195,23 +195,17 @@ def report_acc(rows, columns):
     (sorted; MMBench names abbreviated CP, FP-S, ...).  A split without rows
     of some ability gets NaN (an empty cell), as np.mean([]) does.
     """
-    if "split" in columns:
-        splits = _sorted_values(rows, "split")
-        split_of = lambda r: r.get("split")  # noqa: E731
-    else:
-        splits = ["none"]
-        split_of = lambda r: "none"  # noqa: E731
-    res = {"split": list(splits)}
-    res["Overall"] = [mean([r["hit"] for r in rows if split_of(r) == sp]) for sp in splits]
+    by_split = _groups(rows, "split") if "split" in columns else [("none", rows)]
+    res = {"split": [sp for sp, _ in by_split]}
+    res["Overall"] = [mean([r["hit"] for r in sub]) for _, sub in by_split]
     for group in ("l2-category", "category"):
         if group not in columns:
             continue
         for ab in _sorted_values(rows, group):
-            name = MMB_ABBRS.get(ab, ab)
-            res[name] = [mean([r["hit"] for r in rows if r.get(group) == ab and split_of(r) == sp])
-                         for sp in splits]
+            res[MMB_ABBRS.get(ab, ab)] = [mean([r["hit"] for r in sub if r.get(group) == ab])
+                                          for _, sub in by_split]
     cols = list(res)
-    return cols, [{c: res[c][i] for c in cols} for i in range(len(splits))]
+    return cols, [{c: res[c][i] for c in cols} for i in range(len(by_split))]
 
 
 # ------------------------------------------------------------------ yes / no
@@ -228,16 +222,13 @@ def mme_rating(rows, image_of):
     for r in rows:
         stats.setdefault(r.get("category"), {}).setdefault(image_of(r), []).append(int(r["score"]))
 
-    def acc(cat, plus):
-        values = []
-        for val in stats[cat].values():
-            if plus:
-                values.append(val[0] * val[1] if len(val) > 1 else val[0])
-            else:
-                values.extend(val)
-        return mean(values) * 100
+    def acc(cat):  # questions right
+        return mean([v for val in stats[cat].values() for v in val]) * 100
 
-    scores = {cat: acc(cat, False) + acc(cat, True) for cat in stats}
+    def acc_plus(cat):  # pictures with both questions right
+        return mean([val[0] * val[1] if len(val) > 1 else val[0] for val in stats[cat].values()]) * 100
+
+    scores = {cat: acc(cat) + acc_plus(cat) for cat in stats}
     ret = {}
     for name, cats in (("perception", MME_PERCEPTION), ("reasoning", MME_REASONING)):
         present = [c for c in cats if c in scores]
@@ -343,10 +334,8 @@ def amber_rating(rows, image_of):
     for r in rows:
         cat = _AMBER_MAP.get(r.get("category"), r.get("category"))
         stats.setdefault(cat, {}).setdefault(image_of(r), []).append(int(r["score"]))
-    scores = {}
-    for k, per_image in stats.items():
-        values = [v for vals in per_image.values() for v in vals]
-        scores[k] = mean(values) * 100
+    scores = {k: mean([v for vals in per_image.values() for v in vals]) * 100
+              for k, per_image in stats.items()}
     scores["Avg ACC"] = mean(list(scores.values()))
     return list(scores), [scores]
 
@@ -356,8 +345,8 @@ def yorn_default_rating(rows, columns):
     res = {"Overall": mean([int(r["score"]) for r in rows]) * 100}
     for col in ("category", "l2-category"):
         if col in columns:
-            for c in _sorted_values(rows, col):
-                res[c] = mean([int(r["score"]) for r in rows if r.get(col) == c]) * 100
+            for c, sub in _groups(rows, col):
+                res[c] = mean([int(r["score"]) for r in sub]) * 100
     return list(res), [res]
 
 
@@ -420,11 +409,9 @@ def vqa_match(row, method):
     if method == "vqa_score":
         gts = [normalize_vqa_answer(a) for a in answers]
         p = normalize_vqa_answer(pred)
-        match = []
-        for i in range(len(gts)):
-            others = [g for j, g in enumerate(gts) if j != i]
-            match.append(min(1, float(sum(1 for g in others if g == p)) / 3))
-        return match, p
+        # per ground truth: how many of the others the prediction equals, over 3, at most 1
+        return [min(1, float(sum(g == p for j, g in enumerate(gts) if j != i)) / 3)
+                for i in range(len(gts))], p
     if method == "anls":
         return [anls_distance(a, pred) for a in answers], pred
     if method == "relaxed_accuracy":
@@ -449,33 +436,27 @@ def vqa_hit(match, rule, anls_threshold=0.5):
 def vqa_report(rows, columns, hits):
     """ImageVQADataset.evaluate_heuristic's table: ×100 per split then Overall,
     or Overall then per category."""
-    res = {}
+    def acc_by(col):
+        return {v: mean([h for r, h in zip(rows, hits) if r.get(col) == v]) * 100
+                for v in _sorted_values(rows, col)}
+
+    overall = {"Overall": mean(hits) * 100}
     if "split" in columns:
-        for sp in _sorted_values(rows, "split"):
-            res[sp] = mean([h for r, h in zip(rows, hits) if r.get("split") == sp]) * 100
-        res["Overall"] = mean(hits) * 100
+        res = {**acc_by("split"), **overall}
     else:
-        res["Overall"] = mean(hits) * 100
-        if "category" in columns:
-            for c in _sorted_values(rows, "category"):
-                res[c] = mean([h for r, h in zip(rows, hits) if r.get("category") == c]) * 100
+        res = {**overall, **(acc_by("category") if "category" in columns else {})}
     return list(res), [res]
 
 
 def ocrbench_hit(row):
     """OCRBench: does any ground truth occur in the prediction (its substring rules)?"""
-    predict = str(row["prediction"])
-    category = row.get("category")
-    for answer in answer_list(row.get("answer")):
-        if category == _OCR_HME:
-            a = answer.strip().replace("\n", " ").replace(" ", "")
-            p = predict.strip().replace("\n", " ").replace(" ", "")
-        else:
-            a = answer.lower().strip().replace("\n", " ")
-            p = predict.lower().strip().replace("\n", " ")
-        if a in p:
-            return 1
-    return 0
+    def norm(text):  # formulas compare without spaces, other text in lower case
+        if row.get("category") == _OCR_HME:
+            return text.strip().replace("\n", " ").replace(" ", "")
+        return text.lower().strip().replace("\n", " ")
+
+    predict = norm(str(row["prediction"]))
+    return int(any(norm(answer) in predict for answer in answer_list(row.get("answer"))))
 
 
 def ocrbench_score(rows):
