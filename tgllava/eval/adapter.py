@@ -37,15 +37,12 @@ class ModelAdapter:
     def llm_dir(self):
         return getattr(self.model, "llm_dir", None)
 
-    def _pixels(self, img):
-        return image.preprocess_for(self.model, img)
-
     def _request(self, item, use_fom, use_dp):
         m = self.model
         llm_tok, clip_tok = chat.tokenizers(m)
         img = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
-        pixels = self._pixels(img)
-        req = {"input_ids": tokenize.tokenizer_image_token(item["prompt"], llm_tok), "pixels": pixels,
+        req = {"input_ids": tokenize.tokenizer_image_token(item["prompt"], llm_tok),
+               "pixels": image.preprocess_for(m, img),
                "use_fom": use_fom, "use_dp": use_dp}
         if m.has_tg and (use_fom or use_dp):
             req["text_ids"] = clip_tok.encode(item.get("text_guide") or "")

@@ -102,14 +102,8 @@ def _load_model(args):
     import tgllava
     from .shard import detect_shard, resolve_device
 
-    info = detect_shard(args.shard)
-    kwargs = {"clip_dir": args.clip}
-    device = resolve_device(args.device, info.local_rank) if args.device else None
-    if device is not None:
-        kwargs["device"] = device
-    if args.dtype is not None:
-        kwargs["dtype"] = args.dtype
-    return tgllava.load(args.model, **kwargs)
+    device = resolve_device(args.device, detect_shard(args.shard).local_rank) if args.device else "cpu"
+    return tgllava.load(args.model, clip_dir=args.clip, device=device, dtype=args.dtype)
 
 
 def _check_run_arguments(args):

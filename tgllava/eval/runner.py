@@ -60,7 +60,7 @@ from .judge import judge_name, make_judge
 from .scoring import score, unscored_result
 from .settings import describe_mismatch, run_settings
 from .shard import detect_shard, partition
-from .tables import PRED_FORMATS, check_format_available
+from .tables import PRED_FORMATS, check_format_available, write_table
 
 CHECKPOINT_VERSION = 2
 
@@ -231,14 +231,11 @@ def _build_items(dataset, positions, style, conv_mode):
     for p in positions:
         row = dataset.rows[p]
         try:
-            n_images = dataset.n_images(row)
-            prompt, guide = build_item_prompt(dataset, row, style, conv_mode, n_images)
-            item = {"image": dataset.images(row), "prompt": prompt,
-                    "text_guide": guide, "image_key": dataset.image_keys[p]}
+            prompt, guide = build_item_prompt(dataset, row, style, conv_mode, dataset.n_images(row))
+            ready.append((p, {"image": dataset.images(row), "prompt": prompt,
+                              "text_guide": guide, "image_key": dataset.image_keys[p]}))
         except DatasetError as e:
             bad.append((p, str(e)))
-            continue
-        ready.append((p, item))
     return ready, bad
 
 
@@ -313,26 +310,19 @@ def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
         bar.update(len(ready) + len(failed))
 
 
-def _progress(total, initial, desc, enabled):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="sample", disable=not enabled,
-                dynamic_ncols=True, smoothing=0.05)
-
-
 def write_predictions(dataset, positions, preds, path):
     """The predictions file: dataset columns but `image`, dataset order, + prediction (None: empty)."""
-    from .tables import write_table
-
     columns = [c for c in dataset.columns if c != "image"]
     if "prediction" not in columns:
         columns.append("prediction")
-    rows = []
-    for p in positions:
-        row = {c: dataset.rows[p].get(c) for c in columns}
-        row["prediction"] = preds[dataset.rows[p]["index"]]
-        rows.append(row)
-    write_table(path, columns, rows)
+    write_table(path, columns, [{**{c: dataset.rows[p].get(c) for c in columns},
+                                 "prediction": preds[dataset.rows[p]["index"]]} for p in positions])
+
+
+def _unanswered(dataset, positions, preds, failed):
+    """The indexes of the rows among `positions` that have neither a prediction nor failed."""
+    return [dataset.rows[p]["index"] for p in positions
+            if dataset.rows[p]["index"] not in preds and dataset.rows[p]["index"] not in failed]
 
 
 def _failed_rows(dataset, positions, failed):
@@ -425,7 +415,10 @@ def _run_locked(model, dataset, positions, mine, ckpt, settings, info, work_dir,
            "use_fom": settings["use_fom"], "use_dp": settings["use_dp"]}
     desc = f"{model_name}/{dataset.name}" + (f" [{info.rank}/{info.world}]" if info.world > 1 else "")
     if todo:
-        bar = _progress(len(mine), len(mine) - len(todo), desc, progress)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="sample",
+                   disable=not progress, dynamic_ncols=True, smoothing=0.05)
         try:
             _infer(as_eval_model(model), dataset, todo, ckpt, batch_size, prompt_style, conv_mode, gen, bar)
         finally:
@@ -445,7 +438,7 @@ def _run_locked(model, dataset, positions, mine, ckpt, settings, info, work_dir,
 
 def _merge_if_complete(dataset, positions, preds, failed, paths, work_dir, model_name, fmt, judge, judge_model):
     """Write the final files if all rows are answered or failed; one process does it (lock file)."""
-    if any(dataset.rows[p]["index"] not in preds and dataset.rows[p]["index"] not in failed for p in positions):
+    if _unanswered(dataset, positions, preds, failed):
         return None
     lock = os.path.join(work_dir, model_name, f"{model_name}_{dataset.name}.merge.lock")
     if not _take_lock(lock):
@@ -461,10 +454,6 @@ def _merge_if_complete(dataset, positions, preds, failed, paths, work_dir, model
 
 # A merge lock older than this is taken over even when its owner cannot be checked (another host).
 STALE_LOCK_SECONDS = 3600
-
-
-def _lock_owner():
-    return f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n"
 
 
 def _lock_is_stale(lock, content):
@@ -484,8 +473,7 @@ def _lock_is_stale(lock, content):
             return True  # the shard that took it was killed
         except PermissionError:
             pass  # alive, someone else's
-        return age > STALE_LOCK_SECONDS
-    return age > STALE_LOCK_SECONDS  # empty (older tgllava), torn, or from another host
+    return age > STALE_LOCK_SECONDS  # alive, or empty (older tgllava), torn, or from another host
 
 
 def _read_lock(path):
@@ -521,7 +509,7 @@ def _take_lock(lock):
             os.unlink(aside)
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_lock_owner())
+            f.write(f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n")
         return True
     return False
 
@@ -552,8 +540,7 @@ def merge(work_dir, model_name, data, judge=None, limit=None, pred_format=None, 
                              "pass limit explicitly")
         limit = next(iter(limits)) if limits else None
     positions = list(range(len(dataset)))[:limit]
-    missing = [dataset.rows[p]["index"] for p in positions
-               if dataset.rows[p]["index"] not in preds and dataset.rows[p]["index"] not in failed]
+    missing = _unanswered(dataset, positions, preds, failed)
     if missing:
         names = ", ".join(os.path.basename(p) for p in paths)
         raise ShardError(

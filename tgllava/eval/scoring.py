@@ -74,12 +74,8 @@ class Scoring:
         write_score_csv(path, columns, rows)
         self.files.append(path)
         label = columns[0] if columns and columns[0] in _LABEL_COLUMNS else None
-        for r in rows:
-            for c in columns:
-                if c == label:
-                    continue
-                key = f"{r[label]}/{c}" if label else c
-                self.scores[key] = r[c]
+        self.scores.update({(f"{r[label]}/{c}" if label else c): r[c]
+                            for r in rows for c in columns if c != label})
 
     def json(self, suffix, obj):
         path = f"{self.base}{suffix}.json"

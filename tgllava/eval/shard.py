@@ -18,6 +18,7 @@ equal row counts, so a picture is encoded on one device only.
 or to cuda:0 when CUDA_VISIBLE_DEVICES leaves the process one GPU.
 """
 
+import itertools
 import os
 from collections import namedtuple
 
@@ -82,11 +83,7 @@ def detect_shard(shard=None, environ=None):
         rank = _int_env(environ, rank_var)
         if rank is None:
             continue
-        world = None
-        for w in world_vars:
-            world = _int_env(environ, w)
-            if world is not None:
-                break
+        world = next((w for w in (_int_env(environ, v) for v in world_vars) if w is not None), None)
         if world is None:
             # a rank without a world size: running everything as one process would silently
             # duplicate the work of every other rank, so refuse
@@ -102,24 +99,15 @@ def detect_shard(shard=None, environ=None):
 
 def partition(keys, n):
     """Shard number (0..n-1) for each row, given each row's image key (None: alone)."""
-    group_of, sizes = [], []
-    first = {}
+    first, group_of, sizes = {}, [], []
     for key in keys:
-        if key is None:
-            g = len(sizes)
+        g = len(sizes) if key is None else first.setdefault(key, len(sizes))
+        if g == len(sizes):  # a new group
             sizes.append(0)
-        else:
-            g = first.get(key)
-            if g is None:
-                g = first[key] = len(sizes)
-                sizes.append(0)
         sizes[g] += 1
         group_of.append(g)
-    total = len(keys)
-    shard_of_group, start = [], 0
-    for size in sizes:
-        shard_of_group.append(min(n - 1, (start * n) // total) if total else 0)
-        start += size
+    starts = [0, *itertools.accumulate(sizes)][:-1]  # the rows before each group
+    shard_of_group = [min(n - 1, (start * n) // len(keys)) for start in starts]
     return [shard_of_group[g] for g in group_of]
 
 
