@@ -106,7 +106,6 @@ class Dataset:
                 raise DatasetError(f"{path}: index {idx} appears twice")
             self._by_index[idx] = pos
         self._image_src = {}
-        self.meta_only = meta_only
         self.image_keys = [None] * len(rows)
         self.row_errors = {}
         if not meta_only:
@@ -249,10 +248,7 @@ def load_dataset(data):
     (VLMEvalKit's skip_noimg); a dataset with neither `image` nor
     `image_path` cannot be run (but can still be scored).
     """
-    if isinstance(data, Dataset):
-        return data
-    name, path, columns, rows = _read_rows(data)
-    return Dataset(name, path, columns, rows)
+    return data if isinstance(data, Dataset) else Dataset(*_read_rows(data))
 
 
 def _read_rows(data):

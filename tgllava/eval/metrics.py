@@ -56,7 +56,6 @@ OCRBENCH_CATEGORIES = [
     "Scene Text-centric VQA", "Doc-oriented VQA", "Key Information Extraction",
     "Handwritten Mathematical Expression Recognition",
 ]
-_OCR_TEXT_RECOGNITION = OCRBENCH_CATEGORIES[:6]
 _OCR_HME = "Handwritten Mathematical Expression Recognition"
 
 
@@ -297,11 +296,8 @@ def pope_rating(rows, columns):
     Rows whose category lists several (comma-separated) count once per
     category, in the overall line too, as VLMEvalKit's explode() does.
     """
-    exploded = []
-    for r in rows:
-        cats = r["category"].split(",") if r.get("category") is not None else [None]
-        for c in cats:
-            exploded.append((c, r))
+    exploded = [(c, r) for r in rows
+                for c in (r["category"].split(",") if r.get("category") is not None else [None])]
 
     def line(label, sub):
         y_true = [r.get("answer") == "Yes" for _, r in sub]
@@ -312,9 +308,8 @@ def pope_rating(rows, columns):
 
     out = [line("Overall", exploded)]
     if "category" in columns:
-        cats = sorted({c for c, _ in exploded if c is not None})
-        for c in cats:
-            out.append(line(c, [(k, r) for k, r in exploded if k == c]))
+        out += [line(c, [(k, r) for k, r in exploded if k == c])
+                for c in sorted({c for c, _ in exploded if c is not None})]
     return ["split", "Overall", "acc", "precision", "recall"], out
 
 
@@ -467,9 +462,8 @@ def ocrbench_score(rows):
         if cat not in counts:
             raise DatasetError(f"OCRBench row {r.get('index')}: unknown category {cat!r}")
         counts[cat] += ocrbench_hit(r)
-    final = {"Text Recognition": sum(counts[c] for c in _OCR_TEXT_RECOGNITION)}
-    for c in ("Scene Text-centric VQA", "Doc-oriented VQA", "Key Information Extraction", _OCR_HME):
-        final[c] = counts[c]
+    final = {"Text Recognition": sum(counts[c] for c in OCRBENCH_CATEGORIES[:6])}
+    final.update({c: counts[c] for c in OCRBENCH_CATEGORIES[6:]})  # scene, doc, key information, formulas
     final["Final Score"] = sum(final.values())
     final["Final Score Norm"] = float(final["Final Score"]) / 10
     return final

@@ -39,12 +39,9 @@ def file_fingerprint(path):
 
 def folder_fingerprint(folder):
     """{file name: file_fingerprint} of the model files directly in a checkpoint folder."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.endswith(_MODEL_FILE_SUFFIXES) and not name.startswith(".") and os.path.isfile(path):
-            out[name] = file_fingerprint(path)
-    return out
+    paths = {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))
+             if name.endswith(_MODEL_FILE_SUFFIXES) and not name.startswith(".")}
+    return {name: file_fingerprint(path) for name, path in paths.items() if os.path.isfile(path)}
 
 
 def _config_digest(config):

@@ -50,18 +50,9 @@ _INT_MIN, _UINT_MAX = -(2 ** 63), 2 ** 64 - 1
 PRED_FORMATS = ("xlsx", "tsv", "json")  # the first is the default
 
 
-def _raise_field_limit():
-    """Let the csv module read base64 images (fields far over 128 KiB)."""
-    limit = sys.maxsize
-    while True:
-        try:
-            csv.field_size_limit(limit)
-            return
-        except OverflowError:
-            limit //= 2
-
-
-_raise_field_limit()
+# Let the csv module read base64 images (fields far over 128 KiB); sys.maxsize fits a C long on POSIX,
+# the only systems tgllava.eval runs on (runner.py locks with fcntl).
+csv.field_size_limit(sys.maxsize)
 
 
 # ----------------------------------------------------------------- rendering
