@@ -147,28 +147,6 @@ def render_tsv_columns(columns, rows, skip=()):
 
 # ------------------------------------------------------------------- reading
 
-class _Lines:
-    """A file's lines for csv.reader, noting when the reader asks for more after the last one.
-
-    The reader only does that inside a quoted field, so a record returned after
-    `ran_out` is set ran into the end of the file with a quote still open.
-    """
-
-    def __init__(self, f):
-        self.f = f
-        self.ran_out = False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        line = self.f.readline()
-        if not line:
-            self.ran_out = True
-            raise StopIteration
-        return line
-
-
 def read_tsv_raw(path, delimiter="\t"):
     """Header and rows of raw strings (no NA or type handling).
 
@@ -182,8 +160,15 @@ def read_tsv_raw(path, delimiter="\t"):
     except OSError as e:
         raise DatasetError(f"cannot open {path}: {e}") from e
     with f:
-        lines = _Lines(f)
-        reader = csv.reader(lines, delimiter=delimiter)
+        ran_out = []  # set when the reader asks for a line after the last one
+
+        def lines():
+            yield from f
+            ran_out.append(True)
+
+        # the reader asks for more after the last line only inside a quoted field, so a record
+        # returned once `ran_out` is set ran into the end of the file with a quote still open
+        reader = csv.reader(lines(), delimiter=delimiter)
         header, rows = None, []
         while True:
             start = reader.line_num + 1
@@ -193,7 +178,7 @@ def read_tsv_raw(path, delimiter="\t"):
                 break
             except csv.Error as e:
                 raise DatasetError(f"{path}: line {start}: {e}") from None
-            if lines.ran_out:
+            if ran_out:
                 raise DatasetError(
                     f"{path}: line {start}: a quoted field opened here is never closed (the rest of the "
                     "file would be read as one cell); close or remove the stray quote")
@@ -309,20 +294,16 @@ def write_xlsx(path, columns, rows):
     wb = openpyxl.Workbook(write_only=True)
     ws = wb.create_sheet()
 
-    def cells(values):
-        out = []
-        for v in values:
-            if v is None:
-                out.append(None)
-                continue
-            c = WriteOnlyCell(ws, value=_XLSX_ILLEGAL.sub("", str(v)))
-            c.data_type = "s"  # a leading '=' must stay text, as xlsxwriter's strings_to_formulas=False
-            out.append(c)
-        return out
+    def cell(v):
+        if v is None:
+            return None
+        c = WriteOnlyCell(ws, value=_XLSX_ILLEGAL.sub("", str(v)))
+        c.data_type = "s"  # a leading '=' must stay text, as xlsxwriter's strings_to_formulas=False
+        return c
 
-    ws.append(cells(columns))
+    ws.append([cell(c) for c in columns])
     for row in rows:
-        ws.append(cells([row.get(c) for c in columns]))
+        ws.append([cell(row.get(c)) for c in columns])
     saved = io.BytesIO()
     wb.save(saved)
     tmp = f"{path}.tmp{os.getpid()}.xlsx"
