@@ -27,15 +27,8 @@ class ModelAdapter:
     def __init__(self, model, feature_cache_bytes=generation.FEATURE_CACHE_BYTES):
         self.model = model
         self.feature_cache = generation.FeatureCache(model, feature_cache_bytes)
-
-    # what the runner reads besides chat_batch: the model's config, folder and name
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def llm_dir(self):
-        return getattr(self.model, "llm_dir", None)
+        self.config = model.config  # what the runner reads besides chat_batch: the config and folder
+        self.llm_dir = getattr(model, "llm_dir", None)
 
     def _request(self, item, use_fom, use_dp):
         m = self.model

@@ -39,15 +39,13 @@ def infer_option(answer, choices):
     """
     if API_FAILURE in answer:
         return False
-    for phrase in REFUSALS:
-        if phrase in answer:
-            return "Z"
+    if any(phrase in answer for phrase in REFUSALS):
+        return "Z"
     tokens = answer.translate(_OPTION_TABLE).split()
     present = [c for c in choices if c in tokens]
     if len(present) == 1:
-        ch = present[0]
-        if tokens.index(ch) > len(tokens) - 5:
-            return ch
+        if tokens.index(present[0]) > len(tokens) - 5:
+            return present[0]
     elif not present and "Z" in tokens:
         return "Z"
     m = _ANSWER_IS.search(answer)
@@ -138,27 +136,15 @@ you're you've should've
 """.split()
 
 
-def _contraction_map():
-    table = {}
-    for word in _CONTRACTED:
-        for i, ch in enumerate(word):
-            if ch == "'":
-                table[word[:i] + word[i + 1:]] = word
-    table["somebody'd"] = "somebodyd"
-    return table
-
-
-_CONTRACTIONS = _contraction_map()
+_CONTRACTIONS = {word[:i] + word[i + 1:]: word
+                 for word in _CONTRACTED for i, ch in enumerate(word) if ch == "'"}
+_CONTRACTIONS["somebody'd"] = "somebodyd"
 
 
 def process_digit_article(text):
     """Number words to digits, articles dropped, contractions restored."""
-    words = []
-    for w in text.lower().split():
-        w = _NUMBER_WORDS.get(w, w)
-        if w not in _ARTICLES:
-            words.append(w)
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
+    words = (_NUMBER_WORDS.get(w, w) for w in text.lower().split())
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def normalize_vqa_answer(answer):

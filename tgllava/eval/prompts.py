@@ -69,8 +69,7 @@ def mcq_text(row):
     if hint is not None:
         question = f"{hint}\n{question}"
     letters = list(row_choices(row))
-    for k in letters:
-        question += f"\n{k}. {row[k]}"
+    question += "".join(f"\n{k}. {row[k]}" for k in letters)
     if letters:
         question += MCQ_SUFFIX_CN if has_cjk(question) else MCQ_SUFFIX
     else:
