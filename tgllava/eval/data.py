@@ -25,9 +25,8 @@ share a key; the runner passes it to the model so the vision tower runs
 once per picture, keeps such rows in one shard and schedules them
 together.
 
-A dataset's family - its kind (MCQ, Y/N, VQA), prompt, answer budget and
-scoring - is the record of benchmarks.py that its name (else its columns)
-selects, as VLMEvalKit's DATASET_TYPE and dataset classes do.
+A dataset's family (kind, prompt, answer budget, scoring) is the record of
+benchmarks.py that its name, else its columns, selects.
 """
 
 import ast
@@ -82,13 +81,10 @@ def parse_list_cell(s):
 class Dataset:
     """One benchmark: rows, their images and the rules that apply to it.
 
-    Attributes: `name`, `path`, `columns` (file order, with `image`),
-    `rows` (list of dicts, cells str or None), `benchmark` (its family in
-    benchmarks.py) with its `kind` (MCQ, Y/N, VQA) and `scorer` (which
-    VLMEvalKit evaluate() it follows), `image_keys` (one
-    per row; None for a bad row), `row_errors` ({position: reason} of the
-    rows whose picture is known to be unusable).  Images are decoded on
-    demand by `images(row)`.
+    Attributes: `name`, `path`, `columns` (file order, with `image`), `rows` (list of dicts, cells
+    str or None), `benchmark` (its family in benchmarks.py) with its `kind` (MCQ, Y/N, VQA) and
+    `scorer`, `image_keys` (one per row; None for a bad row), `row_errors` ({position: reason} of
+    the rows whose picture is known to be unusable).  Images are decoded on demand by `images(row)`.
     """
 
     def __init__(self, name, path, columns, rows, meta_only=False):

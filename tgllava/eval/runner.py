@@ -4,43 +4,35 @@
 
 1. load the TSV (data.py), keep the first `limit` rows, and take this
    process's part of them (shard.py: explicit shard or launcher env);
-2. lock this process's checkpoint - an append-only JSON-lines file
+2. lock this process's `Checkpoint` - an append-only JSON-lines file
    ``<model>_<dataset>_infer[_shard<i>of<n>].jsonl`` in ``work_dir/<model>/``
-   - for the whole run (a second run on the same output is refused at once;
-   the lock goes with the process, however it ends), read the checkpoints
-   already written for this model and dataset and skip every row they
-   answer;
-3. run the rest - for a tgllava.Model through its eval adapter's
-   ``answer_stream`` (adapter.py): continuous batching, ``batch_size``
-   answers generated together and each finished one's slot taken by the
-   next row at once, so short answers never wait for long ones; for any
-   other model through its ``chat_batch`` in batches - rows that share a
-   picture next to each other (so the adapter's vision cache, keyed by
-   ``image_key``, sees repeats at once), the next batch's images decoded on
-   a helper thread meanwhile; answers are appended to the checkpoint and
-   fsync'ed ``batch_size`` at a time, so a killed run loses at most one
-   batch of answers (plus the ones being generated).  A bad row (its
-   picture cannot be decoded or found) does not stop the run: it is
-   recorded as failed, with the reason, and retried by the next run;
-4. when every row of the dataset has an answer or failed (in this
-   process's checkpoint or, for shards, in all of them), write
-   ``<model>_<dataset>.<fmt>`` (xlsx as VLMEvalKit's, unless `pred_format` or
-   $PRED_FORMAT asks for tsv or json) - the dataset's columns but `image`, in the
-   dataset's order, plus `prediction` (empty for a failed row) - and score
-   it (scoring.py), unless rows failed (the result lists them and says why
-   there is no score) or the dataset has no `answer` column (inference
-   only, as in VLMEvalKit).  One
-   shard process does this under a lock file (holding its pid and host; a
-   lock whose process is dead, or that is older than STALE_LOCK_SECONDS, is
-   taken over); `merge` does it on demand.
+   - for the whole run, and skip every row that the checkpoints already
+   written for this model and dataset answer;
+3. run the rest - a tgllava.Model through its eval adapter's
+   ``answer_stream`` (adapter.py: continuous batching, a finished answer's
+   slot taken by the next row at once), any other model through its
+   ``chat_batch`` in batches - with rows that share a picture next to each
+   other (the adapter's vision cache, keyed by ``image_key``, sees repeats
+   at once) and the next batch's images decoded on a helper thread.
+   Answers are checkpointed ``batch_size`` at a time, so a killed run loses
+   at most a batch of them.  A bad row (its picture cannot be decoded or
+   found) is recorded as failed, with the reason, and retried by the next run;
+4. when every row of the dataset has an answer or failed (for shards: in
+   all their checkpoints), write ``<model>_<dataset>.<fmt>`` (xlsx as
+   VLMEvalKit's, unless `pred_format` or $PRED_FORMAT asks for tsv or json)
+   - the dataset's columns but `image`, plus `prediction` (empty for a
+   failed row) - and score it (scoring.py), unless rows failed (the result
+   lists them) or the dataset has no `answer` column (inference only, as in
+   VLMEvalKit).  One shard process does this under a lock file (holding its
+   pid and host; a lock whose process is dead, or older than
+   STALE_LOCK_SECONDS, is taken over); `merge` does it on demand.
 
 Because the final files are built from the union of the checkpoints and
 nothing else, a single process, any number of shards plus a merge, any
 batch size and any number of restarts all produce the same bytes.
-A checkpoint records every setting that changes an answer (settings.py:
-tgllava version, model identity and file fingerprints, dtype, prompt style,
-chat template, token budget, sampling, TG switches); resuming from or
-merging files made with different settings is refused, naming the setting.
+A checkpoint records every setting that changes an answer (settings.py);
+resuming from or merging files made with other settings is refused, naming
+the setting.
 """
 
 import collections
@@ -85,11 +77,8 @@ def safe_name(name):
 
 
 def resolve_pred_format(fmt=None):
-    """xlsx (default, as VLMEvalKit's), tsv or json; $PRED_FORMAT as in VLMEvalKit when not given.
-
-    Checked before any work: xlsx without openpyxl (a broken install) is a DatasetError here, not after
-    the inference.
-    """
+    """xlsx (default, as VLMEvalKit's), tsv or json ($PRED_FORMAT when not given), checked before any
+    work: xlsx without openpyxl (a broken install) is a DatasetError here, not after the inference."""
     fmt = (fmt or os.environ.get("PRED_FORMAT") or "xlsx").lower()
     if fmt not in PRED_FORMATS:
         raise ValueError(f"prediction format {fmt!r}: expected one of {', '.join(PRED_FORMATS)}")
@@ -270,11 +259,8 @@ def _answer_text(a):
 
 
 def _infer(model, dataset, todo, ckpt, batch_size, style, conv_mode, gen, bar):
-    """Answer the rows `todo`: continuously through the model's answer_stream when it has one (a
-    tgllava.Model's adapter: batch_size answers generated together, each finished one's slot
-    taken by the next row at once; answers checkpointed batch_size at a time), else batch by
-    batch through chat_batch (each batch waits for its longest answer).  Bad rows are
-    checkpointed as failed with the next answers and never reach the model."""
+    """Answer the rows `todo` through the model's answer_stream if it has one, else batch by batch
+    through chat_batch (step 3 of the module text); bad rows are checkpointed as failed."""
     index_of = lambda p: dataset.rows[p]["index"]  # noqa: E731
     stream = getattr(model, "answer_stream", None)
     if stream is not None:

@@ -26,14 +26,10 @@ without one they get exact-match scores, and the result says so
 The result is a dict: dataset, kind, scorer, judge, exact_matching, note,
 headline (the numbers people quote, each as its score csv holds it:
 multiple-choice accuracy from 0 to 1, the other accuracies in percent, MME
-and OCRBench in points), scores
-(every cell of the score tables, flattened), files (paths written).
-
-A dataset without an `answer` column (LLaVABench: nor `gpt4_ans`; a test
-split whose answers are withheld) is not scored, as VLMEvalKit does inference only for such sets:
-the result has an empty headline, no files and a note saying so.
-`format_summary` shows the headline numbers of several results, their
-failed rows (runner.py) and their notes.
+and OCRBench in points), scores (every cell of the score tables,
+flattened), files (paths written).  A dataset without an `answer` column
+(LLaVABench: nor `gpt4_ans`) is inference only, as in VLMEvalKit: an empty
+headline, no files and a note saying so.
 """
 
 import json
@@ -118,14 +114,12 @@ def _dataset_name(data, meta):
 
 
 def score(data, predictions_file, judge=None, work_dir=None, judge_model=None, image_keys=None):
-    """Score a predictions file for dataset `data` (a name, a TSV path or a Dataset).
+    """Score a predictions file for dataset `data` (a name, a TSV path or a Dataset); the result dict above.
 
-    The dataset TSV is used when it can be found (MCQ answers come from it,
-    as in VLMEvalKit); otherwise the predictions file's own columns are
-    used.  `judge` is None/'exact_matching', a callable or a URL (see
-    judge.py).  Files go next to the predictions, or into `work_dir`.
-    `image_keys` ({index: key}) groups MME questions by picture when the
-    file lacks `image_path`.  Returns the result dict described above.
+    The dataset TSV is used when it can be found (MCQ answers come from it, as in VLMEvalKit), else the
+    file's own columns.  `judge` is None/'exact_matching', a callable or a URL (judge.py).  Files go next
+    to the predictions, or into `work_dir`.  `image_keys` ({index: key}) groups MME questions by picture
+    when the file lacks `image_path`.
     """
     judge = make_judge(judge, judge_model)
     columns, rows = read_table(predictions_file)
