@@ -149,15 +149,12 @@ def run_cli(args):
             _check_run_arguments(args)  # before the (slow) model load
             model = _load_model(args)
             name = args.model_name or os.path.basename(os.path.normpath(args.model))
-            results = []
-            for d in args.data:
-                results.append(run(
-                    model, d, work_dir=args.work_dir or "./work_dir", model_name=name,
-                    batch_size=args.batch_size, limit=args.limit, judge=args.judge,
-                    prompt_style=args.prompt_style, conv_mode=args.conv_mode, shard=args.shard,
-                    progress=not args.no_progress, use_fom=not args.no_fom, use_dp=not args.no_dp,
-                    max_new_tokens=args.max_new_tokens, pred_format=args.pred_format,
-                    judge_model=args.judge_model))
+            results = [run(model, d, work_dir=args.work_dir or "./work_dir", model_name=name,
+                           batch_size=args.batch_size, limit=args.limit, judge=args.judge,
+                           prompt_style=args.prompt_style, conv_mode=args.conv_mode, shard=args.shard,
+                           progress=not args.no_progress, use_fom=not args.no_fom, use_dp=not args.no_dp,
+                           max_new_tokens=args.max_new_tokens, pred_format=args.pred_format,
+                           judge_model=args.judge_model) for d in args.data]
     except (TgError, ValueError, OSError) as e:
         if getattr(args, "debug", False):
             raise

@@ -155,11 +155,8 @@ def circular_hits(rows, judge_fn=None):
     groups = defaultdict(list)
     for r in rows:
         groups[group_of(r)].append(r)
-    out = []
-    for r in rows:
-        if _int_index(r) == group_of(r):  # the main row of its group
-            out.append((r,) + _circular_group(groups[group_of(r)], judge_fn))
-    return out
+    return [(r,) + _circular_group(groups[group_of(r)], judge_fn)
+            for r in rows if _int_index(r) == group_of(r)]  # the main row of each group
 
 
 def _circular_group(group, judge_fn):
@@ -237,8 +234,7 @@ def mme_rating(rows, image_of):
                 base += scores[c]
             ret[name] = base
     ret.update(scores)
-    cols = list(ret)
-    return cols, [ret]
+    return list(ret), [ret]
 
 
 def hallusion_rating(rows, columns):
@@ -528,10 +524,8 @@ def mathvista_report(rows):
         if mathvista_check(r, r["res"], prefetch=False):
             for k in keys:
                 hit[k] += 1
-    out = []
-    for k in tot:
-        out.append({"Task&Skill": k, "tot": tot[k], "prefetch": fetch[k], "hit": hit[k],
-                    "prefetch_rate": fetch[k] / tot[k] * 100, "acc": hit[k] / tot[k] * 100})
+    out = [{"Task&Skill": k, "tot": tot[k], "prefetch": fetch[k], "hit": hit[k],
+            "prefetch_rate": fetch[k] / tot[k] * 100, "acc": hit[k] / tot[k] * 100} for k in tot]
     return ["Task&Skill", "tot", "prefetch", "hit", "prefetch_rate", "acc"], out
 
 

@@ -142,9 +142,6 @@ def default_conv_mode(model):
     """
     from tgllava.conversation import guess_conv_mode
 
-    config = getattr(model, "config", None) or {}
-    if not isinstance(config, dict):
-        config = {}
-    if config.get("conv_mode"):
-        return config["conv_mode"]
-    return guess_conv_mode(config, getattr(model, "llm_dir", None))
+    config = getattr(model, "config", None)
+    config = config if isinstance(config, dict) else {}
+    return config.get("conv_mode") or guess_conv_mode(config, getattr(model, "llm_dir", None))

@@ -32,14 +32,13 @@ flattened), files (paths written).  A dataset without an `answer` column
 headline, no files and a note saying so.
 """
 
-import json
 import os
 
 from .benchmarks import find_benchmark
 from .data import load_dataset, load_dataset_meta
 from .errors import DatasetError
 from .judge import JudgeCache, judge_name, make_judge
-from .tables import read_table, write_score_csv, write_table
+from .tables import dump_json, read_table, write_score_csv, write_table
 
 _LABEL_COLUMNS = ("split", "Task&Skill", "Category")
 
@@ -75,10 +74,7 @@ class Scoring:
 
     def json(self, suffix, obj):
         path = f"{self.base}{suffix}.json"
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=4, ensure_ascii=False)
-        os.replace(tmp, path)
+        dump_json(path, obj)
         self.files.append(path)
 
     def image_of(self):

@@ -66,11 +66,7 @@ def parse_shard(shard):
 
 def local_rank_from_env(environ=None):
     environ = os.environ if environ is None else environ
-    for _, _, _, local in _LAUNCHERS:
-        v = _int_env(environ, local)
-        if v is not None:
-            return v
-    return None
+    return next((v for v in (_int_env(environ, local) for *_, local in _LAUNCHERS) if v is not None), None)
 
 
 def detect_shard(shard=None, environ=None):

@@ -317,11 +317,15 @@ def write_xlsx(path, columns, rows):
 
 
 def write_json(path, columns, rows):
-    """Write a list of records (indent 4, UTF-8) like VLMEvalKit's dump_json."""
-    records = [{c: row.get(c) for c in columns} for row in rows]
+    """Write a list of records like VLMEvalKit's dump_json."""
+    dump_json(path, [{c: row.get(c) for c in columns} for row in rows])
+
+
+def dump_json(path, obj):
+    """Write `obj` as JSON (indent 4, UTF-8) like VLMEvalKit's dump_json; atomic."""
     tmp, f = _atomic_open(path)
     with f:
-        json.dump(records, f, indent=4, ensure_ascii=False)
+        json.dump(obj, f, indent=4, ensure_ascii=False)
     os.replace(tmp, path)
 
 
