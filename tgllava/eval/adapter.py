@@ -1,10 +1,9 @@
 """The evaluation side of a loaded model: tgllava.Model as an EvalModel (protocol.py).
 
-`ModelAdapter(model).chat_batch(items, ...)` answers evaluation items - dicts with the full
-LLM prompt (one ``<image>`` where the picture goes), the picture, the TG-LLaVA text guide and
-an ``image_key`` - with greedy decoding, and returns one stripped answer string per item;
-`answer_stream(keyed_items, max_batch)` is the continuous form the runner uses: items are
-read as slots free up and answers come back as they end (Model.generate_many).
+`ModelAdapter(model).chat_batch(items, ...)` answers evaluation items (protocol.py) with greedy
+decoding, one stripped answer string per item; `answer_stream(keyed_items, max_batch)` is the
+continuous form the runner uses: items are read as slots free up and answers come back as they
+end (Model.generate_many).
 
 Rows that show the same picture again (MMBench's rotations, MME's question pairs) reuse its
 vision-tower output: the adapter's tgllava.generation.FeatureCache (by pixel content, within
@@ -13,9 +12,8 @@ picture while the TG modules still run per question.  `as_eval_model(model)` is 
 runner calls: a tgllava.Model gets an adapter, anything else that has `chat_batch` (a test
 fake, a user's own wrapper) is used as it is.
 
-The Model itself stays the plain engine: tokenizers come from tgllava.chat.tokenizers, pixels
-from tgllava.image.preprocess in the mode the model's config asks for, and generation from
-tgllava.generation (Model.generate_many with the adapter's feature cache).
+The Model itself stays the plain engine: tokenizers, pixels and generation come from
+tgllava.chat, tgllava.image (in the mode the model's config asks for) and tgllava.generation.
 """
 
 from .. import _C, chat, generation, image, tokenize

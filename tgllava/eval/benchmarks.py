@@ -120,9 +120,9 @@ def score_yorn(job, rating, headline, by_image=False, ignore_case=False, rename=
     for r in job.rows:
         r["extracted"] = yes_no(r["prediction"])
         if r["extracted"] == "Unknown" and job.judge is not None:
+            prompt = yes_no_prompt(r.get("question"), r["prediction"])
             for i in range(5):
-                reply = job.judge.ask(yes_no_prompt(r.get("question"), r["prediction"]), temperature=0.5 * i)
-                ans = yes_no(reply)
+                ans = yes_no(job.judge.ask(prompt, temperature=0.5 * i))
                 if ans != "Unknown":
                     r["extracted"] = ans
                     break

@@ -252,9 +252,6 @@ def hallusion_rating(rows, columns):
                 "(…_set_figure_question)")
         parsed.append((r, parts[3], parts[4], parts[5]))
 
-    def a_acc(sub):
-        return mean([int(r["score"]) for r, *_ in sub]) * 100
-
     def grouped_acc(sub, which):
         groups = {}
         for r, set_id, fig, q in sub:
@@ -262,17 +259,14 @@ def hallusion_rating(rows, columns):
             groups.setdefault(key, []).append(int(r["score"]))
         return mean([all(v) for v in groups.values()]) * 100
 
-    out = []
+    def line(label, sub):
+        return {"split": label, "aAcc": mean([int(r["score"]) for r, *_ in sub]) * 100,
+                "fAcc": grouped_acc(sub, "f"), "qAcc": grouped_acc(sub, "q")}
 
-    def add(label, sub):
-        out.append({"split": label, "aAcc": a_acc(sub), "fAcc": grouped_acc(sub, "f"),
-                    "qAcc": grouped_acc(sub, "q")})
-
-    add("Overall", parsed)
+    out = [line("Overall", parsed)]
     for col in ("category", "l2-category"):
         if col in columns:
-            for c in _sorted_values(rows, col):
-                add(c, [p for p in parsed if p[0].get(col) == c])
+            out += [line(c, [p for p in parsed if p[0].get(col) == c]) for c in _sorted_values(rows, col)]
     return ["split", "aAcc", "fAcc", "qAcc"], out
 
 

@@ -27,10 +27,10 @@ batch of one would return (greedy decoding: temperature 0.0).  Answers are
 stripped of surrounding whitespace, as VLMEvalKit's LLaVA wrapper does.
 
 A model may also have ``answer_stream(keyed_items, max_batch, max_new_tokens, temperature,
-use_fom, use_dp)`` (the keywords of chat_batch): it reads (key, item) pairs lazily and yields (key, answer) as each answer is finished, at most
-``max_batch`` in progress at once.  The runner then uses it instead of chat_batch, so no answer
-waits for the longest one of its batch (the adapter of a tgllava.Model does this with continuous
-batching).
+use_fom, use_dp)`` (the keywords of chat_batch): it reads (key, item) pairs lazily and yields
+(key, answer) as each answer ends, at most ``max_batch`` in progress at once.  The runner then
+uses it instead of chat_batch, so no answer waits for the longest one of its batch (a
+tgllava.Model's adapter does this with continuous batching).
 """
 
 from typing import List, Protocol, runtime_checkable

@@ -36,6 +36,7 @@ the setting.
 """
 
 import collections
+import contextlib
 import fcntl
 import json
 import os
@@ -149,9 +150,7 @@ def _repair_tail(path):
     with open(path, "rb+") as f:
         data = f.read()
         if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            f.seek(cut)
-            f.truncate()
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def read_checkpoint(path):
@@ -206,8 +205,7 @@ def collect_predictions(paths, settings=None):
         elif header.get("settings") != settings:
             raise ShardError(describe_mismatch(path, header.get("settings"), settings, settings_of))
         limits.add(header.get("limit"))
-        for k, v in got.items():
-            preds.setdefault(k, v)
+        preds.update({k: v for k, v in got.items() if k not in preds})  # the first file wins
         failures.update(failed)
     return settings, limits, preds, {k: v for k, v in failures.items() if k not in preds}
 
@@ -486,10 +484,8 @@ def _take_lock(lock):
             except OSError:
                 return False
             if _read_lock(aside) != content:
-                try:
-                    os.link(aside, lock)  # put the new owner's lock back (fails if yet another exists)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):  # fails if yet another lock exists
+                    os.link(aside, lock)  # put the new owner's lock back
                 os.unlink(aside)
                 return False
             os.unlink(aside)

@@ -44,11 +44,6 @@ def folder_fingerprint(folder):
     return {name: file_fingerprint(path) for name, path in paths.items() if os.path.isfile(path)}
 
 
-def _config_digest(config):
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _unwrap(model):
     """The tgllava.Model inside an eval adapter, else the model itself."""
     from .adapter import ModelAdapter
@@ -60,8 +55,9 @@ def model_identity(model):
     """What identifies a model's weights and architecture (see the module text)."""
     model = _unwrap(model)
     llm_dir = getattr(model, "llm_dir", None)
-    if not llm_dir:
-        return {"config": _config_digest(getattr(model, "config", None))}
+    if not llm_dir:  # no files to go by: a hash of the config
+        config = json.dumps(getattr(model, "config", None), sort_keys=True, default=str)
+        return {"config": hashlib.sha256(config.encode("utf-8")).hexdigest()}
     identity = {"llm_dir": os.path.realpath(llm_dir), "llm_files": folder_fingerprint(llm_dir)}
     clip_dir = getattr(model, "clip_dir", None)
     if clip_dir:

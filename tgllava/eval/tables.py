@@ -120,9 +120,7 @@ def coerce_column(values):
 def render_float(x):
     """A float64 cell as pandas writes it (repr), NaN as missing."""
     x = float(x)
-    if math.isnan(x):
-        return None
-    return repr(x)
+    return None if math.isnan(x) else repr(x)
 
 
 def render_tsv_columns(columns, rows, skip=()):
