@@ -31,6 +31,7 @@ import collections
 import dataclasses
 import io
 import json
+import math
 import os
 import pickle
 import struct
@@ -72,6 +73,10 @@ class _Frozen:
 
     __slots__ = ()
 
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
     def __setattr__(self, name, value):
         raise CheckpointError(f"refusing to set attribute {name!r} on {self!r} (BUILD on an allowed global)")
 
@@ -88,10 +93,8 @@ class _StorageType(_Frozen):
     __slots__ = ("name", "np_dtype", "torch_dtype")
 
     def __init__(self, name):
-        object.__setattr__(self, "name", name)
         np_dtype, torch_dtype = _STORAGE_TYPES[name]
-        object.__setattr__(self, "np_dtype", np_dtype)
-        object.__setattr__(self, "torch_dtype", torch_dtype)
+        super().__init__(name=name, np_dtype=np_dtype, torch_dtype=torch_dtype)
 
     def __repr__(self):
         return f"torch.{self.name}"
@@ -101,10 +104,6 @@ class _Callable(_Frozen):
     """Stands in for an allowed function or class (torch._utils._rebuild_tensor_v2, OrderedDict, ...)."""
 
     __slots__ = ("qualname", "fn")
-
-    def __init__(self, qualname, fn):
-        object.__setattr__(self, "qualname", qualname)
-        object.__setattr__(self, "fn", fn)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -167,25 +166,22 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
-    return data
-
-
-def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None, state=None):
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    """torch._utils._rebuild_parameter and _rebuild_parameter_with_state: the tensor itself."""
     return data
 
 
 _ALLOWED_FUNCTIONS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
 }
 
 
 def _fresh_globals():
     """The allowed globals as new stand-in objects: each load gets its own, so none is shared."""
-    out = {key: _Callable(".".join(key), fn) for key, fn in _ALLOWED_FUNCTIONS.items()}
+    out = {key: _Callable(qualname=".".join(key), fn=fn) for key, fn in _ALLOWED_FUNCTIONS.items()}
     out.update({("torch", name): _StorageType(name) for name in _STORAGE_TYPES})
     return out
 
@@ -254,20 +250,19 @@ def _open_zip(path):
     return zf, pkls[0][: -len("data.pkl")]
 
 
-def _read_entry(zf, name, path):
-    try:
-        return zf.read(name)
-    except KeyError:
-        raise CheckpointError(f"{path}: missing archive entry {name}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
-
-
 def _entry_info(zf, name, path):
     try:
         return zf.getinfo(name)
     except KeyError:
         raise CheckpointError(f"{path}: missing archive entry {name}") from None
+
+
+def _read_entry(zf, name, path):
+    info = _entry_info(zf, name, path)
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
 
 
 def _entry_data_offset(fp, info):
@@ -299,15 +294,9 @@ def _check_entry_size(info, nbytes, path):
 def _read_storage(zf, info, nbytes, path):
     """Read the first `nbytes` of a (compressed) storage entry into a writable buffer."""
     buf = bytearray(nbytes)
-    view = memoryview(buf)
-    got = 0
     try:
         with zf.open(info) as f:
-            while got < nbytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
+            got = f.readinto(buf)  # ZipExtFile reads until the buffer is full or the entry ends
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt archive entry {info.filename} ({e})") from None
     if got < nbytes:
@@ -365,15 +354,15 @@ def _flatten(obj, path, prefix="", depth=0, active=None):
     for k, v in obj.items():
         name = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, _TensorRef):
-            if name in out:
-                raise CheckpointError(f"{path}: tensor name {name!r} occurs twice")
-            out[name] = v
+            found = {name: v}
         elif isinstance(v, dict):
-            for sub, ref in _flatten(v, path, name, depth + 1, active).items():
-                if sub in out:
-                    raise CheckpointError(f"{path}: tensor name {sub!r} occurs twice")
-                out[sub] = ref
-        # other leaves (numbers, strings, None) carry no weights and are skipped
+            found = _flatten(v, path, name, depth + 1, active)
+        else:
+            continue  # other leaves (numbers, strings, None) carry no weights
+        for sub, ref in found.items():
+            if sub in out:
+                raise CheckpointError(f"{path}: tensor name {sub!r} occurs twice")
+            out[sub] = ref
     active.discard(id(obj))
     return out
 
@@ -386,13 +375,6 @@ def _byteorder(zf, prefix):
     return ">" if value == "big" else "<"
 
 
-def _numel(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def _check_bounds(ref, name, path):
     """The view (offset, shape, stride) must lie inside its storage and be no larger than it."""
     if ref.offset < 0 or any(s < 0 for s in ref.shape) or any(s < 0 for s in ref.stride):
@@ -401,7 +383,7 @@ def _check_bounds(ref, name, path):
         raise CheckpointError(f"{path}: tensor {name} has {len(ref.shape)} sizes but {len(ref.stride)} strides")
     if len(ref.shape) > 32:
         raise CheckpointError(f"{path}: tensor {name} has {len(ref.shape)} dimensions (at most 32 supported)")
-    n = _numel(ref.shape)  # Python integers: no overflow
+    n = math.prod(ref.shape)  # Python integers: no overflow
     if n == 0:
         return
     if n > ref.storage.numel:
@@ -422,10 +404,6 @@ def _is_contiguous(shape, stride):
             return False
         expected *= n
     return True
-
-
-def _bf16_to_f32(bits):
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _read_refs(zf, prefix, path):
@@ -459,7 +437,6 @@ def _load(path, bf16):
         file_size = os.fstat(fp.fileno()).st_size
         refs = _read_refs(zf, prefix, path)
         order = _byteorder(zf, prefix)
-        users = collections.Counter(ref.storage.key for ref in refs.values())
         by_storage = collections.defaultdict(list)
         for name, ref in refs.items():
             by_storage[ref.storage.key].append(name)
@@ -472,10 +449,10 @@ def _load(path, bf16):
             flat = _storage_array(zf, fp, info, dtype, st.numel, path, file_size)
             for name in names:
                 ref = refs[name]
-                n = _numel(ref.shape)
+                n = math.prod(ref.shape)
                 if n == 0:
                     arr = np.zeros(ref.shape, dtype=dtype)
-                elif (users[key] == 1 and ref.offset == 0 and n == st.numel
+                elif (len(names) == 1 and ref.offset == 0 and n == st.numel
                         and _is_contiguous(ref.shape, ref.stride)):
                     arr = flat.reshape(ref.shape)  # sole user of the storage: no copy
                 else:
@@ -486,7 +463,7 @@ def _load(path, bf16):
                 if order == ">":
                     arr = arr.astype(dtype.newbyteorder("="))
                 if st.stype.torch_dtype == "bfloat16" and bf16 == "float32":
-                    arr = _bf16_to_f32(arr)
+                    arr = (arr.astype(np.uint32) << 16).view(np.float32)
                 out[name] = arr
         # keep the checkpoint's order
         return refs, {name: out[name] for name in refs}
@@ -521,7 +498,7 @@ def inspect_bin(path):
                     info = _entry_info(zf, entry, path)
                     _check_entry_size(info, ref.storage.numel * itemsize, path)
                     offsets[entry] = _entry_data_offset(fp, info)
-                n = _numel(ref.shape)
+                n = math.prod(ref.shape)
                 out[name] = BinTensorInfo(
                     dtype=ref.storage.stype.torch_dtype, shape=ref.shape, stride=ref.stride,
                     storage=entry, storage_offset=ref.offset, file_offset=offsets[entry],
