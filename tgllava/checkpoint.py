@@ -72,6 +72,10 @@ class TensorRef:
     def src_code(self):
         return _ST_DTYPES.get(self.dtype, (None, None))[1]
 
+    def renamed(self, name):
+        """The same tensor under another name."""
+        return TensorRef(name, self.path, self.dtype, self.shape, self.start, self.array_fn)
+
     def float32(self):
         a = np.asarray(self.raw())
         if self.dtype == "BF16":
@@ -196,7 +200,7 @@ def _bin_refs(path):
 def file_refs(path):
     if path.endswith(".safetensors"):
         return safetensors_refs(path)
-    if path.endswith(".bin") or path.endswith(".pt") or path.endswith(".pth"):
+    if path.endswith((".bin", ".pt", ".pth")):
         return _bin_refs(path)
     raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors or .bin)")
 

@@ -15,16 +15,6 @@ such a model is "both TG modules off" (SPEC 2.7).
 """
 
 from . import configs, tensor_names
-from .checkpoint import TensorRef
-
-
-def _renamed(refs, mapping):
-    """TensorRefs under their official names; the bytes are those of the llava-hf tensors."""
-    out = {}
-    for new, old in mapping.items():
-        r = refs[old]
-        out[new] = TensorRef(new, r.path, r.dtype, r.shape, r.start, r.array_fn)
-    return out
 
 
 def llava_hf_refs(config, raw, path):
@@ -37,8 +27,8 @@ def llava_hf_refs(config, raw, path):
     llm_cfg = configs.llava_hf_config(config, path)
     llm_map, clip_map = tensor_names.map_llava_hf_names(list(raw), strict=False)
     llm_cfg["llava_hf_naming"] = tensor_names.llava_hf_naming(list(raw))
-    refs = _renamed(raw, clip_map)
-    refs.update(_renamed(raw, llm_map))
+    # under their official names; the bytes are those of the llava-hf tensors
+    refs = {new: raw[old].renamed(new) for new, old in {**clip_map, **llm_map}.items()}
     clip_cfg = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model",
                 "vision_config": llm_cfg["vision_config"]}
     return llm_cfg, clip_cfg, refs

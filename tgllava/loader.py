@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _C
 from . import config_schema, configs, siglip
-from .checkpoint import TensorRef, folder_refs, read_json
+from .checkpoint import folder_refs, read_json
 from .errors import CheckpointError
 from .hub import resolve_tower
 from .model import Model
@@ -74,8 +74,7 @@ def tg_sizes(refs, overrides=None):
     has_fom = any(n.startswith(FOM_PREFIX) for n in names)
     has_dp = any(n.startswith(DP_PREFIX) for n in names)
     c = {"has_fom": int(has_fom), "has_dp": int(has_dp)}
-    d = dict(TG_DEFAULTS)
-    d.update(overrides or {})
+    d = {**TG_DEFAULTS, **(overrides or {})}
     if has_fom:
         pf = FOM_PREFIX + "Qformer.bert.encoder.layer."
         c.update(q_layers=count_layers(names, pf), q_heads=d["q_heads"], q_eps=d["q_eps"], q_cross_freq=d["q_cross_freq"],
@@ -222,8 +221,6 @@ def resolve_folders(llm_dir, clip_dir=None, download=True):
 
 def is_tower_config(config):
     """True for the config.json of a tower folder: CLIP or SigLIP (the model, or one of its towers alone)."""
-    from . import siglip
-
     model_type = str(config.get("model_type") or "")
     archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
     return model_type in ("clip", "clip_vision_model", "clip_text_model") or any(
@@ -277,8 +274,6 @@ def read_llm_folder(llm_dir):
     llm_config_path = os.path.join(llm_dir, "config.json")
     llm_cfg = folder_config(llm_dir)
     if is_tower_config(llm_cfg):
-        from . import siglip
-
         family = "SigLIP" if siglip.is_siglip_config(llm_cfg) else "CLIP"
         raise CheckpointError(f"{llm_dir}: this is a {family} folder (a vision / text tower), not an LLM checkpoint: "
                               "pass it as clip_dir=..., with the LLM folder as llm_dir=...")
@@ -509,10 +504,7 @@ def read_tower(folder):
     raw = folder_refs(folder)
     names = siglip.tower_names if siglip.is_siglip_config(config) else clip_tower_names
     label, mapping = names(list(raw), folder)
-    refs = {}
-    for new, old in mapping.items():
-        r = raw[old]
-        refs[new] = r if new == old else TensorRef(new, r.path, r.dtype, r.shape, r.start, r.array_fn)
+    refs = {new: raw[old] if new == old else raw[old].renamed(new) for new, old in mapping.items()}
     has_vision = any(n.startswith("vision_model.") for n in refs)
     has_text = any(n.startswith("text_model.") for n in refs)
     if has_vision and tower_configs["vision_config"] is None:
