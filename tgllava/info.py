@@ -25,6 +25,15 @@ from .errors import CheckpointError
 from .tensor_names import CLIP_LAYOUT_NOTES, DP_PREFIX, FOM_PREFIX, PROJECTOR_PREFIX
 
 
+# the tower settings format_info shows: (label, config key)
+_VISION_FIELDS = (("width {}", "hidden_size"), ("{} layers", "num_hidden_layers"), ("image {}", "image_size"),
+                  ("patch {}", "patch_size"), ("{} heads", "num_attention_heads"), ("ffn {}", "intermediate_size"),
+                  ("act {}", "hidden_act"), ("eps {}", "layer_norm_eps"))
+_TEXT_FIELDS = (("width {}", "hidden_size"), ("{} layers", "num_hidden_layers"), ("vocab {}", "vocab_size"),
+                ("{} heads", "num_attention_heads"), ("ffn {}", "intermediate_size"),
+                ("positions {}", "max_position_embeddings"), ("act {}", "hidden_act"))
+
+
 def _count(refs, pred):
     return sum(int(np.prod(r.shape)) for n, r in refs.items() if pred(n))
 
@@ -146,12 +155,9 @@ def _describe_clip(info, folder, dtype):
 
 
 def _fmt_count(n):
-    if n >= 1e9:
-        return f"{n / 1e9:.2f} B"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f} M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f} K"
+    for unit, scale, digits in (("B", 1e9, 2), ("M", 1e6, 2), ("K", 1e3, 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
     return str(n)
 
 
@@ -187,26 +193,18 @@ def format_info(info):
         def val(cfg, part, key):
             mark = " (default)" if key in defaulted.get(part, ()) else ""
             return f"{cfg.get(key)}{mark}"
+
+        def settings(cfg, part, fields):
+            return ", ".join(label.format(val(cfg, part, key)) for label, key in fields)
         if v:
-            lines.append(f"  vision: width {val(v, 'vision_config', 'hidden_size')}, "
-                         f"{val(v, 'vision_config', 'num_hidden_layers')} layers, "
-                         f"image {val(v, 'vision_config', 'image_size')}, patch {val(v, 'vision_config', 'patch_size')}, "
-                         f"{val(v, 'vision_config', 'num_attention_heads')} heads, "
-                         f"ffn {val(v, 'vision_config', 'intermediate_size')}, "
-                         f"act {val(v, 'vision_config', 'hidden_act')}, eps {val(v, 'vision_config', 'layer_norm_eps')}")
+            lines.append(f"  vision: {settings(v, 'vision_config', _VISION_FIELDS)}")
         if t:
             eos = t.get("eos_token_id")
             pool = f"eos {val(t, 'text_config', 'eos_token_id')} (pooling at " + (
                 "argmax(ids), legacy)" if eos == 2 else f"first token {eos})")
             if info["kind"] == "SigLIP":
                 pool = "pooled by its head at the last position (texts padded to all positions)"
-            lines.append(f"  text: width {val(t, 'text_config', 'hidden_size')}, "
-                         f"{val(t, 'text_config', 'num_hidden_layers')} layers, "
-                         f"vocab {val(t, 'text_config', 'vocab_size')}, "
-                         f"{val(t, 'text_config', 'num_attention_heads')} heads, "
-                         f"ffn {val(t, 'text_config', 'intermediate_size')}, "
-                         f"positions {val(t, 'text_config', 'max_position_embeddings')}, "
-                         f"act {val(t, 'text_config', 'hidden_act')}, {pool}")
+            lines.append(f"  text: {settings(t, 'text_config', _TEXT_FIELDS)}, {pool}")
         for note in info.get("legacy_config") or ():
             lines.append(f"  legacy config: {note} (as transformers reads it)")
         if any(defaulted.values()):
@@ -241,14 +239,9 @@ def format_info(info):
         lines.append("  load check: passed (configs, towers, tensor names and shapes; no weight read)" if check == "passed"
                      else f"  load check: FAILED: {check}")
     lines.append("  parameters:")
-    total = 0
-    for k, v in info["params"].items():
-        lines.append(f"    {k:<30} {_fmt_count(v):>10}")
-        if "unused" not in k:
-            total += v
-    for t in info.get("towers", {}).values():
-        if t["path"] != info["folder"]:
-            total += t["params"]
+    lines += [f"    {k:<30} {_fmt_count(v):>10}" for k, v in info["params"].items()]
+    total = sum(v for k, v in info["params"].items() if "unused" not in k)
+    total += sum(t["params"] for t in info.get("towers", {}).values() if t["path"] != info["folder"])
     label = "total (with towers found)" if info.get("towers") else "total"
     lines.append(f"    {label:<30} {_fmt_count(total):>10}")
     return "\n".join(lines)
