@@ -88,18 +88,21 @@ def config_int(cfg, key, path, default=_REQUIRED, minimum=1, prefix=""):
     return value
 
 
-def config_float(cfg, key, path, default, prefix="", below=None):
-    """cfg[key] as a finite float > 0 (and < `below` when given); missing or null gives `default`."""
-    value = cfg.get(key)
-    if value is None:
-        return default
+def _positive_float(value, path, name, below=None):
+    """value as a finite float > 0 (and < `below` when given); else a CheckpointError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CheckpointError(f"{path}: {prefix}{key} must be a number, got {value!r}")
+        raise CheckpointError(f"{path}: {name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value <= 0 or (below is not None and value >= below):
         limit = f" and below {below:g}" if below is not None else ""
-        raise CheckpointError(f"{path}: {prefix}{key} {value!r} is invalid (must be a finite number above 0{limit})")
+        raise CheckpointError(f"{path}: {name} {value!r} is invalid (must be a finite number above 0{limit})")
     return value
+
+
+def config_float(cfg, key, path, default, prefix="", below=None):
+    """cfg[key] as a finite float > 0 (and < `below` when given); missing or null gives `default`."""
+    value = cfg.get(key)
+    return default if value is None else _positive_float(value, path, prefix + key, below)
 
 
 def config_act(cfg, key, path, allowed, default, prefix=""):
@@ -158,7 +161,7 @@ def rope_theta(cfg, path, prefix="", default=10000.0):
     partial = cfg.get("partial_rotary_factor")
     if partial not in (None, 1, 1.0):
         raise CheckpointError(f"{path}: {prefix}partial_rotary_factor {partial!r} is not supported (full rotary only)")
-    values = [(key, _theta_value(value, path, key)) for key, value in found]
+    values = [(key, _positive_float(value, path, key)) for key, value in found]
     if not values:
         return float(default)
     first_key, first = values[0]
@@ -167,15 +170,6 @@ def rope_theta(cfg, path, prefix="", default=10000.0):
             raise CheckpointError(f"{path}: {first_key} {first!r} and {key} {value!r} disagree; "
                                   "which rotary base the model was trained with is unclear")
     return first
-
-
-def _theta_value(value, path, key):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CheckpointError(f"{path}: {key} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise CheckpointError(f"{path}: {key} {value!r} is invalid (the rotary base must be a finite number above 0)")
-    return value
 
 
 def llm_sizes(cfg, path, prefix=""):
@@ -254,11 +248,10 @@ def clip_configs(config, path="config.json"):
                  ("vision_config", "text_config", "vision_config_dict", "text_config_dict")))
     out = {"vision_config": None, "text_config": None, "defaulted": {}, "legacy": []}
     if composite:
-        parts = {"vision_config": CLIP_VISION_DEFAULTS, "text_config": CLIP_TEXT_DEFAULTS}
-        single_vision = model_type == "clip_vision_model" and "text_config" not in config
-        single_text = model_type == "clip_text_model" and "vision_config" not in config
-        for key, defaults in parts.items():
-            if (single_vision and key == "text_config") or (single_text and key == "vision_config"):
+        # a single-tower model_type (clip_vision_model / clip_text_model) has the other tower only when given
+        absent = {"clip_vision_model": "text_config", "clip_text_model": "vision_config"}.get(model_type)
+        for key, defaults in (("vision_config", CLIP_VISION_DEFAULTS), ("text_config", CLIP_TEXT_DEFAULTS)):
+            if key == absent and key not in config:
                 continue
             raw = config.get(key)
             if raw is not None and not isinstance(raw, dict):
@@ -399,15 +392,11 @@ def llava_hf_config(config, path="config.json"):
         defaults, model_type, arch = _LLAMA_DEFAULTS, "llava_llama", "LlavaLlamaForCausalLM"
     else:
         raise CheckpointError(f"{path}: llava-hf text model type {text_type!r} is not supported (llama or qwen2)")
-    llm = {}
-    for key, default in defaults.items():
-        # old llava-hf configs keep vocab_size / tie_word_embeddings at top level
-        if key in ("vocab_size", "tie_word_embeddings"):
-            default = config.get(key, default)
-        llm[key] = text_config.get(key, default)
-    for key in ("head_dim",):
-        if text_config.get(key) is not None:
-            llm[key] = text_config[key]
+    # old llava-hf configs keep vocab_size / tie_word_embeddings at top level
+    top = {key: config[key] for key in ("vocab_size", "tie_word_embeddings") if key in config}
+    llm = {key: text_config.get(key, top.get(key, default)) for key, default in defaults.items()}
+    if text_config.get("head_dim") is not None:
+        llm["head_dim"] = text_config["head_dim"]
     if llm["num_key_value_heads"] is None:
         llm["num_key_value_heads"] = llm["num_attention_heads"]
     llm["rope_theta"] = rope_theta(text_config, path, prefix="text_config.")
@@ -434,8 +423,8 @@ def llava_hf_config(config, path="config.json"):
         raise CheckpointError(f"{path}: vision_feature_select_strategy {strategy!r} is not supported")
     vision_sizes(vision, path, layer, prefix="vision_config.", select_key="vision_feature_layer")
 
-    out = dict(llm)
-    out.update({
+    out = {
+        **llm,
         "architectures": [arch],
         "model_type": model_type,
         "mm_vision_tower": vision_config.get("_name_or_path") or None,
@@ -449,7 +438,7 @@ def llava_hf_config(config, path="config.json"):
         "image_aspect_ratio": "pad",
         "image_token_index": config.get("image_token_index", 32000),
         "vision_config": vision,
-    })
+    }
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype"):
         value = config.get(key, text_config.get(key))
         if value is not None:

@@ -115,9 +115,7 @@ def is_llava_hf(config, names=None):
     given) decide; model_type alone never does.
     """
     config = config or {}
-    if not isinstance(config, dict):
-        return False
-    if has_official_keys(config):
+    if not isinstance(config, dict) or has_official_keys(config):
         return False
     if any(isinstance(config.get(k), dict) for k in _HF_KEYS):
         return True
@@ -223,22 +221,15 @@ def llava_hf_naming(names):
 
 def _apply_rules(name, rules):
     """Rewrite the longest matching prefix of `name`; None when no rule matches."""
-    best = None
-    for old_prefix, new_prefix in rules:
-        if name.startswith(old_prefix) and (best is None or len(old_prefix) > len(best[0])):
-            best = (old_prefix, new_prefix)
-    if best is None:
+    matches = [(old, new) for old, new in rules if name.startswith(old)]
+    if not matches:
         return None
-    return best[1] + name[len(best[0]):]
+    old, new = max(matches, key=lambda rule: len(rule[0]))
+    return new + name[len(old):]
 
 
 def count_layers(names, prefix):
     """1 + the largest N of the names `prefix`N.*, 0 when there is none."""
-    idx = set()
-    for n in names:
-        if n.startswith(prefix):
-            rest = n[len(prefix):].split(".", 1)[0]
-            if rest.isdigit():
-                idx.add(int(rest))
-    return max(idx) + 1 if idx else 0
+    numbers = (n[len(prefix):].split(".", 1)[0] for n in names if n.startswith(prefix))
+    return max((int(k) + 1 for k in numbers if k.isdigit()), default=0)
 
