@@ -27,8 +27,8 @@ from .tensor_names import CLIP_LAYOUT_NOTES, DP_PREFIX, FOM_PREFIX, PROJECTOR_PR
 
 # the tower settings format_info shows: (label, config key)
 _VISION_FIELDS = (("width {}", "hidden_size"), ("{} layers", "num_hidden_layers"), ("image {}", "image_size"),
-                  ("patch {}", "patch_size"), ("{} heads", "num_attention_heads"), ("ffn {}", "intermediate_size"),
-                  ("act {}", "hidden_act"), ("eps {}", "layer_norm_eps"))
+                  ("patch {}", "patch_size"), ("{} heads", "num_attention_heads"),
+                  ("ffn {}", "intermediate_size"), ("act {}", "hidden_act"), ("eps {}", "layer_norm_eps"))
 _TEXT_FIELDS = (("width {}", "hidden_size"), ("{} layers", "num_hidden_layers"), ("vocab {}", "vocab_size"),
                 ("{} heads", "num_attention_heads"), ("ffn {}", "intermediate_size"),
                 ("positions {}", "max_position_embeddings"), ("act {}", "hidden_act"))

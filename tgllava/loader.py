@@ -391,27 +391,21 @@ def build_core(cfg, device, refs, where_missing, progress=None):
     checkpoint bytes (memory-mapped) into the stored format; a progress bar on a terminal counts the
     bytes read when loading takes over a second (progress=True: always, False: never)."""
     core = _C.Model(cfg, device)
-    required = core.required()
-    for name, _, _ in required:
-        if name not in refs:
-            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
-    total = sum(int(np.prod(refs[name].shape)) * refs[name].itemsize for name, _, _ in required)
+    sources = {name: _float_ref(refs, name, where_missing) for name, _, _ in core.required()}
+    total = sum(int(np.prod(ref.shape)) * ref.itemsize for ref in sources.values())
     bar = None
     if progress or (progress is None and _stderr_is_terminal()):
         from tqdm import tqdm
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", delay=0 if progress else 1.0,
                    leave=False)
     try:
-        for name, shape, _ in required:
-            ref = refs[name]
-            if ref.src_code is None:
-                raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+        for name, ref in sources.items():
             try:
                 core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
             except CheckpointError as e:
                 raise CheckpointError(f"{ref.path}: {e}") from None
             if bar:
-                bar.update(int(np.prod(shape)) * ref.itemsize)
+                bar.update(int(np.prod(ref.shape)) * ref.itemsize)
     finally:
         if bar:
             bar.close()
@@ -420,6 +414,16 @@ def build_core(cfg, device, refs, where_missing, progress=None):
 
 
 # ---- what can be checked before a weight byte is read -------------------------------
+
+def _float_ref(refs, name, where_missing):
+    """refs[name]; CheckpointError when it is missing (blaming where_missing(name)) or not a float tensor."""
+    ref = refs.get(name)
+    if ref is None:
+        raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+    if ref.src_code is None:
+        raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+    return ref
+
 
 def check_layer_count(names, prefix, configured, path, key):
     """Refuse a config whose layer count disagrees with the layers the tensors hold (before the C
@@ -430,6 +434,11 @@ def check_layer_count(names, prefix, configured, path, key):
                               f"({prefix}0..{max(have - 1, 0)})")
 
 
+# the tokenizer files each kind of folder may have, in the order the loader prefers them
+_TOKENIZER_FILES = {"llm": (["tokenizer.json"], ["tokenizer.model"], ["vocab.json", "merges.txt"]),
+                    "clip": (["tokenizer.json"], ["vocab.json", "merges.txt"])}
+
+
 def tokenizer_files(folder, kind="llm"):
     """The tokenizer files of `folder` the loader would use, or None when there are none.
 
@@ -437,22 +446,16 @@ def tokenizer_files(folder, kind="llm"):
     (what tokenize.LlmTokenizer.from_folder reads); kind "clip":
     tokenizer.json or vocab.json + merges.txt (ClipTokenizer.from_folder).
     """
-    def has(n):
-        return os.path.isfile(os.path.join(folder, n))
-    if has("tokenizer.json"):
-        return ["tokenizer.json"]
-    if kind == "llm" and has("tokenizer.model"):
-        return ["tokenizer.model"]
-    if has("vocab.json") and has("merges.txt"):
-        return ["vocab.json", "merges.txt"]
-    return None
+    def present(files):
+        return all(os.path.isfile(os.path.join(folder, n)) for n in files)
+    return next((list(files) for files in _TOKENIZER_FILES[kind] if present(files)), None)
 
 
 def check_tokenizer_files(folder, kind="llm", why=""):
     """CheckpointError when `folder` has no tokenizer files of `kind` (see tokenizer_files)."""
     if tokenizer_files(folder, kind) is None:
-        wanted = ("tokenizer.json, tokenizer.model or vocab.json + merges.txt" if kind == "llm"
-                  else "tokenizer.json or vocab.json + merges.txt")
+        choices = [" + ".join(files) for files in _TOKENIZER_FILES[kind]]
+        wanted = f"{', '.join(choices[:-1])} or {choices[-1]}"
         raise CheckpointError(f"{folder}: no {'LLM' if kind == 'llm' else 'CLIP'} tokenizer files ({wanted}){why}")
 
 
@@ -466,17 +469,10 @@ def check_tensors(cfg, refs, where_missing):
     core has no place for (o_proj / MLP biases, q/k norms: another model
     variant), which would otherwise be dropped silently.
     """
-    probe = _C.Model(dict(cfg, dtype=0), "cpu")
-    required = probe.required()
-    del probe
-    needed = set()
+    required = _C.Model(dict(cfg, dtype=0), "cpu").required()
+    needed = {name for name, _, _ in required}
     for name, shape, _ in required:
-        needed.add(name)
-        ref = refs.get(name)
-        if ref is None:
-            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
-        if ref.src_code is None:
-            raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+        ref = _float_ref(refs, name, where_missing)
         if tuple(ref.shape) != tuple(shape):
             raise CheckpointError(f"{ref.path}: tensor {name} has shape {tuple(ref.shape)}, expected {tuple(shape)}")
     for name in sorted(refs):

@@ -67,18 +67,18 @@ def _token_text(value):
 
 
 def _special(name, *sources):
-    """The special token `name` as the first of `sources` (tokenizer_config.json, special_tokens_map.json) gives it."""
+    """Special token `name` as the first of `sources` that has it gives it (a string, or None)."""
     return next((t for t in (_token_text(src.get(name)) for src in sources) if t), None)
 
 
 def _added_tokens(config, folder, special_default):
-    """{id: (content, special)}: tokenizer_config.json's added_tokens_decoder, then added_tokens.json's ids."""
+    """{id: (content, special)} from tokenizer_config.json's added_tokens_decoder and added_tokens.json."""
     added = {}
     for key, info in (config.get("added_tokens_decoder") or {}).items():
         content = _token_text(info)
         if content is not None:
-            special = bool(info.get("special", special_default)) if isinstance(info, dict) else special_default
-            added[int(key)] = (content, special)
+            special = info.get("special", special_default) if isinstance(info, dict) else special_default
+            added[int(key)] = (content, bool(special))
     extra = _read_json(os.path.join(folder, "added_tokens.json")) if folder else None
     for content, idx in (extra or {}).items():
         added.setdefault(int(idx), (content, special_default))
@@ -90,7 +90,8 @@ def _load_tokenizer_json(path):
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise TgError("reading tokenizer.json needs the 'tokenizers' package (pip install tokenizers)") from None
+        raise TgError("reading tokenizer.json needs the 'tokenizers' package "
+                      "(pip install tokenizers)") from None
     try:
         return Tokenizer.from_file(path)
     except Exception as e:
