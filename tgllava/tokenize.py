@@ -1,34 +1,28 @@
 """Tokenizers: the LLM's (tokenizer.json or SentencePiece) and CLIP's BPE, without transformers.
 
-`LlmTokenizer` reproduces what `transformers.AutoTokenizer(...)(text).input_ids`
-gives for the model folders LLaVA/TG-LLaVA use:
+`LlmTokenizer` gives the ids `transformers.AutoTokenizer(...)(text).input_ids` gives for the model
+folders LLaVA/TG-LLaVA use:
 
-- `tokenizer.json` is run by the `tokenizers` library.  Whether BOS/EOS are
-  added comes from `add_bos_token` / `add_eos_token` in tokenizer_config.json
-  when present (as LlamaTokenizerFast does), else from what the file's own
-  post-processor adds (Llama-3 adds <|begin_of_text|>, Qwen2 adds nothing).
-- a slow Qwen2Tokenizer folder (vocab.json + merges.txt, as TG-LLaVA saves
-  Qwen2 checkpoints) is rebuilt as a `tokenizers` object the way
-  transformers 4.37.2 converts it, including its quirk of dropping every
-  merges.txt line that starts with "#" (the weights were trained so).
-- `tokenizer.model` is run by `sentencepiece` the way the slow
-  `LlamaTokenizer` (used by LLaVA with use_fast=False) does: special and
-  added tokens written in the text are split out first; `legacy` (default
-  true, as in transformers 4.37) decides how text after them is encoded;
-  BOS is added unless `add_bos_token` is false.
+- tokenizer.json runs in the `tokenizers` library; BOS/EOS are added as `add_bos_token` /
+  `add_eos_token` in tokenizer_config.json say (as LlamaTokenizerFast does), else as the file's
+  own post-processor adds them (Llama-3 adds <|begin_of_text|>, Qwen2 nothing).
+- a slow Qwen2Tokenizer folder (vocab.json + merges.txt, as TG-LLaVA saves Qwen2 checkpoints) is
+  rebuilt as transformers 4.37.2 converts it, with its quirk of dropping every merges.txt line
+  that starts with "#" (the weights were trained so).
+- tokenizer.model runs in `sentencepiece` as the slow `LlamaTokenizer` (LLaVA's use_fast=False)
+  runs it: special and added tokens in the text are split out first; `legacy` (default true, as
+  in transformers 4.37) decides how the text after them is encoded; BOS is added unless
+  `add_bos_token` is false.
 
-`tokenizer_image_token` is LLaVA's rule for prompts containing "<image>":
-tokenize each chunk, keep a single leading BOS, and put IMAGE_TOKEN_INDEX
-(-200) between chunks.  `decode` applies transformers' clean-up of spaces
-(" ," -> ",", ...) when tokenizer_config.json's
-`clean_up_tokenization_spaces` (or the class default) asks for it, as
-Llama-3's does.  `StreamDecoder` turns generated ids into text
-incrementally; its pieces join to exactly the one-shot decode.  `ClipTokenizer` produces the TG-LLaVA text-guide ids:
-<|startoftext|> + CLIP BPE + <|endoftext|>, then cut to 77 positions (so a
-long question loses its EOS, a reference quirk).  It runs tokenizer.json,
-else builds from vocab.json + merges.txt the `tokenizers` object that
-transformers' CLIP converter makes (NFC, whitespace collapse, lower case,
-CLIP's split pattern, byte-level alphabet, "</w>" word ends).
+`tokenizer_image_token` is LLaVA's rule for prompts containing "<image>": tokenize each chunk, keep
+a single leading BOS, and put IMAGE_TOKEN_INDEX (-200) between chunks.  `decode` applies
+transformers' clean-up of spaces (" ," -> ",", ...) when tokenizer_config.json's
+`clean_up_tokenization_spaces` (or the class default) asks for it, as Llama-3's does.
+`StreamDecoder` turns generated ids into text incrementally; its pieces join to exactly the
+one-shot decode.  `ClipTokenizer` produces the TG-LLaVA text-guide ids: <|startoftext|> + CLIP BPE
++ <|endoftext|>, cut to 77 positions (so a long question loses its EOS, a reference quirk), from
+tokenizer.json, else from vocab.json + merges.txt built as transformers' CLIP converter builds
+them (NFC, whitespace collapse, lower case, CLIP's split pattern, byte-level, "</w>" word ends).
 """
 
 import functools
@@ -87,11 +81,8 @@ def _added_tokens(config, folder, special_default):
 
 def _load_tokenizer_json(path):
     """A tokenizer.json run by the `tokenizers` library."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise TgError("reading tokenizer.json needs the 'tokenizers' package "
-                      "(pip install tokenizers)") from None
+    from tokenizers import Tokenizer
+
     try:
         return Tokenizer.from_file(path)
     except Exception as e:
@@ -423,10 +414,8 @@ def _qwen2_from_vocab_merges(folder, config):
             f"{folder}: vocab.json + merges.txt is only supported for Qwen2Tokenizer "
             f"(tokenizer_class {cls_name or 'missing'!r}); provide tokenizer.json"
         )
-    try:
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    except ImportError:
-        raise TgError("reading a Qwen2 tokenizer needs the 'tokenizers' package") from None
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
     vocab_path = os.path.join(folder, "vocab.json")
     vocab = dict(_read_json(vocab_path) or {})
     merges = _read_qwen2_merges(os.path.join(folder, "merges.txt"))
@@ -452,10 +441,8 @@ def _qwen2_from_vocab_merges(folder, config):
 
 
 def _load_sp(model_file=None, model_proto=None):
-    try:
-        import sentencepiece as spm
-    except ImportError:
-        raise TgError("reading tokenizer.model needs the 'sentencepiece' package (pip install sentencepiece)") from None
+    import sentencepiece as spm
+
     sp = spm.SentencePieceProcessor()
     try:
         if model_file is not None:
