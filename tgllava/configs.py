@@ -1,23 +1,18 @@
 """Checkpoint configs: what a config.json means, read as transformers reads it, every value checked.
 
-- LLM configs with the official LLaVA / TG-LLaVA keys: `llm_sizes` gives the
-  LLM part of the C core's size dict; the rotary settings are read from both
-  `rope_theta` and transformers 5's `rope_parameters` (disagreeing values and
-  any rotary scaling are refused).
-- CLIP tower configs (`clip_configs`): a CLIPModel, CLIPVisionModel or
-  CLIPTextModel config, read as transformers reads it: the legacy
-  `text_config_dict` / `vision_config_dict` of
-  openai/clip-vit-large-patch14-336 override `text_config` / `vision_config`
-  after being completed with the config class defaults, and keys a compact
-  re-saved config leaves out take those defaults.  `vision_sizes` /
-  `text_sizes` give the towers' parts of the size dict.
-- llava-hf configs (`LlavaForConditionalGeneration`: the LLM under
-  `text_config`, the tower under `vision_config`) become an official-layout
-  config (`llava_hf_config`).
+- LLM configs with the official LLaVA / TG-LLaVA keys: `llm_sizes` gives the LLM part of the C
+  core's size dict; the rotary base is read from both `rope_theta` and transformers 5's
+  `rope_parameters` (disagreeing values and any rotary scaling are refused).
+- CLIP tower configs (`clip_configs`): a CLIPModel, CLIPVisionModel or CLIPTextModel config, read
+  as transformers reads it: the legacy `text_config_dict` / `vision_config_dict` of
+  openai/clip-vit-large-patch14-336 override `text_config` / `vision_config` after being completed
+  with the config class defaults, which also fill what a compact re-saved config leaves out.
+  `vision_sizes` / `text_sizes` give the towers' parts of the size dict.
+- llava-hf configs (`LlavaForConditionalGeneration`: the LLM under `text_config`, the tower under
+  `vision_config`) become an official-layout config (`llava_hf_config`).
 
-Every size is an integer in range, every epsilon and rotary base a finite
-positive number, every activation one the engine implements.  A bad value
-is a CheckpointError naming the config file and the key.
+Every size is an integer in range, every epsilon and rotary base a finite positive number, every
+activation one the engine implements.  A bad value is a CheckpointError naming the file and key.
 """
 
 import math
@@ -137,13 +132,11 @@ def _rope_kind(entry, path, key):
 def rope_theta(cfg, path, prefix="", default=10000.0):
     """The rotary base of an LLM config dict.
 
-    Read from `rope_theta` (transformers 4) and from
-    `rope_parameters.rope_theta` (transformers 5, which writes no top-level
-    rope_theta); also from a `rope_theta` inside `rope_scaling`.  Values
-    that disagree, a non-finite or non-positive value, per-layer-type
-    rope_parameters, and any rope_type / rope_scaling other than "default"
-    raise CheckpointError naming the key.  Without any, `default` (the
-    LlamaConfig / Qwen2Config default 10000).
+    Read from `rope_theta` (transformers 4), `rope_parameters.rope_theta` (transformers 5, which
+    writes no top-level rope_theta) and `rope_scaling.rope_theta`.  Values that disagree, a
+    non-finite or non-positive value, per-layer-type rope_parameters, and any rope_type /
+    rope_scaling other than "default" raise CheckpointError naming the key.  Without any,
+    `default` (the LlamaConfig / Qwen2Config default 10000).
     """
     found = []
     if cfg.get("rope_theta") is not None:
@@ -229,16 +222,13 @@ def _complete(raw, defaults):
 def clip_configs(config, path="config.json"):
     """Read a CLIP tower config as transformers does.
 
-    Returns {"vision_config": dict or None, "text_config": dict or None,
-    "defaulted": {"vision_config": [keys], "text_config": [keys]},
-    "legacy": [notes]}: each tower config complete (transformers' class
-    defaults fill what the file leaves out, and `defaulted` lists those
-    keys).  A CLIPModel config (model_type "clip", or text_config /
-    vision_config keys) gives both towers; a CLIPVisionConfig
-    (model_type "clip_vision_model") or CLIPTextConfig ("clip_text_model")
-    at top level gives one.  The legacy `vision_config_dict` /
-    `text_config_dict` keys are completed with the class defaults and then
-    override `vision_config` / `text_config`, as CLIPConfig.__init__ does.
+    Returns {"vision_config": dict or None, "text_config": dict or None, "defaulted":
+    {"vision_config": [keys], "text_config": [keys]}, "legacy": [notes]}: each tower config
+    complete (transformers' class defaults fill what the file leaves out; `defaulted` lists those
+    keys).  A CLIPModel config (model_type "clip", or text_config / vision_config keys) gives both
+    towers; a CLIPVisionConfig ("clip_vision_model") or CLIPTextConfig ("clip_text_model") at top
+    level gives one.  The legacy `vision_config_dict` / `text_config_dict` are completed with the
+    class defaults and then override `vision_config` / `text_config`, as CLIPConfig.__init__ does.
     """
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: a CLIP config must be a JSON object")
@@ -330,11 +320,9 @@ def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path
 def text_sizes(tc, path, prefix="text_config."):
     """The text-tower part of tg_config from a complete CLIP text config, every value checked.
 
-    The engine pools the text tower at argmax(ids) (the legacy rule
-    transformers applies when eos_token_id is 2); transformers pools at the
-    first eos_token_id otherwise, which is the same position only when the
-    EOS is the largest id (vocab_size - 1, as in CLIP's own vocabulary).
-    Any other eos_token_id is refused.
+    The engine pools the text tower at argmax(ids) (transformers' legacy rule for eos_token_id 2);
+    transformers pools at the first eos_token_id otherwise, the same position only when the EOS is
+    the largest id (vocab_size - 1, as in CLIP's own vocabulary).  Any other eos_token_id is refused.
     """
     hidden, heads = tower_width(tc, path, prefix)
     vocab = config_int(tc, "vocab_size", path, prefix=prefix)
@@ -363,20 +351,14 @@ def text_sizes(tc, path, prefix="text_config."):
 def llava_hf_config(config, path="config.json"):
     """Convert a llava-hf config dict to an official LLaVA-style config dict.
 
-    The result has the LLM keys at top level (hidden_size,
-    num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta,
-    vocab_size, ...; transformers' defaults fill what the llava-hf config
-    leaves out; the rotary base comes from text_config's rope_theta or
-    rope_parameters), the LLaVA keys (model_type "llava_llama" or
-    "llava_qwen", mm_projector_type "mlp2x_gelu", mm_hidden_size,
-    mm_vision_select_layer, mm_vision_select_feature, image_aspect_ratio
-    "pad" as LLaVA-1.5 was trained, image_token_index) and `vision_config`,
-    a complete CLIP vision config for the tower stored in the same folder.
-    Invalid values raise CheckpointError naming `path` and the key.
-    Whether a folder is a llava-hf one is decided before (from its config
-    and its tensor names: tensor_names.is_llava_hf); a config without
-    text_config / vision_config takes LlavaConfig's defaults, as
-    transformers does.  A config with the official LLaVA keys is refused.
+    The result has the LLM keys at top level (hidden_size, num_attention_heads, rope_theta, ...;
+    transformers' defaults fill what text_config leaves out, LlavaConfig's a missing text_config /
+    vision_config), the LLaVA keys (model_type "llava_llama" or "llava_qwen", mm_projector_type
+    "mlp2x_gelu", mm_hidden_size, mm_vision_select_layer, mm_vision_select_feature,
+    image_aspect_ratio "pad" as LLaVA-1.5 was trained, image_token_index) and `vision_config`, a
+    complete CLIP vision config for the tower stored in the same folder.  Invalid values raise
+    CheckpointError naming `path` and the key; so does a config with the official LLaVA keys
+    (whether a folder is a llava-hf one is decided before: tensor_names.is_llava_hf).
     """
     if not isinstance(config, dict) or has_official_keys(config):
         raise CheckpointError(f"{path}: not a llava-hf config (it has the official LLaVA keys mm_vision_tower / "

@@ -1,13 +1,11 @@
 """Loading a checkpoint: tgllava.load() and everything it does before the model runs.
 
-load() resolves the folders (the LLM folder's config.json and tensor headers,
-the CLIP or SigLIP tower folders its config names or clip_dir gives, or a llava-hf
-folder with the tower inside: hf_load.py), works out every size the C core
-needs from the configs and the tensor shapes (with SPEC section 4 defaults
-for what shapes do not tell), checks tensor names, dtypes and shapes, and
-tokenizer files (preflight), all before any weight byte is read; then it
-creates the C model on the chosen backend, streams the tensors into it and
-returns a model.Model.
+load() resolves the folders (the LLM folder's config.json and tensor headers, the CLIP or SigLIP
+tower folders its config names or clip_dir gives, or a llava-hf folder with the tower inside:
+hf_load.py), works out every size the C core needs from the configs and the tensor shapes (SPEC
+section 4 defaults for what shapes do not tell), checks tensor names, dtypes and shapes, and
+tokenizer files (preflight), all before any weight byte is read; then it creates the C model on
+the chosen backend, streams the tensors into it and returns a model.Model.
 """
 import os
 import sys
@@ -109,18 +107,12 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
                  clip_path="config.json"):
     """The flat size dictionary of the C core (tg_config) from configs and tensor shapes.
 
-    llm_cfg is an official-layout LLM config, clip_cfg any CLIP or SigLIP tower
-    config (read with siglip.tower_configs: legacy *_config_dict keys,
-    transformers' defaults for missing keys; each tower's model_type names its
-    family).  Every value is checked: a size that is not
-    an integer in range, a non-finite or non-positive epsilon or rotary
-    base, an unknown activation, rotary scaling, layer counts that disagree
-    with the tensors, raise CheckpointError naming the config file
-    (llm_path / clip_path; clip_path may be a (vision, text) pair when the
-    towers come from two folders) and the key.  Only names and shapes of
-    `refs` are used.  The result has exactly the fields its modules need
-    (config_schema.check: a key outside the schema of csrc/config_fields.h is
-    a bug and raises TgError).
+    llm_cfg is an official-layout LLM config, clip_cfg any CLIP or SigLIP tower config (read with
+    siglip.tower_configs); only the names and shapes of `refs` are used.  Every value is checked
+    (configs): a bad one, or a layer count that disagrees with the tensors, raises CheckpointError
+    naming the config file (llm_path / clip_path; clip_path may be a (vision, text) pair when the
+    towers come from two folders) and the key.  config_schema.check makes sure the result has
+    exactly the fields its modules need (anything else is a bug: TgError).
     """
     vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
     towers = siglip.tower_configs(clip_cfg, vision_path)
@@ -204,17 +196,14 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
 def resolve_folders(llm_dir, clip_dir=None, download=True):
     """Everything load() learns before reading a weight: configs, tower folders, tensor headers.
 
-    read_llm_folder's dict, with the CLIP towers of an official folder
-    found (find_towers; download=False: never from the network).  Keys:
-    kind ("official" or "llava-hf"), llm_dir, llm_config (official keys),
-    llm_config_path, files (the LLM folder's weight files), has_tg,
-    vision_dir and text_dir (the folders the two CLIP towers come from;
-    text_dir None without TG modules), tower_names ({"vision", "text"}:
-    what each was found by), tower_layouts ({"vision", "text"}: labels),
-    clip_dir (the folder a Model reports: the text tower's when TG-LLaVA
-    needs it, for its tokenizer, else the vision tower's), clip_config
-    (complete), clip_config_paths, and refs (official name -> TensorRef
-    from headers, bytes unread, every tensor the model may use).
+    read_llm_folder's dict, with the CLIP towers of an official folder found (find_towers;
+    download=False: never from the network).  Keys: kind ("official" or "llava-hf"), llm_dir,
+    llm_config (official keys), llm_config_path, files (the LLM folder's weight files), has_tg,
+    vision_dir and text_dir (the folders the two towers come from; text_dir None without TG
+    modules), tower_names and tower_layouts ({"vision", "text"}: what each was found by, its
+    layout label), clip_dir (the folder a Model reports: the text tower's when TG-LLaVA needs it,
+    for its tokenizer, else the vision tower's), clip_config (complete), clip_config_paths, and
+    refs (official name -> TensorRef from the headers: every tensor the model may use).
     """
     return find_towers(read_llm_folder(llm_dir), clip_dir, download)
 
@@ -297,12 +286,11 @@ def read_llm_folder(llm_dir):
 def find_towers(plan, clip_dir=None, download=True):
     """read_llm_folder's dict of an official folder, completed with its CLIP towers (see resolve_folders).
 
-    The vision tower is clip_dir, or the folder mm_vision_tower (else
-    mm_text_tower) names; a TG-LLaVA checkpoint takes its text tower from
-    the same folder, or from the folder mm_text_tower names when the vision
-    folder has none, or when mm_text_tower names another tower than
-    mm_vision_tower (a text guide of another family, e.g. SigLIP vision with
-    a CLIP text tower) and it is found.  A llava-hf dict comes back as it is.
+    The vision tower is clip_dir, or the folder mm_vision_tower (else mm_text_tower) names; a
+    TG-LLaVA checkpoint takes its text tower from the same folder, or from the folder mm_text_tower
+    names when the vision folder has none, or when mm_text_tower names another tower (a text guide
+    of another family, e.g. SigLIP vision with a CLIP text tower) and it is found.  A llava-hf dict
+    comes back as it is.
     """
     if plan["kind"] == "llava-hf":
         return plan
@@ -358,13 +346,11 @@ def checked_config(plan, dtype="float32", overrides=None):
 def preflight(llm_dir, clip_dir=None, tokenizers=True):
     """Check what a load and a chat need that can be checked without reading a weight.
 
-    Configs (every value), tower folders, tensor names, dtypes and shapes
-    from the headers (checked_config), and (tokenizers=True) the tokenizer
-    files chat needs: the LLM tokenizer in llm_dir and, for TG-LLaVA, the
-    text tower's tokenizer in its folder (CLIP's, or SigLIP's spiece.model).  Raises CheckpointError on
-    the first problem; returns resolve_folders()'s dict.  `tgllava generate`
-    calls this before loading, so a folder without tokenizer files fails in
-    a moment, not after reading every weight.
+    Configs, tower folders, tensor names, dtypes and shapes (checked_config), and (tokenizers=True)
+    the tokenizer files chat needs: the LLM's in llm_dir and, for TG-LLaVA, the text tower's
+    (CLIP's, or SigLIP's spiece.model).  Raises CheckpointError on the first problem; returns
+    resolve_folders()'s dict.  `tgllava generate` calls this first, so a folder without tokenizer
+    files fails in a moment, not after reading every weight.
     """
     plan = resolve_folders(llm_dir, clip_dir)
     checked_config(plan)
@@ -462,12 +448,10 @@ def check_tokenizer_files(folder, kind="llm", why=""):
 def check_tensors(cfg, refs, where_missing):
     """Check tensor names, dtypes and shapes against what the C core for size dict `cfg` needs.
 
-    Uses only the names, dtypes and shapes of `refs` (name -> TensorRef, as
-    read from file headers): no tensor byte is read and no weight memory is
-    allocated (the requirement list comes from a CPU core that registers
-    parameters without allocating them).  Also refuses LLM layer tensors the
-    core has no place for (o_proj / MLP biases, q/k norms: another model
-    variant), which would otherwise be dropped silently.
+    Only the headers of `refs` (name -> TensorRef) are used, and the requirement list comes from a
+    CPU core that registers parameters without allocating them.  Also refuses LLM layer tensors the
+    core has no place for (o_proj / MLP biases, q/k norms: another model variant), which would
+    otherwise be dropped silently.
     """
     required = _C.Model(dict(cfg, dtype=0), "cpu").required()
     needed = {name for name, _, _ in required}
@@ -485,11 +469,10 @@ def check_tensors(cfg, refs, where_missing):
 def read_tower(folder):
     """A CLIP or SigLIP tower folder from its config and tensor headers: no tensor byte is read.
 
-    Returns a dict: folder, config_path, configs (configs.clip_configs, or
-    siglip.siglip_configs for a SigLIP config), layout (clip_tower_names'
-    label, Siglip* for SigLIP), refs ({official name: TensorRef} of the tower
-    tensors, renamed to vision_model.* / text_model.*), other (the rest:
-    projections, logit_scale), files (the weight files), has_vision, has_text.
+    Returns a dict: folder, config_path, configs (siglip.tower_configs), layout (clip_tower_names'
+    label, Siglip* for SigLIP), refs ({official name: TensorRef} of the tower tensors, renamed to
+    vision_model.* / text_model.*), other (the rest: projections, logit_scale), files (the weight
+    files), has_vision, has_text.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):

@@ -1,29 +1,23 @@
 """Read PyTorch `.bin` checkpoints (torch.save zip format) without torch, safely.
 
-A checkpoint written by `torch.save` (torch >= 1.6) is a zip archive with one
-top folder (any name: `archive/`, `pytorch_model/`, ...) holding `data.pkl`,
-a pickle of the state dict, and `data/<key>`, the raw bytes of each storage.
-Unpickling a checkpoint naively runs whatever code the pickle names, so this
-module unpickles with a restricted `pickle.Unpickler` whose `find_class`
-knows only the handful of globals needed to describe tensors
-(`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`, the typed storage
-classes such as `torch.FloatStorage`, `collections.OrderedDict`); anything
-else is refused with a CheckpointError naming the file and the global.
-Tensors come back as NumPy arrays built from (storage, offset, shape,
-stride), so views sharing a storage come out right.  bfloat16 is widened to
-float32 (or returned as raw uint16 bit patterns on request); every other
-dtype is kept.  `inspect_bin` describes the tensors without reading them,
-including where each uncompressed storage lies in the file, for callers that
-want to map the bytes themselves.
+A checkpoint written by `torch.save` (torch >= 1.6) is a zip archive with one top folder (any
+name: `archive/`, `pytorch_model/`, ...) holding `data.pkl`, a pickle of the state dict, and
+`data/<key>`, the raw bytes of each storage.  Unpickling naively runs whatever code the pickle
+names, so this module unpickles with a restricted `pickle.Unpickler` whose `find_class` knows only
+the globals that describe tensors (`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`, the
+typed storage classes such as `torch.FloatStorage`, `collections.OrderedDict`); anything else is
+refused with a CheckpointError naming the file and the global.  Tensors come back as NumPy arrays
+built from (storage, offset, shape, stride), so views sharing a storage come out right; bfloat16
+is widened to float32 (or kept as uint16 bit patterns on request), every other dtype is kept.
+`inspect_bin` describes the tensors without reading them, with where each uncompressed storage
+lies in the file.
 
-Storages that torch wrote uncompressed (all of them, normally) are
-memory-mapped copy-on-write rather than read, so a 13 GB checkpoint is never
-held in memory at once.  Nothing a pickle says is trusted: every load gets
-its own stand-ins for the allowed globals, which refuse BUILD/SETITEM (a
-pickle cannot change state another load sees); a storage's declared size is
-checked against its zip entry before anything is allocated or mapped; a view
-may not hold more elements than its storage (no stride-0 blow-ups); nesting
-depth and cycles of the state dict are bounded; sharded index names may not
+Storages torch wrote uncompressed (normally all) are memory-mapped copy-on-write, not read, so a
+13 GB checkpoint is never held in memory at once.  Nothing a pickle says is trusted: every load
+gets its own stand-ins for the allowed globals, which refuse BUILD/SETITEM (a pickle cannot change
+state another load sees); a storage's declared size is checked against its zip entry before
+anything is allocated or mapped; a view may not hold more elements than its storage (no stride-0
+blow-ups); nesting depth and cycles of the state dict are bounded; sharded index names may not
 leave the index's folder.
 """
 
@@ -131,12 +125,10 @@ class _TensorRef:
 class BinTensorInfo:
     """Where one tensor of a .bin checkpoint lives.
 
-    dtype: torch dtype name ("float32", "bfloat16", ...); shape, stride and
-    storage_offset in elements; storage: the zip entry holding the storage;
-    file_offset: byte offset of the storage's first byte in the file when the
-    entry is stored uncompressed, else None; contiguous: row-major with no
-    gaps, so the tensor is the byte range
-    [file_offset + storage_offset * itemsize, + nbytes).
+    dtype: torch dtype name ("float32", "bfloat16", ...); shape, stride and storage_offset in
+    elements; storage: the zip entry holding the storage; file_offset: byte offset of the storage
+    in the file when the entry is stored uncompressed, else None; contiguous: row-major with no
+    gaps, so the tensor is the byte range [file_offset + storage_offset * itemsize, + nbytes).
     """
 
     dtype: str
@@ -329,15 +321,13 @@ def _storage_array(zf, fp, info, dtype, numel, path, file_size):
 
 def _unpickle(zf, prefix, path):
     data = _read_entry(zf, prefix + "data.pkl", path)
-    up = _RestrictedUnpickler(io.BytesIO(data), path)
     try:
-        obj = up.load()
+        return _RestrictedUnpickler(io.BytesIO(data), path).load()
     except CheckpointError as e:
         msg = str(e)
         raise CheckpointError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
     except Exception as e:  # malformed pickle (also RecursionError): any error is a bad checkpoint
         raise CheckpointError(f"{path}: cannot unpickle data.pkl ({type(e).__name__}: {e})") from None
-    return obj
 
 
 def _flatten(obj, path, prefix="", depth=0, active=None):
@@ -417,13 +407,12 @@ def _read_refs(zf, prefix, path):
 def load_bin(path, bf16="float32"):
     """Load a torch.save zip checkpoint as {name: numpy array}.
 
-    float32/float16/int64/... keep their dtype; 0-d tensors are 0-d arrays;
-    bfloat16 becomes float32 (bf16="float32", exact) or stays as its uint16
-    bit patterns (bf16="raw").  Nested dicts are flattened with "." and
-    non-tensor entries are skipped.  A tensor that is a whole stored storage
-    comes back as a copy-on-write memory map of the file (writable; writes
-    stay private); views and byte-swapped tensors are copies.  Raises
-    CheckpointError for a missing, corrupt, truncated, legacy or unsafe file.
+    float32/float16/int64/... keep their dtype; 0-d tensors are 0-d arrays; bfloat16 becomes
+    float32 (bf16="float32", exact) or stays as its uint16 bit patterns (bf16="raw").  Nested dicts
+    are flattened with "." and non-tensor entries are skipped.  A tensor that is a whole stored
+    storage comes back as a copy-on-write memory map of the file (writes stay private); views and
+    byte-swapped tensors are copies.  Raises CheckpointError for a missing, corrupt, truncated,
+    legacy or unsafe file.
     """
     if bf16 not in ("float32", "raw"):
         raise ValueError(f"bf16 must be 'float32' or 'raw', got {bf16!r}")
@@ -510,10 +499,9 @@ def inspect_bin(path):
 def shard_path(index_path, shard):
     """The file a sharded index names, refused (CheckpointError) when the name leaves the index's folder.
 
-    A shard name must be a relative path (no drive, no leading "/") whose
-    folders, with `..` and symlinked folders resolved, stay inside the folder
-    of the index.  The shard file itself may be a symlink (the Hugging Face
-    cache links snapshot files to its blob store).
+    A shard name must be a relative path (no drive, no leading "/") whose folders, with `..` and
+    symlinked folders resolved, stay inside the index's folder.  The shard file itself may be a
+    symlink (the Hugging Face cache links snapshot files to its blob store).
     """
     index_path = os.fspath(index_path)
     if not isinstance(shard, str) or not shard or "\x00" in shard:
