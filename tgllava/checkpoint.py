@@ -1,16 +1,13 @@
 """Checkpoint reading: safetensors (single or sharded), PyTorch .bin via tgllava.torchbin, configs.
 
-Python parses only headers and JSON; tensor bytes are memory-mapped with
-NumPy and handed to the C core, which converts them to float32 (or the GPU
-dtype) once (bfloat16 of .bin files too: kept as raw bits, never widened
-here).  Every problem -- a missing folder or file, a corrupt or truncated
-header, a header field of the wrong type (offsets as strings, a shape given
-as a string, sizes that would overflow), JSON nested too deeply, a tensor
-whose byte range lies outside its file, an unsupported dtype, a shard name
-that leaves the index's folder, and the layouts the safetensors format
-forbids (a name twice in a header, overlapping data_offsets, data bytes no
-tensor covers; also a tensor in two files of one checkpoint) -- raises
-CheckpointError naming the file, tensor and field.
+Python parses only headers and JSON; tensor bytes are memory-mapped with NumPy and handed to the
+C core, which converts them to float32 (or the GPU dtype) once (bfloat16 of .bin files too: kept
+as raw bits, never widened here).  Every problem -- a missing folder or file, a corrupt or
+truncated header, a header field of the wrong type or a size that would overflow, JSON nested too
+deeply, a tensor whose bytes lie outside its file, an unsupported dtype, a shard name that leaves
+the index's folder, and the layouts the safetensors format forbids (a name twice in a header,
+overlapping data_offsets, data bytes no tensor covers; also a tensor in two files of one
+checkpoint) -- raises CheckpointError naming the file, tensor and field.
 """
 import json
 import os

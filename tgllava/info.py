@@ -1,18 +1,14 @@
 """`tgllava info`: describe a checkpoint folder as loading sees it, reading no weights.
 
-`describe(folder)` runs the loader's own resolution on the folder
-(loader.read_llm_folder / find_towers: configs and tensor headers, the
-layout decided once, tower folders found as load() finds them but never
-downloaded) and its own size rules (configs.llm_sizes, loader.tg_sizes,
-loader.checked_config), and returns a plain dict: the architecture and LLM
-sizes, parameter counts per part (LLM, projector, TG-FOM, TG-DP, vision and
-text towers), which TG modules are present, the chat template the model
-would use, the weight files, the tower folders with their family (CLIP or
-SigLIP, from the tower configs load() resolved), and whether load()'s checks
-pass (or the error load() would raise).  With dtype, also how loading in
-that storage format stores the model (the C core's own plan).  A CLIP or
-SigLIP tower folder is described through loader.read_tower.  `format_info` renders the
-dict as text.
+`describe(folder)` runs the loader's own resolution on the folder (loader.read_llm_folder /
+find_towers: configs and tensor headers, tower folders found as load() finds them but never
+downloaded) and its own size rules (configs.llm_sizes, loader.tg_sizes, loader.checked_config),
+and returns a plain dict: the architecture and LLM sizes, parameter counts per part (LLM,
+projector, TG-FOM, TG-DP, vision and text towers), which TG modules are present, the chat
+template, the weight files, the tower folders with their family (CLIP or SigLIP), and whether
+load()'s checks pass (or the error load() would raise).  With dtype, also how loading in that
+storage format stores the model (the C core's own plan).  A CLIP or SigLIP tower folder is
+described through loader.read_tower.  `format_info` renders the dict as text.
 """
 
 import collections

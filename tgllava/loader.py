@@ -253,10 +253,9 @@ def _llm_folders_inside(folder):
 def read_llm_folder(llm_dir):
     """The LLM folder as load() reads it, before any tower folder: resolve_folders's keys but the towers'.
 
-    Which layout the folder is in is decided here, once, from the config
-    and the tensor names (tensor_names.is_llava_hf).  A llava-hf folder
-    holds its vision tower: its dict is complete (hf_load.llava_hf_refs
-    renames its tensors and converts its config; llava_hf_naming says which
+    Which layout the folder is in is decided here, once, from the config and the tensor names
+    (tensor_names.is_llava_hf).  A llava-hf folder holds its vision tower: its dict is complete
+    (hf_load.llava_hf_refs renames its tensors and converts its config; llava_hf_naming says which
     naming it uses).
     """
     llm_dir = os.fspath(llm_dir)
@@ -485,13 +484,11 @@ def read_tower(folder):
     label, mapping = names(list(raw), folder)
     refs = {new: raw[old] if new == old else raw[old].renamed(new) for new, old in mapping.items()}
     has_vision = any(n.startswith("vision_model.") for n in refs)
-    has_text = any(n.startswith("text_model.") for n in refs)
+    # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
+    has_text = tower_configs["text_config"] is not None and any(n.startswith("text_model.") for n in refs)
     if has_vision and tower_configs["vision_config"] is None:
         raise CheckpointError(f"{config_path}: the folder holds a vision tower ({label}) but the config has no "
                               "vision settings (a CLIPTextConfig)")
-    if has_text and tower_configs["text_config"] is None:
-        tower_configs["text_config"] = None  # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
-        has_text = False
     used = set(mapping.values())
     other = {n: r for n, r in raw.items() if n not in used}
     return {"folder": folder, "config_path": config_path, "configs": tower_configs, "layout": label,
