@@ -179,16 +179,9 @@ def _bin_refs(path):
     refs = {}
     for name, (torch_dtype, a) in load_bin_typed(path).items():
         shape = np.shape(a)
-        if torch_dtype == "bfloat16":
-            dt = "BF16"
-        elif a.dtype == np.float32:
-            dt = "F32"
-        elif a.dtype == np.float16:
-            dt = "F16"
-        elif a.dtype.kind == "f":
-            a, dt = a.astype(np.float32), "F32"
-        else:
-            a, dt = a.astype(np.int64), "I64"
+        dt = {"bfloat16": "BF16", "float32": "F32", "float16": "F16"}.get(torch_dtype)
+        if dt is None:
+            a, dt = (a.astype(np.float32), "F32") if a.dtype.kind == "f" else (a.astype(np.int64), "I64")
         a = np.require(a, requirements=["C", "A"]).reshape(shape)  # require() makes 0-d arrays 1-d
         refs[name] = TensorRef(name, path, dt, shape, array_fn=(lambda a=a: a))
     return refs

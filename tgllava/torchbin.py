@@ -438,13 +438,10 @@ def _load(path, bf16):
             flat = _storage_array(zf, fp, info, dtype, st.numel, path, file_size)
             for name in names:
                 ref = refs[name]
-                n = math.prod(ref.shape)
-                if n == 0:
-                    arr = np.zeros(ref.shape, dtype=dtype)
-                elif (len(names) == 1 and ref.offset == 0 and n == st.numel
+                if (len(names) == 1 and ref.offset == 0 and math.prod(ref.shape) == st.numel
                         and _is_contiguous(ref.shape, ref.stride)):
                     arr = flat.reshape(ref.shape)  # sole user of the storage: no copy
-                else:
+                else:  # (an empty view reads no element, wherever its offset points)
                     view = np.lib.stride_tricks.as_strided(
                         flat[ref.offset:], shape=ref.shape,
                         strides=tuple(s * dtype.itemsize for s in ref.stride), writeable=False)
@@ -461,8 +458,7 @@ def _load(path, bf16):
 def load_bin_typed(path):
     """Like load_bin(path, bf16="raw"), but as {name: (torch dtype name, array)}.
 
-    bfloat16 tensors stay uint16 bit patterns, tagged "bfloat16", so callers
-    can hand them on without widening them.
+    bfloat16 tensors stay uint16 bit patterns, tagged "bfloat16", so callers can hand them on unwidened.
     """
     refs, arrays = _load(os.fspath(path), "raw")
     return {name: (refs[name].storage.stype.torch_dtype, a) for name, a in arrays.items()}
