@@ -233,11 +233,7 @@ class LlmTokenizer:
         if os.path.isfile(tj):
             return cls(_load_tokenizer_json(tj), "tokenizers", config, folder, gen, stm)
         if os.path.isfile(sm):
-            try:
-                backend = _load_sp(model_file=sm)
-            except CheckpointError as e:
-                raise CheckpointError(f"{sm}: {e}") from None
-            return cls(backend, "sentencepiece", config, folder, gen, stm)
+            return cls(_load_sp(model_file=sm), "sentencepiece", config, folder, gen, stm)
         if os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isfile(os.path.join(folder, "merges.txt")):
             return cls(_qwen2_from_vocab_merges(folder, config), "tokenizers", config, folder, gen, stm)
         raise CheckpointError(f"{folder}: no tokenizer.json, tokenizer.model or vocab.json + merges.txt")
@@ -441,17 +437,14 @@ def _qwen2_from_vocab_merges(folder, config):
 
 
 def _load_sp(model_file=None, model_proto=None):
+    """A SentencePieceProcessor of a tokenizer.model file or of a serialized model."""
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor()
     try:
-        if model_file is not None:
-            sp.Load(model_file=model_file)
-        else:
-            sp.LoadFromSerializedProto(model_proto)
+        return spm.SentencePieceProcessor(model_file=model_file, model_proto=model_proto)
     except Exception as e:
-        raise CheckpointError(f"cannot load SentencePiece model ({e})") from None
-    return sp
+        where = f"{model_file}: " if model_file else ""
+        raise CheckpointError(f"{where}cannot load SentencePiece model ({e})") from None
 
 
 def _without_dummy_prefix(sp):
