@@ -138,12 +138,9 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     c["proj_mlp"] = int(projector_type(llm_cfg, refs, llm_path) == "mlp2x_gelu")
     m = configs.llm_sizes(llm_cfg, llm_path)
     check_layer_count(names, "model.layers.", m["layers"], llm_path, "num_hidden_layers")
-    c.update(hidden=m["hidden"], heads=m["heads"], kv_heads=m["kv_heads"], head_dim=m["head_dim"],
-             layers=m["layers"], ffn=m["ffn"], vocab=m["vocab"],
+    c.update({key: value for key, value in m.items() if key != "tie"},  # llm_sizes names tg_config fields
              qkv_bias=int("model.layers.0.self_attn.q_proj.bias" in refs),
-             tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs),
-             max_len=m["max_len"], rms_eps=m["rms_eps"], rope_theta=m["rope_theta"],
-             dtype=_C.DTYPES.index(dtype))
+             tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs), dtype=_C.DTYPES.index(dtype))
     return config_schema.check(c)
 
 
