@@ -212,11 +212,8 @@ def llm_sizes(cfg, path, prefix=""):
 
 def _complete(raw, defaults):
     """(raw completed with defaults, sorted keys taken from defaults)."""
-    out = dict(raw)
-    filled = [k for k, v in defaults.items() if out.get(k) is None]
-    for k in filled:
-        out[k] = defaults[k]
-    return out, sorted(filled)
+    filled = [k for k in defaults if raw.get(k) is None]
+    return {**raw, **{k: defaults[k] for k in filled}}, sorted(filled)
 
 
 def clip_configs(config, path="config.json"):
@@ -254,8 +251,7 @@ def clip_configs(config, path="config.json"):
                 expanded, _ = _complete(legacy, defaults)
                 changed = sorted(k for k in expanded if k in raw and raw[k] != expanded[k])
                 raw.update(expanded)
-                note = f"{key}_dict overrides {key}"
-                out["legacy"].append(note + (f" ({', '.join(changed)})" if changed else ""))
+                out["legacy"].append(f"{key}_dict overrides {key}" + (f" ({', '.join(changed)})" if changed else ""))
                 filled = []
             else:
                 raw, filled = _complete(raw, defaults)
