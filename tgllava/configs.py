@@ -251,7 +251,8 @@ def clip_configs(config, path="config.json"):
                 expanded, _ = _complete(legacy, defaults)
                 changed = sorted(k for k in expanded if k in raw and raw[k] != expanded[k])
                 raw.update(expanded)
-                out["legacy"].append(f"{key}_dict overrides {key}" + (f" ({', '.join(changed)})" if changed else ""))
+                note = f"{key}_dict overrides {key}"
+                out["legacy"].append(note + (f" ({', '.join(changed)})" if changed else ""))
                 filled = []
             else:
                 raw, filled = _complete(raw, defaults)

@@ -141,10 +141,8 @@ def _describe_clip(info, folder, dtype):
     info["params"] = {"vision tower": _count(refs, lambda n: n.startswith("vision_model.")),
                       "text tower": _count(refs, lambda n: n.startswith("text_model.")),
                       "other": _count(tower["other"], lambda n: True)}
-    info["vision"] = towers["vision_config"]
-    info["text"] = towers["text_config"]
-    info["defaulted"] = towers["defaulted"]
-    info["legacy_config"] = towers["legacy"]
+    info.update(vision=towers["vision_config"], text=towers["text_config"], defaulted=towers["defaulted"],
+                legacy_config=towers["legacy"])
     if dtype:
         info["storage"] = "a tower is stored as part of a model: give the LLM folder"
     return info

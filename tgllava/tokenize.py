@@ -410,7 +410,8 @@ def _qwen2_from_vocab_merges(folder, config):
             f"{folder}: vocab.json + merges.txt is only supported for Qwen2Tokenizer "
             f"(tokenizer_class {cls_name or 'missing'!r}); provide tokenizer.json"
         )
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            processors)
 
     vocab_path = os.path.join(folder, "vocab.json")
     vocab = dict(_read_json(vocab_path) or {})
@@ -592,7 +593,8 @@ _CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 @functools.lru_cache(maxsize=1)
 def bytes_to_unicode():
     """GPT-2/CLIP byte -> printable character table, in vocabulary order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     others = [b for b in range(256) if b not in printable]  # shifted past 255, in byte order
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
 
