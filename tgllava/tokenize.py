@@ -61,7 +61,7 @@ def _token_text(value):
 
 
 def _special(name, *sources):
-    """Special token `name` as the first of `sources` that has it gives it (a string, or None)."""
+    """Special token `name` from the first of the dicts `sources` that names one (a string), else None."""
     return next((t for t in (_token_text(src.get(name)) for src in sources) if t), None)
 
 
