@@ -1,16 +1,13 @@
 """Checkpoint reading: safetensors (single or sharded), PyTorch .bin via tgllava.torchbin, configs.
 
-Python parses only headers and JSON; tensor bytes are memory-mapped with
-NumPy and handed to the C core, which converts them to float32 (or the GPU
-dtype) once (bfloat16 of .bin files too: kept as raw bits, never widened
-here).  Every problem -- a missing folder or file, a corrupt or truncated
-header, a header field of the wrong type (offsets as strings, a shape given
-as a string, sizes that would overflow), JSON nested too deeply, a tensor
-whose byte range lies outside its file, an unsupported dtype, a shard name
-that leaves the index's folder, and the layouts the safetensors format
-forbids (a name twice in a header, overlapping data_offsets, data bytes no
-tensor covers; also a tensor in two files of one checkpoint) -- raises
-CheckpointError naming the file, tensor and field.
+Python parses only headers and JSON; tensor bytes are memory-mapped with NumPy and handed to the
+C core, which converts them to float32 (or the GPU dtype) once (bfloat16 of .bin files too: kept
+as raw bits, never widened here).  Every problem -- a missing folder or file, a corrupt or
+truncated header, a header field of the wrong type or a size that would overflow, JSON nested too
+deeply, a tensor whose bytes lie outside its file, an unsupported dtype, a shard name that leaves
+the index's folder, and the layouts the safetensors format forbids (a name twice in a header,
+overlapping data_offsets, data bytes no tensor covers; also a tensor in two files of one
+checkpoint) -- raises CheckpointError naming the file, tensor and field.
 """
 import json
 import os
@@ -71,6 +68,10 @@ class TensorRef:
     @property
     def src_code(self):
         return _ST_DTYPES.get(self.dtype, (None, None))[1]
+
+    def renamed(self, name):
+        """The same tensor under another name."""
+        return TensorRef(name, self.path, self.dtype, self.shape, self.start, self.array_fn)
 
     def float32(self):
         a = np.asarray(self.raw())
@@ -178,16 +179,9 @@ def _bin_refs(path):
     refs = {}
     for name, (torch_dtype, a) in load_bin_typed(path).items():
         shape = np.shape(a)
-        if torch_dtype == "bfloat16":
-            dt = "BF16"
-        elif a.dtype == np.float32:
-            dt = "F32"
-        elif a.dtype == np.float16:
-            dt = "F16"
-        elif a.dtype.kind == "f":
-            a, dt = a.astype(np.float32), "F32"
-        else:
-            a, dt = a.astype(np.int64), "I64"
+        dt = {"bfloat16": "BF16", "float32": "F32", "float16": "F16"}.get(torch_dtype)
+        if dt is None:
+            a, dt = (a.astype(np.float32), "F32") if a.dtype.kind == "f" else (a.astype(np.int64), "I64")
         a = np.require(a, requirements=["C", "A"]).reshape(shape)  # require() makes 0-d arrays 1-d
         refs[name] = TensorRef(name, path, dt, shape, array_fn=(lambda a=a: a))
     return refs
@@ -196,7 +190,7 @@ def _bin_refs(path):
 def file_refs(path):
     if path.endswith(".safetensors"):
         return safetensors_refs(path)
-    if path.endswith(".bin") or path.endswith(".pt") or path.endswith(".pth"):
+    if path.endswith((".bin", ".pt", ".pth")):
         return _bin_refs(path)
     raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors or .bin)")
 

@@ -1,23 +1,18 @@
 """Checkpoint configs: what a config.json means, read as transformers reads it, every value checked.
 
-- LLM configs with the official LLaVA / TG-LLaVA keys: `llm_sizes` gives the
-  LLM part of the C core's size dict; the rotary settings are read from both
-  `rope_theta` and transformers 5's `rope_parameters` (disagreeing values and
-  any rotary scaling are refused).
-- CLIP tower configs (`clip_configs`): a CLIPModel, CLIPVisionModel or
-  CLIPTextModel config, read as transformers reads it: the legacy
-  `text_config_dict` / `vision_config_dict` of
-  openai/clip-vit-large-patch14-336 override `text_config` / `vision_config`
-  after being completed with the config class defaults, and keys a compact
-  re-saved config leaves out take those defaults.  `vision_sizes` /
-  `text_sizes` give the towers' parts of the size dict.
-- llava-hf configs (`LlavaForConditionalGeneration`: the LLM under
-  `text_config`, the tower under `vision_config`) become an official-layout
-  config (`llava_hf_config`).
+- LLM configs with the official LLaVA / TG-LLaVA keys: `llm_sizes` gives the LLM part of the C
+  core's size dict; the rotary base is read from both `rope_theta` and transformers 5's
+  `rope_parameters` (disagreeing values and any rotary scaling are refused).
+- CLIP tower configs (`clip_configs`): a CLIPModel, CLIPVisionModel or CLIPTextModel config, read
+  as transformers reads it: the legacy `text_config_dict` / `vision_config_dict` of
+  openai/clip-vit-large-patch14-336 override `text_config` / `vision_config` after being completed
+  with the config class defaults, which also fill what a compact re-saved config leaves out.
+  `vision_sizes` / `text_sizes` give the towers' parts of the size dict.
+- llava-hf configs (`LlavaForConditionalGeneration`: the LLM under `text_config`, the tower under
+  `vision_config`) become an official-layout config (`llava_hf_config`).
 
-Every size is an integer in range, every epsilon and rotary base a finite
-positive number, every activation one the engine implements.  A bad value
-is a CheckpointError naming the config file and the key.
+Every size is an integer in range, every epsilon and rotary base a finite positive number, every
+activation one the engine implements.  A bad value is a CheckpointError naming the file and key.
 """
 
 import math
@@ -88,18 +83,21 @@ def config_int(cfg, key, path, default=_REQUIRED, minimum=1, prefix=""):
     return value
 
 
-def config_float(cfg, key, path, default, prefix="", below=None):
-    """cfg[key] as a finite float > 0 (and < `below` when given); missing or null gives `default`."""
-    value = cfg.get(key)
-    if value is None:
-        return default
+def _positive_float(value, path, name, below=None):
+    """value as a finite float > 0 (and < `below` when given); else a CheckpointError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CheckpointError(f"{path}: {prefix}{key} must be a number, got {value!r}")
+        raise CheckpointError(f"{path}: {name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value <= 0 or (below is not None and value >= below):
         limit = f" and below {below:g}" if below is not None else ""
-        raise CheckpointError(f"{path}: {prefix}{key} {value!r} is invalid (must be a finite number above 0{limit})")
+        raise CheckpointError(f"{path}: {name} {value!r} is invalid (must be a finite number above 0{limit})")
     return value
+
+
+def config_float(cfg, key, path, default, prefix="", below=None):
+    """cfg[key] as a finite float > 0 (and < `below` when given); missing or null gives `default`."""
+    value = cfg.get(key)
+    return default if value is None else _positive_float(value, path, prefix + key, below)
 
 
 def config_act(cfg, key, path, allowed, default, prefix=""):
@@ -134,13 +132,11 @@ def _rope_kind(entry, path, key):
 def rope_theta(cfg, path, prefix="", default=10000.0):
     """The rotary base of an LLM config dict.
 
-    Read from `rope_theta` (transformers 4) and from
-    `rope_parameters.rope_theta` (transformers 5, which writes no top-level
-    rope_theta); also from a `rope_theta` inside `rope_scaling`.  Values
-    that disagree, a non-finite or non-positive value, per-layer-type
-    rope_parameters, and any rope_type / rope_scaling other than "default"
-    raise CheckpointError naming the key.  Without any, `default` (the
-    LlamaConfig / Qwen2Config default 10000).
+    Read from `rope_theta` (transformers 4), `rope_parameters.rope_theta` (transformers 5, which
+    writes no top-level rope_theta) and `rope_scaling.rope_theta`.  Values that disagree, a
+    non-finite or non-positive value, per-layer-type rope_parameters, and any rope_type /
+    rope_scaling other than "default" raise CheckpointError naming the key.  Without any,
+    `default` (the LlamaConfig / Qwen2Config default 10000).
     """
     found = []
     if cfg.get("rope_theta") is not None:
@@ -158,7 +154,7 @@ def rope_theta(cfg, path, prefix="", default=10000.0):
     partial = cfg.get("partial_rotary_factor")
     if partial not in (None, 1, 1.0):
         raise CheckpointError(f"{path}: {prefix}partial_rotary_factor {partial!r} is not supported (full rotary only)")
-    values = [(key, _theta_value(value, path, key)) for key, value in found]
+    values = [(key, _positive_float(value, path, key)) for key, value in found]
     if not values:
         return float(default)
     first_key, first = values[0]
@@ -167,15 +163,6 @@ def rope_theta(cfg, path, prefix="", default=10000.0):
             raise CheckpointError(f"{path}: {first_key} {first!r} and {key} {value!r} disagree; "
                                   "which rotary base the model was trained with is unclear")
     return first
-
-
-def _theta_value(value, path, key):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CheckpointError(f"{path}: {key} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise CheckpointError(f"{path}: {key} {value!r} is invalid (the rotary base must be a finite number above 0)")
-    return value
 
 
 def llm_sizes(cfg, path, prefix=""):
@@ -225,26 +212,20 @@ def llm_sizes(cfg, path, prefix=""):
 
 def _complete(raw, defaults):
     """(raw completed with defaults, sorted keys taken from defaults)."""
-    out = dict(raw)
-    filled = [k for k, v in defaults.items() if out.get(k) is None]
-    for k in filled:
-        out[k] = defaults[k]
-    return out, sorted(filled)
+    filled = [k for k in defaults if raw.get(k) is None]
+    return {**raw, **{k: defaults[k] for k in filled}}, sorted(filled)
 
 
 def clip_configs(config, path="config.json"):
     """Read a CLIP tower config as transformers does.
 
-    Returns {"vision_config": dict or None, "text_config": dict or None,
-    "defaulted": {"vision_config": [keys], "text_config": [keys]},
-    "legacy": [notes]}: each tower config complete (transformers' class
-    defaults fill what the file leaves out, and `defaulted` lists those
-    keys).  A CLIPModel config (model_type "clip", or text_config /
-    vision_config keys) gives both towers; a CLIPVisionConfig
-    (model_type "clip_vision_model") or CLIPTextConfig ("clip_text_model")
-    at top level gives one.  The legacy `vision_config_dict` /
-    `text_config_dict` keys are completed with the class defaults and then
-    override `vision_config` / `text_config`, as CLIPConfig.__init__ does.
+    Returns {"vision_config": dict or None, "text_config": dict or None, "defaulted":
+    {"vision_config": [keys], "text_config": [keys]}, "legacy": [notes]}: each tower config
+    complete (transformers' class defaults fill what the file leaves out; `defaulted` lists those
+    keys).  A CLIPModel config (model_type "clip", or text_config / vision_config keys) gives both
+    towers; a CLIPVisionConfig ("clip_vision_model") or CLIPTextConfig ("clip_text_model") at top
+    level gives one.  The legacy `vision_config_dict` / `text_config_dict` are completed with the
+    class defaults and then override `vision_config` / `text_config`, as CLIPConfig.__init__ does.
     """
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: a CLIP config must be a JSON object")
@@ -254,11 +235,10 @@ def clip_configs(config, path="config.json"):
                  ("vision_config", "text_config", "vision_config_dict", "text_config_dict")))
     out = {"vision_config": None, "text_config": None, "defaulted": {}, "legacy": []}
     if composite:
-        parts = {"vision_config": CLIP_VISION_DEFAULTS, "text_config": CLIP_TEXT_DEFAULTS}
-        single_vision = model_type == "clip_vision_model" and "text_config" not in config
-        single_text = model_type == "clip_text_model" and "vision_config" not in config
-        for key, defaults in parts.items():
-            if (single_vision and key == "text_config") or (single_text and key == "vision_config"):
+        # a single-tower model_type (clip_vision_model / clip_text_model) has the other tower only when given
+        absent = {"clip_vision_model": "text_config", "clip_text_model": "vision_config"}.get(model_type)
+        for key, defaults in (("vision_config", CLIP_VISION_DEFAULTS), ("text_config", CLIP_TEXT_DEFAULTS)):
+            if key == absent and key not in config:
                 continue
             raw = config.get(key)
             if raw is not None and not isinstance(raw, dict):
@@ -337,11 +317,9 @@ def vision_sizes(vc, path, select_layer=-2, prefix="vision_config.", select_path
 def text_sizes(tc, path, prefix="text_config."):
     """The text-tower part of tg_config from a complete CLIP text config, every value checked.
 
-    The engine pools the text tower at argmax(ids) (the legacy rule
-    transformers applies when eos_token_id is 2); transformers pools at the
-    first eos_token_id otherwise, which is the same position only when the
-    EOS is the largest id (vocab_size - 1, as in CLIP's own vocabulary).
-    Any other eos_token_id is refused.
+    The engine pools the text tower at argmax(ids) (transformers' legacy rule for eos_token_id 2);
+    transformers pools at the first eos_token_id otherwise, the same position only when the EOS is
+    the largest id (vocab_size - 1, as in CLIP's own vocabulary).  Any other eos_token_id is refused.
     """
     hidden, heads = tower_width(tc, path, prefix)
     vocab = config_int(tc, "vocab_size", path, prefix=prefix)
@@ -370,20 +348,14 @@ def text_sizes(tc, path, prefix="text_config."):
 def llava_hf_config(config, path="config.json"):
     """Convert a llava-hf config dict to an official LLaVA-style config dict.
 
-    The result has the LLM keys at top level (hidden_size,
-    num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta,
-    vocab_size, ...; transformers' defaults fill what the llava-hf config
-    leaves out; the rotary base comes from text_config's rope_theta or
-    rope_parameters), the LLaVA keys (model_type "llava_llama" or
-    "llava_qwen", mm_projector_type "mlp2x_gelu", mm_hidden_size,
-    mm_vision_select_layer, mm_vision_select_feature, image_aspect_ratio
-    "pad" as LLaVA-1.5 was trained, image_token_index) and `vision_config`,
-    a complete CLIP vision config for the tower stored in the same folder.
-    Invalid values raise CheckpointError naming `path` and the key.
-    Whether a folder is a llava-hf one is decided before (from its config
-    and its tensor names: tensor_names.is_llava_hf); a config without
-    text_config / vision_config takes LlavaConfig's defaults, as
-    transformers does.  A config with the official LLaVA keys is refused.
+    The result has the LLM keys at top level (hidden_size, num_attention_heads, rope_theta, ...;
+    transformers' defaults fill what text_config leaves out, LlavaConfig's a missing text_config /
+    vision_config), the LLaVA keys (model_type "llava_llama" or "llava_qwen", mm_projector_type
+    "mlp2x_gelu", mm_hidden_size, mm_vision_select_layer, mm_vision_select_feature,
+    image_aspect_ratio "pad" as LLaVA-1.5 was trained, image_token_index) and `vision_config`, a
+    complete CLIP vision config for the tower stored in the same folder.  Invalid values raise
+    CheckpointError naming `path` and the key; so does a config with the official LLaVA keys
+    (whether a folder is a llava-hf one is decided before: tensor_names.is_llava_hf).
     """
     if not isinstance(config, dict) or has_official_keys(config):
         raise CheckpointError(f"{path}: not a llava-hf config (it has the official LLaVA keys mm_vision_tower / "
@@ -399,15 +371,11 @@ def llava_hf_config(config, path="config.json"):
         defaults, model_type, arch = _LLAMA_DEFAULTS, "llava_llama", "LlavaLlamaForCausalLM"
     else:
         raise CheckpointError(f"{path}: llava-hf text model type {text_type!r} is not supported (llama or qwen2)")
-    llm = {}
-    for key, default in defaults.items():
-        # old llava-hf configs keep vocab_size / tie_word_embeddings at top level
-        if key in ("vocab_size", "tie_word_embeddings"):
-            default = config.get(key, default)
-        llm[key] = text_config.get(key, default)
-    for key in ("head_dim",):
-        if text_config.get(key) is not None:
-            llm[key] = text_config[key]
+    # old llava-hf configs keep vocab_size / tie_word_embeddings at top level
+    top = {key: config[key] for key in ("vocab_size", "tie_word_embeddings") if key in config}
+    llm = {key: text_config.get(key, top.get(key, default)) for key, default in defaults.items()}
+    if text_config.get("head_dim") is not None:
+        llm["head_dim"] = text_config["head_dim"]
     if llm["num_key_value_heads"] is None:
         llm["num_key_value_heads"] = llm["num_attention_heads"]
     llm["rope_theta"] = rope_theta(text_config, path, prefix="text_config.")
@@ -434,8 +402,8 @@ def llava_hf_config(config, path="config.json"):
         raise CheckpointError(f"{path}: vision_feature_select_strategy {strategy!r} is not supported")
     vision_sizes(vision, path, layer, prefix="vision_config.", select_key="vision_feature_layer")
 
-    out = dict(llm)
-    out.update({
+    out = {
+        **llm,
         "architectures": [arch],
         "model_type": model_type,
         "mm_vision_tower": vision_config.get("_name_or_path") or None,
@@ -449,7 +417,7 @@ def llava_hf_config(config, path="config.json"):
         "image_aspect_ratio": "pad",
         "image_token_index": config.get("image_token_index", 32000),
         "vision_config": vision,
-    })
+    }
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype"):
         value = config.get(key, text_config.get(key))
         if value is not None:

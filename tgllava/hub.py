@@ -1,10 +1,9 @@
 """Tower folders by name: a local path, a snapshot in the Hugging Face cache, or a download.
 
-`mm_vision_tower` / `mm_text_tower` of an LLM config name a folder or a Hub
-repository (openai/clip-vit-large-patch14-336).  `resolve_tower` finds it
-through `huggingface_hub` (its cache lookup, its environment variables, its
-offline switch); with download=False (what `tgllava info` asks) it never
-goes to the network.  `find_in_hf_cache` only looks in the cache.
+`mm_vision_tower` / `mm_text_tower` of an LLM config name a folder or a Hub repository
+(openai/clip-vit-large-patch14-336).  `resolve_tower` finds it through `huggingface_hub` (its cache
+lookup, environment variables and offline switch); with download=False (what `tgllava info` asks)
+it never goes to the network.  `find_in_hf_cache` only looks in the cache.
 """
 
 import os
@@ -25,9 +24,8 @@ def _is_repo_id(name):
 def find_in_hf_cache(repo_id, cache_dir=None):
     """The cached snapshot folder of `repo_id` holding config.json, or None.
 
-    The hub's own lookup (`try_to_load_from_cache`: the snapshot `refs/main`
-    points to, in the cache its environment variables name), as
-    transformers uses when loading a tower by name offline.
+    The hub's own lookup (`try_to_load_from_cache`: the snapshot `refs/main` points to, in the
+    cache its environment variables name), as transformers uses when loading a tower offline.
     """
     from huggingface_hub import try_to_load_from_cache
 
@@ -40,11 +38,10 @@ def find_in_hf_cache(repo_id, cache_dir=None):
 def resolve_tower(name_or_path, kind="vision", download=True):
     """Find the folder of a tower checkpoint (`mm_vision_tower` / `mm_text_tower`).
 
-    A local folder is returned as given; otherwise the name is looked up in
-    the Hugging Face cache; otherwise, unless download=False or the hub is
-    offline (HF_HUB_OFFLINE), the config, weights and tokenizer files are
-    downloaded with `snapshot_download`.  Returns None when nothing is found
-    (or the download fails).
+    A local folder is returned as given; otherwise the name is looked up in the Hugging Face
+    cache; otherwise, unless download=False or the hub is offline (HF_HUB_OFFLINE), the config,
+    weights and tokenizer files are downloaded with `snapshot_download`.  Returns None when
+    nothing is found (or the download fails).
     """
     if kind not in ("vision", "text"):
         raise ValueError(f"kind must be 'vision' or 'text', got {kind!r}")

@@ -1,18 +1,14 @@
 """`tgllava info`: describe a checkpoint folder as loading sees it, reading no weights.
 
-`describe(folder)` runs the loader's own resolution on the folder
-(loader.read_llm_folder / find_towers: configs and tensor headers, the
-layout decided once, tower folders found as load() finds them but never
-downloaded) and its own size rules (configs.llm_sizes, loader.tg_sizes,
-loader.checked_config), and returns a plain dict: the architecture and LLM
-sizes, parameter counts per part (LLM, projector, TG-FOM, TG-DP, vision and
-text towers), which TG modules are present, the chat template the model
-would use, the weight files, the tower folders with their family (CLIP or
-SigLIP, from the tower configs load() resolved), and whether load()'s checks
-pass (or the error load() would raise).  With dtype, also how loading in
-that storage format stores the model (the C core's own plan).  A CLIP or
-SigLIP tower folder is described through loader.read_tower.  `format_info` renders the
-dict as text.
+`describe(folder)` runs the loader's own resolution on the folder (loader.read_llm_folder /
+find_towers: configs and tensor headers, tower folders found as load() finds them but never
+downloaded) and its own size rules (configs.llm_sizes, loader.tg_sizes, loader.checked_config),
+and returns a plain dict: the architecture and LLM sizes, parameter counts per part (LLM,
+projector, TG-FOM, TG-DP, vision and text towers), which TG modules are present, the chat
+template, the weight files, the tower folders with their family (CLIP or SigLIP), and whether
+load()'s checks pass (or the error load() would raise).  With dtype, also how loading in that
+storage format stores the model (the C core's own plan).  A CLIP or SigLIP tower folder is
+described through loader.read_tower.  `format_info` renders the dict as text.
 """
 
 import collections
@@ -23,6 +19,15 @@ import numpy as np
 from . import _C, configs, conversation, loader, siglip
 from .errors import CheckpointError
 from .tensor_names import CLIP_LAYOUT_NOTES, DP_PREFIX, FOM_PREFIX, PROJECTOR_PREFIX
+
+
+# the tower settings format_info shows: (label, config key)
+_VISION_FIELDS = (("width {}", "hidden_size"), ("{} layers", "num_hidden_layers"), ("image {}", "image_size"),
+                  ("patch {}", "patch_size"), ("{} heads", "num_attention_heads"),
+                  ("ffn {}", "intermediate_size"), ("act {}", "hidden_act"), ("eps {}", "layer_norm_eps"))
+_TEXT_FIELDS = (("width {}", "hidden_size"), ("{} layers", "num_hidden_layers"), ("vocab {}", "vocab_size"),
+                ("{} heads", "num_attention_heads"), ("ffn {}", "intermediate_size"),
+                ("positions {}", "max_position_embeddings"), ("act {}", "hidden_act"))
 
 
 def _count(refs, pred):
@@ -136,22 +141,17 @@ def _describe_clip(info, folder, dtype):
     info["params"] = {"vision tower": _count(refs, lambda n: n.startswith("vision_model.")),
                       "text tower": _count(refs, lambda n: n.startswith("text_model.")),
                       "other": _count(tower["other"], lambda n: True)}
-    info["vision"] = towers["vision_config"]
-    info["text"] = towers["text_config"]
-    info["defaulted"] = towers["defaulted"]
-    info["legacy_config"] = towers["legacy"]
+    info.update(vision=towers["vision_config"], text=towers["text_config"], defaulted=towers["defaulted"],
+                legacy_config=towers["legacy"])
     if dtype:
         info["storage"] = "a tower is stored as part of a model: give the LLM folder"
     return info
 
 
 def _fmt_count(n):
-    if n >= 1e9:
-        return f"{n / 1e9:.2f} B"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f} M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f} K"
+    for unit, scale, digits in (("B", 1e9, 2), ("M", 1e6, 2), ("K", 1e3, 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
     return str(n)
 
 
@@ -187,26 +187,18 @@ def format_info(info):
         def val(cfg, part, key):
             mark = " (default)" if key in defaulted.get(part, ()) else ""
             return f"{cfg.get(key)}{mark}"
+
+        def settings(cfg, part, fields):
+            return ", ".join(label.format(val(cfg, part, key)) for label, key in fields)
         if v:
-            lines.append(f"  vision: width {val(v, 'vision_config', 'hidden_size')}, "
-                         f"{val(v, 'vision_config', 'num_hidden_layers')} layers, "
-                         f"image {val(v, 'vision_config', 'image_size')}, patch {val(v, 'vision_config', 'patch_size')}, "
-                         f"{val(v, 'vision_config', 'num_attention_heads')} heads, "
-                         f"ffn {val(v, 'vision_config', 'intermediate_size')}, "
-                         f"act {val(v, 'vision_config', 'hidden_act')}, eps {val(v, 'vision_config', 'layer_norm_eps')}")
+            lines.append(f"  vision: {settings(v, 'vision_config', _VISION_FIELDS)}")
         if t:
             eos = t.get("eos_token_id")
             pool = f"eos {val(t, 'text_config', 'eos_token_id')} (pooling at " + (
                 "argmax(ids), legacy)" if eos == 2 else f"first token {eos})")
             if info["kind"] == "SigLIP":
                 pool = "pooled by its head at the last position (texts padded to all positions)"
-            lines.append(f"  text: width {val(t, 'text_config', 'hidden_size')}, "
-                         f"{val(t, 'text_config', 'num_hidden_layers')} layers, "
-                         f"vocab {val(t, 'text_config', 'vocab_size')}, "
-                         f"{val(t, 'text_config', 'num_attention_heads')} heads, "
-                         f"ffn {val(t, 'text_config', 'intermediate_size')}, "
-                         f"positions {val(t, 'text_config', 'max_position_embeddings')}, "
-                         f"act {val(t, 'text_config', 'hidden_act')}, {pool}")
+            lines.append(f"  text: {settings(t, 'text_config', _TEXT_FIELDS)}, {pool}")
         for note in info.get("legacy_config") or ():
             lines.append(f"  legacy config: {note} (as transformers reads it)")
         if any(defaulted.values()):
@@ -241,14 +233,9 @@ def format_info(info):
         lines.append("  load check: passed (configs, towers, tensor names and shapes; no weight read)" if check == "passed"
                      else f"  load check: FAILED: {check}")
     lines.append("  parameters:")
-    total = 0
-    for k, v in info["params"].items():
-        lines.append(f"    {k:<30} {_fmt_count(v):>10}")
-        if "unused" not in k:
-            total += v
-    for t in info.get("towers", {}).values():
-        if t["path"] != info["folder"]:
-            total += t["params"]
+    lines += [f"    {k:<30} {_fmt_count(v):>10}" for k, v in info["params"].items()]
+    total = sum(v for k, v in info["params"].items() if "unused" not in k)
+    total += sum(t["params"] for t in info.get("towers", {}).values() if t["path"] != info["folder"])
     label = "total (with towers found)" if info.get("towers") else "total"
     lines.append(f"    {label:<30} {_fmt_count(total):>10}")
     return "\n".join(lines)

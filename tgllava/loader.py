@@ -1,13 +1,11 @@
 """Loading a checkpoint: tgllava.load() and everything it does before the model runs.
 
-load() resolves the folders (the LLM folder's config.json and tensor headers,
-the CLIP or SigLIP tower folders its config names or clip_dir gives, or a llava-hf
-folder with the tower inside: hf_load.py), works out every size the C core
-needs from the configs and the tensor shapes (with SPEC section 4 defaults
-for what shapes do not tell), checks tensor names, dtypes and shapes, and
-tokenizer files (preflight), all before any weight byte is read; then it
-creates the C model on the chosen backend, streams the tensors into it and
-returns a model.Model.
+load() resolves the folders (the LLM folder's config.json and tensor headers, the CLIP or SigLIP
+tower folders its config names or clip_dir gives, or a llava-hf folder with the tower inside:
+hf_load.py), works out every size the C core needs from the configs and the tensor shapes (SPEC
+section 4 defaults for what shapes do not tell), checks tensor names, dtypes and shapes, and
+tokenizer files (preflight), all before any weight byte is read; then it creates the C model on
+the chosen backend, streams the tensors into it and returns a model.Model.
 """
 import os
 import sys
@@ -16,7 +14,7 @@ import numpy as np
 
 from . import _C
 from . import config_schema, configs, siglip
-from .checkpoint import TensorRef, folder_refs, read_json
+from .checkpoint import folder_refs, read_json
 from .errors import CheckpointError
 from .hub import resolve_tower
 from .model import Model
@@ -74,8 +72,7 @@ def tg_sizes(refs, overrides=None):
     has_fom = any(n.startswith(FOM_PREFIX) for n in names)
     has_dp = any(n.startswith(DP_PREFIX) for n in names)
     c = {"has_fom": int(has_fom), "has_dp": int(has_dp)}
-    d = dict(TG_DEFAULTS)
-    d.update(overrides or {})
+    d = {**TG_DEFAULTS, **(overrides or {})}
     if has_fom:
         pf = FOM_PREFIX + "Qformer.bert.encoder.layer."
         c.update(q_layers=count_layers(names, pf), q_heads=d["q_heads"], q_eps=d["q_eps"], q_cross_freq=d["q_cross_freq"],
@@ -110,18 +107,12 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
                  clip_path="config.json"):
     """The flat size dictionary of the C core (tg_config) from configs and tensor shapes.
 
-    llm_cfg is an official-layout LLM config, clip_cfg any CLIP or SigLIP tower
-    config (read with siglip.tower_configs: legacy *_config_dict keys,
-    transformers' defaults for missing keys; each tower's model_type names its
-    family).  Every value is checked: a size that is not
-    an integer in range, a non-finite or non-positive epsilon or rotary
-    base, an unknown activation, rotary scaling, layer counts that disagree
-    with the tensors, raise CheckpointError naming the config file
-    (llm_path / clip_path; clip_path may be a (vision, text) pair when the
-    towers come from two folders) and the key.  Only names and shapes of
-    `refs` are used.  The result has exactly the fields its modules need
-    (config_schema.check: a key outside the schema of csrc/config_fields.h is
-    a bug and raises TgError).
+    llm_cfg is an official-layout LLM config, clip_cfg any CLIP or SigLIP tower config (read with
+    siglip.tower_configs); only the names and shapes of `refs` are used.  Every value is checked
+    (configs): a bad one, or a layer count that disagrees with the tensors, raises CheckpointError
+    naming the config file (llm_path / clip_path; clip_path may be a (vision, text) pair when the
+    towers come from two folders) and the key.  config_schema.check makes sure the result has
+    exactly the fields its modules need (anything else is a bug: TgError).
     """
     vision_path, text_path = clip_path if isinstance(clip_path, (tuple, list)) else (clip_path, clip_path)
     towers = siglip.tower_configs(clip_cfg, vision_path)
@@ -147,12 +138,9 @@ def build_config(llm_cfg, clip_cfg, refs, dtype="float32", overrides=None, llm_p
     c["proj_mlp"] = int(projector_type(llm_cfg, refs, llm_path) == "mlp2x_gelu")
     m = configs.llm_sizes(llm_cfg, llm_path)
     check_layer_count(names, "model.layers.", m["layers"], llm_path, "num_hidden_layers")
-    c.update(hidden=m["hidden"], heads=m["heads"], kv_heads=m["kv_heads"], head_dim=m["head_dim"],
-             layers=m["layers"], ffn=m["ffn"], vocab=m["vocab"],
+    c.update({key: value for key, value in m.items() if key != "tie"},  # llm_sizes names tg_config fields
              qkv_bias=int("model.layers.0.self_attn.q_proj.bias" in refs),
-             tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs),
-             max_len=m["max_len"], rms_eps=m["rms_eps"], rope_theta=m["rope_theta"],
-             dtype=_C.DTYPES.index(dtype))
+             tie_embeddings=int(m["tie"] and "lm_head.weight" not in refs), dtype=_C.DTYPES.index(dtype))
     return config_schema.check(c)
 
 
@@ -205,25 +193,20 @@ def load(llm_dir, clip_dir=None, device="cpu", dtype=None, progress=None, tg_ove
 def resolve_folders(llm_dir, clip_dir=None, download=True):
     """Everything load() learns before reading a weight: configs, tower folders, tensor headers.
 
-    read_llm_folder's dict, with the CLIP towers of an official folder
-    found (find_towers; download=False: never from the network).  Keys:
-    kind ("official" or "llava-hf"), llm_dir, llm_config (official keys),
-    llm_config_path, files (the LLM folder's weight files), has_tg,
-    vision_dir and text_dir (the folders the two CLIP towers come from;
-    text_dir None without TG modules), tower_names ({"vision", "text"}:
-    what each was found by), tower_layouts ({"vision", "text"}: labels),
-    clip_dir (the folder a Model reports: the text tower's when TG-LLaVA
-    needs it, for its tokenizer, else the vision tower's), clip_config
-    (complete), clip_config_paths, and refs (official name -> TensorRef
-    from headers, bytes unread, every tensor the model may use).
+    read_llm_folder's dict, with the CLIP towers of an official folder found (find_towers;
+    download=False: never from the network).  Keys: kind ("official" or "llava-hf"), llm_dir,
+    llm_config (official keys), llm_config_path, files (the LLM folder's weight files), has_tg,
+    vision_dir and text_dir (the folders the two towers come from; text_dir None without TG
+    modules), tower_names and tower_layouts ({"vision", "text"}: what each was found by, its
+    layout label), clip_dir (the folder a Model reports: the text tower's when TG-LLaVA needs it,
+    for its tokenizer, else the vision tower's), clip_config (complete), clip_config_paths, and
+    refs (official name -> TensorRef from the headers: every tensor the model may use).
     """
     return find_towers(read_llm_folder(llm_dir), clip_dir, download)
 
 
 def is_tower_config(config):
     """True for the config.json of a tower folder: CLIP or SigLIP (the model, or one of its towers alone)."""
-    from . import siglip
-
     model_type = str(config.get("model_type") or "")
     archs = config.get("architectures") if isinstance(config.get("architectures"), list) else []
     return model_type in ("clip", "clip_vision_model", "clip_text_model") or any(
@@ -267,18 +250,15 @@ def _llm_folders_inside(folder):
 def read_llm_folder(llm_dir):
     """The LLM folder as load() reads it, before any tower folder: resolve_folders's keys but the towers'.
 
-    Which layout the folder is in is decided here, once, from the config
-    and the tensor names (tensor_names.is_llava_hf).  A llava-hf folder
-    holds its vision tower: its dict is complete (hf_load.llava_hf_refs
-    renames its tensors and converts its config; llava_hf_naming says which
+    Which layout the folder is in is decided here, once, from the config and the tensor names
+    (tensor_names.is_llava_hf).  A llava-hf folder holds its vision tower: its dict is complete
+    (hf_load.llava_hf_refs renames its tensors and converts its config; llava_hf_naming says which
     naming it uses).
     """
     llm_dir = os.fspath(llm_dir)
     llm_config_path = os.path.join(llm_dir, "config.json")
     llm_cfg = folder_config(llm_dir)
     if is_tower_config(llm_cfg):
-        from . import siglip
-
         family = "SigLIP" if siglip.is_siglip_config(llm_cfg) else "CLIP"
         raise CheckpointError(f"{llm_dir}: this is a {family} folder (a vision / text tower), not an LLM checkpoint: "
                               "pass it as clip_dir=..., with the LLM folder as llm_dir=...")
@@ -302,12 +282,11 @@ def read_llm_folder(llm_dir):
 def find_towers(plan, clip_dir=None, download=True):
     """read_llm_folder's dict of an official folder, completed with its CLIP towers (see resolve_folders).
 
-    The vision tower is clip_dir, or the folder mm_vision_tower (else
-    mm_text_tower) names; a TG-LLaVA checkpoint takes its text tower from
-    the same folder, or from the folder mm_text_tower names when the vision
-    folder has none, or when mm_text_tower names another tower than
-    mm_vision_tower (a text guide of another family, e.g. SigLIP vision with
-    a CLIP text tower) and it is found.  A llava-hf dict comes back as it is.
+    The vision tower is clip_dir, or the folder mm_vision_tower (else mm_text_tower) names; a
+    TG-LLaVA checkpoint takes its text tower from the same folder, or from the folder mm_text_tower
+    names when the vision folder has none, or when mm_text_tower names another tower (a text guide
+    of another family, e.g. SigLIP vision with a CLIP text tower) and it is found.  A llava-hf dict
+    comes back as it is.
     """
     if plan["kind"] == "llava-hf":
         return plan
@@ -363,13 +342,11 @@ def checked_config(plan, dtype="float32", overrides=None):
 def preflight(llm_dir, clip_dir=None, tokenizers=True):
     """Check what a load and a chat need that can be checked without reading a weight.
 
-    Configs (every value), tower folders, tensor names, dtypes and shapes
-    from the headers (checked_config), and (tokenizers=True) the tokenizer
-    files chat needs: the LLM tokenizer in llm_dir and, for TG-LLaVA, the
-    text tower's tokenizer in its folder (CLIP's, or SigLIP's spiece.model).  Raises CheckpointError on
-    the first problem; returns resolve_folders()'s dict.  `tgllava generate`
-    calls this before loading, so a folder without tokenizer files fails in
-    a moment, not after reading every weight.
+    Configs, tower folders, tensor names, dtypes and shapes (checked_config), and (tokenizers=True)
+    the tokenizer files chat needs: the LLM's in llm_dir and, for TG-LLaVA, the text tower's
+    (CLIP's, or SigLIP's spiece.model).  Raises CheckpointError on the first problem; returns
+    resolve_folders()'s dict.  `tgllava generate` calls this first, so a folder without tokenizer
+    files fails in a moment, not after reading every weight.
     """
     plan = resolve_folders(llm_dir, clip_dir)
     checked_config(plan)
@@ -396,27 +373,21 @@ def build_core(cfg, device, refs, where_missing, progress=None):
     checkpoint bytes (memory-mapped) into the stored format; a progress bar on a terminal counts the
     bytes read when loading takes over a second (progress=True: always, False: never)."""
     core = _C.Model(cfg, device)
-    required = core.required()
-    for name, _, _ in required:
-        if name not in refs:
-            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
-    total = sum(int(np.prod(refs[name].shape)) * refs[name].itemsize for name, _, _ in required)
+    sources = {name: _float_ref(refs, name, where_missing) for name, _, _ in core.required()}
+    total = sum(int(np.prod(ref.shape)) * ref.itemsize for ref in sources.values())
     bar = None
     if progress or (progress is None and _stderr_is_terminal()):
         from tqdm import tqdm
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", delay=0 if progress else 1.0,
                    leave=False)
     try:
-        for name, shape, _ in required:
-            ref = refs[name]
-            if ref.src_code is None:
-                raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+        for name, ref in sources.items():
             try:
                 core.set_tensor(name, np.ascontiguousarray(ref.raw()), ref.src_code)
             except CheckpointError as e:
                 raise CheckpointError(f"{ref.path}: {e}") from None
             if bar:
-                bar.update(int(np.prod(shape)) * ref.itemsize)
+                bar.update(int(np.prod(ref.shape)) * ref.itemsize)
     finally:
         if bar:
             bar.close()
@@ -425,6 +396,16 @@ def build_core(cfg, device, refs, where_missing, progress=None):
 
 
 # ---- what can be checked before a weight byte is read -------------------------------
+
+def _float_ref(refs, name, where_missing):
+    """refs[name]; CheckpointError when it is missing (blaming where_missing(name)) or not a float tensor."""
+    ref = refs.get(name)
+    if ref is None:
+        raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
+    if ref.src_code is None:
+        raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+    return ref
+
 
 def check_layer_count(names, prefix, configured, path, key):
     """Refuse a config whose layer count disagrees with the layers the tensors hold (before the C
@@ -435,6 +416,11 @@ def check_layer_count(names, prefix, configured, path, key):
                               f"({prefix}0..{max(have - 1, 0)})")
 
 
+# the tokenizer files each kind of folder may have, in the order the loader prefers them
+_TOKENIZER_FILES = {"llm": (["tokenizer.json"], ["tokenizer.model"], ["vocab.json", "merges.txt"]),
+                    "clip": (["tokenizer.json"], ["vocab.json", "merges.txt"])}
+
+
 def tokenizer_files(folder, kind="llm"):
     """The tokenizer files of `folder` the loader would use, or None when there are none.
 
@@ -442,46 +428,31 @@ def tokenizer_files(folder, kind="llm"):
     (what tokenize.LlmTokenizer.from_folder reads); kind "clip":
     tokenizer.json or vocab.json + merges.txt (ClipTokenizer.from_folder).
     """
-    def has(n):
-        return os.path.isfile(os.path.join(folder, n))
-    if has("tokenizer.json"):
-        return ["tokenizer.json"]
-    if kind == "llm" and has("tokenizer.model"):
-        return ["tokenizer.model"]
-    if has("vocab.json") and has("merges.txt"):
-        return ["vocab.json", "merges.txt"]
-    return None
+    def present(files):
+        return all(os.path.isfile(os.path.join(folder, n)) for n in files)
+    return next((list(files) for files in _TOKENIZER_FILES[kind] if present(files)), None)
 
 
 def check_tokenizer_files(folder, kind="llm", why=""):
     """CheckpointError when `folder` has no tokenizer files of `kind` (see tokenizer_files)."""
     if tokenizer_files(folder, kind) is None:
-        wanted = ("tokenizer.json, tokenizer.model or vocab.json + merges.txt" if kind == "llm"
-                  else "tokenizer.json or vocab.json + merges.txt")
+        choices = [" + ".join(files) for files in _TOKENIZER_FILES[kind]]
+        wanted = f"{', '.join(choices[:-1])} or {choices[-1]}"
         raise CheckpointError(f"{folder}: no {'LLM' if kind == 'llm' else 'CLIP'} tokenizer files ({wanted}){why}")
 
 
 def check_tensors(cfg, refs, where_missing):
     """Check tensor names, dtypes and shapes against what the C core for size dict `cfg` needs.
 
-    Uses only the names, dtypes and shapes of `refs` (name -> TensorRef, as
-    read from file headers): no tensor byte is read and no weight memory is
-    allocated (the requirement list comes from a CPU core that registers
-    parameters without allocating them).  Also refuses LLM layer tensors the
-    core has no place for (o_proj / MLP biases, q/k norms: another model
-    variant), which would otherwise be dropped silently.
+    Only the headers of `refs` (name -> TensorRef) are used, and the requirement list comes from a
+    CPU core that registers parameters without allocating them.  Also refuses LLM layer tensors the
+    core has no place for (o_proj / MLP biases, q/k norms: another model variant), which would
+    otherwise be dropped silently.
     """
-    probe = _C.Model(dict(cfg, dtype=0), "cpu")
-    required = probe.required()
-    del probe
-    needed = set()
+    required = _C.Model(dict(cfg, dtype=0), "cpu").required()
+    needed = {name for name, _, _ in required}
     for name, shape, _ in required:
-        needed.add(name)
-        ref = refs.get(name)
-        if ref is None:
-            raise CheckpointError(f"{where_missing(name)}: missing tensor {name}")
-        if ref.src_code is None:
-            raise CheckpointError(f"{ref.path}: tensor {name} has dtype {ref.dtype}, expected a float type")
+        ref = _float_ref(refs, name, where_missing)
         if tuple(ref.shape) != tuple(shape):
             raise CheckpointError(f"{ref.path}: tensor {name} has shape {tuple(ref.shape)}, expected {tuple(shape)}")
     for name in sorted(refs):
@@ -494,11 +465,10 @@ def check_tensors(cfg, refs, where_missing):
 def read_tower(folder):
     """A CLIP or SigLIP tower folder from its config and tensor headers: no tensor byte is read.
 
-    Returns a dict: folder, config_path, configs (configs.clip_configs, or
-    siglip.siglip_configs for a SigLIP config), layout (clip_tower_names'
-    label, Siglip* for SigLIP), refs ({official name: TensorRef} of the tower
-    tensors, renamed to vision_model.* / text_model.*), other (the rest:
-    projections, logit_scale), files (the weight files), has_vision, has_text.
+    Returns a dict: folder, config_path, configs (siglip.tower_configs), layout (clip_tower_names'
+    label, Siglip* for SigLIP), refs ({official name: TensorRef} of the tower tensors, renamed to
+    vision_model.* / text_model.*), other (the rest: projections, logit_scale), files (the weight
+    files), has_vision, has_text.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -509,18 +479,13 @@ def read_tower(folder):
     raw = folder_refs(folder)
     names = siglip.tower_names if siglip.is_siglip_config(config) else clip_tower_names
     label, mapping = names(list(raw), folder)
-    refs = {}
-    for new, old in mapping.items():
-        r = raw[old]
-        refs[new] = r if new == old else TensorRef(new, r.path, r.dtype, r.shape, r.start, r.array_fn)
+    refs = {new: raw[old] if new == old else raw[old].renamed(new) for new, old in mapping.items()}
     has_vision = any(n.startswith("vision_model.") for n in refs)
-    has_text = any(n.startswith("text_model.") for n in refs)
+    # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
+    has_text = tower_configs["text_config"] is not None and any(n.startswith("text_model.") for n in refs)
     if has_vision and tower_configs["vision_config"] is None:
         raise CheckpointError(f"{config_path}: the folder holds a vision tower ({label}) but the config has no "
                               "vision settings (a CLIPTextConfig)")
-    if has_text and tower_configs["text_config"] is None:
-        tower_configs["text_config"] = None  # a CLIPVisionConfig beside extra text tensors: the text tower is not usable
-        has_text = False
     used = set(mapping.values())
     other = {n: r for n, r in raw.items() if n not in used}
     return {"folder": folder, "config_path": config_path, "configs": tower_configs, "layout": label,

@@ -1,20 +1,16 @@
 """Tensor naming: how each checkpoint layout names its tensors, and the renaming onto the official one.
 
-The engine's native layout is the official LLaVA/TG-LLaVA one (SPEC section
-4): an LLM folder whose tensors are `model.*`, `lm_head.weight`,
-`model.mm_projector.{0,2}.*`, plus separate CLIP tower folders named by
-`mm_vision_tower` / `mm_text_tower`, whose tensors are `vision_model.*` /
-`text_model.*`.  Checkpoints as users have them come in more shapes; this
-module maps each onto that one naming:
+The engine's native layout is the official LLaVA/TG-LLaVA one (SPEC section 4): an LLM folder
+whose tensors are `model.*`, `lm_head.weight`, `model.mm_projector.{0,2}.*`, plus separate CLIP
+tower folders named by `mm_vision_tower` / `mm_text_tower`, whose tensors are `vision_model.*` /
+`text_model.*`.  This module maps the other shapes checkpoints come in onto that one naming:
 
-- CLIP towers in the CLIPModel, CLIPVisionModel and CLIPTextModel layouts,
-  with the `vision_model.` / `text_model.` prefix or without it
-  (transformers 5): `clip_tower_names`.
-- llava-hf conversions (`LlavaForConditionalGeneration`) in every naming a
-  released transformers version writes (table `LLAVA_HF_NAMINGS`), with the
-  vision tower inside the same folder: `map_llava_hf_names`.  The original
-  LLaVA layout (liuhaotian/llava-v1.5-7b) also says `"model_type": "llava"`;
-  `is_llava_hf` tells the two apart by their config keys (`mm_*` vs
+- CLIP towers in the CLIPModel, CLIPVisionModel and CLIPTextModel layouts, with the
+  `vision_model.` / `text_model.` prefix or without it (transformers 5): `clip_tower_names`.
+- llava-hf conversions (`LlavaForConditionalGeneration`) in every naming a released transformers
+  version writes (table `LLAVA_HF_NAMINGS`), with the vision tower inside the same folder:
+  `map_llava_hf_names`.  The original LLaVA layout (liuhaotian/llava-v1.5-7b) also says
+  `"model_type": "llava"`; `is_llava_hf` tells the two apart by their config keys (`mm_*` vs
   `text_config` / `vision_config`), never by model_type alone.
 """
 
@@ -37,15 +33,12 @@ _BARE_SHARED = ("embeddings.", "encoder.")
 def clip_tower_names(names, where="CLIP folder"):
     """Which CLIP layout a tower folder's tensor names are in, and how to rename them.
 
-    Returns (layout, mapping) with mapping {official name: stored name}
-    for the tower tensors (official = `vision_model.*` / `text_model.*`;
-    other tensors such as projections and logit_scale are left out).
-    Layouts: "CLIPModel" (vision_model.* and text_model.*),
-    "CLIPVisionModel" (vision_model.*), "CLIPTextModel" (text_model.*),
-    and the same two single-tower models with unprefixed names, as
-    transformers 5 saves them ("CLIPVisionModel, unprefixed": embeddings.*,
-    encoder.layers.*, pre_layrnorm.*, post_layernorm.*; "CLIPTextModel,
-    unprefixed": embeddings.*, encoder.layers.*, final_layer_norm.*).
+    Returns (layout, mapping) with mapping {official name: stored name} for the tower tensors
+    (official = `vision_model.*` / `text_model.*`; projections, logit_scale etc. are left out).
+    Layouts: "CLIPModel", "CLIPVisionModel", "CLIPTextModel", and the two single-tower models with
+    unprefixed names, as transformers 5 saves them ("CLIPVisionModel, unprefixed": embeddings.*,
+    encoder.layers.*, pre_layrnorm.*, post_layernorm.*; "CLIPTextModel, unprefixed": embeddings.*,
+    encoder.layers.*, final_layer_norm.*).
     """
     names = list(names)
     present = set(names)
@@ -106,18 +99,14 @@ def has_official_keys(config):
 def is_llava_hf(config, names=None):
     """True for a llava-hf (`LlavaForConditionalGeneration`) folder, False for the official LLaVA layout.
 
-    Decided by the config's keys: `mm_vision_tower` / `mm_projector_type` /
-    `mm_hidden_size` / `mm_text_tower` mean the official (liuhaotian / TG-LLaVA)
-    layout even when model_type is "llava" (the released llava-v1.5-7b
-    config says so); `text_config` / `vision_config` without those mean
-    llava-hf.  When the keys say neither, the architectures name
-    LlavaForConditionalGeneration, or else the tensor names (`names`, when
-    given) decide; model_type alone never does.
+    Decided by the config's keys: `mm_vision_tower` / `mm_projector_type` / `mm_hidden_size` /
+    `mm_text_tower` mean the official (liuhaotian / TG-LLaVA) layout even when model_type is
+    "llava" (as the released llava-v1.5-7b config says); `text_config` / `vision_config` without
+    those mean llava-hf.  Else architectures naming LlavaForConditionalGeneration, or else the
+    tensor names (`names`, when given) decide; model_type alone never does.
     """
     config = config or {}
-    if not isinstance(config, dict):
-        return False
-    if has_official_keys(config):
+    if not isinstance(config, dict) or has_official_keys(config):
         return False
     if any(isinstance(config.get(k), dict) for k in _HF_KEYS):
         return True
@@ -174,14 +163,11 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 def map_llava_hf_names(names, strict=True):
     """Map llava-hf tensor names onto the official layout.
 
-    Returns (llm_map, clip_map), each {new_name: old_name}: llm_map covers
-    the language model and projector (`model.*`, `lm_head.*`,
-    `model.mm_projector.{0,2}.*`), clip_map the vision tower under CLIP
-    names (`vision_model.*`).  Every naming of LLAVA_HF_NAMINGS is
-    understood; the CLIP tower may carry the `vision_model.` prefix or not.
-    A name matching no rule raises CheckpointError unless strict=False
-    (then it is left out); buffers such as rotary_emb.inv_freq are always
-    left out; two names mapping to the same target always raise.
+    Returns (llm_map, clip_map), each {new_name: old_name}: llm_map covers the language model and
+    projector (`model.*`, `lm_head.*`, `model.mm_projector.{0,2}.*`), clip_map the vision tower
+    under CLIP names (`vision_model.*`), in any naming of LLAVA_HF_NAMINGS.  A name matching no
+    rule raises CheckpointError unless strict=False (then it is left out); buffers such as
+    rotary_emb.inv_freq are always left out; two names mapping to the same target always raise.
     """
     llm_map, clip_map, unknown = {}, {}, []
     for old in names:
@@ -223,22 +209,15 @@ def llava_hf_naming(names):
 
 def _apply_rules(name, rules):
     """Rewrite the longest matching prefix of `name`; None when no rule matches."""
-    best = None
-    for old_prefix, new_prefix in rules:
-        if name.startswith(old_prefix) and (best is None or len(old_prefix) > len(best[0])):
-            best = (old_prefix, new_prefix)
-    if best is None:
+    matches = [(old, new) for old, new in rules if name.startswith(old)]
+    if not matches:
         return None
-    return best[1] + name[len(best[0]):]
+    old, new = max(matches, key=lambda rule: len(rule[0]))
+    return new + name[len(old):]
 
 
 def count_layers(names, prefix):
     """1 + the largest N of the names `prefix`N.*, 0 when there is none."""
-    idx = set()
-    for n in names:
-        if n.startswith(prefix):
-            rest = n[len(prefix):].split(".", 1)[0]
-            if rest.isdigit():
-                idx.add(int(rest))
-    return max(idx) + 1 if idx else 0
+    numbers = (n[len(prefix):].split(".", 1)[0] for n in names if n.startswith(prefix))
+    return max((int(k) + 1 for k in numbers if k.isdigit()), default=0)
 

@@ -1,34 +1,28 @@
 """Tokenizers: the LLM's (tokenizer.json or SentencePiece) and CLIP's BPE, without transformers.
 
-`LlmTokenizer` reproduces what `transformers.AutoTokenizer(...)(text).input_ids`
-gives for the model folders LLaVA/TG-LLaVA use:
+`LlmTokenizer` gives the ids `transformers.AutoTokenizer(...)(text).input_ids` gives for the model
+folders LLaVA/TG-LLaVA use:
 
-- `tokenizer.json` is run by the `tokenizers` library.  Whether BOS/EOS are
-  added comes from `add_bos_token` / `add_eos_token` in tokenizer_config.json
-  when present (as LlamaTokenizerFast does), else from what the file's own
-  post-processor adds (Llama-3 adds <|begin_of_text|>, Qwen2 adds nothing).
-- a slow Qwen2Tokenizer folder (vocab.json + merges.txt, as TG-LLaVA saves
-  Qwen2 checkpoints) is rebuilt as a `tokenizers` object the way
-  transformers 4.37.2 converts it, including its quirk of dropping every
-  merges.txt line that starts with "#" (the weights were trained so).
-- `tokenizer.model` is run by `sentencepiece` the way the slow
-  `LlamaTokenizer` (used by LLaVA with use_fast=False) does: special and
-  added tokens written in the text are split out first; `legacy` (default
-  true, as in transformers 4.37) decides how text after them is encoded;
-  BOS is added unless `add_bos_token` is false.
+- tokenizer.json runs in the `tokenizers` library; BOS/EOS are added as `add_bos_token` /
+  `add_eos_token` in tokenizer_config.json say (as LlamaTokenizerFast does), else as the file's
+  own post-processor adds them (Llama-3 adds <|begin_of_text|>, Qwen2 nothing).
+- a slow Qwen2Tokenizer folder (vocab.json + merges.txt, as TG-LLaVA saves Qwen2 checkpoints) is
+  rebuilt as transformers 4.37.2 converts it, with its quirk of dropping every merges.txt line
+  that starts with "#" (the weights were trained so).
+- tokenizer.model runs in `sentencepiece` as the slow `LlamaTokenizer` (LLaVA's use_fast=False)
+  runs it: special and added tokens in the text are split out first; `legacy` (default true, as
+  in transformers 4.37) decides how the text after them is encoded; BOS is added unless
+  `add_bos_token` is false.
 
-`tokenizer_image_token` is LLaVA's rule for prompts containing "<image>":
-tokenize each chunk, keep a single leading BOS, and put IMAGE_TOKEN_INDEX
-(-200) between chunks.  `decode` applies transformers' clean-up of spaces
-(" ," -> ",", ...) when tokenizer_config.json's
-`clean_up_tokenization_spaces` (or the class default) asks for it, as
-Llama-3's does.  `StreamDecoder` turns generated ids into text
-incrementally; its pieces join to exactly the one-shot decode.  `ClipTokenizer` produces the TG-LLaVA text-guide ids:
-<|startoftext|> + CLIP BPE + <|endoftext|>, then cut to 77 positions (so a
-long question loses its EOS, a reference quirk).  It runs tokenizer.json,
-else builds from vocab.json + merges.txt the `tokenizers` object that
-transformers' CLIP converter makes (NFC, whitespace collapse, lower case,
-CLIP's split pattern, byte-level alphabet, "</w>" word ends).
+`tokenizer_image_token` is LLaVA's rule for prompts containing "<image>": tokenize each chunk, keep
+a single leading BOS, and put IMAGE_TOKEN_INDEX (-200) between chunks.  `decode` applies
+transformers' clean-up of spaces (" ," -> ",", ...) when tokenizer_config.json's
+`clean_up_tokenization_spaces` (or the class default) asks for it, as Llama-3's does.
+`StreamDecoder` turns generated ids into text incrementally; its pieces join to exactly the
+one-shot decode.  `ClipTokenizer` produces the TG-LLaVA text-guide ids: <|startoftext|> + CLIP BPE
++ <|endoftext|>, cut to 77 positions (so a long question loses its EOS, a reference quirk), from
+tokenizer.json, else from vocab.json + merges.txt built as transformers' CLIP converter builds
+them (NFC, whitespace collapse, lower case, CLIP's split pattern, byte-level, "</w>" word ends).
 """
 
 import functools
@@ -64,6 +58,52 @@ def _token_text(value):
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) and value else None
+
+
+def _special(name, *sources):
+    """Special token `name` from the first of the dicts `sources` that names one (a string), else None."""
+    return next((t for t in (_token_text(src.get(name)) for src in sources) if t), None)
+
+
+def _added_tokens(config, folder, special_default):
+    """{id: (content, special)} from tokenizer_config.json's added_tokens_decoder and added_tokens.json."""
+    added = {}
+    for key, info in (config.get("added_tokens_decoder") or {}).items():
+        content = _token_text(info)
+        if content is not None:
+            special = info.get("special", special_default) if isinstance(info, dict) else special_default
+            added[int(key)] = (content, bool(special))
+    extra = _read_json(os.path.join(folder, "added_tokens.json")) if folder else None
+    for content, idx in (extra or {}).items():
+        added.setdefault(int(idx), (content, special_default))
+    return added
+
+
+def _load_tokenizer_json(path):
+    """A tokenizer.json run by the `tokenizers` library."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load tokenizer ({e})") from None
+
+
+def _read_merges(path, skip):
+    """The (left, right) pairs of a merges.txt, without blank lines and lines starting with `skip`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f.read().split("\n")]
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read merges ({e})") from None
+    merges = []
+    for line in lines:
+        if line and not line.startswith(skip):
+            pair = tuple(line.split())
+            if len(pair) != 2:
+                raise CheckpointError(f"{path}: bad merge line {line!r}")
+            merges.append(pair)
+    return merges
 
 
 def _special_splitter(tokens):
@@ -121,52 +161,35 @@ class LlmTokenizer:
         self.folder = folder
         self.config = dict(config or {})
         stm = special_tokens_map or {}
-
-        def special(name):
-            return _token_text(self.config.get(name)) or _token_text(stm.get(name))
-
-        # added tokens: {id: (content, special)}
-        self._added = {}
-        for key, info in (self.config.get("added_tokens_decoder") or {}).items():
-            content = _token_text(info)
-            if content is not None:
-                self._added[int(key)] = (content, bool(info.get("special", False)) if isinstance(info, dict) else False)
-        added_json = _read_json(os.path.join(folder, "added_tokens.json")) if folder else None
-        for content, idx in (added_json or {}).items():
-            self._added.setdefault(int(idx), (content, False))
+        self._added = _added_tokens(self.config, folder, special_default=False)  # {id: (content, special)}
         self._added_by_text = {content: idx for idx, (content, _) in self._added.items()}
 
         if kind == "sentencepiece":
             sp = backend
+            self.bos_token = _special("bos_token", self.config, stm) or _sp_piece(sp, sp.bos_id())
+            self.eos_token = _special("eos_token", self.config, stm) or _sp_piece(sp, sp.eos_id())
+            self.unk_token = _special("unk_token", self.config, stm) or _sp_piece(sp, sp.unk_id())
+            self.pad_token = _special("pad_token", self.config, stm) or _sp_piece(sp, sp.pad_id())
             self.legacy = bool(self.config.get("legacy", True))
             if self.legacy is False:
                 self._sp_nodummy = _load_sp(model_proto=_without_dummy_prefix(sp))
-                self._unk_text = special("unk_token") or (sp.id_to_piece(sp.unk_id()) if sp.unk_id() >= 0 else "<unk>")
+                self._unk_text = self.unk_token or "<unk>"
                 self._unk_len = len(self._sp_nodummy.encode(self._unk_text))
-            self.bos_token = special("bos_token") or _sp_piece(sp, sp.bos_id())
-            self.eos_token = special("eos_token") or _sp_piece(sp, sp.eos_id())
-            self.unk_token = special("unk_token") or _sp_piece(sp, sp.unk_id())
-            self.pad_token = special("pad_token") or _sp_piece(sp, sp.pad_id())
             add_bos = bool(self.config.get("add_bos_token", True))
             add_eos = bool(self.config.get("add_eos_token", False))
         else:
-            self.bos_token = special("bos_token")
-            self.eos_token = special("eos_token")
-            self.unk_token = special("unk_token")
-            self.pad_token = special("pad_token")
+            self.bos_token = _special("bos_token", self.config, stm)
+            self.eos_token = _special("eos_token", self.config, stm)
+            self.unk_token = _special("unk_token", self.config, stm)
+            self.pad_token = _special("pad_token", self.config, stm)
+            # without add_bos_token / add_eos_token: what the file's post-processor adds
             prefix, suffix = self._probe_post_processor()
-            if "add_bos_token" in self.config:
-                add_bos = bool(self.config["add_bos_token"])
-            else:
-                add_bos = bool(prefix)
-                if prefix and self.bos_token is None:
-                    self.bos_token = backend.id_to_token(prefix[-1])
-            if "add_eos_token" in self.config:
-                add_eos = bool(self.config["add_eos_token"])
-            else:
-                add_eos = bool(suffix)
-                if suffix and self.eos_token is None:
-                    self.eos_token = backend.id_to_token(suffix[0])
+            add_bos = bool(self.config.get("add_bos_token", prefix))
+            add_eos = bool(self.config.get("add_eos_token", suffix))
+            if "add_bos_token" not in self.config and prefix and self.bos_token is None:
+                self.bos_token = backend.id_to_token(prefix[-1])
+            if "add_eos_token" not in self.config and suffix and self.eos_token is None:
+                self.eos_token = backend.id_to_token(suffix[0])
 
         self.bos_id = self.token_to_id(self.bos_token)
         self.eos_id = self.token_to_id(self.eos_token)
@@ -181,9 +204,8 @@ class LlmTokenizer:
         specials += [content for content, _ in self._added.values()]
         self._splitter = _special_splitter([t for t in specials if self.token_to_id(t) is not None])
 
-        stops = [self.eos_id] if self.eos_id is not None else []
         gen_eos = (generation_config or {}).get("eos_token_id")
-        stops += gen_eos if isinstance(gen_eos, list) else ([gen_eos] if gen_eos is not None else [])
+        stops = [self.eos_id] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])
         stops += [self.token_to_id(t) for t in EXTRA_STOP_TOKENS]
         self.eos_ids = list(dict.fromkeys(int(i) for i in stops if i is not None))
 
@@ -209,21 +231,9 @@ class LlmTokenizer:
         tj = os.path.join(folder, "tokenizer.json")
         sm = os.path.join(folder, "tokenizer.model")
         if os.path.isfile(tj):
-            try:
-                from tokenizers import Tokenizer
-            except ImportError:
-                raise TgError("reading tokenizer.json needs the 'tokenizers' package (pip install tokenizers)") from None
-            try:
-                backend = Tokenizer.from_file(tj)
-            except Exception as e:
-                raise CheckpointError(f"{tj}: cannot load tokenizer ({e})") from None
-            return cls(backend, "tokenizers", config, folder, gen, stm)
+            return cls(_load_tokenizer_json(tj), "tokenizers", config, folder, gen, stm)
         if os.path.isfile(sm):
-            try:
-                backend = _load_sp(model_file=sm)
-            except CheckpointError as e:
-                raise CheckpointError(f"{sm}: {e}") from None
-            return cls(backend, "sentencepiece", config, folder, gen, stm)
+            return cls(_load_sp(model_file=sm), "sentencepiece", config, folder, gen, stm)
         if os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isfile(os.path.join(folder, "merges.txt")):
             return cls(_qwen2_from_vocab_merges(folder, config), "tokenizers", config, folder, gen, stm)
         raise CheckpointError(f"{folder}: no tokenizer.json, tokenizer.model or vocab.json + merges.txt")
@@ -256,7 +266,7 @@ class LlmTokenizer:
             return self._added[idx][0]
         if self.kind == "tokenizers":
             return self._backend.id_to_token(idx)
-        return self._backend.id_to_piece(idx) if 0 <= idx < self._backend.get_piece_size() else None
+        return _sp_piece(self._backend, idx)
 
     @property
     def vocab_size(self):
@@ -291,11 +301,7 @@ class LlmTokenizer:
         """Split text into (piece, is_special) around special/added tokens."""
         if self._splitter is None:
             return [(text, False)] if text else []
-        out = []
-        for i, piece in enumerate(self._splitter.split(text)):
-            if piece:
-                out.append((piece, i % 2 == 1))
-        return out
+        return [(piece, i % 2 == 1) for i, piece in enumerate(self._splitter.split(text)) if piece]
 
     def _sp_encode(self, text):
         sp = self._backend
@@ -380,36 +386,20 @@ _QWEN2_PRETOKENIZE = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|
 def _read_qwen2_merges(path):
     """The merges of a Qwen2 merges.txt, read the way transformers 4.37.2 reads them.
 
-    Qwen2Tokenizer (and the fast tokenizer transformers converts from it)
-    drops every line that starts with "#", not only the "#version" header:
-    the 96 real merges beginning with "#" ("# #", "## #", "# include", ...)
-    are lost, so "###" becomes three "#" tokens.  This is a quirk, but the
-    TG-LLaVA Qwen2 weights were trained (transformers 4.37.2) and are run on
-    ids made this way, so it is reproduced on purpose.
+    Qwen2Tokenizer drops every line that starts with "#", not only the
+    "#version" header: the 96 real merges beginning with "#" ("# #", "## #",
+    "# include", ...) are lost, so "###" becomes three "#" tokens.  The
+    TG-LLaVA Qwen2 weights were trained on ids made this way, so the quirk is
+    reproduced on purpose.
     """
-    merges = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read merges ({e})") from None
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise CheckpointError(f"{path}: bad merge line {line!r}")
-        merges.append((parts[0], parts[1]))
-    return merges
+    return _read_merges(path, skip="#")
 
 
 def _qwen2_from_vocab_merges(folder, config):
     """A slow Qwen2Tokenizer folder (vocab.json + merges.txt) as a `tokenizers` object.
 
     Built the way transformers converts Qwen2Tokenizer to its fast twin: NFC,
-    Qwen2's split pattern, byte-level BPE over the merges that
-    `_read_qwen2_merges` keeps (no "#" lines), added tokens from
+    Qwen2's split pattern, byte-level BPE over the merges, added tokens from
     tokenizer_config.json's added_tokens_decoder (or added_tokens.json).
     TG-LLaVA saves its Qwen2 checkpoints with the slow tokenizer, so their
     folders have no tokenizer.json.
@@ -420,22 +410,14 @@ def _qwen2_from_vocab_merges(folder, config):
             f"{folder}: vocab.json + merges.txt is only supported for Qwen2Tokenizer "
             f"(tokenizer_class {cls_name or 'missing'!r}); provide tokenizer.json"
         )
-    try:
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    except ImportError:
-        raise TgError("reading a Qwen2 tokenizer needs the 'tokenizers' package") from None
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            processors)
+
     vocab_path = os.path.join(folder, "vocab.json")
     vocab = dict(_read_json(vocab_path) or {})
     merges = _read_qwen2_merges(os.path.join(folder, "merges.txt"))
-    added = []
-    for key, info in (config.get("added_tokens_decoder") or {}).items():
-        content = _token_text(info)
-        if content is not None:
-            added.append((int(key), content, bool(info.get("special", True)) if isinstance(info, dict) else True))
-    for content, idx in (_read_json(os.path.join(folder, "added_tokens.json")) or {}).items():
-        if all(content != c for _, c, _ in added):
-            added.append((int(idx), content, True))
-    for idx, content, _ in added:
+    added = _added_tokens(config, folder, special_default=True)
+    for idx, (content, _) in added.items():
         vocab.setdefault(content, idx)
     try:
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, continuing_subword_prefix="",
@@ -449,26 +431,21 @@ def _qwen2_from_vocab_merges(folder, config):
     ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    for _, content, special in sorted(added):
+    for _, (content, special) in sorted(added.items()):
         token = AddedToken(content, special=special, normalized=False)
         (tok.add_special_tokens if special else tok.add_tokens)([token])
     return tok
 
 
 def _load_sp(model_file=None, model_proto=None):
+    """A SentencePieceProcessor of a tokenizer.model file or of a serialized model."""
+    import sentencepiece as spm
+
     try:
-        import sentencepiece as spm
-    except ImportError:
-        raise TgError("reading tokenizer.model needs the 'sentencepiece' package (pip install sentencepiece)") from None
-    sp = spm.SentencePieceProcessor()
-    try:
-        if model_file is not None:
-            sp.Load(model_file=model_file)
-        else:
-            sp.LoadFromSerializedProto(model_proto)
+        return spm.SentencePieceProcessor(model_file=model_file, model_proto=model_proto)
     except Exception as e:
-        raise CheckpointError(f"cannot load SentencePiece model ({e})") from None
-    return sp
+        where = f"{model_file}: " if model_file else ""
+        raise CheckpointError(f"{where}cannot load SentencePiece model ({e})") from None
 
 
 def _without_dummy_prefix(sp):
@@ -498,12 +475,9 @@ def tokenizer_image_token(prompt, tok, image_token_index=IMAGE_TOKEN_INDEX):
     BOS); put one `image_token_index` between consecutive chunks.
     """
     chunks = [tok.encode(chunk) for chunk in prompt.split(IMAGE_TOKEN)]
-    offset = 0
-    ids = []
     bos = getattr(tok, "bos_id", None)
-    if chunks and chunks[0] and bos is not None and chunks[0][0] == bos:
-        offset = 1
-        ids.append(chunks[0][0])
+    offset = 1 if chunks[0] and bos is not None and chunks[0][0] == bos else 0
+    ids = list(chunks[0][:offset])
     for i, chunk in enumerate(chunks):
         if i > 0:
             ids.append(image_token_index)
@@ -619,15 +593,10 @@ _CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 @functools.lru_cache(maxsize=1)
 def bytes_to_unicode():
     """GPT-2/CLIP byte -> printable character table, in vocabulary order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]  # shifted past 255, in byte order
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
 
 
 def clip_pipeline():
@@ -655,12 +624,7 @@ def _clip_from_vocab_merges(folder, names):
     vocab = _read_json(vocab_path)
     if vocab is None or not os.path.isfile(merges_path):
         raise CheckpointError(f"{folder}: no CLIP tokenizer (tokenizer.json, or vocab.json + merges.txt)")
-    with open(merges_path, encoding="utf-8") as f:
-        lines = [line for line in f.read().split("\n") if line.strip() and not line.startswith("#version")]
-    merges = [tuple(line.split()) for line in lines]
-    for line, merge in zip(lines, merges):
-        if len(merge) != 2:
-            raise CheckpointError(f"{merges_path}: bad merge line {line!r}")
+    merges = _read_merges(merges_path, skip="#version")
     try:
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="",
                                    end_of_word_suffix="</w>", fuse_unk=False, unk_token=names["unk_token"]))
@@ -701,17 +665,12 @@ class ClipTokenizer:
         folder = os.fspath(folder)
         config = _read_json(os.path.join(folder, "tokenizer_config.json")) or {}
         stm = _read_json(os.path.join(folder, "special_tokens_map.json")) or {}
-        names = {}
-        for key, default in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"),
-                             ("unk_token", "<|endoftext|>"), ("pad_token", None)):
-            names[key] = _token_text(config.get(key)) or _token_text(stm.get(key)) or default
+        names = {key: _special(key, config, stm) or default
+                 for key, default in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"),
+                                      ("unk_token", "<|endoftext|>"), ("pad_token", None))}
         tj = os.path.join(folder, "tokenizer.json")
         if os.path.isfile(tj):
-            from tokenizers import Tokenizer
-            try:
-                backend = Tokenizer.from_file(tj)
-            except Exception as e:
-                raise CheckpointError(f"{tj}: cannot load tokenizer ({e})") from None
+            backend = _load_tokenizer_json(tj)
         else:
             backend = _clip_from_vocab_merges(folder, names)
         del names["unk_token"]

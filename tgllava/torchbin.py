@@ -1,29 +1,23 @@
 """Read PyTorch `.bin` checkpoints (torch.save zip format) without torch, safely.
 
-A checkpoint written by `torch.save` (torch >= 1.6) is a zip archive with one
-top folder (any name: `archive/`, `pytorch_model/`, ...) holding `data.pkl`,
-a pickle of the state dict, and `data/<key>`, the raw bytes of each storage.
-Unpickling a checkpoint naively runs whatever code the pickle names, so this
-module unpickles with a restricted `pickle.Unpickler` whose `find_class`
-knows only the handful of globals needed to describe tensors
-(`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`, the typed storage
-classes such as `torch.FloatStorage`, `collections.OrderedDict`); anything
-else is refused with a CheckpointError naming the file and the global.
-Tensors come back as NumPy arrays built from (storage, offset, shape,
-stride), so views sharing a storage come out right.  bfloat16 is widened to
-float32 (or returned as raw uint16 bit patterns on request); every other
-dtype is kept.  `inspect_bin` describes the tensors without reading them,
-including where each uncompressed storage lies in the file, for callers that
-want to map the bytes themselves.
+A checkpoint written by `torch.save` (torch >= 1.6) is a zip archive with one top folder (any
+name: `archive/`, `pytorch_model/`, ...) holding `data.pkl`, a pickle of the state dict, and
+`data/<key>`, the raw bytes of each storage.  Unpickling naively runs whatever code the pickle
+names, so this module unpickles with a restricted `pickle.Unpickler` whose `find_class` knows only
+the globals that describe tensors (`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`, the
+typed storage classes such as `torch.FloatStorage`, `collections.OrderedDict`); anything else is
+refused with a CheckpointError naming the file and the global.  Tensors come back as NumPy arrays
+built from (storage, offset, shape, stride), so views sharing a storage come out right; bfloat16
+is widened to float32 (or kept as uint16 bit patterns on request), every other dtype is kept.
+`inspect_bin` describes the tensors without reading them, with where each uncompressed storage
+lies in the file.
 
-Storages that torch wrote uncompressed (all of them, normally) are
-memory-mapped copy-on-write rather than read, so a 13 GB checkpoint is never
-held in memory at once.  Nothing a pickle says is trusted: every load gets
-its own stand-ins for the allowed globals, which refuse BUILD/SETITEM (a
-pickle cannot change state another load sees); a storage's declared size is
-checked against its zip entry before anything is allocated or mapped; a view
-may not hold more elements than its storage (no stride-0 blow-ups); nesting
-depth and cycles of the state dict are bounded; sharded index names may not
+Storages torch wrote uncompressed (normally all) are memory-mapped copy-on-write, not read, so a
+13 GB checkpoint is never held in memory at once.  Nothing a pickle says is trusted: every load
+gets its own stand-ins for the allowed globals, which refuse BUILD/SETITEM (a pickle cannot change
+state another load sees); a storage's declared size is checked against its zip entry before
+anything is allocated or mapped; a view may not hold more elements than its storage (no stride-0
+blow-ups); nesting depth and cycles of the state dict are bounded; sharded index names may not
 leave the index's folder.
 """
 
@@ -31,6 +25,7 @@ import collections
 import dataclasses
 import io
 import json
+import math
 import os
 import pickle
 import struct
@@ -72,6 +67,10 @@ class _Frozen:
 
     __slots__ = ()
 
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
     def __setattr__(self, name, value):
         raise CheckpointError(f"refusing to set attribute {name!r} on {self!r} (BUILD on an allowed global)")
 
@@ -88,10 +87,8 @@ class _StorageType(_Frozen):
     __slots__ = ("name", "np_dtype", "torch_dtype")
 
     def __init__(self, name):
-        object.__setattr__(self, "name", name)
         np_dtype, torch_dtype = _STORAGE_TYPES[name]
-        object.__setattr__(self, "np_dtype", np_dtype)
-        object.__setattr__(self, "torch_dtype", torch_dtype)
+        super().__init__(name=name, np_dtype=np_dtype, torch_dtype=torch_dtype)
 
     def __repr__(self):
         return f"torch.{self.name}"
@@ -101,10 +98,6 @@ class _Callable(_Frozen):
     """Stands in for an allowed function or class (torch._utils._rebuild_tensor_v2, OrderedDict, ...)."""
 
     __slots__ = ("qualname", "fn")
-
-    def __init__(self, qualname, fn):
-        object.__setattr__(self, "qualname", qualname)
-        object.__setattr__(self, "fn", fn)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -132,12 +125,10 @@ class _TensorRef:
 class BinTensorInfo:
     """Where one tensor of a .bin checkpoint lives.
 
-    dtype: torch dtype name ("float32", "bfloat16", ...); shape, stride and
-    storage_offset in elements; storage: the zip entry holding the storage;
-    file_offset: byte offset of the storage's first byte in the file when the
-    entry is stored uncompressed, else None; contiguous: row-major with no
-    gaps, so the tensor is the byte range
-    [file_offset + storage_offset * itemsize, + nbytes).
+    dtype: torch dtype name ("float32", "bfloat16", ...); shape, stride and storage_offset in
+    elements; storage: the zip entry holding the storage; file_offset: byte offset of the storage
+    in the file when the entry is stored uncompressed, else None; contiguous: row-major with no
+    gaps, so the tensor is the byte range [file_offset + storage_offset * itemsize, + nbytes).
     """
 
     dtype: str
@@ -167,25 +158,22 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
-    return data
-
-
-def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None, state=None):
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    """torch._utils._rebuild_parameter and _rebuild_parameter_with_state: the tensor itself."""
     return data
 
 
 _ALLOWED_FUNCTIONS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
 }
 
 
 def _fresh_globals():
     """The allowed globals as new stand-in objects: each load gets its own, so none is shared."""
-    out = {key: _Callable(".".join(key), fn) for key, fn in _ALLOWED_FUNCTIONS.items()}
+    out = {key: _Callable(qualname=".".join(key), fn=fn) for key, fn in _ALLOWED_FUNCTIONS.items()}
     out.update({("torch", name): _StorageType(name) for name in _STORAGE_TYPES})
     return out
 
@@ -254,20 +242,19 @@ def _open_zip(path):
     return zf, pkls[0][: -len("data.pkl")]
 
 
-def _read_entry(zf, name, path):
-    try:
-        return zf.read(name)
-    except KeyError:
-        raise CheckpointError(f"{path}: missing archive entry {name}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
-
-
 def _entry_info(zf, name, path):
     try:
         return zf.getinfo(name)
     except KeyError:
         raise CheckpointError(f"{path}: missing archive entry {name}") from None
+
+
+def _read_entry(zf, name, path):
+    info = _entry_info(zf, name, path)
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt archive entry {name} ({e})") from None
 
 
 def _entry_data_offset(fp, info):
@@ -299,15 +286,9 @@ def _check_entry_size(info, nbytes, path):
 def _read_storage(zf, info, nbytes, path):
     """Read the first `nbytes` of a (compressed) storage entry into a writable buffer."""
     buf = bytearray(nbytes)
-    view = memoryview(buf)
-    got = 0
     try:
         with zf.open(info) as f:
-            while got < nbytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
+            got = f.readinto(buf)  # ZipExtFile reads until the buffer is full or the entry ends
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt archive entry {info.filename} ({e})") from None
     if got < nbytes:
@@ -340,15 +321,13 @@ def _storage_array(zf, fp, info, dtype, numel, path, file_size):
 
 def _unpickle(zf, prefix, path):
     data = _read_entry(zf, prefix + "data.pkl", path)
-    up = _RestrictedUnpickler(io.BytesIO(data), path)
     try:
-        obj = up.load()
+        return _RestrictedUnpickler(io.BytesIO(data), path).load()
     except CheckpointError as e:
         msg = str(e)
         raise CheckpointError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
     except Exception as e:  # malformed pickle (also RecursionError): any error is a bad checkpoint
         raise CheckpointError(f"{path}: cannot unpickle data.pkl ({type(e).__name__}: {e})") from None
-    return obj
 
 
 def _flatten(obj, path, prefix="", depth=0, active=None):
@@ -365,15 +344,15 @@ def _flatten(obj, path, prefix="", depth=0, active=None):
     for k, v in obj.items():
         name = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, _TensorRef):
-            if name in out:
-                raise CheckpointError(f"{path}: tensor name {name!r} occurs twice")
-            out[name] = v
+            found = {name: v}
         elif isinstance(v, dict):
-            for sub, ref in _flatten(v, path, name, depth + 1, active).items():
-                if sub in out:
-                    raise CheckpointError(f"{path}: tensor name {sub!r} occurs twice")
-                out[sub] = ref
-        # other leaves (numbers, strings, None) carry no weights and are skipped
+            found = _flatten(v, path, name, depth + 1, active)
+        else:
+            continue  # other leaves (numbers, strings, None) carry no weights
+        for sub, ref in found.items():
+            if sub in out:
+                raise CheckpointError(f"{path}: tensor name {sub!r} occurs twice")
+            out[sub] = ref
     active.discard(id(obj))
     return out
 
@@ -386,13 +365,6 @@ def _byteorder(zf, prefix):
     return ">" if value == "big" else "<"
 
 
-def _numel(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def _check_bounds(ref, name, path):
     """The view (offset, shape, stride) must lie inside its storage and be no larger than it."""
     if ref.offset < 0 or any(s < 0 for s in ref.shape) or any(s < 0 for s in ref.stride):
@@ -401,7 +373,7 @@ def _check_bounds(ref, name, path):
         raise CheckpointError(f"{path}: tensor {name} has {len(ref.shape)} sizes but {len(ref.stride)} strides")
     if len(ref.shape) > 32:
         raise CheckpointError(f"{path}: tensor {name} has {len(ref.shape)} dimensions (at most 32 supported)")
-    n = _numel(ref.shape)  # Python integers: no overflow
+    n = math.prod(ref.shape)  # Python integers: no overflow
     if n == 0:
         return
     if n > ref.storage.numel:
@@ -424,10 +396,6 @@ def _is_contiguous(shape, stride):
     return True
 
 
-def _bf16_to_f32(bits):
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 def _read_refs(zf, prefix, path):
     """name -> _TensorRef of a checkpoint, every view checked against its storage."""
     refs = _flatten(_unpickle(zf, prefix, path), path)
@@ -439,13 +407,12 @@ def _read_refs(zf, prefix, path):
 def load_bin(path, bf16="float32"):
     """Load a torch.save zip checkpoint as {name: numpy array}.
 
-    float32/float16/int64/... keep their dtype; 0-d tensors are 0-d arrays;
-    bfloat16 becomes float32 (bf16="float32", exact) or stays as its uint16
-    bit patterns (bf16="raw").  Nested dicts are flattened with "." and
-    non-tensor entries are skipped.  A tensor that is a whole stored storage
-    comes back as a copy-on-write memory map of the file (writable; writes
-    stay private); views and byte-swapped tensors are copies.  Raises
-    CheckpointError for a missing, corrupt, truncated, legacy or unsafe file.
+    float32/float16/int64/... keep their dtype; 0-d tensors are 0-d arrays; bfloat16 becomes
+    float32 (bf16="float32", exact) or stays as its uint16 bit patterns (bf16="raw").  Nested dicts
+    are flattened with "." and non-tensor entries are skipped.  A tensor that is a whole stored
+    storage comes back as a copy-on-write memory map of the file (writes stay private); views and
+    byte-swapped tensors are copies.  Raises CheckpointError for a missing, corrupt, truncated,
+    legacy or unsafe file.
     """
     if bf16 not in ("float32", "raw"):
         raise ValueError(f"bf16 must be 'float32' or 'raw', got {bf16!r}")
@@ -459,7 +426,6 @@ def _load(path, bf16):
         file_size = os.fstat(fp.fileno()).st_size
         refs = _read_refs(zf, prefix, path)
         order = _byteorder(zf, prefix)
-        users = collections.Counter(ref.storage.key for ref in refs.values())
         by_storage = collections.defaultdict(list)
         for name, ref in refs.items():
             by_storage[ref.storage.key].append(name)
@@ -472,13 +438,10 @@ def _load(path, bf16):
             flat = _storage_array(zf, fp, info, dtype, st.numel, path, file_size)
             for name in names:
                 ref = refs[name]
-                n = _numel(ref.shape)
-                if n == 0:
-                    arr = np.zeros(ref.shape, dtype=dtype)
-                elif (users[key] == 1 and ref.offset == 0 and n == st.numel
+                if (len(names) == 1 and ref.offset == 0 and math.prod(ref.shape) == st.numel
                         and _is_contiguous(ref.shape, ref.stride)):
                     arr = flat.reshape(ref.shape)  # sole user of the storage: no copy
-                else:
+                else:  # (an empty view reads no element, wherever its offset points)
                     view = np.lib.stride_tricks.as_strided(
                         flat[ref.offset:], shape=ref.shape,
                         strides=tuple(s * dtype.itemsize for s in ref.stride), writeable=False)
@@ -486,7 +449,7 @@ def _load(path, bf16):
                 if order == ">":
                     arr = arr.astype(dtype.newbyteorder("="))
                 if st.stype.torch_dtype == "bfloat16" and bf16 == "float32":
-                    arr = _bf16_to_f32(arr)
+                    arr = (arr.astype(np.uint32) << 16).view(np.float32)
                 out[name] = arr
         # keep the checkpoint's order
         return refs, {name: out[name] for name in refs}
@@ -495,8 +458,7 @@ def _load(path, bf16):
 def load_bin_typed(path):
     """Like load_bin(path, bf16="raw"), but as {name: (torch dtype name, array)}.
 
-    bfloat16 tensors stay uint16 bit patterns, tagged "bfloat16", so callers
-    can hand them on without widening them.
+    bfloat16 tensors stay uint16 bit patterns, tagged "bfloat16", so callers can hand them on unwidened.
     """
     refs, arrays = _load(os.fspath(path), "raw")
     return {name: (refs[name].storage.stype.torch_dtype, a) for name, a in arrays.items()}
@@ -521,7 +483,7 @@ def inspect_bin(path):
                     info = _entry_info(zf, entry, path)
                     _check_entry_size(info, ref.storage.numel * itemsize, path)
                     offsets[entry] = _entry_data_offset(fp, info)
-                n = _numel(ref.shape)
+                n = math.prod(ref.shape)
                 out[name] = BinTensorInfo(
                     dtype=ref.storage.stype.torch_dtype, shape=ref.shape, stride=ref.stride,
                     storage=entry, storage_offset=ref.offset, file_offset=offsets[entry],
@@ -533,10 +495,9 @@ def inspect_bin(path):
 def shard_path(index_path, shard):
     """The file a sharded index names, refused (CheckpointError) when the name leaves the index's folder.
 
-    A shard name must be a relative path (no drive, no leading "/") whose
-    folders, with `..` and symlinked folders resolved, stay inside the folder
-    of the index.  The shard file itself may be a symlink (the Hugging Face
-    cache links snapshot files to its blob store).
+    A shard name must be a relative path (no drive, no leading "/") whose folders, with `..` and
+    symlinked folders resolved, stay inside the index's folder.  The shard file itself may be a
+    symlink (the Hugging Face cache links snapshot files to its blob store).
     """
     index_path = os.fspath(index_path)
     if not isinstance(shard, str) or not shard or "\x00" in shard:
