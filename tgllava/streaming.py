@@ -1,23 +1,21 @@
 """Streaming: one generation in a worker thread, its tokens handed to the reader as they come.
 
 `TokenStream(model, run)` is the one thread-and-queue loop of the package (Model.generate_stream
-and chat's AnswerStream both use it).  `run(callback)` performs the generation, calling
-`callback(token)` for every new token and stopping when it returns True; it runs in a worker
-thread and its return value becomes `stream.tokens` once the stream is exhausted.
-`on_token(token)`, if given, is called in the worker for every token before it is handed over;
-a true result stops the generation (chat uses it to stop at a stop string).
+and chat's AnswerStream use it).  `run(callback)` performs the generation in a worker thread,
+calling `callback(token)` for every new token and stopping when it returns True; its return
+value becomes `stream.tokens` once the stream is exhausted.  `on_token(token)`, if given, sees
+every token in the worker first; a true result stops the generation (chat: at a stop string).
 
-The look-ahead is bounded: the worker waits once `lookahead` tokens are unread, so a stream
-that is no longer read does not keep computing.  While it waits it still holds the model (the
-C core runs one call at a time per model), so an abandoned stream must not block everyone else:
-when another call on the same model is waiting and the unread tokens have stayed at the bound
-for `grace` seconds, the worker gives the model up, the generation stops, and the stream,
-after the tokens it already holds, raises StreamCancelled.  Closing the stream (close(),
-`break` out of a for loop over it, or dropping it) stops the generation as well.
+The look-ahead is bounded: the worker waits once `lookahead` tokens are unread, so a stream no
+longer read does not keep computing.  While it waits it still holds the model (the C core runs
+one call at a time per model), so an abandoned stream must not block everyone else: when another
+call on the model is waiting and the unread tokens have stayed at the bound for `grace` seconds,
+the worker gives the model up and the stream, after the tokens it holds, raises StreamCancelled.
+Closing the stream (close(), `break` out of a for loop over it, or dropping it) stops it too.
 
-"Another call is waiting" is counted by `CountedCore`, a thin wrapper that Model puts around
-its C core: every method call on it is counted while it runs or waits for the model's lock.
-A model without that counter (a test fake) never sees a waiting caller.
+"Another call is waiting" is counted by `CountedCore`, a thin wrapper that Model puts around its
+C core: every method call on it counts while it runs or waits for the model's lock.  A model
+without that counter (a test fake) never sees a waiting caller.
 """
 
 import collections
@@ -126,16 +124,14 @@ def _worker(ch, model, run, on_token, grace):
             ch.cond.notify_all()
         return hit
 
+    tokens = None
     try:
-        tokens = run(callback)
-        with ch.cond:
-            ch.tokens = tokens
-            ch.end = _END
-            ch.cond.notify_all()
+        tokens, end = run(callback), _END
     except BaseException as e:  # noqa: BLE001 - handed to the reader
-        with ch.cond:
-            ch.end = e
-            ch.cond.notify_all()
+        end = e
+    with ch.cond:
+        ch.tokens, ch.end = tokens, end
+        ch.cond.notify_all()
 
 
 def _read(ch, worker):

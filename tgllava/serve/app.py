@@ -81,19 +81,19 @@ access_log = logging.getLogger("tgllava.serve.access")
 
 
 class ApiError(Exception):
-    """An error answered in OpenAI's format."""
+    """An error answered in OpenAI's format (the app's handler answers it with response())."""
 
-    def __init__(self, status, message, param=None, code=None, kind=None):
+    def __init__(self, status, message, param=None, code=None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or ("server_overloaded" if status == 503 else
-                             "invalid_request_error" if 400 <= status < 500 else "server_error")
+        self.kind = ("server_overloaded" if status == 503 else
+                     "invalid_request_error" if 400 <= status < 500 else "server_error")
 
+    def body(self):
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
-def error_response(status, message, param=None, code=None, kind=None):
-    e = ApiError(status, message, param, code, kind)
-    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}},
-                        status_code=status)
+    def response(self):
+        return JSONResponse(self.body(), status_code=self.status)
 
 
 @dataclasses.dataclass
@@ -156,22 +156,21 @@ def parse_json(raw):
         raise _bad("the request body is JSON nested too deeply") from None
 
 
-def _number(body, key, default, integer=False):
+def _number(body, key, default, integer=False, setting=None):
+    """body[key] (`default` when absent or null): a number (an integer with integer=True), checked as the
+    sampling `setting` by the model's rule (model.check_sampling) when one is named; or a 400 naming `key`."""
     v = body.get(key, default)
     if v is None:
         return default
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok or (not integer and v != v):
         raise _bad(f"'{key}' must be {'an integer' if integer else 'a number'}, got {v!r}", key)
+    if setting is not None:
+        try:
+            check_sampling(**{setting: v}, min_new_tokens=1)
+        except ShapeError as e:
+            raise _bad(f"'{key}': {e}", key) from None
     return v
-
-
-def _sampling(key, **setting):
-    """One sampling setting checked by the model's rule (model.check_sampling), or a 400 naming `key`."""
-    try:
-        check_sampling(**setting)
-    except ShapeError as e:
-        raise _bad(f"'{key}': {e}", key) from None
 
 
 def _image_bytes(url, cfg):
@@ -248,10 +247,8 @@ def _with_system(template, text):
 def _content(message, i):
     """(text, image_url or None) of one message's content."""
     c = message.get("content")
-    if isinstance(c, str):
-        return c, None
-    if c is None:
-        return "", None
+    if c is None or isinstance(c, str):
+        return c or "", None
     if not isinstance(c, list):
         raise _bad(f"messages[{i}].content must be a string or a list of parts", "messages")
     texts, image = [], None
@@ -289,11 +286,9 @@ def parse_request(body, engine, cfg, decodes):
     n = body.get("n", 1)
     if n is not None and n != 1:
         raise _bad(f"'n' = {n!r} is not supported: tgllava serve answers one choice per request (n = 1)", "n")
-    for key in ("tools", "functions"):
+    for key in ("tools", "functions", "logprobs"):
         if body.get(key):
             raise _bad(f"'{key}' is not supported", key)
-    if body.get("logprobs"):
-        raise _bad("'logprobs' is not supported", "logprobs")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty list", "messages")
@@ -329,15 +324,11 @@ def parse_request(body, engine, cfg, decodes):
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
         raise _bad(f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
-    temperature = float(_number(body, "temperature", 0.0))
-    _sampling("temperature", temperature=temperature)
-    top_p = float(_number(body, "top_p", 1.0))
-    _sampling("top_p", top_p=top_p)
+    temperature = float(_number(body, "temperature", 0.0, setting="temperature"))
+    top_p = float(_number(body, "top_p", 1.0, setting="top_p"))
     seed = _number(body, "seed", None, integer=True)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, key, None, integer=True)
-    if max_tokens is not None:
-        _sampling(key, max_new_tokens=max_tokens, min_new_tokens=1)
+    max_tokens = _number(body, key, None, integer=True, setting="max_new_tokens")
     flags = {}
     for key in ("use_fom", "use_dp", "stream"):
         v = body.get(key, key != "stream")
@@ -406,25 +397,24 @@ def create_app(engine, cfg):
     decodes = DecodeBudget(cfg.max_decode_bytes)
     served_host = cfg.host.strip("[]").lower()
 
-    def refusal(request, needs_key=True, json_body=False):
-        """The error answer to a request the server must not serve, or None."""
+    def check_allowed(request, needs_key=True, json_body=False):
+        """Raise the ApiError answering a request the server must not serve."""
         host = request.headers.get("host")
         if host is not None and served_host not in WILDCARD_HOSTS and not _is_loopback(_host_name(host)) \
                 and _host_name(host) != served_host:
-            return error_response(400, f"Host {host!r} is not this server's: use a loopback name or {cfg.host}",
-                                  None, "invalid_host")
+            raise ApiError(400, f"Host {host!r} is not this server's: use a loopback name or {cfg.host}", None,
+                           "invalid_host")
         origin = request.headers.get("origin")
         if origin is not None and origin not in cfg.allow_origins and "*" not in cfg.allow_origins:
-            return error_response(403, f"requests from web pages ({origin}) are refused: start the server with "
-                                       f"--allow-origin {origin} to answer them", None, "origin_not_allowed")
+            raise ApiError(403, f"requests from web pages ({origin}) are refused: start the server with "
+                                f"--allow-origin {origin} to answer them", None, "origin_not_allowed")
         if needs_key and cfg.api_key and not authorised(request):
-            return error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
-                                  "invalid_api_key")
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
+                           "invalid_api_key")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if json_body and content_type != "application/json":
-            return error_response(415, "the request body must be sent as 'Content-Type: application/json'", None,
-                                  "unsupported_media_type")
-        return None
+            raise ApiError(415, "the request body must be sent as 'Content-Type: application/json'", None,
+                           "unsupported_media_type")
 
     def authorised(request):
         got = request.headers.get("authorization", "")
@@ -451,10 +441,13 @@ def create_app(engine, cfg):
         return b"".join(chunks)
 
     async def read_job(request):
-        """The request's Job, include_usage and model name, holding a place in the engine's line (QueueFull when none is
-        left, checked before any CPU work); the body exists only in here."""
+        """The request's Job, include_usage and model name, holding a place in the engine's line (a 503 when none
+        is left, checked before any CPU work); the body exists only in here."""
         raw = await read_body(request)
-        engine.reserve()
+        try:
+            engine.reserve()
+        except QueueFull as e:
+            raise ApiError(503, str(e), None, "queue_full") from None
         try:
             body = await run_in_threadpool(parse_json, raw)
             del raw
@@ -464,61 +457,42 @@ def create_app(engine, cfg):
             raise
 
     async def health(request):
-        refused = refusal(request, needs_key=False)
-        if refused:
-            return refused
+        check_allowed(request, needs_key=False)
         return JSONResponse({"status": "ok", "model": cfg.model_name, "running": engine.running,
                              "waiting": engine.waiting, "slots": engine.max_batch})
 
     async def models(request):
-        refused = refusal(request)
-        if refused:
-            return refused
+        check_allowed(request)
         return JSONResponse({"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
                                                          "owned_by": "tgllava"}]})
 
     async def completions(request):
-        refused = refusal(request, json_body=True)
-        if refused:
-            return refused
-        try:
-            job, include_usage, model_name = await read_job(request)
-        except ApiError as e:
-            return error_response(e.status, e.message, e.param, e.code, e.kind)
-        except QueueFull as e:
-            return error_response(503, str(e), None, "queue_full")
+        check_allowed(request, json_body=True)
+        job, include_usage, model_name = await read_job(request)
         loop = asyncio.get_running_loop()
         events = asyncio.Queue()
         job.sink = lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value))
         engine.submit(job, reserved=True)
         rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
         disconnected = asyncio.ensure_future(_wait_disconnect(request))
-        try:
+        try:  # a plain answer is awaited here whole, a streamed one until it is admitted (or failed)
             kind, value = await _next_event(events, disconnected)
+            while not job.stream and kind not in ("done", "error"):
+                kind, value = await _next_event(events, disconnected)
         except _Gone:
             engine.cancel(job)
-            return error_response(400, "the client went away")
+            raise ApiError(400, "the client went away") from None
+        finally:
+            disconnected.cancel()  # from here Starlette's StreamingResponse watches the connection
         if kind == "error":
-            disconnected.cancel()
-            return _job_error(value)
+            raise _job_error(value)
         if not job.stream:
-            try:
-                while kind != "done":
-                    kind, value = await _next_event(events, disconnected)
-                    if kind == "error":
-                        return _job_error(value)
-            except _Gone:
-                engine.cancel(job)
-                return error_response(400, "the client went away")
-            finally:
-                disconnected.cancel()
             request.state.usage = value
             return JSONResponse({
                 "id": rid, "object": "chat.completion", "created": created, "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": value.text},
                              "finish_reason": _reason(value.finish_reason), "logprobs": None}],
                 "usage": _usage(value)})
-        disconnected.cancel()  # from here Starlette's StreamingResponse watches the connection
 
         def chunk(delta, finish=None, usage=None, choices=True):
             out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
@@ -541,7 +515,7 @@ def create_app(engine, cfg):
                             yield chunk(None, usage=_usage(value), choices=False)
                         break
                     elif kind == "error":
-                        yield "data: " + json.dumps(_error_body(value)) + "\n\n"
+                        yield "data: " + json.dumps(_job_error(value).body()) + "\n\n"
                         break
                 yield "data: [DONE]\n\n"
             finally:
@@ -549,13 +523,16 @@ def create_app(engine, cfg):
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def api_error(request, exc):
+        return exc.response()
+
     async def not_found(request, exc):
         status = getattr(exc, "status_code", 404)
-        return error_response(status, f"{request.method} {request.url.path}: "
-                                      f"{'no such endpoint' if status == 404 else exc.detail}")
+        return ApiError(status, f"{request.method} {request.url.path}: "
+                                f"{'no such endpoint' if status == 404 else exc.detail}").response()
 
     async def internal(request, exc):
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
     routes = [Route("/v1/chat/completions", completions, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
@@ -565,7 +542,7 @@ def create_app(engine, cfg):
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.allow_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={HTTPException: not_found, Exception: internal})
+                    exception_handlers={ApiError: api_error, HTTPException: not_found, Exception: internal})
     app.state.config = cfg
     return app
 
@@ -629,12 +606,6 @@ def _usage(c):
             "total_tokens": c.prompt_tokens + c.completion_tokens}
 
 
-def _error_body(exc):
-    status = 400 if isinstance(exc, ShapeError) else 500
-    kind = "invalid_request_error" if status == 400 else "server_error"
-    return {"error": {"message": str(exc) or type(exc).__name__, "type": kind, "param": None, "code": None}}
-
-
 def _job_error(exc):
-    body = _error_body(exc)
-    return JSONResponse(body, status_code=400 if body["error"]["type"] == "invalid_request_error" else 500)
+    """The ApiError of a failed job: a ShapeError is the request's fault (400), any other the server's (500)."""
+    return ApiError(400 if isinstance(exc, ShapeError) else 500, str(exc) or type(exc).__name__)
