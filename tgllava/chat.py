@@ -159,14 +159,16 @@ def _answers(trackers, token_lists, max_new_tokens, timings, conv_mode, t_start,
     return answers
 
 
-def _gen_kwargs(model, max_new_tokens, temperature, top_p, seed):
-    """generate_batch's keywords for chat's settings, checked (check_sampling: a clear error naming the argument)."""
+def _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed):
+    """(generate_batch's keywords for chat's settings, checked (check_sampling: a clear error naming the
+    argument), the chat template's name, its stop strings)."""
     max_new_tokens, temperature, top_p, _, _ = check_sampling(max_new_tokens, temperature, top_p, min_new_tokens=1)
     if seed is not None:
         resolve_seed(seed)
-    llm_tok = tokenizers(model)[0]
-    return dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                eos_token_id=list(llm_tok.eos_ids) or None)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+              eos_token_id=list(tokenizers(model)[0].eos_ids) or None)
+    conv_mode = conv_mode or default_conv_mode(model)
+    return kw, conv_mode, conversation.stop_strings(conv_mode)
 
 
 def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0, stream=False,
@@ -181,9 +183,7 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     Returns an Answer, or with stream=True an AnswerStream of text pieces.
     """
     t_start = time.perf_counter()
-    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
-    conv_mode = conv_mode or default_conv_mode(model)
-    stops = conversation.stop_strings(conv_mode)
+    kw, conv_mode, stops = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
     timings = {}
     req = prepare(model, image, question, conv_mode, use_fom, use_dp, timings)
     llm_tok = tokenizers(model)[0]
@@ -196,14 +196,10 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
 
 
 class AnswerStream:
-    """Iterator over the text pieces of an answer as they are generated.
-
-    "".join(pieces) equals the text of the non-streaming answer; after the
-    iteration ends, `.answer` holds the full Answer.  Closing the iterator
-    early (break) stops the generation.  The tokens come from a
-    streaming.TokenStream: an answer left unread gives the model up to the
-    next call on it and then raises streaming.StreamCancelled.
-    """
+    """Iterator over the text pieces of an answer as they are generated: they join to the text of the
+    non-streaming answer, and `.answer` holds that Answer once the iteration ended.  Closing it early
+    (break) stops the generation; left unread, it gives the model up to the next call on it and then
+    raises streaming.StreamCancelled (streaming.TokenStream)."""
 
     def __init__(self, model, req, kw, tok, stops, timings, t_start, conv_mode):
         self.answer = None
@@ -239,13 +235,10 @@ class AnswerStream:
 def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0,
                use_fom=True, use_dp=True, seed=None, max_batch=None):
     """Answers for many (image, question) pairs, generated together (continuous batching, at most
-    `max_batch` at once: Model.generate_many's default when None).  An image may be None (that
-    question alone, as chat(model, None, question)).
+    `max_batch` at once: Model.generate_many's default when None); an image may be None.
 
-    Returns a list of Answer in the order of `pairs`; with greedy decoding
-    each equals chat(model, image, question) run alone.  The timings of each
-    answer are those of the whole batch.
-    """
+    Returns a list of Answer in the order of `pairs`, each (greedy) equal to chat(model, image,
+    question) run alone, with the timings of the whole batch."""
     t_start = time.perf_counter()
     pairs = list(pairs)
     if not pairs:
@@ -253,9 +246,7 @@ def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0
     for p in pairs:
         if not (isinstance(p, (tuple, list)) and len(p) == 2):
             raise TypeError("chat_batch expects a list of (image, question) pairs")
-    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
-    conv_mode = conv_mode or default_conv_mode(model)
-    stops = conversation.stop_strings(conv_mode)
+    kw, conv_mode, stops = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
     timings = {}
     reqs = [prepare(model, img, q, conv_mode, use_fom, use_dp, timings) for img, q in pairs]
     llm_tok = tokenizers(model)[0]

@@ -62,10 +62,6 @@ class Template:
                 raise ValueError(f"template {self.name}: unknown style {self.style!r}")
         return ret
 
-    @property
-    def stop_str(self):
-        return self.sep2 if self.style == "two" else self.sep
-
 
 _VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                      "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -129,29 +125,24 @@ def user_message(question, n_images=1, placeholders=True):
 
 
 def build_prompt(question, conv_mode, with_image=True, n_images=1, placeholders=True):
-    """The full prompt for one user turn, ending where the assistant's answer starts.
-
-    The user turn is `user_message(question, n_images, placeholders)`;
-    with_image=False leaves the question without any image marker.
-    """
+    """The full prompt for one user turn, ending where the assistant's answer starts: the user turn is
+    `user_message(question, n_images, placeholders)`, or with with_image=False the question alone."""
     template = get_template(conv_mode)
     message = user_message(question, n_images if with_image else 0, placeholders)
     return template.render([message, None])
 
 
 def text_guide(question, placeholders=True):
-    """The CLIP text guide of TG-LLaVA's runner: the user turn without "<image>", stripped.
-
-    The runner builds it from the question after its image markers were
-    put in (so "<image-placeholder>" disappears too); `placeholders` is the
-    same rule as in user_message.
-    """
+    """The CLIP text guide of TG-LLaVA's runner: the user turn without "<image>", stripped, made after
+    the image markers were put in (so "<image-placeholder>" disappears too; `placeholders` as in
+    user_message)."""
     return user_message(question, 1, placeholders).replace(IMAGE_TOKEN, "").strip()
 
 
 def stop_strings(conv_mode):
     """Strings that end an answer in this format (LLaVA's KeywordsStoppingCriteria rule)."""
-    return [get_template(conv_mode).stop_str]
+    template = get_template(conv_mode)
+    return [template.sep2 if template.style == "two" else template.sep]
 
 
 def _tokenizer_mentions(tokenizer_dir, text):

@@ -138,8 +138,7 @@ def _read(ch, worker):
     try:
         while True:
             with ch.cond:
-                while not ch.items and ch.end is None:
-                    ch.cond.wait()
+                ch.cond.wait_for(lambda: ch.items or ch.end is not None)
                 if ch.items:
                     token = ch.items.popleft()
                     ch.cond.notify_all()
@@ -171,7 +170,8 @@ class TokenStream:
         if lookahead < 1:
             raise ValueError(f"lookahead must be at least 1, got {lookahead}")
         self._ch = _Channel(int(lookahead))
-        self._model, self._run, self._on_token, self._grace = model, run, on_token, float(grace)
+        self._worker = threading.Thread(target=_worker, args=(self._ch, model, run, on_token, float(grace)),
+                                        daemon=True, name="tgllava-stream")
         self._gen = None
 
     def __iter__(self):
@@ -179,10 +179,8 @@ class TokenStream:
 
     def __next__(self):
         if self._gen is None:  # the worker starts with the first read, as a generator would
-            worker = threading.Thread(target=_worker, args=(self._ch, self._model, self._run, self._on_token,
-                                                            self._grace), daemon=True, name="tgllava-stream")
-            worker.start()
-            self._gen = _read(self._ch, worker)
+            self._worker.start()
+            self._gen = _read(self._ch, self._worker)
         return next(self._gen)
 
     def close(self):

@@ -425,20 +425,16 @@ def create_app(engine, cfg):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
             raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
-        chunks, size = [], 0
-        stream = request.stream()
+        body, stream = bytearray(), request.stream()
         while True:
             try:
-                chunk = await asyncio.wait_for(stream.__anext__(), cfg.read_timeout)
+                body += await asyncio.wait_for(stream.__anext__(), cfg.read_timeout)
             except StopAsyncIteration:
-                break
+                return bytes(body)
             except asyncio.TimeoutError:
                 raise ApiError(408, f"the request body stalled for {cfg.read_timeout:g} s") from None
-            size += len(chunk)
-            if size > cfg.max_body_bytes:
+            if len(body) > cfg.max_body_bytes:
                 raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def read_job(request):
         """The request's Job, include_usage and model name, holding a place in the engine's line (a 503 when none
