@@ -49,12 +49,12 @@ class _Counted:
 
         def counted(*args, **kwargs):
             with counter._lock:
-                counter._in_flight += 1
+                counter.calls_in_flight += 1
             try:
                 return attr(*args, **kwargs)
             finally:
                 with counter._lock:
-                    counter._in_flight -= 1
+                    counter.calls_in_flight -= 1
 
         counted.__name__ = name
         counted.__doc__ = getattr(attr, "__doc__", None)
@@ -62,23 +62,16 @@ class _Counted:
 
 
 class CountedCore(_Counted):
-    """The C model with a count of the method calls in flight (running or waiting for its lock).
+    """The C model with `calls_in_flight`, a count of the method calls running or waiting for its lock;
+    `_core` is the C model itself (for what takes it as an argument, such as _C.Scheduler).
     `counted(obj)` wraps another object that takes the same lock (the model's _C.Scheduler), so
     its calls are counted too."""
 
     def __init__(self, core):
         super().__init__(core, self)
+        self._core = core
         self._lock = threading.Lock()
-        self._in_flight = 0
-
-    @property
-    def _core(self):
-        """The C model itself (for what takes it as an argument, such as _C.Scheduler)."""
-        return self._obj
-
-    @property
-    def calls_in_flight(self):
-        return self._in_flight
+        self.calls_in_flight = 0
 
     def counted(self, obj):
         return _Counted(obj, self)

@@ -22,6 +22,7 @@ connections requests are answered 503.  The API key can come from $TGLLAVA_API_K
 --api-key (command lines are visible to every user in `ps`); an empty key is an error, not "no key".
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -249,9 +250,5 @@ def serve_model(model, host="127.0.0.1", port=8000, access_log=True, **kw):
         log.addHandler(logging.StreamHandler(sys.stderr))
     server = ServerThread(model, host=host, port=port, **kw)
     print(f"tgllava serve: listening on {server.url}/v1", file=sys.stderr, flush=True)
-    try:
+    with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop cleanly
         server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()

@@ -97,7 +97,6 @@ class Engine:
         self.model = model
         self.tokenizer = chat_mod.tokenizers(model)[0]
         self.eos_ids = list(self.tokenizer.eos_ids) or model._eos(None)
-        # decode_rows None: the device's default
         self.driver = Driver(model, int(max_batch), context, decode_rows, FeatureCache(model, feature_cache_bytes))
         self.max_batch, self.context, self.max_queue = int(max_batch), self.driver.context, int(max_queue)
         longest_token = max(len(t) for t in map(self.tokenizer.id_to_token, range(self.tokenizer.vocab_size)) if t)
