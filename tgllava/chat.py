@@ -142,9 +142,9 @@ def prepare(model, image, question, conv_mode=None, use_fom=True, use_dp=True, t
     return {"input_ids": input_ids, "pixels": pixels, "text_ids": text_ids, "use_fom": use_fom, "use_dp": use_dp}
 
 
-def _answers(trackers, token_lists, max_new_tokens, timings, conv_mode, t_start, t_generate):
-    """The Answers of finished generations (their StopTrackers and tokens), and `timings` completed: generating
-    since t_generate, decoding (the trackers' and the answers' own), total since t_start."""
+def _answers(trackers, token_lists, kw, timings, conv_mode, t_start, t_generate):
+    """The Answers of finished generations (their StopTrackers and tokens; `kw`: _settings' keywords), with
+    `timings` completed: generating since t_generate, decoding (trackers', answers'), total since t_start."""
     decode_time = sum(tracker.decode_time for tracker in trackers)
     timings["generate"] = time.perf_counter() - t_generate - decode_time
     timings["decode"] = decode_time
@@ -153,7 +153,7 @@ def _answers(trackers, token_lists, max_new_tokens, timings, conv_mode, t_start,
         t0 = time.perf_counter()
         text = tracker.answer()
         timings["decode"] += time.perf_counter() - t0
-        reason = "stop" if tracker.hit_stop else ("length" if len(tokens) >= max_new_tokens else "eos")
+        reason = "stop" if tracker.hit_stop else ("length" if len(tokens) >= kw["max_new_tokens"] else "eos")
         answers.append(Answer(text, list(tokens), timings, reason, conv_mode))
     timings["total"] = time.perf_counter() - t_start
     return answers
@@ -192,7 +192,7 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     tracker = StopTracker(llm_tok, stops)
     t0 = time.perf_counter()
     tokens = model.generate_batch([req], callback=lambda seq, tok: tracker.push(tok), **kw)[0]
-    return _answers([tracker], [tokens], kw["max_new_tokens"], timings, conv_mode, t_start, t0)[0]
+    return _answers([tracker], [tokens], kw, timings, conv_mode, t_start, t0)[0]
 
 
 class AnswerStream:
@@ -226,7 +226,7 @@ class AnswerStream:
                     yield piece
         finally:
             tokens.close()
-        self.answer = _answers([tracker], [tokens.tokens], kw["max_new_tokens"], timings, conv_mode, t_start, t0)[0]
+        self.answer = _answers([tracker], [tokens.tokens], kw, timings, conv_mode, t_start, t0)[0]
         rest = tracker.last_piece(self.answer.text)
         if rest:
             yield rest
@@ -253,5 +253,4 @@ def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0
     trackers = [StopTracker(llm_tok, stops) for _ in pairs]
     t0 = time.perf_counter()
     outs = dict(model.generate_many(reqs, callback=lambda i, tok: trackers[i].push(tok), max_batch=max_batch, **kw))
-    return _answers(trackers, [outs[i] for i in range(len(pairs))], kw["max_new_tokens"], timings, conv_mode,
-                    t_start, t0)
+    return _answers(trackers, [outs[i] for i in range(len(pairs))], kw, timings, conv_mode, t_start, t0)

@@ -10,10 +10,9 @@
 
 Pieces: engine.py (Engine: a worker thread running tgllava.generation's Driver on the C
 scheduler, which admits requests into KV-cache slots between decode steps and advances every
-running one per step),
-app.py (the Starlette app: the protocol, its errors and limits) and, here, the command line and
-`ServerThread`, which runs the app with uvicorn in a background thread (tests, benchmarks,
-notebooks).  The HTTP part needs the optional extra: pip install "tgllava[serve]".
+running one per step), app.py (the Starlette app: the protocol, its errors and limits) and, here,
+the command line and `ServerThread`, which runs the app with uvicorn in a background thread
+(tests, benchmarks, notebooks).  The HTTP part needs the extra: pip install "tgllava[serve]".
 
 Idle and slow clients cannot hold the server: a connection must deliver each request's headers
 within read_timeout seconds (from connecting, or from its previous answer; uvicorn itself only
@@ -218,9 +217,10 @@ def run(args):
         (args.max_queue < 0, "--max-queue must be >= 0"),
         (not 0 <= args.port <= 65535, "--port must be between 0 and 65535"),
         (api_key is not None and not api_key.strip(),
-         f"{'--api-key' if args.api_key is not None else '$' + API_KEY_VARIABLE} is empty (an unset variable?): "
-         "give a key, or leave it out to serve without one"),
-        (args.read_timeout <= 0 or args.keep_alive_timeout <= 0, "--read-timeout and --keep-alive-timeout must be > 0"),
+         f"{'--api-key' if args.api_key is not None else '$' + API_KEY_VARIABLE} is empty (an unset "
+         "variable?): give a key, or leave it out to serve without one"),
+        (args.read_timeout <= 0 or args.keep_alive_timeout <= 0,
+         "--read-timeout and --keep-alive-timeout must be > 0"),
         (args.max_connections < 1, "--max-connections must be >= 1"),
         (args.image_memory < 1, "--image-memory must be >= 1")]
     for bad, message in checks:

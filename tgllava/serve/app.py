@@ -1,6 +1,4 @@
-"""The OpenAI-compatible HTTP face of `tgllava serve` (Starlette app, served by uvicorn).
-
-Endpoints:
+"""The OpenAI-compatible HTTP face of `tgllava serve` (Starlette app, served by uvicorn):
 
     POST /v1/chat/completions   chat completions, plain or streamed as server-sent events
     GET  /v1/models             the one model served, by its name (ServeConfig.model_name)
@@ -12,20 +10,20 @@ local path / file:// URL when the server runs with allow_local_files; http(s) UR
 the server never reaches the network), `max_tokens` or `max_completion_tokens`, `temperature`,
 `top_p`, `seed`, `stop` (a string or up to 4), `stream` (+ `stream_options.include_usage`), and the
 TG switches `use_fom` / `use_dp` as extra fields; `n` other than 1 is refused.  Whatever `model`
-names, the one model served answers, and its answer carries that name (the served name when the
-request names none), as clients that check the name expect.  The prompt is
-built exactly as tgllava.chat builds it (the model's chat template, "<image>\\n" in front of the
-turn holding the picture, the CLIP text guide from that turn), so a greedy answer equals
-Model.chat's.  Failures come back in OpenAI's error body {"error": {"message", "type", "param",
-"code"}} with status 400 (malformed request, bad image, prompt too long, a Host header naming
-neither a loopback name nor the configured host), 401 (missing or wrong key when an API key is
-set), 403 (a browser Origin not allowed with allow_origins), 404/405 (no such route), 408 (a body
-that stalls for read_timeout seconds), 413 (body or image too large), 415 (a POST body not sent
-as application/json), 503 (the waiting line is full) or 500 (an internal error, with its message).
-The Host, Origin and Content-Type checks keep web pages from using the server through the
-user's browser (cross-site requests, DNS rebinding).  A client that goes away (mid-stream or
-while waiting for a plain answer) has its job cancelled: the slot is free before the next decode
-step.
+names, the one model served answers with that name (the served name when the request names none),
+as clients that check the name expect.  The prompt is built exactly as tgllava.chat builds it (the
+model's chat template, "<image>\\n" in front of the turn holding the picture, the CLIP text guide
+from that turn), so a greedy answer equals Model.chat's.
+
+Failures come back in OpenAI's error body {"error": {"message", "type", "param", "code"}} with
+status 400 (malformed request, bad image, prompt too long, a Host header naming neither a loopback
+name nor the configured host), 401 (missing or wrong key when an API key is set), 403 (a browser
+Origin not allowed with allow_origins), 404/405 (no such route), 408 (a body that stalls for
+read_timeout seconds), 413 (body or image too large), 415 (a POST body not sent as
+application/json), 503 (the waiting line is full) or 500 (an internal error, with its message).
+The Host, Origin and Content-Type checks keep web pages from using the server through the user's
+browser (cross-site requests, DNS rebinding).  A client that goes away (mid-stream or while
+waiting for a plain answer) has its job cancelled: its slot is free before the next decode step.
 
 Nothing CPU-heavy runs on the event loop: the JSON body is parsed, the prompt tokenized and the
 picture decoded on worker threads, in that order, after the body was read in full (at most
@@ -402,8 +400,8 @@ def create_app(engine, cfg):
         host = request.headers.get("host")
         if host is not None and served_host not in WILDCARD_HOSTS and not _is_loopback(_host_name(host)) \
                 and _host_name(host) != served_host:
-            raise ApiError(400, f"Host {host!r} is not this server's: use a loopback name or {cfg.host}", None,
-                           "invalid_host")
+            raise ApiError(400, f"Host {host!r} is not this server's: use a loopback name or {cfg.host}",
+                           None, "invalid_host")
         origin = request.headers.get("origin")
         if origin is not None and origin not in cfg.allow_origins and "*" not in cfg.allow_origins:
             raise ApiError(403, f"requests from web pages ({origin}) are refused: start the server with "
@@ -437,8 +435,8 @@ def create_app(engine, cfg):
                 raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
 
     async def read_job(request):
-        """The request's Job, include_usage and model name, holding a place in the engine's line (a 503 when none
-        is left, checked before any CPU work); the body exists only in here."""
+        """The request's Job, include_usage and model name, holding a place in the engine's line (a 503
+        when none is left, checked before any CPU work); the body exists only in here."""
         raw = await read_body(request)
         try:
             engine.reserve()
@@ -603,5 +601,5 @@ def _usage(c):
 
 
 def _job_error(exc):
-    """The ApiError of a failed job: a ShapeError is the request's fault (400), any other the server's (500)."""
+    """The ApiError of a failed job: a ShapeError is the request's fault (400), others the server's (500)."""
     return ApiError(400 if isinstance(exc, ShapeError) else 500, str(exc) or type(exc).__name__)
