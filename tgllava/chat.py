@@ -1,32 +1,18 @@
 """High-level chat: one image (or none) and a question in, an answer's text out.
 
-`prepare(model, image, question)` builds the generation request of one
-question, the way the LLaVA pipeline does around a loaded `tgllava.Model`:
-the chat template (conversation.build_prompt, with the model's own conv mode
-by default), the LLM tokens with one image slot (tokenize.tokenizer_image_token),
-for TG-LLaVA the CLIP text guide (the user turn without its image marker,
-stripped; SPEC section 1) and the CLIP pixels (image.preprocess in the mode
-the config asks for).  With image None it is the template's text-only form:
-the question alone, no image slot, no pixels, no text guide (the TG modules
-are not used).  `chat(model, image, question)` runs that request: generation
-until EOS, a stop string of the template or `max_new_tokens`, and
-detokenization with the stop string trimmed (LLaVA's rule, tgllava.generation's
-StopTracker: generation stops once the stop string appears and the text is
-cut there, then stripped).
-It returns an `Answer` with the text, the generated ids and per-stage
-timings.  `stream=True` returns an `AnswerStream` instead, an iterator over
-text pieces as they are decoded whose pieces join to exactly the text of the
-non-streaming answer (leading/trailing whitespace and partial stop strings
-are held back); its `.answer` is filled in once it is exhausted.
-`chat_batch` answers many (image, question) pairs with continuous batching
-(Model.generate_many: up to max_batch generated together, a finished answer's
-slot taken by the next pair at once); each answer equals the one `chat` gives
-for that pair alone (greedy).
+`prepare(model, image, question)` builds the generation request of one question as the LLaVA
+pipeline does around a loaded `tgllava.Model`: the chat template (conversation.build_prompt, the
+model's own conv mode by default), the LLM tokens with one image slot, for TG-LLaVA the CLIP text
+guide (SPEC section 1) and the CLIP pixels; with image None, the template's text-only form (no
+image slot, pixels or text guide: the TG modules are not used).  `chat` runs it until EOS, a stop
+string of the template or `max_new_tokens`, the text cut at the stop string and stripped (LLaVA's
+rule, generation.StopTracker), and returns an `Answer` (text, ids, per-stage timings);
+`stream=True` returns an `AnswerStream` of text pieces that join to exactly that text.
+`chat_batch` answers many (image, question) pairs with continuous batching (Model.generate_many),
+each answer equal to `chat`'s for that pair alone (greedy).
 
-Tokenizers are read once per model from its folders (the LLM tokenizer from
-`model.llm_dir`, the CLIP tokenizer from `model.clip_dir`) and cached.
-These functions take the model as first argument; Model.prepare, Model.chat
-and Model.chat_batch call them with the same parameters.
+Tokenizers are read once per model from its folders (model.llm_dir, model.clip_dir) and cached.
+Model.prepare, Model.chat and Model.chat_batch call these functions with the same parameters.
 """
 
 import dataclasses
@@ -41,6 +27,7 @@ from .errors import CheckpointError, ShapeError
 from .generation import StopTracker
 from .model import check_sampling, resolve_seed
 from .streaming import TokenStream
+from .conversation import text_guide  # noqa: F401 - chat.text_guide: the CLIP text guide of a question
 
 _TOKENIZERS = weakref.WeakKeyDictionary()
 
@@ -102,14 +89,6 @@ def default_conv_mode(model):
     return conversation.guess_conv_mode(model.config, model.llm_dir)
 
 
-def text_guide(question):
-    """The text the CLIP text guide is made of (TG-LLaVA's runner): the user turn without "<image>", stripped.
-
-    "<image-placeholder>" counts as an image marker and disappears too (conversation.text_guide).
-    """
-    return conversation.text_guide(question)
-
-
 def _pixels(model, img):
     """CLIP pixels (3, S, S) of an image (path, bytes, PIL image, uint8 array, or ready pixels)."""
     S = model.image_size
@@ -163,22 +142,33 @@ def prepare(model, image, question, conv_mode=None, use_fom=True, use_dp=True, t
     return {"input_ids": input_ids, "pixels": pixels, "text_ids": text_ids, "use_fom": use_fom, "use_dp": use_dp}
 
 
-def _answer(tracker, tokens, max_new_tokens, timings, conv_mode):
-    t0 = time.perf_counter()
-    text = tracker.answer()
-    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-    reason = "stop" if tracker.hit_stop else ("length" if len(tokens) >= max_new_tokens else "eos")
-    return Answer(text, list(tokens), timings, reason, conv_mode)
+def _answers(trackers, token_lists, kw, timings, conv_mode, t_start, t_generate):
+    """The Answers of finished generations (their StopTrackers and tokens; `kw`: _settings' keywords), with
+    `timings` completed: generating since t_generate, decoding (trackers', answers'), total since t_start."""
+    decode_time = sum(tracker.decode_time for tracker in trackers)
+    timings["generate"] = time.perf_counter() - t_generate - decode_time
+    timings["decode"] = decode_time
+    answers = []
+    for tracker, tokens in zip(trackers, token_lists):
+        t0 = time.perf_counter()
+        text = tracker.answer()
+        timings["decode"] += time.perf_counter() - t0
+        reason = "stop" if tracker.hit_stop else ("length" if len(tokens) >= kw["max_new_tokens"] else "eos")
+        answers.append(Answer(text, list(tokens), timings, reason, conv_mode))
+    timings["total"] = time.perf_counter() - t_start
+    return answers
 
 
-def _gen_kwargs(model, max_new_tokens, temperature, top_p, seed):
-    """generate_batch's keywords for chat's settings, checked (check_sampling: a clear error naming the argument)."""
+def _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed):
+    """(generate_batch's keywords for chat's settings, checked (check_sampling: a clear error naming the
+    argument), the chat template's name, its stop strings)."""
     max_new_tokens, temperature, top_p, _, _ = check_sampling(max_new_tokens, temperature, top_p, min_new_tokens=1)
     if seed is not None:
         resolve_seed(seed)
-    llm_tok = tokenizers(model)[0]
-    return dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                eos_token_id=list(llm_tok.eos_ids) or None)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+              eos_token_id=list(tokenizers(model)[0].eos_ids) or None)
+    conv_mode = conv_mode or default_conv_mode(model)
+    return kw, conv_mode, conversation.stop_strings(conv_mode)
 
 
 def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0, stream=False,
@@ -193,9 +183,7 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     Returns an Answer, or with stream=True an AnswerStream of text pieces.
     """
     t_start = time.perf_counter()
-    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
-    conv_mode = conv_mode or default_conv_mode(model)
-    stops = conversation.stop_strings(conv_mode)
+    kw, conv_mode, stops = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
     timings = {}
     req = prepare(model, image, question, conv_mode, use_fom, use_dp, timings)
     llm_tok = tokenizers(model)[0]
@@ -204,28 +192,18 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     tracker = StopTracker(llm_tok, stops)
     t0 = time.perf_counter()
     tokens = model.generate_batch([req], callback=lambda seq, tok: tracker.push(tok), **kw)[0]
-    timings["generate"] = time.perf_counter() - t0 - tracker.decode_time
-    timings["decode"] = tracker.decode_time
-    answer = _answer(tracker, tokens, kw["max_new_tokens"], timings, conv_mode)
-    timings["total"] = time.perf_counter() - t_start
-    return answer
+    return _answers([tracker], [tokens], kw, timings, conv_mode, t_start, t0)[0]
 
 
 class AnswerStream:
-    """Iterator over the text pieces of an answer as they are generated.
-
-    "".join(pieces) equals the text of the non-streaming answer; after the
-    iteration ends, `.answer` holds the full Answer.  Closing the iterator
-    early (break) stops the generation.  The tokens come from a
-    streaming.TokenStream: an answer left unread gives the model up to the
-    next call on it and then raises streaming.StreamCancelled.
-    """
+    """Iterator over the text pieces of an answer as they are generated: they join to the text of the
+    non-streaming answer, and `.answer` holds that Answer once the iteration ended.  Closing it early
+    (break) stops the generation; left unread, it gives the model up to the next call on it and then
+    raises streaming.StreamCancelled (streaming.TokenStream)."""
 
     def __init__(self, model, req, kw, tok, stops, timings, t_start, conv_mode):
-        self._model, self._req, self._kw, self._tok = model, req, kw, tok
-        self._stops, self._timings, self._t_start, self._conv_mode = stops, timings, t_start, conv_mode
         self.answer = None
-        self._iter = self._run()
+        self._iter = self._run(model, req, kw, StopTracker(tok, stops), timings, t_start, conv_mode)
 
     def __iter__(self):
         return self
@@ -237,9 +215,7 @@ class AnswerStream:
         """Stop the generation (what leaving a for loop over the stream early does)."""
         self._iter.close()
 
-    def _run(self):
-        tracker = StopTracker(self._tok, self._stops)
-        model, req, kw = self._model, self._req, self._kw
+    def _run(self, model, req, kw, tracker, timings, t_start, conv_mode):
         tokens = TokenStream(model, lambda cb: model.generate_batch([req], callback=lambda seq, tok: cb(tok), **kw)[0],
                              on_token=tracker.push)  # the tracker sees each token in the worker: stop strings stop it
         t0 = time.perf_counter()
@@ -250,11 +226,7 @@ class AnswerStream:
                     yield piece
         finally:
             tokens.close()
-        timings = self._timings
-        timings["generate"] = time.perf_counter() - t0 - tracker.decode_time
-        timings["decode"] = tracker.decode_time
-        self.answer = _answer(tracker, tokens.tokens, self._kw["max_new_tokens"], timings, self._conv_mode)
-        timings["total"] = time.perf_counter() - self._t_start
+        self.answer = _answers([tracker], [tokens.tokens], kw, timings, conv_mode, t_start, t0)[0]
         rest = tracker.last_piece(self.answer.text)
         if rest:
             yield rest
@@ -263,13 +235,10 @@ class AnswerStream:
 def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0,
                use_fom=True, use_dp=True, seed=None, max_batch=None):
     """Answers for many (image, question) pairs, generated together (continuous batching, at most
-    `max_batch` at once: Model.generate_many's default when None).  An image may be None (that
-    question alone, as chat(model, None, question)).
+    `max_batch` at once: Model.generate_many's default when None); an image may be None.
 
-    Returns a list of Answer in the order of `pairs`; with greedy decoding
-    each equals chat(model, image, question) run alone.  The timings of each
-    answer are those of the whole batch.
-    """
+    Returns a list of Answer in the order of `pairs`, each (greedy) equal to chat(model, image,
+    question) run alone, with the timings of the whole batch."""
     t_start = time.perf_counter()
     pairs = list(pairs)
     if not pairs:
@@ -277,18 +246,11 @@ def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0
     for p in pairs:
         if not (isinstance(p, (tuple, list)) and len(p) == 2):
             raise TypeError("chat_batch expects a list of (image, question) pairs")
-    kw = _gen_kwargs(model, max_new_tokens, temperature, top_p, seed)
-    conv_mode = conv_mode or default_conv_mode(model)
-    stops = conversation.stop_strings(conv_mode)
+    kw, conv_mode, stops = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
     timings = {}
     reqs = [prepare(model, img, q, conv_mode, use_fom, use_dp, timings) for img, q in pairs]
     llm_tok = tokenizers(model)[0]
     trackers = [StopTracker(llm_tok, stops) for _ in pairs]
     t0 = time.perf_counter()
     outs = dict(model.generate_many(reqs, callback=lambda i, tok: trackers[i].push(tok), max_batch=max_batch, **kw))
-    decode_time = sum(t.decode_time for t in trackers)
-    timings["generate"] = time.perf_counter() - t0 - decode_time
-    timings["decode"] = decode_time
-    answers = [_answer(tr, outs[i], kw["max_new_tokens"], timings, conv_mode) for i, tr in enumerate(trackers)]
-    timings["total"] = time.perf_counter() - t_start
-    return answers
+    return _answers(trackers, [outs[i] for i in range(len(pairs))], kw, timings, conv_mode, t_start, t0)

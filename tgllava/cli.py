@@ -50,11 +50,6 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(1)
 
 
-def _debug_flag(p):
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show the full traceback on errors")
-
-
 def _add_generate(sub):
     p = command_parser(
         sub, "generate", "answer a question about a picture",
@@ -82,7 +77,6 @@ def _add_generate(sub):
     p.add_argument("--no-dp", action="store_true", help="switch TG-DP off")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--timings", action="store_true", help="print per-stage timings on stderr")
-    _debug_flag(p)
     p.set_defaults(func=_run_generate)
 
 
@@ -98,7 +92,6 @@ def _add_info(sub):
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.add_argument("--dtype", default=None, choices=_C.DTYPES,
                    help="also show how loading with this weight storage would store the tensors")
-    _debug_flag(p)
     p.set_defaults(func=_run_info)
 
 
@@ -118,29 +111,13 @@ def _add_demo(sub):
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--tower", default="clip", choices=["clip", "siglip"],
                    help="the vision and text towers: CLIP (default) or SigLIP")
-    _debug_flag(p)
     p.set_defaults(func=_run_demo)
 
 
-def _add_eval(sub):
+def build_parser():
+    from . import serve, viz
     from .eval import cli as eval_cli
 
-    _debug_flag(eval_cli.add_subparser(sub))
-
-
-def _add_viz(sub):
-    from . import viz
-
-    _debug_flag(viz.add_subparser(sub))
-
-
-def _add_serve(sub):
-    from . import serve
-
-    _debug_flag(serve.add_subparser(sub))
-
-
-def build_parser():
     parser = _Parser(prog="tgllava", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -149,9 +126,11 @@ def build_parser():
     _add_generate(sub)
     _add_info(sub)
     _add_demo(sub)
-    _add_eval(sub)
-    _add_viz(sub)
-    _add_serve(sub)
+    for module in (eval_cli, viz, serve):  # the commands that register themselves
+        module.add_subparser(sub)
+    for p in sub.choices.values():  # every command also takes --debug, after its own options
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback on errors")
     return parser
 
 
@@ -211,9 +190,8 @@ def _run_generate(args):
     if args.stream:
         pieces = chat_mod.chat(model, args.image, args.question, stream=True, **kw)
         for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+            print(piece, end="", flush=True)
+        print()
         answer = pieces.answer
     else:
         answer = chat_mod.chat(model, args.image, args.question, **kw)

@@ -1,9 +1,8 @@
 """Chat templates: the prompt text LLaVA-1.5 and TG-LLaVA models were trained on.
 
-Each template reproduces, character for character, the `Conversation`
-object of the same name in the reference code (AIDC-AI/TG-LLaVA
-`tg_llava/conversation.py`, whose vicuna_v1, llava_v1, llava_v0 and plain
-entries are identical to haotian-liu/LLaVA `llava/conversation.py`):
+Each template reproduces, character for character, the `Conversation` object of the same name
+in the reference code (AIDC-AI/TG-LLaVA `tg_llava/conversation.py`, whose vicuna_v1, llava_v1,
+llava_v0 and plain entries are identical to haotian-liu/LLaVA `llava/conversation.py`):
 
   vicuna_v1  "<system> USER: <msg> ASSISTANT:"           (LLaVA-1.5 eval scripts)
   llava_v1   same, with the "curious human" system text (VLMEvalKit's LLaVA)
@@ -14,20 +13,12 @@ entries are identical to haotian-liu/LLaVA `llava/conversation.py`):
              after <|im_end|>
   plain      "<msg>\\n" (pre-training format)
 
-`build_prompt` renders one user turn and stops where the answer begins.
-The image markers follow the reference scripts (`user_message`): by default
-TG-LLaVA's runner (tg_llava/deploy/runner.py, the same rule as LLaVA's
-run_llava.py): every `<image-placeholder>` in the question becomes
-`<image>`, and a question without one gets `<image>\\n` in front, even if
-it already holds a literal `<image>` (that one becomes an image slot too,
-as in the reference); with placeholders=False LLaVA's evaluation scripts
-(model_vqa_loader.py): `<image>\\n` in front of every question, the text
-left as it is.  Several pictures in one prompt are asked for with
-`n_images`, never by writing `<image>` into the text.  `text_guide` is the
-runner's CLIP text guide: the user turn without `<image>`, stripped.
-`guess_conv_mode` picks a template from a model config; `stop_strings`
-gives the text that ends an answer (LLaVA: sep2 for two-separator
-templates, else sep).
+`build_prompt` renders one user turn and stops where the answer begins, with the image markers
+`user_message` puts in (the reference scripts' two rules: TG-LLaVA's runner, LLaVA's evaluation
+scripts; several pictures are asked for with `n_images`, never by writing `<image>` into the text).
+`text_guide` is the runner's CLIP text guide: the user turn without `<image>`, stripped.
+`guess_conv_mode` picks a template from a model config; `stop_strings` gives the text that ends
+an answer (LLaVA: sep2 for two-separator templates, else sep).
 """
 
 import dataclasses
@@ -70,10 +61,6 @@ class Template:
             else:
                 raise ValueError(f"template {self.name}: unknown style {self.style!r}")
         return ret
-
-    @property
-    def stop_str(self):
-        return self.sep2 if self.style == "two" else self.sep
 
 
 _VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -138,29 +125,24 @@ def user_message(question, n_images=1, placeholders=True):
 
 
 def build_prompt(question, conv_mode, with_image=True, n_images=1, placeholders=True):
-    """The full prompt for one user turn, ending where the assistant's answer starts.
-
-    The user turn is `user_message(question, n_images, placeholders)`;
-    with_image=False leaves the question without any image marker.
-    """
+    """The full prompt for one user turn, ending where the assistant's answer starts: the user turn is
+    `user_message(question, n_images, placeholders)`, or with with_image=False the question alone."""
     template = get_template(conv_mode)
     message = user_message(question, n_images if with_image else 0, placeholders)
     return template.render([message, None])
 
 
 def text_guide(question, placeholders=True):
-    """The CLIP text guide of TG-LLaVA's runner: the user turn without "<image>", stripped.
-
-    The runner builds it from the question after its image markers were
-    put in (so "<image-placeholder>" disappears too); `placeholders` is the
-    same rule as in user_message.
-    """
+    """The CLIP text guide of TG-LLaVA's runner: the user turn without "<image>", stripped, made after
+    the image markers were put in (so "<image-placeholder>" disappears too; `placeholders` as in
+    user_message)."""
     return user_message(question, 1, placeholders).replace(IMAGE_TOKEN, "").strip()
 
 
 def stop_strings(conv_mode):
     """Strings that end an answer in this format (LLaVA's KeywordsStoppingCriteria rule)."""
-    return [get_template(conv_mode).stop_str]
+    template = get_template(conv_mode)
+    return [template.sep2 if template.style == "two" else template.sep]
 
 
 def _tokenizer_mentions(tokenizer_dir, text):

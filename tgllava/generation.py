@@ -37,12 +37,7 @@ FINISH = {1: "eos", 2: "length"}  # Scheduler.step's finish codes
 
 def _first_stop(text, stops):
     """Where the first stop string in `text` starts (len(text) when none is there)."""
-    cut = len(text)
-    for s in stops:
-        i = text.find(s) if s else -1
-        if i >= 0:
-            cut = min(cut, i)
-    return cut
+    return min((text.find(s) for s in stops if s and s in text), default=len(text))
 
 
 def final_text(text, stops):
@@ -59,24 +54,18 @@ def safe_text(text, stops):
     cut = _first_stop(text, stops)
     if cut < len(text):
         return text[:cut].strip()
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
+    hold = max((k for s in stops for k in range(1, min(len(s) - 1, len(text)) + 1) if text.endswith(s[:k])),
+               default=0)
     return text[:len(text) - hold].strip()
 
 
 class StopTracker:
     """Follows one answer's tokens as they come (tokenizer: a tgllava.tokenize tokenizer).
 
-    push(token) decodes it and says whether a stop string has appeared (then generation should
-    stop); `decoder` (a tokenize.StreamDecoder) holds the text so far, `hit_stop` whether a stop
-    string appeared, `decode_time` the seconds push() took.  For streaming, piece() gives the next piece of the
-    answer the tokens so far guarantee, and once generation ended last_piece(answer()) the rest:
-    the pieces join to exactly answer(), the final_text() of all tokens decoded at once.
-    """
+    push(token) decodes it and says whether a stop string has appeared (generation should stop);
+    `decoder` (a tokenize.StreamDecoder) holds the text so far, `hit_stop` whether a stop string
+    appeared, `decode_time` the seconds push() took.  Streamed pieces, piece() as tokens come and
+    last_piece(answer()) once generation ended, join to exactly answer()."""
 
     def __init__(self, tokenizer, stops):
         self.tokenizer = tokenizer
@@ -117,11 +106,9 @@ class StopTracker:
 class FeatureCache:
     """Vision-tower outputs of recent pictures on one model (see the module text); for one thread.
 
-    lookup(pixels, use_dp) returns the output for a picture's (3, S, S) float32 pixels, from the
-    cache or computed now (Model.cacheable_features) and kept; beyond `max_bytes` the least
-    recently used are dropped.  A cache of 0 bytes holds nothing: lookup() returns None and the
-    C core runs the tower as part of the prefill.
-    """
+    lookup(pixels, use_dp): the output for (3, S, S) float32 pixels, cached or computed now and kept
+    within `max_bytes`.  A cache of 0 bytes holds nothing: lookup() returns None (the C core runs the
+    tower in the prefill)."""
 
     def __init__(self, model, max_bytes=FEATURE_CACHE_BYTES):
         if int(max_bytes) < 0:

@@ -1,23 +1,21 @@
 """Streaming: one generation in a worker thread, its tokens handed to the reader as they come.
 
 `TokenStream(model, run)` is the one thread-and-queue loop of the package (Model.generate_stream
-and chat's AnswerStream both use it).  `run(callback)` performs the generation, calling
-`callback(token)` for every new token and stopping when it returns True; it runs in a worker
-thread and its return value becomes `stream.tokens` once the stream is exhausted.
-`on_token(token)`, if given, is called in the worker for every token before it is handed over;
-a true result stops the generation (chat uses it to stop at a stop string).
+and chat's AnswerStream use it).  `run(callback)` performs the generation in a worker thread,
+calling `callback(token)` for every new token and stopping when it returns True; its return
+value becomes `stream.tokens` once the stream is exhausted.  `on_token(token)`, if given, sees
+every token in the worker first; a true result stops the generation (chat: at a stop string).
 
-The look-ahead is bounded: the worker waits once `lookahead` tokens are unread, so a stream
-that is no longer read does not keep computing.  While it waits it still holds the model (the
-C core runs one call at a time per model), so an abandoned stream must not block everyone else:
-when another call on the same model is waiting and the unread tokens have stayed at the bound
-for `grace` seconds, the worker gives the model up, the generation stops, and the stream,
-after the tokens it already holds, raises StreamCancelled.  Closing the stream (close(),
-`break` out of a for loop over it, or dropping it) stops the generation as well.
+The look-ahead is bounded: the worker waits once `lookahead` tokens are unread, so a stream no
+longer read does not keep computing.  While it waits it still holds the model (the C core runs
+one call at a time per model), so an abandoned stream must not block everyone else: when another
+call on the model is waiting and the unread tokens have stayed at the bound for `grace` seconds,
+the worker gives the model up and the stream, after the tokens it holds, raises StreamCancelled.
+Closing the stream (close(), `break` out of a for loop over it, or dropping it) stops it too.
 
-"Another call is waiting" is counted by `CountedCore`, a thin wrapper that Model puts around
-its C core: every method call on it is counted while it runs or waits for the model's lock.
-A model without that counter (a test fake) never sees a waiting caller.
+"Another call is waiting" is counted by `CountedCore`, a thin wrapper that Model puts around its
+C core: every method call on it counts while it runs or waits for the model's lock.  A model
+without that counter (a test fake) never sees a waiting caller.
 """
 
 import collections
@@ -51,12 +49,12 @@ class _Counted:
 
         def counted(*args, **kwargs):
             with counter._lock:
-                counter._in_flight += 1
+                counter.calls_in_flight += 1
             try:
                 return attr(*args, **kwargs)
             finally:
                 with counter._lock:
-                    counter._in_flight -= 1
+                    counter.calls_in_flight -= 1
 
         counted.__name__ = name
         counted.__doc__ = getattr(attr, "__doc__", None)
@@ -64,23 +62,16 @@ class _Counted:
 
 
 class CountedCore(_Counted):
-    """The C model with a count of the method calls in flight (running or waiting for its lock).
+    """The C model with `calls_in_flight`, a count of the method calls running or waiting for its lock;
+    `_core` is the C model itself (for what takes it as an argument, such as _C.Scheduler).
     `counted(obj)` wraps another object that takes the same lock (the model's _C.Scheduler), so
     its calls are counted too."""
 
     def __init__(self, core):
         super().__init__(core, self)
+        self._core = core
         self._lock = threading.Lock()
-        self._in_flight = 0
-
-    @property
-    def _core(self):
-        """The C model itself (for what takes it as an argument, such as _C.Scheduler)."""
-        return self._obj
-
-    @property
-    def calls_in_flight(self):
-        return self._in_flight
+        self.calls_in_flight = 0
 
     def counted(self, obj):
         return _Counted(obj, self)
@@ -126,24 +117,21 @@ def _worker(ch, model, run, on_token, grace):
             ch.cond.notify_all()
         return hit
 
+    tokens = None
     try:
-        tokens = run(callback)
-        with ch.cond:
-            ch.tokens = tokens
-            ch.end = _END
-            ch.cond.notify_all()
+        tokens, end = run(callback), _END
     except BaseException as e:  # noqa: BLE001 - handed to the reader
-        with ch.cond:
-            ch.end = e
-            ch.cond.notify_all()
+        end = e
+    with ch.cond:
+        ch.tokens, ch.end = tokens, end
+        ch.cond.notify_all()
 
 
 def _read(ch, worker):
     try:
         while True:
             with ch.cond:
-                while not ch.items and ch.end is None:
-                    ch.cond.wait()
+                ch.cond.wait_for(lambda: ch.items or ch.end is not None)
                 if ch.items:
                     token = ch.items.popleft()
                     ch.cond.notify_all()
@@ -175,7 +163,8 @@ class TokenStream:
         if lookahead < 1:
             raise ValueError(f"lookahead must be at least 1, got {lookahead}")
         self._ch = _Channel(int(lookahead))
-        self._model, self._run, self._on_token, self._grace = model, run, on_token, float(grace)
+        self._worker = threading.Thread(target=_worker, args=(self._ch, model, run, on_token, float(grace)),
+                                        daemon=True, name="tgllava-stream")
         self._gen = None
 
     def __iter__(self):
@@ -183,10 +172,8 @@ class TokenStream:
 
     def __next__(self):
         if self._gen is None:  # the worker starts with the first read, as a generator would
-            worker = threading.Thread(target=_worker, args=(self._ch, self._model, self._run, self._on_token,
-                                                            self._grace), daemon=True, name="tgllava-stream")
-            worker.start()
-            self._gen = _read(self._ch, worker)
+            self._worker.start()
+            self._gen = _read(self._ch, self._worker)
         return next(self._gen)
 
     def close(self):

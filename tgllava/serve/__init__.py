@@ -10,10 +10,9 @@
 
 Pieces: engine.py (Engine: a worker thread running tgllava.generation's Driver on the C
 scheduler, which admits requests into KV-cache slots between decode steps and advances every
-running one per step),
-app.py (the Starlette app: the protocol, its errors and limits) and, here, the command line and
-`ServerThread`, which runs the app with uvicorn in a background thread (tests, benchmarks,
-notebooks).  The HTTP part needs the optional extra: pip install "tgllava[serve]".
+running one per step), app.py (the Starlette app: the protocol, its errors and limits) and, here,
+the command line and `ServerThread`, which runs the app with uvicorn in a background thread
+(tests, benchmarks, notebooks).  The HTTP part needs the extra: pip install "tgllava[serve]".
 
 Idle and slow clients cannot hold the server: a connection must deliver each request's headers
 within read_timeout seconds (from connecting, or from its previous answer; uvicorn itself only
@@ -22,6 +21,7 @@ connections requests are answered 503.  The API key can come from $TGLLAVA_API_K
 --api-key (command lines are visible to every user in `ps`); an empty key is an error, not "no key".
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -49,15 +49,13 @@ KEEP_ALIVE_TIMEOUT = 5       # seconds an idle connection stays open after an an
 MAX_CONNECTIONS = 512        # open connections; past them requests get 503 (below the usual 1024 open files)
 
 
-def build_app(model, max_batch=16, api_key=None, allow_local_files=False, model_name=None, max_queue=64,
-              context=None, conv_mode=None, **limits):
-    """(Starlette app, Engine) serving a loaded tgllava.Model; `limits` are further ServeConfig fields
-    (host, allow_origins, read_timeout, max_body_bytes, max_decode_bytes, ...)."""
+def build_app(model, max_batch=16, model_name=None, max_queue=64, context=None, **settings):
+    """(Starlette app, Engine) serving a loaded tgllava.Model; `settings` are further ServeConfig fields
+    (api_key, allow_local_files, conv_mode, host, allow_origins, read_timeout, max_body_bytes, ...)."""
     _need_extra()
     from .app import ServeConfig, create_app
 
-    cfg = ServeConfig(model_name or _model_name(model), api_key=api_key, allow_local_files=allow_local_files,
-                      conv_mode=conv_mode, **limits)
+    cfg = ServeConfig(model_name or _model_name(model), **settings)
     engine = Engine(model, max_batch=max_batch, context=context, max_queue=max_queue)
     return create_app(engine, cfg), engine
 
@@ -213,22 +211,21 @@ def add_subparser(sub):
 def run(args):
     """`tgllava serve`: load, then serve until Ctrl-C."""
     _need_extra()
-    if args.max_batch < 1 or args.max_batch > _C.MAX_BATCH:
-        raise ValueError(f"--max-batch must be between 1 and {_C.MAX_BATCH}")
-    if args.max_queue < 0:
-        raise ValueError("--max-queue must be >= 0")
-    if not 0 <= args.port <= 65535:
-        raise ValueError("--port must be between 0 and 65535")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE)
-    if api_key is not None and not api_key.strip():
-        raise ValueError(f"{'--api-key' if args.api_key is not None else '$' + API_KEY_VARIABLE} is empty (an unset "
-                         "variable?): give a key, or leave it out to serve without one")
-    if args.read_timeout <= 0 or args.keep_alive_timeout <= 0:
-        raise ValueError("--read-timeout and --keep-alive-timeout must be > 0")
-    if args.max_connections < 1:
-        raise ValueError("--max-connections must be >= 1")
-    if args.image_memory < 1:
-        raise ValueError("--image-memory must be >= 1")
+    checks = [  # (bad, what to say), in the order they are reported
+        (not 1 <= args.max_batch <= _C.MAX_BATCH, f"--max-batch must be between 1 and {_C.MAX_BATCH}"),
+        (args.max_queue < 0, "--max-queue must be >= 0"),
+        (not 0 <= args.port <= 65535, "--port must be between 0 and 65535"),
+        (api_key is not None and not api_key.strip(),
+         f"{'--api-key' if args.api_key is not None else '$' + API_KEY_VARIABLE} is empty (an unset "
+         "variable?): give a key, or leave it out to serve without one"),
+        (args.read_timeout <= 0 or args.keep_alive_timeout <= 0,
+         "--read-timeout and --keep-alive-timeout must be > 0"),
+        (args.max_connections < 1, "--max-connections must be >= 1"),
+        (args.image_memory < 1, "--image-memory must be >= 1")]
+    for bad, message in checks:
+        if bad:
+            raise ValueError(message)
     if args.conv_mode is not None:
         from .. import conversation
         conversation.get_template(args.conv_mode)
@@ -253,9 +250,5 @@ def serve_model(model, host="127.0.0.1", port=8000, access_log=True, **kw):
         log.addHandler(logging.StreamHandler(sys.stderr))
     server = ServerThread(model, host=host, port=port, **kw)
     print(f"tgllava serve: listening on {server.url}/v1", file=sys.stderr, flush=True)
-    try:
+    with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop cleanly
         server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()

@@ -1,6 +1,4 @@
-"""The OpenAI-compatible HTTP face of `tgllava serve` (Starlette app, served by uvicorn).
-
-Endpoints:
+"""The OpenAI-compatible HTTP face of `tgllava serve` (Starlette app, served by uvicorn):
 
     POST /v1/chat/completions   chat completions, plain or streamed as server-sent events
     GET  /v1/models             the one model served, by its name (ServeConfig.model_name)
@@ -12,20 +10,20 @@ local path / file:// URL when the server runs with allow_local_files; http(s) UR
 the server never reaches the network), `max_tokens` or `max_completion_tokens`, `temperature`,
 `top_p`, `seed`, `stop` (a string or up to 4), `stream` (+ `stream_options.include_usage`), and the
 TG switches `use_fom` / `use_dp` as extra fields; `n` other than 1 is refused.  Whatever `model`
-names, the one model served answers, and its answer carries that name (the served name when the
-request names none), as clients that check the name expect.  The prompt is
-built exactly as tgllava.chat builds it (the model's chat template, "<image>\\n" in front of the
-turn holding the picture, the CLIP text guide from that turn), so a greedy answer equals
-Model.chat's.  Failures come back in OpenAI's error body {"error": {"message", "type", "param",
-"code"}} with status 400 (malformed request, bad image, prompt too long, a Host header naming
-neither a loopback name nor the configured host), 401 (missing or wrong key when an API key is
-set), 403 (a browser Origin not allowed with allow_origins), 404/405 (no such route), 408 (a body
-that stalls for read_timeout seconds), 413 (body or image too large), 415 (a POST body not sent
-as application/json), 503 (the waiting line is full) or 500 (an internal error, with its message).
-The Host, Origin and Content-Type checks keep web pages from using the server through the
-user's browser (cross-site requests, DNS rebinding).  A client that goes away (mid-stream or
-while waiting for a plain answer) has its job cancelled: the slot is free before the next decode
-step.
+names, the one model served answers with that name (the served name when the request names none),
+as clients that check the name expect.  The prompt is built exactly as tgllava.chat builds it (the
+model's chat template, "<image>\\n" in front of the turn holding the picture, the CLIP text guide
+from that turn), so a greedy answer equals Model.chat's.
+
+Failures come back in OpenAI's error body {"error": {"message", "type", "param", "code"}} with
+status 400 (malformed request, bad image, prompt too long, a Host header naming neither a loopback
+name nor the configured host), 401 (missing or wrong key when an API key is set), 403 (a browser
+Origin not allowed with allow_origins), 404/405 (no such route), 408 (a body that stalls for
+read_timeout seconds), 413 (body or image too large), 415 (a POST body not sent as
+application/json), 503 (the waiting line is full) or 500 (an internal error, with its message).
+The Host, Origin and Content-Type checks keep web pages from using the server through the user's
+browser (cross-site requests, DNS rebinding).  A client that goes away (mid-stream or while
+waiting for a plain answer) has its job cancelled: its slot is free before the next decode step.
 
 Nothing CPU-heavy runs on the event loop: the JSON body is parsed, the prompt tokenized and the
 picture decoded on worker threads, in that order, after the body was read in full (at most
@@ -81,19 +79,19 @@ access_log = logging.getLogger("tgllava.serve.access")
 
 
 class ApiError(Exception):
-    """An error answered in OpenAI's format."""
+    """An error answered in OpenAI's format (the app's handler answers it with response())."""
 
-    def __init__(self, status, message, param=None, code=None, kind=None):
+    def __init__(self, status, message, param=None, code=None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or ("server_overloaded" if status == 503 else
-                             "invalid_request_error" if 400 <= status < 500 else "server_error")
+        self.kind = ("server_overloaded" if status == 503 else
+                     "invalid_request_error" if 400 <= status < 500 else "server_error")
 
+    def body(self):
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
-def error_response(status, message, param=None, code=None, kind=None):
-    e = ApiError(status, message, param, code, kind)
-    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}},
-                        status_code=status)
+    def response(self):
+        return JSONResponse(self.body(), status_code=self.status)
 
 
 @dataclasses.dataclass
@@ -156,22 +154,21 @@ def parse_json(raw):
         raise _bad("the request body is JSON nested too deeply") from None
 
 
-def _number(body, key, default, integer=False):
+def _number(body, key, default, integer=False, setting=None):
+    """body[key] (`default` when absent or null): a number (an integer with integer=True), checked as the
+    sampling `setting` by the model's rule (model.check_sampling) when one is named; or a 400 naming `key`."""
     v = body.get(key, default)
     if v is None:
         return default
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok or (not integer and v != v):
         raise _bad(f"'{key}' must be {'an integer' if integer else 'a number'}, got {v!r}", key)
+    if setting is not None:
+        try:
+            check_sampling(**{setting: v}, min_new_tokens=1)
+        except ShapeError as e:
+            raise _bad(f"'{key}': {e}", key) from None
     return v
-
-
-def _sampling(key, **setting):
-    """One sampling setting checked by the model's rule (model.check_sampling), or a 400 naming `key`."""
-    try:
-        check_sampling(**setting)
-    except ShapeError as e:
-        raise _bad(f"'{key}': {e}", key) from None
 
 
 def _image_bytes(url, cfg):
@@ -248,10 +245,8 @@ def _with_system(template, text):
 def _content(message, i):
     """(text, image_url or None) of one message's content."""
     c = message.get("content")
-    if isinstance(c, str):
-        return c, None
-    if c is None:
-        return "", None
+    if c is None or isinstance(c, str):
+        return c or "", None
     if not isinstance(c, list):
         raise _bad(f"messages[{i}].content must be a string or a list of parts", "messages")
     texts, image = [], None
@@ -289,11 +284,9 @@ def parse_request(body, engine, cfg, decodes):
     n = body.get("n", 1)
     if n is not None and n != 1:
         raise _bad(f"'n' = {n!r} is not supported: tgllava serve answers one choice per request (n = 1)", "n")
-    for key in ("tools", "functions"):
+    for key in ("tools", "functions", "logprobs"):
         if body.get(key):
             raise _bad(f"'{key}' is not supported", key)
-    if body.get("logprobs"):
-        raise _bad("'logprobs' is not supported", "logprobs")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty list", "messages")
@@ -329,15 +322,11 @@ def parse_request(body, engine, cfg, decodes):
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
         raise _bad(f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
-    temperature = float(_number(body, "temperature", 0.0))
-    _sampling("temperature", temperature=temperature)
-    top_p = float(_number(body, "top_p", 1.0))
-    _sampling("top_p", top_p=top_p)
+    temperature = float(_number(body, "temperature", 0.0, setting="temperature"))
+    top_p = float(_number(body, "top_p", 1.0, setting="top_p"))
     seed = _number(body, "seed", None, integer=True)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, key, None, integer=True)
-    if max_tokens is not None:
-        _sampling(key, max_new_tokens=max_tokens, min_new_tokens=1)
+    max_tokens = _number(body, key, None, integer=True, setting="max_new_tokens")
     flags = {}
     for key in ("use_fom", "use_dp", "stream"):
         v = body.get(key, key != "stream")
@@ -406,25 +395,24 @@ def create_app(engine, cfg):
     decodes = DecodeBudget(cfg.max_decode_bytes)
     served_host = cfg.host.strip("[]").lower()
 
-    def refusal(request, needs_key=True, json_body=False):
-        """The error answer to a request the server must not serve, or None."""
+    def check_allowed(request, needs_key=True, json_body=False):
+        """Raise the ApiError answering a request the server must not serve."""
         host = request.headers.get("host")
         if host is not None and served_host not in WILDCARD_HOSTS and not _is_loopback(_host_name(host)) \
                 and _host_name(host) != served_host:
-            return error_response(400, f"Host {host!r} is not this server's: use a loopback name or {cfg.host}",
-                                  None, "invalid_host")
+            raise ApiError(400, f"Host {host!r} is not this server's: use a loopback name or {cfg.host}",
+                           None, "invalid_host")
         origin = request.headers.get("origin")
         if origin is not None and origin not in cfg.allow_origins and "*" not in cfg.allow_origins:
-            return error_response(403, f"requests from web pages ({origin}) are refused: start the server with "
-                                       f"--allow-origin {origin} to answer them", None, "origin_not_allowed")
+            raise ApiError(403, f"requests from web pages ({origin}) are refused: start the server with "
+                                f"--allow-origin {origin} to answer them", None, "origin_not_allowed")
         if needs_key and cfg.api_key and not authorised(request):
-            return error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
-                                  "invalid_api_key")
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
+                           "invalid_api_key")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if json_body and content_type != "application/json":
-            return error_response(415, "the request body must be sent as 'Content-Type: application/json'", None,
-                                  "unsupported_media_type")
-        return None
+            raise ApiError(415, "the request body must be sent as 'Content-Type: application/json'", None,
+                           "unsupported_media_type")
 
     def authorised(request):
         got = request.headers.get("authorization", "")
@@ -435,26 +423,25 @@ def create_app(engine, cfg):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
             raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
-        chunks, size = [], 0
-        stream = request.stream()
+        body, stream = bytearray(), request.stream()
         while True:
             try:
-                chunk = await asyncio.wait_for(stream.__anext__(), cfg.read_timeout)
+                body += await asyncio.wait_for(stream.__anext__(), cfg.read_timeout)
             except StopAsyncIteration:
-                break
+                return bytes(body)
             except asyncio.TimeoutError:
                 raise ApiError(408, f"the request body stalled for {cfg.read_timeout:g} s") from None
-            size += len(chunk)
-            if size > cfg.max_body_bytes:
+            if len(body) > cfg.max_body_bytes:
                 raise ApiError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def read_job(request):
-        """The request's Job, include_usage and model name, holding a place in the engine's line (QueueFull when none is
-        left, checked before any CPU work); the body exists only in here."""
+        """The request's Job, include_usage and model name, holding a place in the engine's line (a 503
+        when none is left, checked before any CPU work); the body exists only in here."""
         raw = await read_body(request)
-        engine.reserve()
+        try:
+            engine.reserve()
+        except QueueFull as e:
+            raise ApiError(503, str(e), None, "queue_full") from None
         try:
             body = await run_in_threadpool(parse_json, raw)
             del raw
@@ -464,61 +451,42 @@ def create_app(engine, cfg):
             raise
 
     async def health(request):
-        refused = refusal(request, needs_key=False)
-        if refused:
-            return refused
+        check_allowed(request, needs_key=False)
         return JSONResponse({"status": "ok", "model": cfg.model_name, "running": engine.running,
                              "waiting": engine.waiting, "slots": engine.max_batch})
 
     async def models(request):
-        refused = refusal(request)
-        if refused:
-            return refused
+        check_allowed(request)
         return JSONResponse({"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
                                                          "owned_by": "tgllava"}]})
 
     async def completions(request):
-        refused = refusal(request, json_body=True)
-        if refused:
-            return refused
-        try:
-            job, include_usage, model_name = await read_job(request)
-        except ApiError as e:
-            return error_response(e.status, e.message, e.param, e.code, e.kind)
-        except QueueFull as e:
-            return error_response(503, str(e), None, "queue_full")
+        check_allowed(request, json_body=True)
+        job, include_usage, model_name = await read_job(request)
         loop = asyncio.get_running_loop()
         events = asyncio.Queue()
         job.sink = lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value))
         engine.submit(job, reserved=True)
         rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
         disconnected = asyncio.ensure_future(_wait_disconnect(request))
-        try:
+        try:  # a plain answer is awaited here whole, a streamed one until it is admitted (or failed)
             kind, value = await _next_event(events, disconnected)
+            while not job.stream and kind not in ("done", "error"):
+                kind, value = await _next_event(events, disconnected)
         except _Gone:
             engine.cancel(job)
-            return error_response(400, "the client went away")
+            raise ApiError(400, "the client went away") from None
+        finally:
+            disconnected.cancel()  # from here Starlette's StreamingResponse watches the connection
         if kind == "error":
-            disconnected.cancel()
-            return _job_error(value)
+            raise _job_error(value)
         if not job.stream:
-            try:
-                while kind != "done":
-                    kind, value = await _next_event(events, disconnected)
-                    if kind == "error":
-                        return _job_error(value)
-            except _Gone:
-                engine.cancel(job)
-                return error_response(400, "the client went away")
-            finally:
-                disconnected.cancel()
             request.state.usage = value
             return JSONResponse({
                 "id": rid, "object": "chat.completion", "created": created, "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": value.text},
                              "finish_reason": _reason(value.finish_reason), "logprobs": None}],
                 "usage": _usage(value)})
-        disconnected.cancel()  # from here Starlette's StreamingResponse watches the connection
 
         def chunk(delta, finish=None, usage=None, choices=True):
             out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
@@ -541,7 +509,7 @@ def create_app(engine, cfg):
                             yield chunk(None, usage=_usage(value), choices=False)
                         break
                     elif kind == "error":
-                        yield "data: " + json.dumps(_error_body(value)) + "\n\n"
+                        yield "data: " + json.dumps(_job_error(value).body()) + "\n\n"
                         break
                 yield "data: [DONE]\n\n"
             finally:
@@ -549,13 +517,16 @@ def create_app(engine, cfg):
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def api_error(request, exc):
+        return exc.response()
+
     async def not_found(request, exc):
         status = getattr(exc, "status_code", 404)
-        return error_response(status, f"{request.method} {request.url.path}: "
-                                      f"{'no such endpoint' if status == 404 else exc.detail}")
+        return ApiError(status, f"{request.method} {request.url.path}: "
+                                f"{'no such endpoint' if status == 404 else exc.detail}").response()
 
     async def internal(request, exc):
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
     routes = [Route("/v1/chat/completions", completions, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
@@ -565,7 +536,7 @@ def create_app(engine, cfg):
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.allow_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={HTTPException: not_found, Exception: internal})
+                    exception_handlers={ApiError: api_error, HTTPException: not_found, Exception: internal})
     app.state.config = cfg
     return app
 
@@ -629,12 +600,6 @@ def _usage(c):
             "total_tokens": c.prompt_tokens + c.completion_tokens}
 
 
-def _error_body(exc):
-    status = 400 if isinstance(exc, ShapeError) else 500
-    kind = "invalid_request_error" if status == 400 else "server_error"
-    return {"error": {"message": str(exc) or type(exc).__name__, "type": kind, "param": None, "code": None}}
-
-
 def _job_error(exc):
-    body = _error_body(exc)
-    return JSONResponse(body, status_code=400 if body["error"]["type"] == "invalid_request_error" else 500)
+    """The ApiError of a failed job: a ShapeError is the request's fault (400), others the server's (500)."""
+    return ApiError(400 if isinstance(exc, ShapeError) else 500, str(exc) or type(exc).__name__)

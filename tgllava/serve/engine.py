@@ -1,29 +1,25 @@
 """The continuous-batching engine behind `tgllava serve`: one thread running a generation.Driver.
 
-`Engine(model, max_batch=16)` owns a tgllava.generation.Driver (a C scheduler of `max_batch`
-KV-cache slots) on a loaded tgllava.Model and a worker thread that loops: end the sequences
-whose clients went away, admit waiting requests into free slots (visual tokens + prompt
-prefill, one round at a time), then advance every running sequence by one token in one
-batched forward.  A request is a `Job`: the sequence dict Model.generate takes, sampling
-settings, stop strings, and `sink(kind, value)`, called from the worker for its events:
+`Engine(model, max_batch=16)` owns a generation.Driver (a C scheduler of `max_batch` KV-cache
+slots) on a loaded tgllava.Model and a worker thread that loops: end the sequences whose clients
+went away, admit waiting requests into free slots (one prefill round at a time), then advance
+every running sequence by one token in one batched forward.  A request is a `Job`: the sequence
+dict Model.generate takes, sampling settings, stop strings, and `sink(kind, value)`, called from
+the worker for its events:
 
     ("admitted", prompt_tokens)   the prompt is in a slot
     ("piece", text)               streaming jobs only: the next piece of the answer text
     ("done", Completion)          the answer (text, token ids, finish reason, token counts)
     ("error", exception)          the job failed (ShapeError: a bad request; others: internal)
 
-Answers follow tgllava.chat exactly: the same stop-string rule and streamed pieces
-(generation.StopTracker: generation stops once a stop string appears in the decoded text, the
-text is cut there and stripped; the pieces join to the final text), so with greedy decoding a
-job's answer equals Model.chat's for the same prompt.  The waiting line is bounded: `submit`
-raises QueueFull when `max_batch` jobs run and `max_queue` more wait; `reserve()` takes a place
-in it for a request still being read (the server reserves before it decodes a picture, so a
-full server spends nothing on a request it refuses).  `cancel(job)` ends a job; its slot is
-free before the next decode step.  `max_prompt_chars` bounds the text a prompt can have,
-checked before tokenizing (whose cost grows with the text): `context` tokens of at most the
-longest token's length (no LLaVA tokenizer's normalizer shrinks text, so no longer text fits).
-Vision-tower outputs are cached by image content (generation.FeatureCache) up to
-`feature_cache_bytes`, so the same picture asked about again skips the vision tower.
+Answers follow tgllava.chat exactly (generation.StopTracker: the same stop-string rule and
+streamed pieces), so with greedy decoding a job's answer equals Model.chat's.  The waiting line
+is bounded: `submit` raises QueueFull when `max_batch` jobs run and `max_queue` more wait;
+`reserve()` holds a place for a request still being read (so a full server spends nothing on a
+request it refuses).  `cancel(job)` frees its slot before the next decode step.
+`max_prompt_chars` bounds a prompt's text before it is tokenized: `context` tokens of the longest
+token's length (no LLaVA tokenizer's normalizer shrinks text).  Vision-tower outputs are cached
+by picture content (generation.FeatureCache, `feature_cache_bytes`).
 """
 
 import collections
@@ -101,7 +97,6 @@ class Engine:
         self.model = model
         self.tokenizer = chat_mod.tokenizers(model)[0]
         self.eos_ids = list(self.tokenizer.eos_ids) or model._eos(None)
-        # decode_rows None: the device's default
         self.driver = Driver(model, int(max_batch), context, decode_rows, FeatureCache(model, feature_cache_bytes))
         self.max_batch, self.context, self.max_queue = int(max_batch), self.driver.context, int(max_queue)
         longest_token = max(len(t) for t in map(self.tokenizer.id_to_token, range(self.tokenizer.vocab_size)) if t)
@@ -157,14 +152,12 @@ class Engine:
             if job.finished or job.cancelled:
                 return
             job.cancelled = True
-            try:
+            if job in self._pending:
                 self._pending.remove(job)
                 job.finished = True
-                return
-            except ValueError:
-                pass
-            self._cancels.append(job)
-            self._cond.notify_all()
+            else:
+                self._cancels.append(job)
+                self._cond.notify_all()
 
     @property
     def running(self):
