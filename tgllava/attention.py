@@ -1,36 +1,24 @@
 """Attention maps of a loaded model, for the paper's Figure 5 style pictures.
 
-`attention_map(m, image, question)` runs one prompt through the model and
-returns three spatial maps as NumPy arrays (grid g = sqrt(num_patches), 24
-for CLIP-L/336):
+`attention_map(m, image, question)` runs one prompt through the model and returns three spatial maps as
+NumPy arrays (grid g = sqrt(num_patches), 24 for CLIP-L/336):
 
-- `llm` (g, g): how much the LLM looks at each main image patch while it
-  reads the instruction.  The *instruction tokens* are all spliced positions
-  after the visual tokens up to the end of the prompt: the rest of the user
-  turn (the "\\n" after <image> and the question) and the template text that
-  follows it up to where the answer starts (e.g. " ASSISTANT:").  For every
-  instruction token, the softmax attention probabilities of the LLM towards
-  the Np main image tokens (the DP tokens are left out) are summed over all
-  heads and all layers; the result is then summed over the instruction
-  tokens and laid out row-major as (g, g).  `llm_norm` is `llm / llm.sum()`
-  (a distribution over patches), `llm_tokens` keeps the per-token maps
+- `llm` (g, g): how much the LLM looks at each main image patch while it reads the instruction: every
+  spliced position after the visual tokens up to the end of the prompt (the rest of the user turn and the
+  template text up to where the answer starts, e.g. " ASSISTANT:").  The LLM's softmax attention
+  probabilities from those tokens to the Np main image tokens (the DP tokens left out) are summed over
+  heads, layers and tokens.  `llm_norm` is `llm / llm.sum()`; `llm_tokens` keeps the per-token maps
   (n_instruction, g, g).
-- `dp` (2g, 2g): the TG-DP perceiver's attention, in its image layer, from
-  its latents to the patches of the four 2x-upscaled tiles, summed over
-  heads and over all latents of the checkpoint (the C primitive always runs
-  the full latent set, so `n_latents` does not change this map), arranged
-  as the 2x2 tile mosaic (top-left tile in the top-left quarter, ...), so
-  it lines up with the picture.  None without a DP module or with use_dp off.
-- `fom` (g, g): the L2 norm over channels of the TG-FOM mask added to each
-  patch feature.  None without a FOM module or with use_fom off.
+- `dp` (2g, 2g): the TG-DP perceiver's attention in its image layer, from all its latents (`n_latents`
+  does not change it) to the patches of the four 2x-upscaled tiles, summed over heads and latents, laid
+  out as the 2x2 tile mosaic so that it lines up with the picture.  None without DP or with use_dp off.
+- `fom` (g, g): the L2 norm over channels of the TG-FOM mask added to each patch feature.  None without
+  FOM or with use_fom off.
 
-Inputs are either a picture and a question (tokenizers are read from
-m.llm_dir / m.clip_dir unless given, the chat template is guessed from the
-config unless `conv_mode` is given), or explicit `input_ids` / `pixels` /
-`text_ids`, which is how the tests drive golden checkpoints that ship no
-tokenizer files.  Model.attention_map calls this function; it uses only the
-Model's public methods (visual_token_count, llm_attention, dp_attention,
-text_tower, fom).
+The prompt is a picture and a question (tokenizers from m.llm_dir / m.clip_dir unless given, the chat
+template guessed from the config unless `conv_mode` is given), or explicit `input_ids` / `pixels` /
+`text_ids`, as the tests drive golden checkpoints without tokenizer files.  Only the Model's public
+methods are used (visual_token_count, llm_attention, dp_attention, text_tower, fom).
 """
 
 import math
@@ -66,14 +54,6 @@ class AttentionMaps:
 
     def as_dict(self):
         return {k: getattr(self, k) for k in self.keys()}
-
-
-def grid_size(m):
-    """Side of the square patch grid of model `m` (24 for 336 px / patch 14)."""
-    g = math.isqrt(int(m.num_patches))
-    if g * g != m.num_patches:
-        raise ShapeError(f"{m.num_patches} patches do not form a square grid")
-    return g
 
 
 def tile_mosaic(per_tile, g):
@@ -127,8 +107,8 @@ def attention_map(m, image=None, question=None, conv_mode=None, use_fom=True, us
     """LLM, DP and FOM attention maps of one prompt (see the module docstring); returns AttentionMaps."""
     input_ids, pixels, text_ids = prepare_inputs(m, image, question, conv_mode, use_fom, use_dp, llm_tokenizer,
                                                  clip_tokenizer, input_ids, text_ids, pixels)
-    g = grid_size(m)
-    Np = g * g
+    Np = m.num_patches  # a square grid of g x g patches
+    g = math.isqrt(Np)
     count = m.visual_token_count(use_dp, n_latents)
     pos = int(np.flatnonzero(input_ids == _C.IMAGE_TOKEN)[0])
     n = min(len(input_ids) - 1 + count, m.sizes["max_len"])

@@ -1,11 +1,9 @@
 """`tgllava demo`: a tiny TG-LLaVA with random weights, built on the fly, answering about a picture.
 
-The checkpoint comes from fixtures.build (a CLIP folder and a TG-LLaVA LLM
-folder with random weights and trained-on-the-fly tokenizers, sizes small
-enough that loading, preprocessing, both towers, FOM, tiling, DP, prefill
-and decoding run in about a second).  The weights are random: the answer is
-gibberish, and the demo says so.  `tower="siglip"` (`tgllava demo --tower
-siglip`) builds SigLIP towers instead.  A kept checkpoint (keep=DIR) ends the
+The checkpoint comes from fixtures.build (CLIP and TG-LLaVA LLM folders with random weights and tokenizers
+trained on the fly, small enough that loading, preprocessing, both towers, FOM, tiling, DP, prefill and
+decoding run in about a second).  The answer is gibberish, and the demo says so.  `tower="siglip"`
+(`tgllava demo --tower siglip`) builds SigLIP towers instead.  A kept checkpoint (keep=DIR) ends the
 output with the commands to try next on it (`next_steps`).
 """
 

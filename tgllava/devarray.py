@@ -1,30 +1,21 @@
-"""Array inputs from other libraries: NumPy, DLPack producers (PyTorch, JAX, CuPy, ...), raw DLPack
-capsules and CUDA array-interface objects (CuPy, Numba, PyTorch CUDA tensors), for the Model methods.
+"""Array inputs from other libraries for the Model methods: NumPy, DLPack producers (PyTorch, JAX, CuPy,
+...), raw DLPack capsules and CUDA array-interface objects (CuPy, Numba, PyTorch CUDA tensors).
 
-`host_array(x, what, device)` returns a NumPy view of `x` without copying when `x` lives in host memory:
-an ndarray as is, a DLPack producer on the CPU (a PyTorch CPU tensor, a JAX CPU array) through
-`np.from_dlpack`, a raw DLPack capsule (consumed, as the protocol says) likewise; anything else through
-`np.asarray` (lists, scalars, `__array__` objects).  Memory on a GPU is never read here: an object with
-`__cuda_array_interface__`, or a DLPack producer whose `__dlpack_device__` names a GPU (checked before
-`__dlpack__` is called, so nothing is exported), raises DeviceError, saying which device it is on and
-what to do instead -- unless `core` (a CUDA model's _C.Model) is given: then GPU memory on the model's
-device is copied to the host (for the small id arrays the C core reads on the host).
+`host_array` reads host memory without a copy: an ndarray as is, a DLPack producer on the CPU (a PyTorch
+CPU tensor, a JAX CPU array) or a raw capsule (consumed, as the protocol says) through `np.from_dlpack`,
+anything else through `np.asarray`.  It never reads GPU memory: `__cuda_array_interface__`, or a
+`__dlpack_device__` naming a GPU (asked before `__dlpack__`, so nothing is exported), is a DeviceError
+saying where the array is and what to do instead -- unless a CUDA model's `core` is given: then memory on
+the model's device is copied to the host (for the small id arrays the C core reads on the host).
 
-`device_array(x, what, core, dtype)` is the device path of a CUDA model: GPU memory on the model's device
-as a `_C.DeviceArray` view, read in place by the model (None for anything else, which takes the host
-path).  `__cuda_array_interface__` first (checked by cuda_array_info; the pointer's device asked of CUDA;
-a producer stream is waited for on the model's stream, without blocking the host), else a DLPack producer
-on the model's GPU, exported with `__dlpack__(stream=<the model's stream>)` so that the producer orders
-its work before ours, and consumed (its deleter runs when the view goes).  A `_C.DeviceArray` (a result
-of out="device") passes as is.  Another GPU's memory is a DeviceError, a wrong dtype or a non-contiguous
-layout a ShapeError.  Device inputs are not scanned for NaN (that would read them on the host).
-
-`cuda_array_info(x, what)` reads and checks an object's `__cuda_array_interface__` (version 2/3) without
-touching its memory: pointer, shape, dtype, C-contiguity, read-only flag; a masked, non-contiguous or
-malformed interface is a ShapeError.  It is the validation step for device inputs.
-
-Errors are tgllava's own: ShapeError (wrong dtype, layout, shape, unreadable object) and DeviceError
-(memory on a device this model cannot read)."""
+`device_array` is a CUDA model's device path: GPU memory on the model's device as a `_C.DeviceArray` view
+that the model reads in place (None for anything else, which takes the host path).  A
+`__cuda_array_interface__` comes first (checked by `cuda_array_info` without touching the memory; the
+pointer's device asked of CUDA; a producer stream waited for on the model's stream without blocking the
+host), else a DLPack producer is exported with `__dlpack__(stream=<the model's stream>)`, so that it orders
+its work before ours, and consumed (its deleter runs when the view goes); a `_C.DeviceArray` (a result of
+out="device") passes as is.  Another GPU's memory is a DeviceError, a wrong dtype or a non-contiguous
+layout a ShapeError.  Device inputs are not scanned for NaN (that would read them on the host)."""
 import numpy as np
 
 from .errors import DeviceError, ShapeError
@@ -182,10 +173,10 @@ def host_array(x, what="array", device="cpu", core=None):
         raise _device_error(what, "an object with __cuda_array_interface__", device)
     dev = _dlpack_device(x, what)
     if dev is not None:
-        dev_type, dev_id = dev
-        if dev_type not in _DL_HOST:
-            raise _device_error(what, f"DLPack device {dlpack_device_name(dev_type, dev_id)}", device)
-        return _from_dlpack(x, what, f"a DLPack tensor on {dlpack_device_name(dev_type, dev_id)}")
+        name = dlpack_device_name(*dev)
+        if dev[0] not in _DL_HOST:
+            raise _device_error(what, f"DLPack device {name}", device)
+        return _from_dlpack(x, what, f"a DLPack tensor on {name}")
     if hasattr(x, "__dlpack__") and not hasattr(x, "__array__") and not hasattr(x, "__array_interface__"):
         raise ShapeError(f"{what}: {type(x).__name__} has __dlpack__ but no __dlpack_device__, so its device is "
                          f"unknown; pass a NumPy array or a DLPack producer implementing both")

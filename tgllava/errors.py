@@ -1,13 +1,6 @@
-"""Exceptions raised by tgllava.
-
-Every failure the library can report is a TgError; the subclasses say which
-kind: a checkpoint that cannot be read (CheckpointError, naming the file and
-tensor), an argument of the wrong shape or dtype (ShapeError, also a
-ValueError so generic handlers catch it), a device failure such as CUDA
-out-of-memory (DeviceError), or host memory running out inside the model
-(OutOfMemoryError, also a MemoryError).  The C extension raises these same
-classes (and KeyboardInterrupt when Ctrl-C stops a generate call).
-"""
+"""Exceptions raised by tgllava: every failure the library reports is a TgError, and its subclass says
+which kind.  The C extension raises these same classes (and KeyboardInterrupt when Ctrl-C stops a
+generate call)."""
 
 
 class TgError(Exception):
@@ -15,7 +8,8 @@ class TgError(Exception):
 
 
 class CheckpointError(TgError):
-    """A checkpoint file or folder is missing, corrupt, or does not match the model."""
+    """A checkpoint file or folder is missing, corrupt, or does not match the model (the message names the
+    file and tensor)."""
 
 
 class ShapeError(TgError, ValueError):

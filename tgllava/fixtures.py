@@ -1,27 +1,20 @@
 """Tiny random-weight checkpoints, written on the fly: what `tgllava demo` runs and the tests build on.
 
-Everything a real checkpoint has is made here, with NumPy and the
-`tokenizers` library only: a CLIP folder (vision and text towers,
-`vision_model.*` / `text_model.*`, with a CLIP BPE vocab.json + merges.txt
-learned from a small built-in text), and a TG-LLaVA LLM folder (Llama-style
-LLM, mlp2x_gelu projector, the TG-FOM Q-former and the TG-DP perceiver,
-official tensor names; a byte-level BPE tokenizer.json trained on the same
-text), or with tower="siglip" a SiglipModel folder (a SentencePiece
-spiece.model trained on the same text; text guides padded to 64 tokens).
-`build` writes both and a test picture; the default sizes
-(DEMO_SIZES) are small (vision width 64 on 112x112 images with 14-pixel
-patches, so 64 patches, 64 FOM queries and 256 DP positions; LLM width 128)
-so the whole pipeline runs in about a second.
-
-The tests reuse the pieces: `save_safetensors` for hand-made tensor files,
-`write_llm_tokenizer` / `write_clip_tokenizer` to give the golden
-checkpoints tokenizer files; `build_clip` / `build_siglip` / `build_llm` for
-towers and LLM folders of other sizes.
+Everything a real checkpoint has is made here, with NumPy and the `tokenizers` library only: a CLIP folder
+(vision and text towers, `vision_model.*` / `text_model.*`, a CLIP BPE vocab.json + merges.txt learned from
+a small built-in text) or with tower="siglip" a SiglipModel folder (a SentencePiece spiece.model trained on
+the same text; text guides padded to 64 tokens), and a TG-LLaVA LLM folder (Llama-style LLM, mlp2x_gelu
+projector, TG-FOM Q-former and TG-DP perceiver with the official tensor names, a byte-level BPE
+tokenizer.json).  `build` writes both and a test picture; its DEMO_SIZES (vision width 64 on 112x112
+images with 14-pixel patches, so 64 patches, 64 FOM queries and 256 DP positions; LLM width 128) run the
+whole pipeline in about a second.  The tests reuse the pieces: `save_safetensors`, the tokenizer writers
+and `build_clip` / `build_siglip` / `build_llm` for towers and LLM folders of other sizes.
 """
 
 import collections
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -57,10 +50,7 @@ def save_safetensors(path, tensors, metadata=None):
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * ((8 - len(text) % 8) % 8)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for data in blobs:
-            f.write(data)
+        f.writelines([struct.pack("<Q", len(text)), text, *blobs])
 
 
 def _write_json(path, obj):
@@ -116,19 +106,12 @@ def _learn_clip_merges(corpus, n_merges):
         if count < 2:
             break
         merges.append(best)
-        joined = best[0] + best[1]
-        new_words = collections.Counter()
+        # merge the pair left to right in each word, written as its symbols separated by spaces
+        occurrence = re.compile(r"(?<![^ ])" + re.escape(" ".join(best)) + r"(?![^ ])")
+        merged = collections.Counter()
         for word, n in words.items():
-            out, i = [], 0
-            while i < len(word):
-                if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-                    out.append(joined)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            new_words[tuple(out)] += n
-        words = new_words
+            merged[tuple(occurrence.sub(lambda _: best[0] + best[1], " ".join(word)).split(" "))] += n
+        words = merged
     return merges
 
 
@@ -181,8 +164,7 @@ def write_siglip_tokenizer(folder, vocab_size=512, corpus=CORPUS):
     _write_json(os.path.join(folder, "tokenizer_config.json"), {
         "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>", "model_max_length": 64,
         "do_lower_case": True, "tokenizer_class": "SiglipTokenizer"})
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
-    return sp.get_piece_size()
+    return spm.SentencePieceProcessor(model_proto=buf.getvalue()).get_piece_size()
 
 
 # --- random weights --------------------------------------------------------------
@@ -414,8 +396,7 @@ def build(folder, sizes=None, tower="clip"):
     """
     if tower not in TOWERS:
         raise ValueError(f"tower must be one of {', '.join(TOWERS)}, got {tower!r}")
-    s = dict(DEMO_SIZES)
-    s.update(sizes or {})
+    s = {**DEMO_SIZES, **(sizes or {})}
     clip_dir, llm_dir = os.path.join(folder, tower), os.path.join(folder, "llm")
     (build_siglip if tower == "siglip" else build_clip)(clip_dir, s)
     build_llm(llm_dir, clip_dir, s)

@@ -1,21 +1,16 @@
 """Image loading and CLIP preprocessing for LLaVA-1.5 and TG-LLaVA.
 
-`load_image` turns whatever the user hands us (a path, encoded bytes, a PIL
-image or a uint8 NumPy array) into an RGB PIL image, refusing empty, absurdly
-large or undecodable pictures with a clear error.  No EXIF rotation is
-applied, matching the reference, which calls `Image.open(f).convert("RGB")`.
+`load_image` turns a path, encoded bytes, a PIL image or a uint8 NumPy array into an RGB PIL image,
+refusing empty, absurdly large or undecodable pictures with a clear error.  No EXIF rotation is applied,
+as in the reference (`Image.open(f).convert("RGB")`).
 
-`preprocess` reproduces the reference pixel pipeline (SPEC section 1): in the
-default mode "pad" (LLaVA-1.5 `image_aspect_ratio = "pad"`) the image is
-centred on a square of the CLIP mean colour, resized to 336x336 with PIL
-bicubic, scaled to [0, 1] and normalised with the CLIP mean/std.  Mode
-"crop" is what `CLIPImageProcessor` does on its own (shortest edge to 336,
-then a centre crop), used by LLaVA when `image_aspect_ratio` is anything
-but "pad"; mode "resize" squashes the image to 336x336 without padding.
-The arithmetic follows transformers' CLIPImageProcessor (4.37): the uint8
-pixels are multiplied by 1/255 in float64, cast to float32, then
-`(x - mean) / std` is computed in float32.  That agrees with the golden
-sets (computed in float64) to within 1 float32 ulp.
+`preprocess` reproduces the reference pixel pipeline (SPEC section 1): mode "pad" (LLaVA-1.5's
+`image_aspect_ratio = "pad"`, the default) centres the image on a square of the CLIP mean colour and
+resizes it to 336x336 with PIL bicubic; mode "crop" is CLIPImageProcessor on its own (shortest edge to
+336, then a centre crop), what LLaVA does for any other `image_aspect_ratio`; mode "resize" squashes the
+image to 336x336.  The arithmetic is transformers' CLIPImageProcessor's (4.37): the uint8 pixels times
+1/255 in float64, cast to float32, then `(x - mean) / std` in float32, within 1 float32 ulp of the golden
+sets (computed in float64).
 """
 
 import io
@@ -103,18 +98,13 @@ def _open_encoded(fp, what):
 def _from_array(a):
     if a.dtype != np.uint8:
         raise ShapeError(f"image array must be uint8, got {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 2:
-        mode = "L"
-    elif a.ndim == 3 and a.shape[2] == 3:
-        mode = "RGB"
-    elif a.ndim == 3 and a.shape[2] == 4:
-        mode = "RGBA"
-    else:
+    channels = {2: 1, 3: a.shape[-1]}.get(a.ndim)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
+    if mode is None:
         raise ShapeError(f"image array must have shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
     _check_size(a.shape[1], a.shape[0], "image array")
-    return Image.fromarray(np.ascontiguousarray(a), mode=mode).convert("RGB")
+    a = np.ascontiguousarray(a.reshape(a.shape[:2]) if mode == "L" else a)
+    return Image.fromarray(a, mode=mode).convert("RGB")
 
 
 def load_image(src):
@@ -167,19 +157,6 @@ def _shortest_edge_size(width, height, size):
     return int(size * width / height), size
 
 
-def _resize_shortest_edge(image, size):
-    """CLIPImageProcessor resize: shortest edge to `size`, the other int(size * long / short)."""
-    return image.resize(_shortest_edge_size(*image.size, size), Image.BICUBIC)
-
-
-def _center_crop(image, size):
-    """CLIPImageProcessor centre crop (the image is never smaller than `size` here)."""
-    width, height = image.size
-    top = (height - size) // 2
-    left = (width - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def _normalize(pixels, mean, std):
     """uint8 (H, W, 3) -> float32 (3, H, W), with transformers' rescale/normalise arithmetic."""
     x = (pixels * (1 / 255)).astype(np.float32)  # float64 product, then cast (HF rescale)
@@ -209,13 +186,13 @@ def preprocess(image, mode="pad", size=336, mean=CLIP_MEAN, std=CLIP_STD):
         _check_intermediate(image.width, image.height, size, mode)
 
     if mode == "pad":
-        background = tuple(int(255 * m) for m in mean)
-        image = expand_to_square(image, background)
-        image = _center_crop(_resize_shortest_edge(image, size), size)
-    elif mode == "crop":
-        image = _center_crop(_resize_shortest_edge(image, size), size)
-    else:
+        image = expand_to_square(image, tuple(int(255 * m) for m in mean))
+    if mode == "resize":
         image = image.resize((size, size), Image.BICUBIC)
+    else:  # CLIPImageProcessor: shortest edge to `size`, then a centre crop
+        image = image.resize(_shortest_edge_size(*image.size, size), Image.BICUBIC)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
     return _normalize(np.asarray(image), mean, std)
 
 
@@ -250,10 +227,8 @@ def mode_from_config(cfg):
     explicit tgllava extension.  "anyres" (LLaVA-NeXT) is not supported.
     """
     ratio = (cfg or {}).get("image_aspect_ratio")
-    if ratio == "pad":
-        return "pad"
-    if ratio == "resize":
-        return "resize"
+    if ratio in ("pad", "resize"):
+        return ratio
     if isinstance(ratio, str) and ratio.startswith("anyres"):
         raise ValueError(f"image_aspect_ratio {ratio!r} (LLaVA-NeXT tiling) is not supported")
     return "crop"

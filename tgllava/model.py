@@ -1,10 +1,8 @@
 """The loaded model: the Model object and the conversion of its inputs (loader.load() makes one).
 
-Model methods convert friendly inputs (lists, other float dtypes, single
-samples without a batch axis, DLPack tensors, GPU arrays on a CUDA model)
-into the exact arrays the extension checks, check generation settings
-(check_sampling), and return NumPy.  tile() is the 2x tiling of the DP
-branch as a plain function.
+Model methods convert friendly inputs (lists, other float dtypes, single samples without a batch axis,
+DLPack tensors, GPU arrays on a CUDA model) into the exact arrays the extension checks, check generation
+settings (check_sampling), and return NumPy.  tile() is the 2x tiling of the DP branch as a plain function.
 """
 import os
 
@@ -18,7 +16,7 @@ from .streaming import CountedCore, TokenStream
 
 def tile(pixels):
     """(B,3,S,S) or (3,S,S) normalised images -> (B,4,3,S,S) tiles: bilinear 2x upscale, 4 crops (SPEC 2.5)."""
-    p = _float_array(pixels, "pixels")
+    p = devarray.float32_array(pixels, "pixels")
     single = p.ndim == 3
     if single:
         p = p[None]
@@ -72,19 +70,10 @@ def check_sampling(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repe
     return max_new_tokens, temperature, top_p, top_k, repetition_penalty
 
 
-def _float_array(x, what, device="cpu"):
-    """NumPy, DLPack (PyTorch/JAX CPU tensors, capsules) or array-like -> C-contiguous float32, zero-copy when
-    it already is one in host memory; GPU memory is a DeviceError (devarray.py)."""
-    return devarray.float32_array(x, what, device)
-
-
 def _id_array(x, what, low, high):
     a = devarray.host_array(x, what)
-    if a.dtype.kind not in "iu":
-        if a.dtype.kind == "f" and a.size and np.all(a == np.round(a)):
-            a = a.astype(np.int64)
-        elif a.size:
-            raise ShapeError(f"{what} must be integers, got dtype {a.dtype}")
+    if a.dtype.kind not in "iu" and a.size and not (a.dtype.kind == "f" and np.all(a == np.round(a))):
+        raise ShapeError(f"{what} must be integers, got dtype {a.dtype}")
     a = a.astype(np.int64)
     if a.size and (a.min() < low or a.max() >= high):
         bad = a[(a < low) | (a >= high)][0]
@@ -135,7 +124,7 @@ class Model:
     def _floats(self, x, what, device_ok=True):
         """A float input: a DeviceArray view of GPU memory on a CUDA model, else a float32 NumPy array."""
         d = devarray.device_array(x, what, self._core._core, np.float32) if device_ok and self._on_gpu() else None
-        return d if d is not None else _float_array(x, what, self.device)
+        return d if d is not None else devarray.float32_array(x, what, self.device)
 
     def _host(self, x, what):
         """An id input in host memory (GPU memory on a CUDA model's device is copied: ids are small)."""
@@ -152,7 +141,7 @@ class Model:
             raise DeviceError(f"out='device' needs a CUDA model; this model runs on {self.device} and returns NumPy")
         return out == "device"
 
-    def _pixels(self, pixels, batch=True, device_ok=True):
+    def _pixels(self, pixels, device_ok=True):
         p = self._floats(pixels, "pixels", device_ok)
         S, shape = self.image_size, p.shape
         if len(shape) == 3:
@@ -161,10 +150,14 @@ class Model:
             raise ShapeError(f"pixels must be (B, 3, {S}, {S}) or (3, {S}, {S}), got shape {shape}")
         return p
 
-    def _text_batch(self, text_ids, B):
-        """(B,T) zero-padded int32 ids and (B,) lengths from an array or a list of sequences."""
-        if text_ids is None:
+    def _text_batch(self, text_ids, B, use_fom, use_dp):
+        """The text guides FOM/DP read ((None, None) when they are off): (B,T) zero-padded int32 ids and (B,)
+        lengths from an array or a list of sequences."""
+        if not (self.has_tg and (use_fom or use_dp)):
             return None, None
+        if text_ids is None:
+            raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question) "
+                             "for FOM/DP")
         if isinstance(text_ids, (list, tuple)) and text_ids and not np.isscalar(text_ids[0]):
             rows = [self._ids(t, "text_ids", 0, 1 << 30).reshape(-1) for t in text_ids]
         else:
@@ -182,7 +175,6 @@ class Model:
             ids[i, :len(r)] = r
         return ids, np.array([len(r) for r in rows], np.int32)
 
-    # ---- stages
     # ---- stages: out="device" returns a _C.DeviceArray on a CUDA model
     def vision_features(self, pixels, out="host"):
         """(B,3,S,S) normalised pixels -> (B, Np, Dv) patch features of the selected layer."""
@@ -216,9 +208,7 @@ class Model:
     def visual_tokens(self, pixels, text_ids=None, use_fom=True, use_dp=True, n_latents=None, out="host"):
         """Pixels (B,3,S,S) [+ CLIP text guide ids] -> (B, Np [+ latents], H) visual tokens."""
         p = self._pixels(pixels)
-        ids, lens = self._text_batch(text_ids, p.shape[0]) if (self.has_tg and (use_fom or use_dp)) else (None, None)
-        if self.has_tg and (use_fom or use_dp) and ids is None:
-            raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question) for FOM/DP")
+        ids, lens = self._text_batch(text_ids, p.shape[0], use_fom, use_dp)
         return self._core.visual_tokens(p, ids, lens, use_fom=bool(use_fom), use_dp=bool(use_dp),
                                         n_latents=int(n_latents or 0), out_device=self._out(out))
 
@@ -255,11 +245,9 @@ class Model:
             seq["pixels"] = p.reshape(p.shape[1:])
             if features is not None:
                 seq["features"] = self._floats(features, "features")
-            if self.has_tg and (use_fom or use_dp):
-                if text_ids is None:
-                    raise ShapeError("this TG-LLaVA checkpoint needs text_ids (the CLIP tokens of the question)")
-                t, _ = self._text_batch(text_ids, 1)
-                seq["text_ids"] = np.ascontiguousarray(t[0])
+            t, _ = self._text_batch(text_ids, 1, use_fom, use_dp)
+            if t is not None:
+                seq["text_ids"] = t[0]
         return seq
 
     def logits(self, input_ids, pixels=None, text_ids=None, use_fom=True, use_dp=True, n_latents=None, all_positions=True,
@@ -272,11 +260,10 @@ class Model:
         return self._core.logits(seq, bool(all_positions), self._out(out))
 
     def _eos(self, eos_token_id):
-        if eos_token_id is None:
-            eos_token_id = self.config.get("eos_token_id")
-        if eos_token_id is None:
+        eos = self.config.get("eos_token_id") if eos_token_id is None else eos_token_id
+        if eos is None:
             return []
-        return [int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])]
+        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
     def scheduler(self, slots, context=None, decode_rows=0):
         """A continuous-batching scheduler on this model (tgllava._C.Scheduler; generate_many, eval and
@@ -330,19 +317,11 @@ class Model:
         return_last_logits=True runs them as one static batch instead and also returns, per
         sequence, the logits its last token was sampled from."""
         requests = list(requests)
-        if len(requests) == 1 or return_last_logits:
-            return self._static_batch(requests, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-                                      eos_token_id, callback, return_last_logits)
-        out = [None] * len(requests)
-        for index, tokens in self.generate_many(requests, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-                                                seed, eos_token_id, callback, max_batch):
-            out[index] = tokens
-        return out
-
-    def _static_batch(self, requests, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, eos_token_id,
-                      callback, return_last_logits):
-        """One tg_generate call: every sequence prefilled, then all decoded together until the last
-        ends, the model held throughout (what a single generate and its stream use)."""
+        if len(requests) != 1 and not return_last_logits:
+            done = dict(self.generate_many(requests, max_new_tokens, temperature, top_p, top_k,
+                                           repetition_penalty, seed, eos_token_id, callback, max_batch))
+            return [done[i] for i in range(len(requests))]
+        # one static batch, the model held throughout (what generate and its stream use): one tg_generate call
         max_new_tokens, temperature, top_p, top_k, repetition_penalty = check_sampling(
             max_new_tokens, temperature, top_p, top_k, repetition_penalty, self.sizes["max_len"])
         prepared = [self._request(r, max_new_tokens) for r in requests]
@@ -375,13 +354,12 @@ class Model:
                                    eos_token_id, cb)[0]
 
     def prepare(self, image, question, conv_mode=None, use_fom=True, use_dp=True):
-        """The request of one question about a picture, as chat builds it (tgllava.chat.prepare): a dict
-        of input_ids (the chat template's prompt as LLM ids, one _C.IMAGE_TOKEN (-200) where the picture
-        goes), pixels ((3, S, S) float32, preprocessed as the config asks), text_ids (TG-LLaVA's CLIP
-        text guide ids, else None), use_fom and use_dp.
+        """The request of one question about a picture, as chat builds it (tgllava.chat.prepare): a dict of
+        input_ids (the chat template's prompt as LLM ids, one _C.IMAGE_TOKEN (-200) where the picture goes),
+        pixels ((3, S, S) float32, preprocessed as the config asks), text_ids (TG-LLaVA's CLIP text guide
+        ids, else None), use_fom and use_dp: a request of generate_batch and generate_many, keywords of
+        generate, logits, generate_stream and attention_map (m.generate(**m.prepare(img, q))).
 
-        It is what generate_batch and generate_many take as a request, and what generate, logits,
-        generate_stream and attention_map take as keywords: m.generate(**m.prepare(img, q)).
         image: a path, bytes, PIL image, uint8 array or ready (3, S, S) float pixels; None gives the
         template's text-only form (no image token, pixels and text_ids None).  conv_mode: the chat
         template (default: the model's, tgllava.chat.default_conv_mode)."""

@@ -74,13 +74,19 @@ def family(model, part):
 
 # ---- configs ------------------------------------------------------------------------
 
-def _complete(raw, defaults, model_type):
-    out = dict(raw)
-    filled = sorted(k for k, v in defaults.items() if out.get(k) is None and v is not None)
-    for k in filled:
-        out[k] = defaults[k]
-    out["model_type"] = model_type
-    return out, filled
+# each tower config: (its class defaults, the model_type it gets, the architecture of a lone tower)
+_PARTS = {"vision_config": (VISION_DEFAULTS, "siglip_vision_model", "SiglipVision"),
+          "text_config": (TEXT_DEFAULTS, "siglip_text_model", "SiglipText")}
+
+
+def _complete(out, key, raw):
+    """Set out[key] to `raw` completed with SigLIP's defaults, out["defaulted"][key] to the keys filled."""
+    defaults, model_type, _ = _PARTS[key]
+    tower = dict(raw)
+    filled = sorted(k for k, v in defaults.items() if tower.get(k) is None and v is not None)
+    tower.update((k, defaults[k]) for k in filled)
+    tower["model_type"] = model_type
+    out[key], out["defaulted"][key] = tower, filled
 
 
 def siglip_configs(config, path="config.json"):
@@ -92,23 +98,19 @@ def siglip_configs(config, path="config.json"):
     model_type = config.get("model_type")
     archs = [str(a) for a in (config.get("architectures") or []) if isinstance(a, str)]
     out = {"vision_config": None, "text_config": None, "defaulted": {}, "legacy": []}
-    parts = (("vision_config", VISION_DEFAULTS, "siglip_vision_model"),
-             ("text_config", TEXT_DEFAULTS, "siglip_text_model"))
-    if model_type == "siglip" or any(k in config for k in ("vision_config", "text_config")):
-        for key, defaults, kind in parts:
+    if model_type == "siglip" or any(k in config for k in _PARTS):
+        for key in _PARTS:
             raw = config.get(key)
             if raw is not None and not isinstance(raw, dict):
                 raise CheckpointError(f"{path}: {key} must be a JSON object, got {raw!r}")
-            out[key], out["defaulted"][key] = _complete(raw or {}, defaults, kind)
-    elif model_type == "siglip_vision_model" or any(a.startswith("SiglipVision") for a in archs):
-        out["vision_config"], out["defaulted"]["vision_config"] = _complete(config, VISION_DEFAULTS,
-                                                                            "siglip_vision_model")
-    elif model_type == "siglip_text_model" or any(a.startswith("SiglipText") for a in archs):
-        out["text_config"], out["defaulted"]["text_config"] = _complete(config, TEXT_DEFAULTS, "siglip_text_model")
-    else:
-        raise CheckpointError(f"{path}: not a SigLIP config (model_type {model_type!r}; expected "
-                              f"{', '.join(SIGLIP_MODEL_TYPES)})")
-    return out
+            _complete(out, key, raw or {})
+        return out
+    for key, (_, kind, arch) in _PARTS.items():  # a lone tower
+        if model_type == kind or any(a.startswith(arch) for a in archs):
+            _complete(out, key, config)
+            return out
+    raise CheckpointError(f"{path}: not a SigLIP config (model_type {model_type!r}; expected "
+                          f"{', '.join(SIGLIP_MODEL_TYPES)})")
 
 
 def tower_configs(config, path="config.json"):
@@ -117,11 +119,9 @@ def tower_configs(config, path="config.json"):
     if is_siglip_config(config):
         return siglip_configs(config, path)
     out = configs.clip_configs(config, path)
-    for key, defaults, kind in (("vision_config", VISION_DEFAULTS, "siglip_vision_model"),
-                                ("text_config", TEXT_DEFAULTS, "siglip_text_model")):
-        raw = config.get(key)
-        if is_siglip(raw):
-            out[key], out["defaulted"][key] = _complete(raw, defaults, kind)
+    for key in _PARTS:
+        if is_siglip(config.get(key)):
+            _complete(out, key, config[key])
     return out
 
 
@@ -230,9 +230,7 @@ class SiglipTokenizer:
         from .tokenize import _load_sp, _read_json, _token_text
 
         folder = os.fspath(folder)
-        model = os.path.join(folder, "spiece.model")
-        if not os.path.isfile(model):
-            raise CheckpointError(f"{folder}: no SigLIP tokenizer (spiece.model)")
+        check_tokenizer(folder)
         config = _read_json(os.path.join(folder, "tokenizer_config.json")) or {}
         if not isinstance(config, dict):
             raise CheckpointError(f"{folder}/tokenizer_config.json: not a JSON object")
@@ -242,8 +240,8 @@ class SiglipTokenizer:
         length = max_length or config.get("model_max_length") or MAX_LENGTH
         if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 1 << 20:
             length = MAX_LENGTH  # transformers' "very large" placeholder or a bad value: the SigLIP default
-        return cls(_load_sp(model_file=model), max_length=length, do_lower_case=config.get("do_lower_case", True),
-                   additional_special_tokens=extra, **names)
+        return cls(_load_sp(model_file=os.path.join(folder, "spiece.model")), max_length=length,
+                   do_lower_case=config.get("do_lower_case", True), additional_special_tokens=extra, **names)
 
     @property
     def vocab_size(self):
@@ -303,6 +301,4 @@ def check_tokenizer(folder, why=""):
 def image_rules(mode):
     """(mode, mean, std) of image.preprocess for a SigLIP vision tower given the config's mode: SigLIP's
     processor resizes straight to the side (no centre crop), so the non-pad mode "crop" is "resize"."""
-    if mode == "crop":
-        mode = "resize"
-    return mode, SIGLIP_MEAN, SIGLIP_STD
+    return ("resize" if mode == "crop" else mode), SIGLIP_MEAN, SIGLIP_STD

@@ -1,22 +1,19 @@
 """Heatmap overlays and Figure 5 style comparison figures, with PIL only.
 
-`overlay(image, map)` colours a 2-D map with a small built-in colormap
-("jet", "hot" or "gray", computed in NumPy), resizes it bilinearly to the
-picture as the model sees it (padded to a square with the CLIP mean colour
-and resized to the model's input size) and blends the two, with a colour
-bar on the right labelled with the map's minimum and maximum.
-`figure(panels)` puts titled panels side by side in one image.  Text is
-PIL's default font at `text_size` pixels, drawn word by word with a gap
-of a third of its height (the font's own space is 2-3 pixels wide, which
-ran words together); bars, margins and title rows scale with the text.
+`overlay(image, map)` colours a 2-D map with a small built-in colormap ("jet", "hot" or "gray"), resizes
+it bilinearly to the picture as the model sees it (padded to a square of the CLIP mean colour, resized to
+the model's input size) and blends the two, with a colour bar on the right labelled with the map's minimum
+and maximum.  `figure(panels)` puts titled panels side by side in one image.  Text is PIL's default font
+at `text_size` pixels, drawn word by word with a gap of a third of its height (the font's own space, 2-3
+pixels wide, ran words together); bars, margins and title rows scale with the text.
 
-`add_subparser(subparsers)` registers the `viz` command and `run_cli(args)`
-runs it: the picture, the TG-LLaVA LLM attention map of the question (see
-tgllava.attention), with --compare-baseline the same checkpoint with FOM
-and DP switched off, and the DP and FOM maps when the checkpoint has them,
-written as one PNG (panels --size pixels wide, --dpi recorded in the file).
+`add_subparser(subparsers)` registers the `viz` command and `run_cli(args)` runs it: one PNG (panels
+--size pixels wide, --dpi recorded in the file) of the picture, the TG-LLaVA LLM attention map of the
+question (tgllava.attention), with --compare-baseline the same checkpoint with FOM and DP switched off,
+and the DP and FOM maps when the checkpoint has them.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -25,7 +22,13 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import ShapeError
 from .image import CLIP_MEAN, expand_to_square, load_image
 
-CMAPS = ("jet", "hot", "gray")
+# colormap name -> the (r, g, b) channels of values x in [0, 1]
+_CHANNELS = {
+    "jet": lambda x: [np.clip(1.5 - np.abs(4 * x - k), 0, 1) for k in (3, 2, 1)],
+    "hot": lambda x: [np.clip(3 * x - k, 0, 1) for k in (0, 1, 2)],
+    "gray": lambda x: [x, x, x],
+}
+CMAPS = tuple(_CHANNELS)
 TEXT_SIZE = 12      # text height in pixels by default; the sizes below are for it and scale with the text
 BAR_WIDTH = 14
 BAR_GAP = 6
@@ -35,22 +38,16 @@ MARGIN = 8
 PANEL_SIZE = 336    # the panel side at which build_figure's text is TEXT_SIZE (larger panels: larger text)
 
 
+def _check_cmap(cmap):
+    if cmap not in _CHANNELS:
+        raise ValueError(f"unknown colormap {cmap!r}; choose one of {', '.join(CMAPS)}")
+
+
 def colormap(values, cmap="jet"):
     """Values in [0, 1] (any shape) -> uint8 RGB of shape values.shape + (3,)."""
     x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
-    if cmap == "jet":
-        r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
-        g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
-        b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
-    elif cmap == "hot":
-        r = np.clip(3 * x, 0, 1)
-        g = np.clip(3 * x - 1, 0, 1)
-        b = np.clip(3 * x - 2, 0, 1)
-    elif cmap == "gray":
-        r = g = b = x
-    else:
-        raise ValueError(f"unknown colormap {cmap!r}; choose one of {', '.join(CMAPS)}")
-    return np.round(np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+    _check_cmap(cmap)
+    return np.round(np.stack(_CHANNELS[cmap](x), axis=-1) * 255).astype(np.uint8)
 
 
 def model_view(image, size=336, mean=CLIP_MEAN):
@@ -70,10 +67,6 @@ def _check_map(amap):
     if not np.all(np.isfinite(a)):
         raise ShapeError("the attention map holds NaN or infinite values")
     return a
-
-
-def _label(value):
-    return f"{value:.3g}"
 
 
 def _font(text_size):
@@ -125,8 +118,7 @@ def overlay(image, amap, alpha=0.5, cmap="jet", size=None, colorbar=True, text_s
     _check_text_size(text_size)
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if cmap not in CMAPS:
-        raise ValueError(f"unknown colormap {cmap!r}; choose one of {', '.join(CMAPS)}")
+    _check_cmap(cmap)
     size = int(size or 336)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
@@ -151,9 +143,9 @@ def overlay(image, amap, alpha=0.5, cmap="jet", size=None, colorbar=True, text_s
     tx = x0 + bar_width + _scaled(4, text_size)
     draw.line([x0 + bar_width, 0, tx - 1, 0], fill="black")
     draw.line([x0 + bar_width, size - 1, tx - 1, size - 1], fill="black")
-    draw.text((tx, 0), _label(hi), fill="black", font=font)
-    bbox = draw.textbbox((0, 0), _label(lo), font=font)
-    draw.text((tx, size - 1 - (bbox[3] - bbox[1]) - 2), _label(lo), fill="black", font=font)
+    draw.text((tx, 0), f"{hi:.3g}", fill="black", font=font)
+    bbox = draw.textbbox((0, 0), f"{lo:.3g}", font=font)
+    draw.text((tx, size - 1 - (bbox[3] - bbox[1]) - 2), f"{lo:.3g}", fill="black", font=font)
     return out
 
 
@@ -239,10 +231,7 @@ def build_figure(m, image, question, conv_mode=None, compare_baseline=False, alp
     img = load_image(image)
     maps = attention_map(m, img, question, conv_mode=conv_mode, **inputs)
     name = "TG-LLaVA" if m.has_tg else "LLaVA"
-
-    def heat(amap):
-        return overlay(img, amap, alpha, cmap, size, text_size=text_size)
-
+    heat = functools.partial(overlay, img, alpha=alpha, cmap=cmap, size=size, text_size=text_size)
     panels = [("image", model_view(img, size)), (f"{name}: LLM attention", heat(maps.llm))]
     if compare_baseline:
         base = attention_map(m, img, question, conv_mode=conv_mode, use_fom=False, use_dp=False,
