@@ -223,6 +223,7 @@ def index_refs(index_path):
 
 def folder_refs(folder):
     """name -> TensorRef for every tensor of a checkpoint folder (or a single file / index json)."""
+    folder = os.fspath(folder)
     if os.path.isfile(folder):
         return index_refs(folder) if folder.endswith(".json") else file_refs(folder)
     if not os.path.isdir(folder):

@@ -9,8 +9,8 @@ typed storage classes such as `torch.FloatStorage`, `collections.OrderedDict`); 
 refused with a CheckpointError naming the file and the global.  Tensors come back as NumPy arrays
 built from (storage, offset, shape, stride), so views sharing a storage come out right; bfloat16
 is widened to float32 (or kept as uint16 bit patterns on request), every other dtype is kept.
-`inspect_bin` describes the tensors without reading them, with where each uncompressed storage
-lies in the file.
+Sharded checkpoints are read through tgllava.checkpoint (its index reader asks `shard_path` here
+whether a shard name stays in the index's folder).
 
 Storages torch wrote uncompressed (normally all) are memory-mapped copy-on-write, not read, so a
 13 GB checkpoint is never held in memory at once.  Nothing a pickle says is trusted: every load
@@ -24,7 +24,6 @@ leave the index's folder.
 import collections
 import dataclasses
 import io
-import json
 import math
 import os
 import pickle
@@ -119,27 +118,6 @@ class _TensorRef:
     offset: int
     shape: tuple
     stride: tuple
-
-
-@dataclasses.dataclass
-class BinTensorInfo:
-    """Where one tensor of a .bin checkpoint lives.
-
-    dtype: torch dtype name ("float32", "bfloat16", ...); shape, stride and storage_offset in
-    elements; storage: the zip entry holding the storage; file_offset: byte offset of the storage
-    in the file when the entry is stored uncompressed, else None; contiguous: row-major with no
-    gaps, so the tensor is the byte range [file_offset + storage_offset * itemsize, + nbytes).
-    """
-
-    dtype: str
-    shape: tuple
-    stride: tuple
-    storage: str
-    storage_offset: int
-    file_offset: object
-    itemsize: int
-    nbytes: int
-    contiguous: bool
 
 
 def _is_int(v):
@@ -464,34 +442,6 @@ def load_bin_typed(path):
     return {name: (refs[name].storage.stype.torch_dtype, a) for name, a in arrays.items()}
 
 
-def inspect_bin(path):
-    """Describe the tensors of a .bin checkpoint without reading their data.
-
-    Returns {name: BinTensorInfo}; see BinTensorInfo for the fields.
-    """
-    path = os.fspath(path)
-    zf, prefix = _open_zip(path)
-    with zf:
-        refs = _read_refs(zf, prefix, path)
-        out = {}
-        offsets = {}
-        with open(path, "rb") as fp:
-            for name, ref in refs.items():
-                entry = f"{prefix}data/{ref.storage.key}"
-                itemsize = np.dtype(ref.storage.stype.np_dtype).itemsize
-                if entry not in offsets:
-                    info = _entry_info(zf, entry, path)
-                    _check_entry_size(info, ref.storage.numel * itemsize, path)
-                    offsets[entry] = _entry_data_offset(fp, info)
-                n = math.prod(ref.shape)
-                out[name] = BinTensorInfo(
-                    dtype=ref.storage.stype.torch_dtype, shape=ref.shape, stride=ref.stride,
-                    storage=entry, storage_offset=ref.offset, file_offset=offsets[entry],
-                    itemsize=itemsize, nbytes=n * itemsize,
-                    contiguous=_is_contiguous(ref.shape, ref.stride))
-        return out
-
-
 def shard_path(index_path, shard):
     """The file a sharded index names, refused (CheckpointError) when the name leaves the index's folder.
 
@@ -511,39 +461,3 @@ def shard_path(index_path, shard):
     if base in ("", ".", "..") or os.path.commonpath([folder, parent]) != folder:
         raise CheckpointError(f"{index_path}: shard name {shard!r} leaves the index's folder {folder}")
     return os.path.join(parent, base)
-
-
-def load_bin_index(index_path, bf16="float32"):
-    """Load a sharded checkpoint from its `pytorch_model.bin.index.json`.
-
-    Every shard named in `weight_map` (relative to the index's folder, which
-    it may not leave) is loaded; each tensor the map assigns to a shard must
-    be in it.  Returns one {name: array} dict with all tensors of all shards.
-    """
-    index_path = os.fspath(index_path)
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{index_path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{index_path}: cannot read index ({e})") from None
-    except RecursionError:
-        raise CheckpointError(f"{index_path}: cannot read index (JSON nested too deeply)") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{index_path}: no 'weight_map' in index")
-    shards = collections.defaultdict(list)
-    for name, shard in weight_map.items():
-        shards[shard_path(index_path, shard)].append(name)
-    out = {}
-    for path, names in shards.items():
-        tensors = load_bin(path, bf16=bf16)
-        missing = [n for n in names if n not in tensors]
-        if missing:
-            raise CheckpointError(
-                f"{path}: tensor {missing[0]} listed in {os.path.basename(index_path)} is not in the shard"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            )
-        out.update(tensors)
-    return out
