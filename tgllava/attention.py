@@ -67,11 +67,9 @@ def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, u
                    text_ids=None, pixels=None):
     """(input_ids, pixels, text_ids) of one prompt: the explicit arrays given, the rest as chat.prepare builds
     them from the picture and the question."""
-    if pixels is None:
-        if image is None:
-            raise ValueError("attention_map needs an image (or pixels=...)")
-        pixels = preprocess_for(m, image)
-    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels is None and image is None:
+        raise ValueError("attention_map needs an image (or pixels=...)")
+    pixels = np.asarray(preprocess_for(m, image) if pixels is None else pixels, dtype=np.float32)
     if pixels.ndim == 4 and pixels.shape[0] == 1:
         pixels = pixels[0]
     if pixels.shape != (3, m.image_size, m.image_size):
@@ -79,8 +77,7 @@ def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, u
 
     if input_ids is None or (m.has_tg and (use_fom or use_dp) and text_ids is None):
         if question is None:
-            raise ValueError("attention_map needs a question (or input_ids=... and, for TG-LLaVA's FOM/DP, "
-                             "text_ids=...)")
+            raise ValueError("attention_map needs a question (or input_ids=... and text_ids=...)")
         request = chat.prepare(m, pixels, question, conv_mode, use_fom, use_dp)
         input_ids = request["input_ids"] if input_ids is None else input_ids
         text_ids = request["text_ids"] if text_ids is None else text_ids
@@ -102,8 +99,7 @@ def attention_map(m, image=None, question=None, conv_mode=None, use_fom=True, us
     g = math.isqrt(Np)
     count = m.visual_token_count(use_dp, n_latents)
     pos = int(np.flatnonzero(input_ids == _C.IMAGE_TOKEN)[0])
-    n = min(len(input_ids) - 1 + count, m.sizes["max_len"])
-    q0, q1 = pos + count, n
+    q0, q1 = pos + count, min(len(input_ids) - 1 + count, m.sizes["max_len"])
     if q0 >= q1:
         raise ShapeError("the prompt has no instruction tokens after the image (put the question after <image>)")
 

@@ -57,23 +57,16 @@ class Answer:
 
 def tokenizers(model):
     """(LLM tokenizer, CLIP tokenizer or None) of a model, read from its folders once and cached."""
-    cached = _TOKENIZERS.get(model)
-    if cached is not None:
-        return cached
-    try:
-        llm_tok = tokenize.LlmTokenizer.from_folder(model.llm_dir)
-    except CheckpointError as e:
-        raise CheckpointError(f"cannot read the LLM tokenizer of {model.llm_dir}: {e}") from None
-    clip_tok = None
-    if model.has_tg:
+    if model not in _TOKENIZERS:
+        reading = f"the LLM tokenizer of {model.llm_dir}"
         try:
-            clip_tok = tokenize.text_guide_tokenizer(model)
+            llm_tok = tokenize.LlmTokenizer.from_folder(model.llm_dir)
+            reading = f"the CLIP tokenizer of {model.clip_dir} (TG-LLaVA needs it for the text guide)"
+            clip_tok = tokenize.text_guide_tokenizer(model) if model.has_tg else None
         except CheckpointError as e:
-            raise CheckpointError(
-                f"cannot read the CLIP tokenizer of {model.clip_dir} (TG-LLaVA needs it for the text guide): {e}"
-            ) from None
-    _TOKENIZERS[model] = (llm_tok, clip_tok)
-    return llm_tok, clip_tok
+            raise CheckpointError(f"cannot read {reading}: {e}") from None
+        _TOKENIZERS[model] = (llm_tok, clip_tok)
+    return _TOKENIZERS[model]
 
 
 def set_tokenizers(model, llm_tokenizer=None, clip_tokenizer=None):
@@ -192,7 +185,7 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     if stream:
         return AnswerStream(model, req, kw, tracker, timings, t_start, conv_mode)
     t0 = time.perf_counter()
-    tokens = model.generate_batch([req], callback=lambda seq, tok: tracker.push(tok), **kw)[0]
+    tokens = model.generate(**req, callback=tracker.push, **kw)
     return _answers([tracker], [tokens], kw, timings, conv_mode, t_start, t0)[0]
 
 
@@ -217,8 +210,9 @@ class AnswerStream:
         self._iter.close()
 
     def _run(self, model, req, kw, tracker, timings, t_start, conv_mode):
-        tokens = TokenStream(model, lambda cb: model.generate_batch([req], callback=lambda seq, tok: cb(tok), **kw)[0],
-                             on_token=tracker.push)  # the tracker sees each token in the worker: stop strings stop it
+        # the tracker sees each token in the worker: stop strings stop it
+        tokens = TokenStream(model, lambda callback: model.generate(**req, callback=callback, **kw),
+                             on_token=tracker.push)
         t0 = time.perf_counter()
         try:
             for _ in tokens:

@@ -382,7 +382,8 @@ class Model:
         answers generated at once (generate_many).  Benchmark items go through tgllava.eval
         (eval/adapter.py)."""
         from .chat import chat_batch
-        return chat_batch(self, pairs, conv_mode, max_new_tokens, temperature, top_p, use_fom, use_dp, seed, max_batch)
+        return chat_batch(self, pairs, conv_mode, max_new_tokens, temperature, top_p, use_fom, use_dp, seed,
+                          max_batch)
 
     # ---- attention (what tgllava.attention builds its maps from)
     def visual_token_count(self, use_dp=True, n_latents=None):
@@ -420,8 +421,8 @@ class Model:
         The prompt is a picture and a question (made into a request as prepare() does it), or explicit
         input_ids / pixels / text_ids: attention_map(**prepare(...))."""
         from .attention import attention_map
-        return attention_map(self, image, question, conv_mode, use_fom, use_dp, n_latents, input_ids, text_ids,
-                             pixels)
+        return attention_map(self, image, question, conv_mode, use_fom, use_dp, n_latents, input_ids,
+                             text_ids, pixels)
 
     def generate_stream(self, input_ids, pixels=None, text_ids=None, max_new_tokens=256, temperature=0.0, top_p=1.0,
                         top_k=0, repetition_penalty=1.0, seed=None, eos_token_id=None, use_fom=True, use_dp=True,
