@@ -185,7 +185,7 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     if stream:
         return AnswerStream(model, req, kw, tracker, timings, t_start, conv_mode)
     t0 = time.perf_counter()
-    tokens = model.generate(**req, callback=tracker.push, **kw)
+    tokens = model.generate_batch([req], callback=lambda seq, tok: tracker.push(tok), **kw)[0]
     return _answers([tracker], [tokens], kw, timings, conv_mode, t_start, t0)[0]
 
 
@@ -210,9 +210,8 @@ class AnswerStream:
         self._iter.close()
 
     def _run(self, model, req, kw, tracker, timings, t_start, conv_mode):
-        # the tracker sees each token in the worker: stop strings stop it
-        tokens = TokenStream(model, lambda callback: model.generate(**req, callback=callback, **kw),
-                             on_token=tracker.push)
+        tokens = TokenStream(model, lambda cb: model.generate_batch([req], callback=lambda seq, tok: cb(tok), **kw)[0],
+                             on_token=tracker.push)  # the tracker sees each token in the worker: stop strings stop it
         t0 = time.perf_counter()
         try:
             for _ in tokens:
