@@ -15,8 +15,8 @@ NumPy arrays (grid g = sqrt(num_patches), 24 for CLIP-L/336):
 - `fom` (g, g): the L2 norm over channels of the TG-FOM mask added to each patch feature.  None without
   FOM or with use_fom off.
 
-The prompt is a picture and a question (tokenizers from m.llm_dir / m.clip_dir unless given, the chat
-template guessed from the config unless `conv_mode` is given), or explicit `input_ids` / `pixels` /
+The prompt is a picture and a question, made into a request as chat does it (chat.prepare: the model's
+cached tokenizers, its chat template unless `conv_mode` is given), or explicit `input_ids` / `pixels` /
 `text_ids`, as the tests drive golden checkpoints without tokenizer files.  Only the Model's public
 methods are used (visual_token_count, llm_attention, dp_attention, text_tower, fom).
 """
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _C
+from . import _C, chat
 from .errors import ShapeError
+from .image import preprocess_for
 
 
 @dataclass
@@ -62,57 +63,43 @@ def tile_mosaic(per_tile, g):
     return np.block([[t[0], t[1]], [t[2], t[3]]])
 
 
-def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, use_dp=True, llm_tokenizer=None,
-                   clip_tokenizer=None, input_ids=None, text_ids=None, pixels=None):
-    """(input_ids, pixels, text_ids) of one prompt, from the picture/question or the explicit arrays."""
-    if pixels is None:
-        if image is None:
-            raise ValueError("attention_map needs an image (or pixels=...)")
-        from .image import preprocess_for
-        pixels = preprocess_for(m, image)
-    pixels = np.asarray(pixels, dtype=np.float32)
+def prepare_inputs(m, image=None, question=None, conv_mode=None, use_fom=True, use_dp=True, input_ids=None,
+                   text_ids=None, pixels=None):
+    """(input_ids, pixels, text_ids) of one prompt: the explicit arrays given, the rest as chat.prepare builds
+    them from the picture and the question."""
+    if pixels is None and image is None:
+        raise ValueError("attention_map needs an image (or pixels=...)")
+    pixels = np.asarray(preprocess_for(m, image) if pixels is None else pixels, dtype=np.float32)
     if pixels.ndim == 4 and pixels.shape[0] == 1:
         pixels = pixels[0]
     if pixels.shape != (3, m.image_size, m.image_size):
         raise ShapeError(f"pixels must be (3, {m.image_size}, {m.image_size}), got shape {pixels.shape}")
 
-    if input_ids is None:
+    if input_ids is None or (m.has_tg and (use_fom or use_dp) and text_ids is None):
         if question is None:
-            raise ValueError("attention_map needs a question (or input_ids=...)")
-        from .conversation import build_prompt, guess_conv_mode
-        from .tokenize import LlmTokenizer, tokenizer_image_token
-        tok = llm_tokenizer or LlmTokenizer.from_folder(m.llm_dir)
-        mode = conv_mode or guess_conv_mode(m.config, m.llm_dir)
-        input_ids = tokenizer_image_token(build_prompt(question, mode), tok)
+            raise ValueError("attention_map needs a question (or input_ids=... and text_ids=...)")
+        request = chat.prepare(m, pixels, question, conv_mode, use_fom, use_dp)
+        input_ids = request["input_ids"] if input_ids is None else input_ids
+        text_ids = request["text_ids"] if text_ids is None else text_ids
     input_ids = np.asarray(input_ids).reshape(-1).astype(np.int64)
     n_images = int(np.sum(input_ids == _C.IMAGE_TOKEN))
     if n_images != 1:
         raise ShapeError(f"input_ids must hold exactly one image token ({_C.IMAGE_TOKEN}), found {n_images}")
-
-    needs_text = m.has_tg and (use_fom or use_dp)
-    if needs_text and text_ids is None:
-        if question is None:
-            raise ValueError("this TG-LLaVA checkpoint needs the question (or text_ids=...) for FOM/DP")
-        from .conversation import text_guide
-        from .tokenize import text_guide_tokenizer
-        ctok = clip_tokenizer or text_guide_tokenizer(m)
-        text_ids = ctok.encode(text_guide(question))
     if text_ids is not None:
         text_ids = np.asarray(text_ids).reshape(-1).astype(np.int64)
     return input_ids, pixels, text_ids
 
 
 def attention_map(m, image=None, question=None, conv_mode=None, use_fom=True, use_dp=True, n_latents=None,
-                  llm_tokenizer=None, clip_tokenizer=None, input_ids=None, text_ids=None, pixels=None):
+                  input_ids=None, text_ids=None, pixels=None):
     """LLM, DP and FOM attention maps of one prompt (see the module docstring); returns AttentionMaps."""
-    input_ids, pixels, text_ids = prepare_inputs(m, image, question, conv_mode, use_fom, use_dp, llm_tokenizer,
-                                                 clip_tokenizer, input_ids, text_ids, pixels)
+    input_ids, pixels, text_ids = prepare_inputs(m, image, question, conv_mode, use_fom, use_dp, input_ids,
+                                                 text_ids, pixels)
     Np = m.num_patches  # a square grid of g x g patches
     g = math.isqrt(Np)
     count = m.visual_token_count(use_dp, n_latents)
     pos = int(np.flatnonzero(input_ids == _C.IMAGE_TOKEN)[0])
-    n = min(len(input_ids) - 1 + count, m.sizes["max_len"])
-    q0, q1 = pos + count, n
+    q0, q1 = pos + count, min(len(input_ids) - 1 + count, m.sizes["max_len"])
     if q0 >= q1:
         raise ShapeError("the prompt has no instruction tokens after the image (put the question after <image>)")
 

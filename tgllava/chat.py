@@ -16,6 +16,7 @@ Model.prepare, Model.chat and Model.chat_batch call these functions with the sam
 """
 
 import dataclasses
+import functools
 import time
 import weakref
 
@@ -56,23 +57,16 @@ class Answer:
 
 def tokenizers(model):
     """(LLM tokenizer, CLIP tokenizer or None) of a model, read from its folders once and cached."""
-    cached = _TOKENIZERS.get(model)
-    if cached is not None:
-        return cached
-    try:
-        llm_tok = tokenize.LlmTokenizer.from_folder(model.llm_dir)
-    except CheckpointError as e:
-        raise CheckpointError(f"cannot read the LLM tokenizer of {model.llm_dir}: {e}") from None
-    clip_tok = None
-    if model.has_tg:
+    if model not in _TOKENIZERS:
+        reading = f"the LLM tokenizer of {model.llm_dir}"
         try:
-            clip_tok = tokenize.text_guide_tokenizer(model)
+            llm_tok = tokenize.LlmTokenizer.from_folder(model.llm_dir)
+            reading = f"the CLIP tokenizer of {model.clip_dir} (TG-LLaVA needs it for the text guide)"
+            clip_tok = tokenize.text_guide_tokenizer(model) if model.has_tg else None
         except CheckpointError as e:
-            raise CheckpointError(
-                f"cannot read the CLIP tokenizer of {model.clip_dir} (TG-LLaVA needs it for the text guide): {e}"
-            ) from None
-    _TOKENIZERS[model] = (llm_tok, clip_tok)
-    return llm_tok, clip_tok
+            raise CheckpointError(f"cannot read {reading}: {e}") from None
+        _TOKENIZERS[model] = (llm_tok, clip_tok)
+    return _TOKENIZERS[model]
 
 
 def set_tokenizers(model, llm_tokenizer=None, clip_tokenizer=None):
@@ -161,14 +155,15 @@ def _answers(trackers, token_lists, kw, timings, conv_mode, t_start, t_generate)
 
 def _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed):
     """(generate_batch's keywords for chat's settings, checked (check_sampling: a clear error naming the
-    argument), the chat template's name, its stop strings)."""
+    argument), the chat template's name, a function making a StopTracker of its stop strings)."""
     max_new_tokens, temperature, top_p, _, _ = check_sampling(max_new_tokens, temperature, top_p, min_new_tokens=1)
     if seed is not None:
         resolve_seed(seed)
+    llm_tok = tokenizers(model)[0]
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-              eos_token_id=list(tokenizers(model)[0].eos_ids) or None)
+              eos_token_id=list(llm_tok.eos_ids) or None)
     conv_mode = conv_mode or default_conv_mode(model)
-    return kw, conv_mode, conversation.stop_strings(conv_mode)
+    return kw, conv_mode, functools.partial(StopTracker, llm_tok, conversation.stop_strings(conv_mode))
 
 
 def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature=0.0, top_p=1.0, stream=False,
@@ -183,13 +178,12 @@ def chat(model, image, question, conv_mode=None, max_new_tokens=512, temperature
     Returns an Answer, or with stream=True an AnswerStream of text pieces.
     """
     t_start = time.perf_counter()
-    kw, conv_mode, stops = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
+    kw, conv_mode, new_tracker = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
     timings = {}
     req = prepare(model, image, question, conv_mode, use_fom, use_dp, timings)
-    llm_tok = tokenizers(model)[0]
+    tracker = new_tracker()
     if stream:
-        return AnswerStream(model, req, kw, llm_tok, stops, timings, t_start, conv_mode)
-    tracker = StopTracker(llm_tok, stops)
+        return AnswerStream(model, req, kw, tracker, timings, t_start, conv_mode)
     t0 = time.perf_counter()
     tokens = model.generate_batch([req], callback=lambda seq, tok: tracker.push(tok), **kw)[0]
     return _answers([tracker], [tokens], kw, timings, conv_mode, t_start, t0)[0]
@@ -201,9 +195,9 @@ class AnswerStream:
     (break) stops the generation; left unread, it gives the model up to the next call on it and then
     raises streaming.StreamCancelled (streaming.TokenStream)."""
 
-    def __init__(self, model, req, kw, tok, stops, timings, t_start, conv_mode):
+    def __init__(self, model, req, kw, tracker, timings, t_start, conv_mode):
         self.answer = None
-        self._iter = self._run(model, req, kw, StopTracker(tok, stops), timings, t_start, conv_mode)
+        self._iter = self._run(model, req, kw, tracker, timings, t_start, conv_mode)
 
     def __iter__(self):
         return self
@@ -243,14 +237,13 @@ def chat_batch(model, pairs, conv_mode=None, max_new_tokens=512, temperature=0.0
     pairs = list(pairs)
     if not pairs:
         return []
-    for p in pairs:
-        if not (isinstance(p, (tuple, list)) and len(p) == 2):
-            raise TypeError("chat_batch expects a list of (image, question) pairs")
-    kw, conv_mode, stops = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
+    if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+        raise TypeError("chat_batch takes (image, question) pairs; evaluation items (dicts) go through "
+                        "tgllava.eval.run, or tgllava.eval.adapter.ModelAdapter(model).chat_batch")
+    kw, conv_mode, new_tracker = _settings(model, conv_mode, max_new_tokens, temperature, top_p, seed)
     timings = {}
     reqs = [prepare(model, img, q, conv_mode, use_fom, use_dp, timings) for img, q in pairs]
-    llm_tok = tokenizers(model)[0]
-    trackers = [StopTracker(llm_tok, stops) for _ in pairs]
+    trackers = [new_tracker() for _ in pairs]
     t0 = time.perf_counter()
     outs = dict(model.generate_many(reqs, callback=lambda i, tok: trackers[i].push(tok), max_batch=max_batch, **kw))
     return _answers(trackers, [outs[i] for i in range(len(pairs))], kw, timings, conv_mode, t_start, t0)

@@ -50,13 +50,12 @@ class Template:
         ret = self.system if self.style == "plain" else self.system + self.sep
         for i, message in enumerate(messages):
             role = self.roles[i % 2]
+            sep = self.sep2 if i % 2 == 1 and self.sep2 is not None else self.sep
             if self.style in ("single", "two"):
-                sep = self.sep2 if (self.style == "two" and i % 2 == 1) else self.sep
                 ret += f"{role}: {message}{sep}" if message else f"{role}:"
             elif self.style == "header":
-                ret += role + message + self.sep if message else role
+                ret += role + message + sep if message else role
             elif self.style == "plain":
-                sep = self.sep if (i % 2 == 0 or self.sep2 is None) else self.sep2
                 ret += message + sep if message else ""
             else:
                 raise ValueError(f"template {self.name}: unknown style {self.style!r}")
@@ -145,18 +144,17 @@ def stop_strings(conv_mode):
     return [template.sep2 if template.style == "two" else template.sep]
 
 
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _tokenizer_mentions(tokenizer_dir, text):
-    if not tokenizer_dir:
-        return False
-    for fname in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
-        path = os.path.join(tokenizer_dir, fname)
-        try:
-            with open(path, encoding="utf-8") as f:
-                if text in f.read():
-                    return True
-        except OSError:
-            continue
-    return False
+    files = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+    return bool(tokenizer_dir) and any(text in _read_text(os.path.join(tokenizer_dir, f)) for f in files)
 
 
 def guess_conv_mode(config, tokenizer_dir=None):

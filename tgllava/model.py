@@ -354,15 +354,10 @@ class Model:
                                    eos_token_id, cb)[0]
 
     def prepare(self, image, question, conv_mode=None, use_fom=True, use_dp=True):
-        """The request of one question about a picture, as chat builds it (tgllava.chat.prepare): a dict of
-        input_ids (the chat template's prompt as LLM ids, one _C.IMAGE_TOKEN (-200) where the picture goes),
-        pixels ((3, S, S) float32, preprocessed as the config asks), text_ids (TG-LLaVA's CLIP text guide
-        ids, else None), use_fom and use_dp: a request of generate_batch and generate_many, keywords of
-        generate, logits, generate_stream and attention_map (m.generate(**m.prepare(img, q))).
-
-        image: a path, bytes, PIL image, uint8 array or ready (3, S, S) float pixels; None gives the
-        template's text-only form (no image token, pixels and text_ids None).  conv_mode: the chat
-        template (default: the model's, tgllava.chat.default_conv_mode)."""
+        """The request of one question about a picture (image None: the question alone), as chat builds it:
+        tgllava.chat.prepare, whose text says what its dict (input_ids, pixels, text_ids, use_fom, use_dp)
+        holds.  It is a request of generate_batch and generate_many and the keywords of generate, logits,
+        generate_stream and attention_map: m.generate(**m.prepare(img, q))."""
         from .chat import prepare
         return prepare(self, image, question, conv_mode, use_fom, use_dp)
 
@@ -386,13 +381,9 @@ class Model:
         may be None (a text-only question); the other arguments are chat's, and max_batch is the most
         answers generated at once (generate_many).  Benchmark items go through tgllava.eval
         (eval/adapter.py)."""
-        from . import chat as chat_mod
-        pairs = list(pairs)
-        if pairs and isinstance(pairs[0], dict):
-            raise TypeError("Model.chat_batch takes (image, question) pairs; evaluation items (dicts) go through "
-                            "tgllava.eval.run, or tgllava.eval.adapter.ModelAdapter(model).chat_batch")
-        return chat_mod.chat_batch(self, pairs, conv_mode, max_new_tokens, temperature, top_p, use_fom, use_dp, seed,
-                                   max_batch)
+        from .chat import chat_batch
+        return chat_batch(self, pairs, conv_mode, max_new_tokens, temperature, top_p, use_fom, use_dp, seed,
+                          max_batch)
 
     # ---- attention (what tgllava.attention builds its maps from)
     def visual_token_count(self, use_dp=True, n_latents=None):
@@ -423,15 +414,15 @@ class Model:
         return self._core.dp_attention(seq)
 
     def attention_map(self, image=None, question=None, conv_mode=None, use_fom=True, use_dp=True, n_latents=None,
-                      llm_tokenizer=None, clip_tokenizer=None, input_ids=None, text_ids=None, pixels=None):
+                      input_ids=None, text_ids=None, pixels=None):
         """Where the model looks: an AttentionMaps with the LLM map (g, g), the DP map (2g, 2g) and the FOM
         map (g, g) of one prompt (tgllava.attention.attention_map, whose text says how each is made).
 
-        The prompt is a picture and a question (the chat template and tokenizers of the checkpoint, or
-        the tokenizers given), or explicit input_ids / pixels / text_ids: attention_map(**prepare(...))."""
+        The prompt is a picture and a question (made into a request as prepare() does it), or explicit
+        input_ids / pixels / text_ids: attention_map(**prepare(...))."""
         from .attention import attention_map
-        return attention_map(self, image, question, conv_mode, use_fom, use_dp, n_latents, llm_tokenizer,
-                             clip_tokenizer, input_ids, text_ids, pixels)
+        return attention_map(self, image, question, conv_mode, use_fom, use_dp, n_latents, input_ids,
+                             text_ids, pixels)
 
     def generate_stream(self, input_ids, pixels=None, text_ids=None, max_new_tokens=256, temperature=0.0, top_p=1.0,
                         top_k=0, repetition_penalty=1.0, seed=None, eos_token_id=None, use_fom=True, use_dp=True,
