@@ -1,16 +1,16 @@
 """The `tgllava` command line (also `python -m tgllava`).
 
-`build_parser()` makes the parser: generate, info and demo are defined
-here; eval, viz and serve register themselves (tgllava.eval.cli,
-tgllava.viz, tgllava.serve), viz and serve through `command_parser`, which
-gives every command a --help with its example lines.  DESCRIPTION and
-EPILOG are what `tgllava --help` says, the exit statuses `main()` keeps
-included.  Every failure is reported as one line on stderr with exit
-status 1, in command-line terms (`_in_cli_terms`: the loader's
-`clip_dir=...` is `--clip DIR` here); `--debug` shows the traceback instead.
+`build_parser()` makes the parser: generate, info and demo are defined here; eval, viz and serve
+register themselves (tgllava.eval.cli, tgllava.viz, tgllava.serve).  What commands share is here:
+`command_parser` (a --help with example lines), `add_options` (the options of SHARED_OPTIONS),
+`load_model` and `report_error`: every failure is one line on stderr with exit status 1, in
+command-line terms (`_in_cli_terms`: the loader's `clip_dir=...` is `--clip DIR` here); `--debug`
+shows the traceback instead.  DESCRIPTION and EPILOG are what `tgllava --help` says, the exit
+statuses `main()` keeps included.
 """
 
 import argparse
+import json
 import os
 import sys
 import textwrap
@@ -35,9 +35,8 @@ exit status:
 
 
 def command_parser(sub, name, summary, description, examples, func):
-    """A subcommand parser on argparse subparsers `sub` that runs `func(args)`: its one-line `summary`
-    (in `tgllava --help`), its `description` (one paragraph, wrapped) and its example command lines
-    (the epilog)."""
+    """A subcommand parser on argparse subparsers `sub` that runs `func(args)`: its one-line `summary` (in
+    `tgllava --help`), `description` (one paragraph, wrapped) and `examples`, command lines (the epilog)."""
     epilog = "examples:\n" + "\n".join("  " + line for line in examples)
     p = sub.add_parser(name, help=summary, description=textwrap.fill(description, 90), epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,12 +129,12 @@ def _add_demo(sub):
 
 
 def build_parser():
-    from . import serve, viz
+    from . import __version__, serve, viz
     from .eval import cli as eval_cli
 
     parser = _Parser(prog="tgllava", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", default=False, help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     _add_generate(sub)
@@ -149,18 +148,10 @@ def build_parser():
     return parser
 
 
-def _version():
-    try:
-        from tgllava import __version__
-        return __version__
-    except Exception:  # noqa: BLE001 - the version is cosmetic
-        return "?"
-
-
-def load_model(args, dtype=None):
+def load_model(args, dtype=None, image=None):
     """tgllava.load (it recognises every layout) of args.model and args.clip on args.device, after checking
-    in command-line terms, without reading weights, the folders, args.conv_mode and everything chat
-    needs (loader.preflight: configs, towers, tensor shapes, tokenizer files)."""
+    in command-line terms, without reading weights, the folders, the --image file `image`, args.conv_mode
+    and everything chat needs (loader.preflight: configs, towers, tensor shapes, tokenizer files)."""
     import tgllava
 
     from .errors import CheckpointError
@@ -170,6 +161,8 @@ def load_model(args, dtype=None):
         raise CheckpointError(f"--model {args.model}: no such folder")
     if args.clip is not None and not os.path.isdir(args.clip):
         raise CheckpointError(f"--clip {args.clip}: no such folder")
+    if image is not None and not os.path.isfile(image):
+        raise FileNotFoundError(f"--image {image}: no such file")
     if args.conv_mode is not None:
         from .conversation import get_template
         get_template(args.conv_mode)
@@ -177,27 +170,17 @@ def load_model(args, dtype=None):
     return tgllava.load(args.model, clip_dir=args.clip, device=args.device, dtype=dtype)
 
 
-# the loader's advice names load()'s arguments; on the command line they are options
-_CLI_TERMS = (("clip_dir=...", "--clip DIR"), ("llm_dir=...", "--model DIR"))
-
-
 def _in_cli_terms(text):
-    """The loader's advice in command-line terms."""
-    for python, cli in _CLI_TERMS:
-        text = text.replace(python, cli)
-    return text
+    """The loader's advice, which names load()'s arguments, in command-line terms: options."""
+    return text.replace("clip_dir=...", "--clip DIR").replace("llm_dir=...", "--model DIR")
 
 
 def _run_generate(args):
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"--model {args.model}: no such folder")
-    if args.image is not None and not os.path.isfile(args.image):
-        raise FileNotFoundError(f"--image {args.image}: no such file")
     if not args.question.strip():
         raise ValueError("--question is empty: ask something")
     from .model import check_sampling
     check_sampling(args.max_new_tokens, args.temperature, args.top_p, min_new_tokens=1)  # bad values: before loading
-    model = load_model(args, args.dtype)
+    model = load_model(args, args.dtype, args.image)
     answer = print_answer(model, args.image, args.question, args.stream, conv_mode=args.conv_mode,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           use_fom=not args.no_fom, use_dp=not args.no_dp, seed=args.seed)
@@ -212,27 +195,22 @@ def print_answer(model, image, question, stream=False, prefix="", out=print, **s
     generated, else whole through `out`."""
     from .chat import chat
 
+    answer = chat(model, image, question, stream=stream, **settings)
     if not stream:
-        answer = chat(model, image, question, **settings)
         out(prefix + answer.text)
         return answer
-    pieces = chat(model, image, question, stream=True, **settings)
     print(prefix, end="", flush=True)
-    for piece in pieces:
+    for piece in answer:
         print(piece, end="", flush=True)
     print()
-    return pieces.answer
+    return answer.answer
 
 
 def _run_info(args):
     from .info import describe, format_info
 
     info = describe(args.folder, args.dtype, args.clip)
-    if args.json:
-        import json
-        print(json.dumps(info, indent=1, default=str))
-    else:
-        print(_in_cli_terms(format_info(info)))
+    print(json.dumps(info, indent=1, default=str) if args.json else _in_cli_terms(format_info(info)))
     return 0
 
 
@@ -246,19 +224,15 @@ def _run_demo(args):
     return 0
 
 
-def _one_line(e):
-    msg = str(e) or type(e).__name__
-    if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename and e.strerror:
-        msg = f"{e.filename}: {e.strerror}"
-    return " ".join(msg.split())
-
-
 def report_error(command, e, debug=False):
     """Print exception `e` as the one-line error of `tgllava command` on stderr and return exit status 1;
     with debug, raise it again instead (the traceback)."""
     if debug:
         raise e
-    print(f"tgllava {command}: error: {_in_cli_terms(_one_line(e))}", file=sys.stderr)
+    msg = str(e) or type(e).__name__
+    if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    print(f"tgllava {command}: error: {_in_cli_terms(' '.join(msg.split()))}", file=sys.stderr)
     return 1
 
 
@@ -270,7 +244,7 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 1
     try:
-        rc = args.func(args)
+        return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("tgllava: interrupted", file=sys.stderr)
         return 130
@@ -278,7 +252,6 @@ def main(argv=None):
         return 0
     except Exception as e:
         return report_error(args.command, e, getattr(args, "debug", False))
-    return int(rc or 0)
 
 
 if __name__ == "__main__":

@@ -234,10 +234,8 @@ def build_figure(m, image, question, conv_mode=None, compare_baseline=False, alp
         base = attention_map(m, img, question, conv_mode=conv_mode, use_fom=False, use_dp=False,
                              **{k: v for k, v in inputs.items() if k != "text_ids"})
         panels.append(("baseline (FOM, DP off)", heat(base.llm)))
-    if maps.dp is not None:
-        panels.append(("DP latents -> tiles", heat(maps.dp)))
-    if maps.fom is not None:
-        panels.append(("FOM mask norm", heat(maps.fom)))
+    tg_maps = (("DP latents -> tiles", maps.dp), ("FOM mask norm", maps.fom))
+    panels += [(title, heat(amap)) for title, amap in tg_maps if amap is not None]
     return figure(panels, caption=f"Q: {question}", text_size=text_size)
 
 
@@ -245,8 +243,6 @@ def run_cli(args):
     """Run `tgllava viz` from parsed arguments; writes args.out and returns 0."""
     from .cli import load_model
 
-    if not os.path.isfile(args.image):
-        raise FileNotFoundError(f"--image {args.image}: no such file")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"--out {args.out}: folder {out_dir} does not exist")
@@ -254,7 +250,7 @@ def run_cli(args):
         raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
     if args.dpi is not None and args.dpi < 1:
         raise ValueError(f"--dpi must be positive, got {args.dpi}")
-    m = load_model(args)
+    m = load_model(args, image=args.image)
     fig = build_figure(m, args.image, args.question, conv_mode=args.conv_mode, compare_baseline=args.compare_baseline,
                        alpha=args.alpha, cmap=args.cmap, size=args.size)
     fig.save(args.out, format="PNG", **({"dpi": (args.dpi, args.dpi)} if args.dpi else {}))

@@ -119,6 +119,7 @@ def run_cli(args):
     from .scoring import format_summary, score
     from .shard import detect_shard, resolve_device
 
+    name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if args.model else None)
     try:
         if not args.data:
             raise ValueError("give at least one --data NAME_OR_TSV")
@@ -128,7 +129,6 @@ def run_cli(args):
             results = [score(args.data[0], args.predictions, judge=args.judge, work_dir=args.work_dir,
                              judge_model=args.judge_model)]
         elif args.merge:
-            name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if args.model else None)
             if not name:
                 raise ValueError("--merge needs --model-name (or --model)")
             results = [merge(args.work_dir or "./work_dir", name, d, judge=args.judge, limit=args.limit,
@@ -139,7 +139,6 @@ def run_cli(args):
             _check_run_arguments(args)  # before the (slow) model load
             device = resolve_device(args.device, detect_shard(args.shard).local_rank)
             model = tgllava.load(args.model, clip_dir=args.clip, device=device, dtype=args.dtype)
-            name = args.model_name or os.path.basename(os.path.normpath(args.model))
             results = [run(model, d, work_dir=args.work_dir or "./work_dir", model_name=name,
                            batch_size=args.batch_size, limit=args.limit, judge=args.judge,
                            prompt_style=args.prompt_style, conv_mode=args.conv_mode, shard=args.shard,

@@ -1,9 +1,6 @@
 """`tgllava serve`: an OpenAI-compatible chat-completions server with continuous batching.
 
-    tgllava serve --model LLM_DIR [--clip CLIP_DIR] [--host 127.0.0.1] [--port 8000]
-                  [--device cpu] [--dtype ...] [--max-batch 16] [--api-key KEY] [--allow-local-files]
-                  [--allow-origin ORIGIN] [--read-timeout 20] [--max-connections 512]
-                  [--served-model-name NAME] ...
+    tgllava serve --model LLM_DIR [--clip CLIP_DIR] [--port 8000] ...     (tgllava serve --help: all options)
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
