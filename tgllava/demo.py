@@ -25,7 +25,8 @@ def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=
     """
     import tgllava
 
-    from . import chat as chat_mod
+    from .chat import default_conv_mode
+    from .cli import print_answer
 
     t0 = time.perf_counter()
     folder = keep or tempfile.mkdtemp(prefix="tgllava-demo-")
@@ -41,20 +42,12 @@ def run(question="What is in this image?", max_new_tokens=24, keep=None, stream=
         model = tgllava.load(llm_dir, clip_dir=clip_dir, device=device, progress=False)
         t_load = time.perf_counter() - t1
         out(f"  loaded {model!r} in {t_load:.2f} s")
-        conv_mode = chat_mod.default_conv_mode(model)
+        conv_mode = default_conv_mode(model)
         out(f"  image: {image_path} (320x240 synthetic picture)")
         out(f"  question: {question}")
         out(f"  conv mode: {conv_mode}")
-        if stream:
-            pieces = chat_mod.chat(model, image_path, question, max_new_tokens=max_new_tokens, stream=True)
-            print("  answer: ", end="", flush=True)
-            for piece in pieces:
-                print(piece, end="", flush=True)
-            print()
-            answer = pieces.answer
-        else:
-            answer = chat_mod.chat(model, image_path, question, max_new_tokens=max_new_tokens)
-            out(f"  answer: {answer.text}")
+        answer = print_answer(model, image_path, question, stream, prefix="  answer: ", out=out,
+                              max_new_tokens=max_new_tokens)
         out(f"  tokens: {len(answer.token_ids)} ({answer.finish_reason})")
         stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in answer.timings.items())
         out(f"  timings: build {t_build * 1000:.0f} ms, load {t_load * 1000:.0f} ms, {stages}")

@@ -148,19 +148,17 @@ def _describe_clip(info, folder, dtype):
     return info
 
 
-def _fmt_count(n):
-    for unit, scale, digits in (("B", 1e9, 2), ("M", 1e6, 2), ("K", 1e3, 1)):
+def _fmt_count(n, units=(("B", 1e9, 2), ("M", 1e6, 2), ("K", 1e3, 1)), smaller="{}"):
+    """n in the largest of `units` (name, scale, decimals) it reaches, else `smaller` formatted with n."""
+    for unit, scale, digits in units:
         if n >= scale:
             return f"{n / scale:.{digits}f} {unit}"
-    return str(n)
+    return smaller.format(n)
 
 
 def _fmt_bytes(n):
     """A byte count in the unit its size calls for (decimal: 1 GB = 1e9 bytes)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+    return _fmt_count(n, (("GB", 1e9, 2), ("MB", 1e6, 2), ("KB", 1e3, 2)), "{} B")
 
 
 def format_info(info):

@@ -184,7 +184,7 @@ def figure(panels, caption=None, text_size=TEXT_SIZE):
 
 def add_subparser(subparsers):
     """Register `viz` on an argparse subparsers object; returns the new parser."""
-    from .cli import command_parser
+    from .cli import add_options, command_parser
 
     p = command_parser(
         subparsers, "viz", "attention maps of a question over a picture (paper Figure 5)",
@@ -192,16 +192,14 @@ def add_subparser(subparsers):
         "the image patches and, when the checkpoint has them, the TG-DP and TG-FOM maps.",
         ["tgllava viz --model demo/llm --image demo/image.png --question 'What is in this image?' --out fig.png",
          "tgllava viz --model LLM_DIR --image cat.jpg --question 'Where is the cat?' --out fig.png --size 672 "
-         "--dpi 300"])
-    p.add_argument("--model", required=True, metavar="DIR", help="LLM checkpoint folder")
-    p.add_argument("--clip", metavar="DIR", help="CLIP tower folder (default: from the model config)")
+         "--dpi 300"], run_cli)
+    add_options(p, "--model", "--clip")
     p.add_argument("--image", required=True, metavar="PATH", help="input picture")
     p.add_argument("--question", required=True, metavar="TEXT", help="the question whose attention is drawn")
     p.add_argument("--out", required=True, metavar="PNG", help="output image file")
     p.add_argument("--compare-baseline", action="store_true",
                    help="add the map of the same checkpoint with FOM and DP switched off")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--conv-mode", default=None, metavar="NAME", help="chat template (default: from the config)")
+    add_options(p, "--device", "--conv-mode")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity from 0 to 1 (default 0.5)")
     p.add_argument("--cmap", default="jet", choices=CMAPS, help="colormap (default jet)")
     p.add_argument("--size", type=int, default=None, metavar="PX",
@@ -210,7 +208,6 @@ def add_subparser(subparsers):
     p.add_argument("--dpi", type=int, default=None, metavar="N",
                    help="resolution recorded in the PNG, for print layout (a 336-pixel panel at --dpi 300 is "
                         "1.12 inches wide; default: none recorded)")
-    p.set_defaults(func=run_cli)
     return p
 
 
@@ -237,10 +234,8 @@ def build_figure(m, image, question, conv_mode=None, compare_baseline=False, alp
         base = attention_map(m, img, question, conv_mode=conv_mode, use_fom=False, use_dp=False,
                              **{k: v for k, v in inputs.items() if k != "text_ids"})
         panels.append(("baseline (FOM, DP off)", heat(base.llm)))
-    if maps.dp is not None:
-        panels.append(("DP latents -> tiles", heat(maps.dp)))
-    if maps.fom is not None:
-        panels.append(("FOM mask norm", heat(maps.fom)))
+    tg_maps = (("DP latents -> tiles", maps.dp), ("FOM mask norm", maps.fom))
+    panels += [(title, heat(amap)) for title, amap in tg_maps if amap is not None]
     return figure(panels, caption=f"Q: {question}", text_size=text_size)
 
 
@@ -248,8 +243,6 @@ def run_cli(args):
     """Run `tgllava viz` from parsed arguments; writes args.out and returns 0."""
     from .cli import load_model
 
-    if not os.path.isfile(args.image):
-        raise FileNotFoundError(f"--image {args.image}: no such file")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"--out {args.out}: folder {out_dir} does not exist")
@@ -257,7 +250,7 @@ def run_cli(args):
         raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
     if args.dpi is not None and args.dpi < 1:
         raise ValueError(f"--dpi must be positive, got {args.dpi}")
-    m = load_model(args.model, args.clip, args.device, preflight=True)
+    m = load_model(args, image=args.image)
     fig = build_figure(m, args.image, args.question, conv_mode=args.conv_mode, compare_baseline=args.compare_baseline,
                        alpha=args.alpha, cmap=args.cmap, size=args.size)
     fig.save(args.out, format="PNG", **({"dpi": (args.dpi, args.dpi)} if args.dpi else {}))

@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 
-from tgllava import _C
 from tgllava.errors import TgError
 
 from .prompts import PROMPT_STYLES
@@ -45,12 +44,12 @@ retries them).
 
 def add_subparser(subparsers):
     """Register `eval` on an argparse subparsers object; returns the parser."""
+    from tgllava.cli import add_options
+
     p = subparsers.add_parser("eval", help="evaluate on VLMEvalKit benchmarks, or score predictions",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder to evaluate (the LLM folder of a TG-LLaVA "
-                   "or LLaVA-1.5 checkpoint, or a llava-hf folder)")
-    p.add_argument("--clip", metavar="DIR", default=None,
-                   help="CLIP folder (default: the model config's mm_vision_tower, locally or in the HF cache)")
+    add_options(p, "--model", required=False)
+    add_options(p, "--clip")
     p.add_argument("--data", action="append", default=[], metavar="NAME_OR_TSV",
                    help="dataset: a name under $LMUData (default ~/LMUData) or a TSV path; repeat for several")
     p.add_argument("--predictions", default=None, metavar="FILE",
@@ -74,13 +73,9 @@ def add_subparser(subparsers):
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="llava",
                    help="how a row becomes a prompt: llava (default) = the checkpoint's chat template, as "
                         "LLaVA's own evaluation; vlmevalkit = the prompt of VLMEvalKit's LLaVA wrapper")
-    p.add_argument("--conv-mode", default=None, metavar="NAME",
-                   help="chat template for --prompt-style llava: vicuna_v1, llava_v1, llava_v0, llama_3, qwen_2, "
-                        "plain (default: chosen from the model config)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
-                   help="weight storage (int8/int4: cpu only; default: float32 on cpu up to 1.5 B parameters, the "
-                        "checkpoint's 16-bit dtype up to 4 B, int8 above; bfloat16 on cuda)")
+    add_options(p, "--conv-mode", help="chat template for --prompt-style llava: vicuna_v1, llava_v1, "
+                "llava_v0, llama_3, qwen_2, plain (default: chosen from the model config)")
+    add_options(p, "--device", "--dtype")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="evaluate part I (from 0) of N; run every part with the same --work-dir, and the last "
                         "to finish writes the merged files (default: from torchrun, srun or mpirun, else 0/1)")
@@ -88,22 +83,13 @@ def add_subparser(subparsers):
                    help="answer length limit (default: the dataset's: 128 for multiple-choice, yes/no and "
                         "short-answer sets such as TextVQA or OCRBench, 1024 for MathVista, MMVet and LLaVABench, "
                         "512 for other open questions)")
-    p.add_argument("--no-fom", action="store_true", help="switch TG-FOM off (ablation)")
-    p.add_argument("--no-dp", action="store_true", help="switch TG-DP off (ablation)")
+    add_options(p, "--no-fom", "--no-dp")
     p.add_argument("--pred-format", choices=PRED_FORMATS, default=None,
                    help="format of the predictions and per-row score files (default: $PRED_FORMAT, else xlsx "
                         "as VLMEvalKit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=run_cli)
     return p
-
-
-def _load_model(args):
-    import tgllava
-    from .shard import detect_shard, resolve_device
-
-    device = resolve_device(args.device, detect_shard(args.shard).local_rank) if args.device else "cpu"
-    return tgllava.load(args.model, clip_dir=args.clip, device=device, dtype=args.dtype)
 
 
 def _check_run_arguments(args):
@@ -126,9 +112,14 @@ def _check_run_arguments(args):
 
 def run_cli(args):
     """Carry out a parsed `tgllava eval` command; returns the exit status."""
+    import tgllava
+    from tgllava.cli import report_error
+
     from .runner import merge, run
     from .scoring import format_summary, score
+    from .shard import detect_shard, resolve_device
 
+    name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if args.model else None)
     try:
         if not args.data:
             raise ValueError("give at least one --data NAME_OR_TSV")
@@ -138,7 +129,6 @@ def run_cli(args):
             results = [score(args.data[0], args.predictions, judge=args.judge, work_dir=args.work_dir,
                              judge_model=args.judge_model)]
         elif args.merge:
-            name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if args.model else None)
             if not name:
                 raise ValueError("--merge needs --model-name (or --model)")
             results = [merge(args.work_dir or "./work_dir", name, d, judge=args.judge, limit=args.limit,
@@ -147,8 +137,8 @@ def run_cli(args):
             if not args.model:
                 raise ValueError("give --model DIR (or --predictions FILE to score a file)")
             _check_run_arguments(args)  # before the (slow) model load
-            model = _load_model(args)
-            name = args.model_name or os.path.basename(os.path.normpath(args.model))
+            device = resolve_device(args.device, detect_shard(args.shard).local_rank)
+            model = tgllava.load(args.model, clip_dir=args.clip, device=device, dtype=args.dtype)
             results = [run(model, d, work_dir=args.work_dir or "./work_dir", model_name=name,
                            batch_size=args.batch_size, limit=args.limit, judge=args.judge,
                            prompt_style=args.prompt_style, conv_mode=args.conv_mode, shard=args.shard,
@@ -156,12 +146,7 @@ def run_cli(args):
                            max_new_tokens=args.max_new_tokens, pred_format=args.pred_format,
                            judge_model=args.judge_model) for d in args.data]
     except (TgError, ValueError, OSError) as e:
-        if getattr(args, "debug", False):
-            raise
-        from tgllava.cli import _in_cli_terms
-
-        print(f"tgllava eval: error: {_in_cli_terms(str(e))}", file=sys.stderr)
-        return 1
+        return report_error("eval", e, getattr(args, "debug", False))
     scored = [r for r in results if "headline" in r]
     for r in results:
         if r.get("merged") is False:

@@ -1,9 +1,6 @@
 """`tgllava serve`: an OpenAI-compatible chat-completions server with continuous batching.
 
-    tgllava serve --model LLM_DIR [--clip CLIP_DIR] [--host 127.0.0.1] [--port 8000]
-                  [--device cpu] [--dtype ...] [--max-batch 16] [--api-key KEY] [--allow-local-files]
-                  [--allow-origin ORIGIN] [--read-timeout 20] [--max-connections 512]
-                  [--served-model-name NAME] ...
+    tgllava serve --model LLM_DIR [--clip CLIP_DIR] [--port 8000] ...     (tgllava serve --help: all options)
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
@@ -156,7 +153,7 @@ def _with_header_timeout(protocol_class, seconds):
 
 def add_subparser(sub):
     """Register `tgllava serve` on an argparse subparsers object; returns the parser."""
-    from ..cli import command_parser
+    from ..cli import add_options, command_parser
 
     p = command_parser(
         sub, "serve", "serve a model over an OpenAI-compatible HTTP API",
@@ -164,14 +161,11 @@ def add_subparser(sub):
         "GET /v1/models, GET /health) with continuous batching, until Ctrl-C.  Answers carry the model name the "
         "client asked for.  Needs the extra: pip install 'tgllava[serve]'.",
         ["tgllava serve --model demo/llm --port 8000",
-         "tgllava serve --model LLM_DIR --clip CLIP_DIR --device cuda --served-model-name tg-llava-7b"])
-    p.add_argument("--model", required=True, metavar="DIR", help="LLM checkpoint folder")
-    p.add_argument("--clip", metavar="DIR", default=None, help="CLIP tower folder (default: from the config)")
+         "tgllava serve --model LLM_DIR --clip CLIP_DIR --device cuda --served-model-name tg-llava-7b"], run)
+    add_options(p, "--model", "--clip")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=_C.DTYPES,
-                   help="weight storage (default as for tgllava generate)")
+    add_options(p, "--device", "--dtype")
     p.add_argument("--max-batch", type=int, default=16, metavar="N",
                    help="requests decoded together (KV-cache slots, default 16)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
@@ -200,11 +194,10 @@ def add_subparser(sub):
                         "exceed it wait (default 1024; a larger picture is decoded alone)")
     p.add_argument("--no-access-log", action="store_true",
                    help="do not log a line per request (client, request, status, seconds, tokens) to stderr")
-    p.add_argument("--conv-mode", default=None, metavar="NAME", help="chat template (default: from the config)")
+    add_options(p, "--conv-mode")
     p.add_argument("--served-model-name", default=None, metavar="NAME",
                    help="the model id /v1/models lists and answers carry when a request names no model (default: "
                         "the checkpoint folder's name; for DIR/llm, DIR's)")
-    p.set_defaults(func=run)
     return p
 
 
@@ -226,12 +219,9 @@ def run(args):
     for bad, message in checks:
         if bad:
             raise ValueError(message)
-    if args.conv_mode is not None:
-        from .. import conversation
-        conversation.get_template(args.conv_mode)
     from ..cli import load_model
 
-    model = load_model(args.model, args.clip, args.device, args.dtype, preflight=True)
+    model = load_model(args, args.dtype)
     serve_model(model, host=args.host, port=args.port, max_batch=args.max_batch, api_key=api_key,
                 allow_local_files=args.allow_local_files, model_name=args.served_model_name, max_queue=args.max_queue,
                 context=args.context, conv_mode=args.conv_mode, allow_origins=args.allow_origin,
