@@ -20,6 +20,7 @@ L15 = "llava15-tiny"
 def test_final_and_safe_text():
     assert final_text("  a ### b ###", ["###"]) == "a"
     assert final_text(" a </s> b", ["###", "</s>"]) == "a"
+    assert final_text("x </s> y ### z", ["###", "</s>"]) == "x"  # the stop string that comes first
     assert final_text("abc ", [""]) == "abc"  # an empty stop string stops nothing
     assert safe_text("Hello ##", ["###"]) == "Hello"  # "##" may still become "###"
     assert safe_text("Hello ##", []) == "Hello ##"

@@ -265,6 +265,13 @@ def test_attention_map_bad_input():
         attention_map(m, input_ids=ids, pixels=np.zeros((3, 32, 32)))
     with pytest.raises(ValueError, match="needs an image"):
         attention_map(m, question="what?", input_ids=ids)
+    with pytest.raises(ValueError, match="needs a question"):
+        attention_map(m, pixels=d["pixel_values"])
+    # a picture and a question go through chat.prepare, with its checks on the question
+    with pytest.raises(ShapeError, match="question is empty"):
+        attention_map(m, question="   ", pixels=d["pixel_values"])
+    with pytest.raises(TypeError, match="question must be a str"):
+        attention_map(m, question=b"what?", pixels=d["pixel_values"])
 
 
 # ---------------------------------------------------------------- the viz command

@@ -37,7 +37,8 @@ FINISH = {1: "eos", 2: "length"}  # Scheduler.step's finish codes
 
 def _first_stop(text, stops):
     """Where the first stop string in `text` starts (len(text) when none is there)."""
-    return min((text.find(s) for s in stops if s and s in text), default=len(text))
+    found = (text.find(s) for s in stops if s)  # one scan of the text per stop string
+    return min((i for i in found if i >= 0), default=len(text))
 
 
 def final_text(text, stops):

@@ -353,9 +353,7 @@ AVX2_INLINE void tile_groups(const int q4, const void *x, int64_t nb, const uint
     const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(15);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk[4];
-        for (int g = 0; g < NG; g++) {
-            blk[g] = w + (size_t)g * gstride + (size_t)b * gb;
-        }
+        for (int g = 0; g < NG; g++) blk[g] = w + (size_t)g * gstride + (size_t)b * gb;
         __m256i isum[4][4];
         for (int m = 0; m < MR; m++)
             for (int g = 0; g < NG; g++) isum[m][g] = _mm256_setzero_si256();
